@@ -1,0 +1,32 @@
+# Two commands set up everything: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CRYPTEN := crypten==0.4.1
+
+.PHONY: demo test test-all lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	# CrypTen declares dependencies that cannot be installed (sklearn, torchvision);
+	# its real runtime needs are pinned in pyproject.toml.
+	$(PY) -m pip install --quiet --no-deps $(CRYPTEN)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pet demo
+
+test: $(STAMP)
+	$(PY) -m ruff check pet tests
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check pet tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

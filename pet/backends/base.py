@@ -1,0 +1,69 @@
+"""The backend interface: how sites' partial vectors become one aggregate.
+
+A backend implements three hooks, one per role (DESIGN §1): `protect` runs at each site
+on its plaintext partial and returns the bytes the site sends; `combine` runs at the
+coordinator on those messages; `reveal` runs at the analyst and returns the aggregate
+with its error bound and privacy guarantee. The study loop itself lives in `Study`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from pet.layout import Layout
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """What a result guarantees: a formal DP cost (ρ-zCDP, reported as (ε, δ)) and/or
+    confidentiality of the site partials, in words."""
+
+    confidentiality: str = "none (the coordinator sees every site's partial)"
+    rho: float | None = None
+    epsilon: float | None = None
+    delta: float | None = None
+
+    @property
+    def differentially_private(self) -> bool:
+        """Whether the release carries a formal DP guarantee."""
+        return self.epsilon is not None
+
+    def __str__(self) -> str:
+        if not self.differentially_private:
+            return "none"
+        return f"ε={self.epsilon:g}, δ={self.delta or 0:g}"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The aggregated vector as the analyst receives it.
+
+    `error_bound` bounds |aggregate - exact sum| per element (0 when exact).
+    """
+
+    total: np.ndarray
+    error_bound: float
+    privacy: Privacy
+
+
+class Backend(ABC):
+    """One privacy-enhancing way to sum the sites' partial vectors."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
+        """At a site: turn its plaintext partial into the message it sends."""
+
+    @abstractmethod
+    def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
+        """At the coordinator: combine the sites' messages into one."""
+
+    @abstractmethod
+    def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
+        """At the analyst: recover the aggregate from the combined message."""

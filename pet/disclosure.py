@@ -1,0 +1,50 @@
+"""Output disclosure control for non-DP answers, as DataSHIELD does it, at each site.
+
+A site refuses to contribute a non-empty cell or subgroup smaller than its minimum count,
+and a regression with too many parameters for its rows. The refusal names the rule and
+the site's limit but never the count that broke it (that count is what it protects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pet.errors import DisclosureError
+from pet.layout import Layout
+
+
+@dataclass(frozen=True)
+class DisclosurePolicy:
+    """A site's disclosure limits: `min_cell` (1 turns the cell rule off) and the largest
+    ratio of model parameters to the site's rows used."""
+
+    min_cell: int = 3
+    max_parameter_ratio: float = 0.33
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_cell, int) or self.min_cell < 1:
+            raise ValueError(f"min_cell must be a whole number >= 1, got {self.min_cell!r}")
+        if not 0 < self.max_parameter_ratio <= 1:
+            raise ValueError("max_parameter_ratio must lie in (0, 1], got "
+                             f"{self.max_parameter_ratio!r}")
+
+    def check(self, partial: np.ndarray, layout: Layout, *, site: str) -> None:
+        """Raise DisclosureError if the site's partial vector would disclose too much."""
+        for block, where in layout:
+            values = partial[where]
+            if block.cells and np.any((values > 0) & (values < self.min_cell)):
+                what = "subgroup" if block.name == "n" else f"{block.name!r} cell"
+                raise DisclosureError(
+                    f"a non-empty {what} has fewer than {self.min_cell} rows here "
+                    "(this site's minimum cell count); widen the bins or the subgroup",
+                    site=site, limit=self.min_cell,
+                )
+        rows = layout.split(partial)["n"][0]
+        if layout.parameters and layout.parameters > self.max_parameter_ratio * rows:
+            raise DisclosureError(
+                f"the model fits {layout.parameters} parameters, more than "
+                f"{self.max_parameter_ratio:g} per row used here; use fewer predictors",
+                site=site, limit=self.max_parameter_ratio,
+            )

@@ -1,0 +1,112 @@
+"""The public layout of a query's sufficient statistics: a fixed-length vector of blocks.
+
+A layout is known before any data is touched (it depends only on the schema and the
+query). Each block states what one row can contribute to it, so every backend can derive
+what it needs without seeing data: DP its sensitivity, HE its plain modulus or scale,
+MPC its fixed-point range, and disclosure control which cells are small-count cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pet.errors import QueryError
+
+
+@dataclass(frozen=True)
+class Block:
+    """A named run of `size` elements of the layout vector.
+
+    `bound` is the largest absolute amount one row adds to any one element; `l1` and `l2`
+    bound the norms of one row's whole contribution to the block (a one-hot histogram
+    row adds 1 to one cell: bound = l1 = l2 = 1, whatever the number of cells).
+    `integer` blocks hold exact whole numbers (counts); `cells` blocks are counts of
+    people that output disclosure control checks against a site's minimum cell size.
+    """
+
+    name: str
+    size: int
+    bound: float
+    l1: float
+    l2: float
+    integer: bool = False
+    cells: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise QueryError(f"block {self.name!r} cannot have {self.size} elements")
+        if min(self.bound, self.l1, self.l2) < 0:
+            raise QueryError(f"block {self.name!r}: bounds must be non-negative")
+
+    @classmethod
+    def counts(cls, name: str, size: int, *, per_row: int = 1, cells: bool = True) -> Block:
+        """Counts where one row adds 1 to at most `per_row` of the elements."""
+        return cls(name, size, 1.0, float(per_row), math.sqrt(per_row), integer=True,
+                   cells=cells)
+
+    @classmethod
+    def sums(cls, name: str, size: int, *, bound: float = 1.0) -> Block:
+        """Sums where one row may add up to `bound` (in absolute value) to every element."""
+        return cls(name, size, bound, bound * size, bound * math.sqrt(size))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The ordered blocks of one round's vector of sufficient statistics.
+
+    `parameters` is the number of model parameters a regression fits from it (0 for
+    descriptive statistics), which disclosure control compares with the row count.
+    """
+
+    blocks: tuple[Block, ...]
+    parameters: int = 0
+
+    def __post_init__(self) -> None:
+        names = [b.name for b in self.blocks]
+        if len(set(names)) != len(names):
+            raise QueryError(f"layout block names repeat: {names}")
+
+    @property
+    def size(self) -> int:
+        """Length of the vector."""
+        return sum(b.size for b in self.blocks)
+
+    @property
+    def l1(self) -> float:
+        """L1 sensitivity of the whole vector to adding or removing one row."""
+        return sum(b.l1 for b in self.blocks)
+
+    @property
+    def l2(self) -> float:
+        """L2 sensitivity of the whole vector to adding or removing one row."""
+        return math.sqrt(sum(b.l2**2 for b in self.blocks))
+
+    @property
+    def integer(self) -> bool:
+        """Whether every element is an exact count (so exact integer schemes apply)."""
+        return all(b.integer for b in self.blocks)
+
+    def bounds(self) -> np.ndarray:
+        """Per element, the largest absolute amount one row contributes."""
+        return np.concatenate([np.full(b.size, b.bound) for b in self.blocks] or [np.zeros(0)])
+
+    def __iter__(self) -> Iterator[tuple[Block, slice]]:
+        start = 0
+        for block in self.blocks:
+            yield block, slice(start, start + block.size)
+            start += block.size
+
+    def split(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """The vector's blocks by name (views, not copies)."""
+        if vector.shape != (self.size,):
+            raise QueryError(f"vector of shape {vector.shape} does not fit a layout of "
+                             f"{self.size} elements")
+        return {block.name: vector[where] for block, where in self}
+
+    def join(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """The vector from its blocks (the inverse of `split`)."""
+        return np.concatenate([np.ravel(parts[b.name]).astype(np.float64) for b in self.blocks])

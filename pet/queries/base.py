@@ -1,0 +1,204 @@
+"""The query abstraction: a statistic as rounds of layout → local → aggregate → finalize.
+
+A concrete query implements four small hooks (`inputs`, `blocks`, `accumulate`,
+`answer`); this base class does everything they share, once: the subgroup filter,
+complete-case selection with missing-value counts, the streaming pass over chunks, and
+the split of the aggregated vector back into named blocks. Every layout starts with two
+blocks: `n` (rows used, a disclosure-controlled subgroup count) and `missing` (per input
+column, rows of the subgroup whose value was missing and so could not be used).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from pet.errors import QueryError
+from pet.layout import Block, Layout
+from pet.schema import Boolean, Categorical, Column, Schema
+from pet.table import Chunk
+from pet.where import Where
+
+State = Any
+"""Public state carried between rounds of an iterative query (e.g. current coefficients)."""
+
+
+@dataclass(frozen=True)
+class Next:
+    """Returned by `finalize` when another round is needed, with the next public state."""
+
+    state: State
+
+
+@dataclass(frozen=True)
+class Query(ABC):
+    """A statistic over horizontally partitioned rows, computed from sums of row terms."""
+
+    where: Where | str | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.where, str):
+            object.__setattr__(self, "where", Where(self.where))
+
+    # Hooks a query implements.
+
+    @abstractmethod
+    def inputs(self) -> tuple[str, ...]:
+        """Columns the statistic reads (the filter's columns are added by the base)."""
+
+    @abstractmethod
+    def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        """The query's own blocks of the layout, after `n` and `missing`."""
+
+    @abstractmethod
+    def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
+                   state: State) -> dict[str, np.ndarray]:
+        """Per block, the sum over the given complete rows of the subgroup."""
+
+    @abstractmethod
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> Any:
+        """The answer (or `Next(state)`) from the aggregated blocks; post-processing only."""
+
+    def check(self, schema: Schema) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Fail early with a clear error when the query does not fit the schema."""
+
+    def initial_state(self, schema: Schema) -> State:
+        """State of the first round; None for single-round queries."""
+        return None
+
+    @property
+    def max_rounds(self) -> int:
+        """Most rounds the query may take (known before it runs, so DP can charge up front)."""
+        return 1
+
+    def parameters(self, schema: Schema) -> int:
+        """Number of model parameters fitted (checked against rows by disclosure control)."""
+        return 0
+
+    # The shared machinery.
+
+    def used_columns(self) -> tuple[str, ...]:
+        """Every column the query reads: its inputs, then its filter's columns."""
+        extra = self.where.columns if isinstance(self.where, Where) else ()
+        return tuple(dict.fromkeys((*self.inputs(), *extra)))
+
+    def validate(self, schema: Schema) -> None:
+        """Check columns, filter and options against the schema."""
+        for name in self.used_columns():
+            if schema.get(name) is None:
+                raise QueryError(f"{self.describe()}: unknown column {name!r}; the schema has "
+                                 f"{list(schema.names)}")
+        if isinstance(self.where, Where):
+            self.where.check(schema)
+        self.check(schema)
+
+    def layout(self, schema: Schema, state: State = None) -> Layout:
+        """The public layout of one round's vector."""
+        k = len(self.used_columns())
+        head = (Block.counts("n", 1), Block.counts("missing", k, per_row=k, cells=False))
+        return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema))
+
+    def local(self, chunks: Iterable[Chunk], schema: Schema, state: State = None) -> np.ndarray:
+        """One site's partial vector, in one streaming pass over its chunks."""
+        layout = self.layout(schema, state)
+        total = np.zeros(layout.size)
+        for chunk in chunks:
+            total += layout.join(self._chunk_parts(chunk, schema, state))
+        return total
+
+    def finalize(self, total: np.ndarray, schema: Schema, state: State = None) -> Any:
+        """The answer, or `Next(state)`, from the aggregated vector."""
+        parts = self.layout(schema, state).split(total)
+        if parts["n"][0] < 1:
+            raise QueryError(f"{self.describe()}: no complete rows matched at any site")
+        return self.answer(parts, schema, state)
+
+    def describe(self) -> str:
+        """A short human-readable name, e.g. "Mean(age) where sex == 'F'"."""
+        args = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            has_default = f.default is not MISSING or f.default_factory is not MISSING
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if f.name == "where" or (has_default and value == default):
+                continue
+            args.append(f"{f.name}={_text(value)}" if has_default else _text(value))
+        suffix = f" where {self.where.text}" if isinstance(self.where, Where) else ""
+        return f"{type(self).__name__}({', '.join(args)}){suffix}"
+
+    def _chunk_parts(self, chunk: Chunk, schema: Schema, state: State) -> dict[str, np.ndarray]:
+        inputs = self.used_columns()
+        missing = {name: np.isnan(chunk.columns[name]) for name in inputs}
+        if isinstance(self.where, Where):
+            known = ~np.logical_or.reduce([missing[c] for c in self.where.columns])
+            in_group = known & self.where.mask(schema, chunk.columns)
+            candidates = in_group | ~known
+        else:
+            in_group = candidates = np.ones(chunk.n_rows, dtype=bool)
+        complete = in_group & ~np.logical_or.reduce(list(missing.values()))
+        data = {name: chunk.columns[name][complete] for name in self.inputs()}
+        parts = self.accumulate(data, schema, state)
+        parts["n"] = np.array([complete.sum()], dtype=np.float64)
+        parts["missing"] = np.array([(m & candidates).sum() for m in missing.values()],
+                                    dtype=np.float64)
+        return parts
+
+
+def _text(value: object) -> str:
+    """A query argument as written in its description; long tuples are elided."""
+    if isinstance(value, tuple):
+        items = [_text(v) for v in value]
+        return "[" + ", ".join(items if len(items) <= 6 else [*items[:2], "…", items[-1]]) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def scale(column: Column, values: np.ndarray) -> np.ndarray:
+    """Map a column's values from its public bounds onto [-1, 1].
+
+    Every real-valued sum is taken over scaled values, so each row adds at most 1 to any
+    element: sensitivities, HE scales and MPC fixed-point ranges follow from row counts,
+    and sums of squares lose no precision to a large mean.
+    """
+    center, half = affine(column)
+    return (values - center) / half
+
+
+def affine(column: Column) -> tuple[float, float]:
+    """Center and half-range of a column's public bounds."""
+    lower, upper = column.bounds()
+    return (lower + upper) / 2, (upper - lower) / 2
+
+
+def levels(column: Column) -> int:
+    """Number of distinct codes of a categorical or boolean column."""
+    if isinstance(column, Categorical):
+        return len(column.categories)
+    if isinstance(column, Boolean):
+        return 2
+    raise QueryError(f"column {column.name!r} is {column.kind}, not categorical or boolean")
+
+
+def require_numeric(query: Query, schema: Schema, names: Iterable[str]) -> None:
+    """Fail unless each named column is numeric (continuous, integer, time or boolean)."""
+    for name in names:
+        column = schema[name]
+        if isinstance(column, Categorical):
+            raise QueryError(f"{query.describe()}: column {name!r} is categorical; "
+                             "use Contingency for counts by category")
+
+
+def gram_upper(terms: np.ndarray) -> np.ndarray:
+    """Upper triangle (diagonal included) of termsᵀ·terms: d(d+1)/2 sums of products."""
+    rows, cols = np.triu_indices(terms.shape[1])
+    return (terms.T @ terms)[rows, cols]
+
+
+def from_upper_triangle(values: np.ndarray, d: int) -> np.ndarray:
+    """The symmetric d × d matrix whose upper triangle is `values`."""
+    matrix = np.zeros((d, d))
+    matrix[np.triu_indices(d)] = values
+    return matrix + np.triu(matrix, 1).T

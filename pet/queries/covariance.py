@@ -1,0 +1,72 @@
+"""Covariance and correlation matrices of numeric columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pet.errors import QueryError
+from pet.layout import Block
+from pet.queries.base import (
+    Query,
+    State,
+    affine,
+    from_upper_triangle,
+    gram_upper,
+    require_numeric,
+    scale,
+)
+from pet.schema import Schema
+
+
+@dataclass(frozen=True)
+class Covariance(Query):
+    """Sample covariance matrix (n - 1 denominator) of numeric columns, in their units."""
+
+    columns: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "columns", tuple(self.columns))
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.columns
+
+    def check(self, schema: Schema) -> None:
+        if len(self.columns) < 2 or len(set(self.columns)) != len(self.columns):
+            raise QueryError(f"{self.describe()}: needs at least two distinct columns")
+        require_numeric(self, schema, self.columns)
+
+    def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        d = len(self.columns)
+        return (Block.sums("sum", d), Block.sums("cross", d * (d + 1) // 2))
+
+    def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
+                   state: State) -> dict[str, np.ndarray]:
+        scaled = np.column_stack([scale(schema[c], data[c]) for c in self.columns])
+        return {"sum": scaled.sum(axis=0), "cross": gram_upper(scaled)}
+
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
+        n = parts["n"][0]
+        if n < 2:
+            raise QueryError(f"{self.describe()}: needs at least 2 rows, got {n:g}")
+        total = parts["sum"]
+        cross = from_upper_triangle(parts["cross"], len(self.columns))
+        scaled = (cross - np.outer(total, total) / n) / (n - 1)
+        half = np.array([affine(schema[c])[1] for c in self.columns])
+        return scaled * np.outer(half, half)
+
+
+@dataclass(frozen=True)
+class Correlation(Covariance):
+    """Pearson correlation matrix of numeric columns."""
+
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
+        covariance = super().answer(parts, schema, state)
+        std = np.sqrt(np.diag(covariance))
+        if np.any(std == 0):
+            constant = [c for c, s in zip(self.columns, std, strict=True) if s == 0]
+            raise QueryError(f"{self.describe()}: column(s) {constant} are constant; "
+                             "their correlation is undefined")
+        return np.clip(covariance / np.outer(std, std), -1.0, 1.0)

@@ -1,0 +1,179 @@
+"""Counts in public cells: histograms, contingency tables (k-way marginals), and
+quantiles read off a fine public-grid histogram."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pet.errors import QueryError
+from pet.layout import Block
+from pet.queries.base import Query, State, levels, require_numeric
+from pet.schema import Boolean, Categorical, Schema
+
+
+def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value for bins [e0, e1), [e1, e2), ..., [e_{k-1}, e_k] (last one closed)."""
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+def check_edges(query: Query, schema: Schema, column: str, edges: Sequence[float]) -> None:
+    """Edges must increase strictly and cover the column's public bounds."""
+    edges = np.asarray(edges, dtype=np.float64)
+    lower, upper = schema[column].bounds()
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise QueryError(f"{query.describe()}: bin edges of {column!r} must be at least two "
+                         "strictly increasing numbers")
+    if edges[0] > lower or edges[-1] < upper:
+        raise QueryError(
+            f"{query.describe()}: bin edges of {column!r} span [{edges[0]:g}, {edges[-1]:g}] "
+            f"but must cover the schema's bounds [{lower:g}, {upper:g}]"
+        )
+
+
+@dataclass(frozen=True)
+class Histogram(Query):
+    """Counts of a numeric column in public bins; the answer is an array of counts."""
+
+    column: str
+    edges: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "edges", tuple(float(e) for e in self.edges))
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def check(self, schema: Schema) -> None:
+        require_numeric(self, schema, self.inputs())
+        check_edges(self, schema, self.column, self.edges)
+
+    def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        return (Block.counts("counts", len(self.edges) - 1),)
+
+    def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
+                   state: State) -> dict[str, np.ndarray]:
+        index = bin_index(data[self.column], np.asarray(self.edges))
+        return {"counts": np.bincount(index, minlength=len(self.edges) - 1).astype(np.float64)}
+
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
+        return parts["counts"].copy()
+
+
+@dataclass(frozen=True)
+class Contingency(Query):
+    """Counts of every combination of the columns' levels: a k-way marginal.
+
+    Categorical and boolean columns use their public levels; a numeric column needs its
+    public bin edges in `bins`. The answer is an array with one axis per column.
+    """
+
+    columns: tuple[str, ...]
+    bins: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "bins", {k: tuple(v) for k, v in dict(self.bins).items()})
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.columns
+
+    def check(self, schema: Schema) -> None:
+        if not self.columns:
+            raise QueryError("Contingency needs at least one column")
+        for name in self.columns:
+            column = schema[name]
+            if isinstance(column, Categorical | Boolean):
+                if name in self.bins:
+                    raise QueryError(f"{self.describe()}: {name!r} has public levels; "
+                                     "do not give it bins")
+            elif name in self.bins:
+                check_edges(self, schema, name, self.bins[name])
+            else:
+                raise QueryError(f"{self.describe()}: numeric column {name!r} needs public "
+                                 f"bin edges, e.g. bins={{{name!r}: [...]}}")
+        stray = sorted(set(self.bins) - set(self.columns))
+        if stray:
+            raise QueryError(f"{self.describe()}: bins given for columns not in the table: "
+                             f"{stray}")
+
+    def shape(self, schema: Schema) -> tuple[int, ...]:
+        """Number of levels of each column, in order."""
+        return tuple(len(self.bins[c]) - 1 if c in self.bins else levels(schema[c])
+                     for c in self.columns)
+
+    def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        return (Block.counts("counts", int(np.prod(self.shape(schema)))),)
+
+    def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
+                   state: State) -> dict[str, np.ndarray]:
+        codes = [bin_index(data[c], np.asarray(self.bins[c])) if c in self.bins
+                 else data[c].astype(np.int64) for c in self.columns]
+        shape = self.shape(schema)
+        flat = np.ravel_multi_index(codes, shape) if codes[0].size else np.zeros(0, np.int64)
+        counts = np.bincount(flat, minlength=int(np.prod(shape)))
+        return {"counts": counts.astype(np.float64)}
+
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
+        return parts["counts"].reshape(self.shape(schema)).copy()
+
+
+@dataclass(frozen=True)
+class Quantiles(Query):
+    """Quantiles read off a histogram on a fine public grid of `bins` equal-width bins.
+
+    For probability p the answer lies in the grid bin holding the ⌈p·n⌉-th smallest value
+    (numpy's "inverted_cdf" quantile), interpolated linearly inside it: its error is at
+    most one bin width, (upper - lower) / bins, which `resolution` reports.
+    """
+
+    column: str
+    probs: tuple[float, ...] = (0.25, 0.5, 0.75)
+    bins: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "probs", tuple(float(p) for p in self.probs))
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def check(self, schema: Schema) -> None:
+        require_numeric(self, schema, self.inputs())
+        if not self.probs or any(not 0 < p < 1 for p in self.probs):
+            raise QueryError(f"{self.describe()}: probabilities must lie in (0, 1)")
+        if not 1 <= self.bins <= 1_000_000:
+            raise QueryError(f"{self.describe()}: bins must be between 1 and 1000000")
+
+    def edges(self, schema: Schema) -> np.ndarray:
+        """The public grid."""
+        lower, upper = schema[self.column].bounds()
+        return np.linspace(lower, upper, self.bins + 1)
+
+    def resolution(self, schema: Schema) -> float:
+        """Width of one grid bin: the most any quantile can be off."""
+        lower, upper = schema[self.column].bounds()
+        return (upper - lower) / self.bins
+
+    def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        return (Block.counts("counts", self.bins),)
+
+    def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
+                   state: State) -> dict[str, np.ndarray]:
+        index = bin_index(data[self.column], self.edges(schema))
+        return {"counts": np.bincount(index, minlength=self.bins).astype(np.float64)}
+
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
+        counts = np.maximum(parts["counts"], 0)
+        edges = self.edges(schema)
+        cumulative = np.cumsum(counts)
+        targets = np.asarray(self.probs) * cumulative[-1]
+        index = np.minimum(np.searchsorted(cumulative, targets, side="left"), self.bins - 1)
+        before = np.where(index > 0, cumulative[index - 1], 0.0)
+        inside = np.divide(targets - before, counts[index], out=np.ones_like(targets),
+                           where=counts[index] > 0)
+        return edges[index] + np.clip(inside, 0, 1) * (edges[index + 1] - edges[index])

@@ -1,0 +1,81 @@
+"""Human-readable text for results: one-line answers and aligned tables for terminals."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pet.queries import LinearFit, LogisticFit, SurvivalCurve
+from pet.result import Result
+
+
+def number(value: float) -> str:
+    """A number to four significant digits."""
+    return f"{value:.4g}"
+
+
+def summarize(value: Any) -> str:
+    """The answer of a query on one line."""
+    if isinstance(value, LinearFit | LogisticFit):
+        terms = [f"{name} {number(c)} (SE {number(s)})"
+                 for name, c, s in zip(value.names, value.coef, value.se, strict=True)
+                 if name != "intercept"]
+        if isinstance(value, LinearFit):
+            extra = f"R²={value.r2:.3f}"
+        else:
+            status = "converged" if value.converged else "NOT converged"
+            extra = f"{value.iterations} rounds, {status}"
+        return "; ".join([*terms, extra])
+    if isinstance(value, SurvivalCurve):
+        return "; ".join(f"S({t:g})={number(s)} [{number(lo)}, {number(hi)}]" for t, s, lo, hi
+                         in zip(value.times, value.survival, value.lower, value.upper,
+                                strict=True) if np.isfinite(t))
+    if isinstance(value, np.ndarray):
+        if value.ndim == 2:
+            return "; ".join("[" + ", ".join(number(v) for v in row) + "]" for row in value)
+        return "[" + ", ".join(number(v) for v in np.ravel(value)) + "]"
+    if isinstance(value, float | int | np.floating | np.integer):
+        return number(float(value))
+    return str(value)
+
+
+def result_row(result: Result) -> list[str]:
+    """The cells of one result in `RESULT_HEADERS` order."""
+    missing = sum(result.missing.values())
+    return [result.query, summarize(result.value), str(result.n), str(missing),
+            f"{result.latency_s * 1000:.1f}", str(result.bytes_total)]
+
+
+RESULT_HEADERS = ("query", "answer", "n", "missing", "ms", "bytes")
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str], *,
+          widest: int = 64) -> str:
+    """An aligned plain-text table; cells longer than `widest` wrap at '; ' onto extra
+    lines (and the query column at 48)."""
+    wrapped = [[_wrap(cell, widest if i else 48) for i, cell in enumerate(row)]
+               for row in rows]
+    widths = [max([len(h)] + [len(line) for row in wrapped for line in row[i]])
+              for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+           "  ".join("-" * w for w in widths)]
+    for row in wrapped:
+        for k in range(max(len(cell) for cell in row)):
+            line = [cell[k] if k < len(cell) else "" for cell in row]
+            out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Pack the '; '-separated pieces of `text` into lines of at most `width` where they
+    can be; a piece longer than a line is wrapped at spaces."""
+    lines: list[str] = []
+    for piece in text.split("; "):
+        if lines and len(lines[-1]) + 2 + len(piece) <= width:
+            lines[-1] += "; " + piece
+        else:
+            lines.extend(textwrap.wrap(piece, width) or [""])
+    return lines

@@ -1,0 +1,43 @@
+"""The result of a study: the answer with what it cost and what it guarantees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pet.backends.base import Privacy
+
+
+@dataclass(frozen=True)
+class SiteReport:
+    """One site's share of the work, summed over rounds."""
+
+    name: str
+    seconds: float
+    bytes_sent: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """An answer, its backend, error bound, privacy guarantee and cost.
+
+    `n` counts the rows used (complete rows of the subgroup, all sites); `missing` counts,
+    per column read, rows of the subgroup left out because that value was missing.
+    `error_bound` bounds the backend's error on each aggregated sum (0: exact).
+    """
+
+    query: str
+    value: Any
+    backend: str
+    n: int
+    missing: dict[str, int]
+    error_bound: float
+    privacy: Privacy
+    rounds: int
+    latency_s: float
+    sites: tuple[SiteReport, ...]
+
+    @property
+    def bytes_total(self) -> int:
+        """Bytes all sites sent, over all rounds."""
+        return sum(s.bytes_sent for s in self.sites)

@@ -1,0 +1,74 @@
+"""A study: one query run across sites under one backend.
+
+The layout → local → aggregate → finalize loop lives here once (DESIGN §2). Each round
+every site computes and protects its partial, the coordinator combines the messages, the
+analyst reveals the aggregate, and the query finalizes it or asks for another round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from pet.backends import Backend, get_backend
+from pet.errors import PetError
+from pet.queries.base import Next, Query
+from pet.result import Result, SiteReport
+from pet.schema import Schema
+from pet.site import Site
+
+
+class Study:
+    """Sites sharing one public schema, queried under one backend."""
+
+    def __init__(self, sites: Sequence[Site], *, backend: str | Backend = "plaintext") -> None:
+        if not sites:
+            raise PetError("a study needs at least one site")
+        names = [s.name for s in sites]
+        if len(set(names)) != len(names):
+            raise PetError(f"site names repeat: {names}")
+        self.schema: Schema = sites[0].schema
+        for site in sites[1:]:
+            if site.schema != self.schema:
+                raise PetError(f"site {site.name!r} follows a different schema from site "
+                               f"{sites[0].name!r}; every site must use the study's schema")
+        self.sites = tuple(sites)
+        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+
+    def run(self, query: Query) -> Result:
+        """Answer `query` across all sites; raises if any site refuses or the query is bad."""
+        query.validate(self.schema)
+        start = time.perf_counter()
+        seconds = dict.fromkeys((s.name for s in self.sites), 0.0)
+        sent = dict.fromkeys((s.name for s in self.sites), 0)
+        state = query.initial_state(self.schema)
+        for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
+            layout = query.layout(self.schema, state)
+            contributions = [site.contribute(query, state, self.backend) for site in self.sites]
+            for c in contributions:
+                seconds[c.site] += c.seconds
+                sent[c.site] += len(c.message)
+            combined = self.backend.combine([c.message for c in contributions], layout)
+            aggregate = self.backend.reveal(combined, layout)
+            outcome = query.finalize(aggregate.total, self.schema, state)
+            if not isinstance(outcome, Next):
+                break
+            state = outcome.state
+        else:
+            raise PetError(f"{query.describe()} asked for more than {query.max_rounds} rounds")
+        parts = layout.split(aggregate.total)
+        return Result(
+            query=query.describe(),
+            value=outcome,
+            backend=self.backend.name,
+            n=int(np.rint(parts["n"][0])),
+            missing={c: int(np.rint(m)) for c, m in zip(query.used_columns(), parts["missing"],
+                                                         strict=True)},
+            error_bound=aggregate.error_bound,
+            privacy=aggregate.privacy,
+            rounds=rounds,
+            latency_s=time.perf_counter() - start,
+            sites=tuple(SiteReport(s.name, seconds[s.name], sent[s.name]) for s in self.sites),
+        )

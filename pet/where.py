@@ -1,0 +1,111 @@
+"""Subgroup filters such as `sex == "F" and age >= 50`, checked against the schema.
+
+A filter is parsed with Python's own parser into a small, safe expression tree (only
+comparisons of a column with constants, `in`, `and`, `or`, `not`): nothing is evaluated
+as Python code. Its text is public, like the rest of the query.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pet.errors import QueryError, SchemaError
+from pet.schema import Categorical, Schema
+
+_COMPARE: dict[type[ast.cmpop], Callable[[np.ndarray, float], np.ndarray]] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+    ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class Where:
+    """A public row filter; `mask` selects the rows of a chunk that belong to the subgroup."""
+
+    text: str
+    columns: tuple[str, ...] = field(init=False)
+    _tree: ast.expr = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            tree = ast.parse(self.text, mode="eval").body
+        except SyntaxError as exc:
+            raise QueryError(f"cannot parse filter {self.text!r}: {exc.msg}") from None
+        object.__setattr__(self, "_tree", tree)
+        object.__setattr__(self, "columns", tuple(sorted(_names(tree, self.text))))
+
+    def check(self, schema: Schema) -> None:
+        """Fail unless every column exists and every constant fits its column."""
+        self.mask(schema, {name: np.zeros(0) for name in self.columns})
+
+    def mask(self, schema: Schema, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Boolean mask of the rows that satisfy the filter (missing values never do)."""
+        return _evaluate(self._tree, schema, columns, self.text)
+
+
+def _names(node: ast.AST, text: str) -> set[str]:
+    if isinstance(node, ast.BoolOp):
+        return set().union(*(_names(v, text) for v in node.values))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return _names(node.operand, text)
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.left, ast.Name):
+        return {node.left.id}
+    raise QueryError(
+        f"filter {text!r}: use comparisons of a column with a constant (age >= 50, "
+        f"sex == 'F', smoking in ['current', 'former']) joined by and / or / not"
+    )
+
+
+def _evaluate(node: ast.AST, schema: Schema, columns: Mapping[str, np.ndarray],
+              text: str) -> np.ndarray:
+    if isinstance(node, ast.BoolOp):
+        parts = [_evaluate(v, schema, columns, text) for v in node.values]
+        combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+        return combine.reduce(parts)
+    if isinstance(node, ast.UnaryOp):
+        return ~_evaluate(node.operand, schema, columns, text)
+    assert isinstance(node, ast.Compare) and isinstance(node.left, ast.Name)
+    name, op, right = node.left.id, node.ops[0], node.comparators[0]
+    try:
+        column = schema[name]
+    except SchemaError as exc:
+        raise QueryError(f"filter {text!r}: {exc}") from None
+    values = columns[name]
+    if isinstance(op, ast.In | ast.NotIn):
+        constants = _constant(right, text)
+        if not isinstance(constants, list | tuple | set):
+            raise QueryError(f"filter {text!r}: 'in' takes a list, e.g. {name} in ['a', 'b']")
+        hit = np.isin(values, [_encode(column, c, text) for c in constants])
+        return hit if isinstance(op, ast.In) else ~hit & ~np.isnan(values)
+    if type(op) not in _COMPARE:
+        raise QueryError(f"filter {text!r}: unsupported comparison")
+    constant = _encode(column, _constant(right, text), text)
+    if isinstance(column, Categorical) and not isinstance(op, ast.Eq | ast.NotEq):
+        raise QueryError(f"filter {text!r}: categorical column {name!r} takes == != in")
+    result = _COMPARE[type(op)](values, constant)
+    return result & ~np.isnan(values)
+
+
+def _constant(node: ast.AST, text: str) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise QueryError(f"filter {text!r}: compare columns with constants only") from None
+
+
+def _encode(column: object, value: object, text: str) -> float:
+    """A constant in the column's encoding (a category becomes its code)."""
+    if isinstance(column, Categorical):
+        try:
+            return float(column.code(value))  # type: ignore[arg-type]
+        except SchemaError as exc:
+            raise QueryError(f"filter {text!r}: {exc}") from None
+    if isinstance(value, bool | int | float):
+        return float(value)
+    raise QueryError(f"filter {text!r}: {value!r} is not a number for column "
+                     f"{getattr(column, 'name', '?')!r}")

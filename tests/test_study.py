@@ -1,0 +1,63 @@
+"""The study loop and its result: cost, guarantee and per-site reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pet.backends import Plaintext, get_backend
+from pet.errors import PetError
+from pet.queries import LogisticRegression, Mean
+from pet.schema import Continuous, Schema
+from pet.site import Site
+from pet.study import Study
+from pet.table import FrameTable
+from pet.workloads import Workload
+
+
+def test_result_reports_backend_cost_and_guarantee(lung3: Workload) -> None:
+    result = lung3.study().run(Mean("wt_loss"))
+    layout_size = Mean("wt_loss").layout(lung3.schema).size
+    assert result.backend == "plaintext"
+    assert result.error_bound == 0.0
+    assert not result.privacy.differentially_private
+    assert [s.name for s in result.sites] == ["site-1", "site-2", "site-3"]
+    assert all(s.bytes_sent == 8 * layout_size for s in result.sites)
+    assert result.bytes_total == 3 * 8 * layout_size
+    assert result.query == "Mean(wt_loss)"
+    assert result.n + result.missing["wt_loss"] == 228
+
+
+def test_iterative_queries_pay_bytes_every_round(breast: Workload) -> None:
+    query = LogisticRegression("malignant", ("mean_radius", "mean_texture"))
+    result = breast.study().run(query)
+    per_round = 8 * query.layout(breast.schema, query.initial_state(breast.schema)).size
+    assert result.rounds > 2
+    assert all(s.bytes_sent == per_round * result.rounds for s in result.sites)
+
+
+def test_plaintext_backend_sums_in_clear(lung3: Workload) -> None:
+    layout = Mean("age").layout(lung3.schema)
+    backend = Plaintext()
+    partials = [np.arange(layout.size, dtype=float) * (k + 1) for k in range(3)]
+    combined = backend.combine([backend.protect(p, layout) for p in partials], layout)
+    np.testing.assert_array_equal(backend.reveal(combined, layout).total, sum(partials))
+    with pytest.raises(PetError, match="layout has"):
+        backend.combine([b"\0" * 8], layout)
+
+
+def test_unknown_backend_is_named() -> None:
+    with pytest.raises(PetError, match=r"unknown backend 'magic'; choose one of \['plaintext'\]"):
+        get_backend("magic")
+
+
+def test_sites_must_share_the_schema_and_have_distinct_names(lung3: Workload) -> None:
+    sites = lung3.sites()
+    with pytest.raises(PetError, match="repeat"):
+        Study([sites[0], sites[0]])
+    other = Schema((Continuous("age", 0, 120),))
+    stranger = Site("stranger", FrameTable(lung3.pooled()[["age"]], other))
+    with pytest.raises(PetError, match="'stranger' follows a different schema"):
+        Study([sites[0], stranger])
+    with pytest.raises(PetError, match="at least one site"):
+        Study([])
