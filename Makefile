@@ -9,10 +9,10 @@ CRYPTEN := crypten==0.4.1
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install -qq -e '.[test]'
 	# CrypTen declares dependencies that cannot be installed (sklearn, torchvision);
 	# its real runtime needs are pinned in pyproject.toml.
-	$(PY) -m pip install --quiet --no-deps $(CRYPTEN)
+	$(PY) -m pip install -qq --no-deps $(CRYPTEN)
 	touch $(STAMP)
 
 demo: $(STAMP)

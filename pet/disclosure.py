@@ -1,7 +1,8 @@
 """Output disclosure control for non-DP answers, as DataSHIELD does it, at each site.
 
 A site refuses to contribute a non-empty cell or subgroup smaller than its minimum count,
-and a regression with too many parameters for its rows. The refusal names the rule and
+and a regression with too many parameters for its rows (a site with no rows in the
+subgroup contributes zeros, which disclose nothing). The refusal names the rule and
 the site's limit but never the count that broke it (that count is what it protects).
 """
 
@@ -42,7 +43,7 @@ class DisclosurePolicy:
                     site=site, limit=self.min_cell,
                 )
         rows = layout.split(partial)["n"][0]
-        if layout.parameters and layout.parameters > self.max_parameter_ratio * rows:
+        if rows > 0 and layout.parameters > self.max_parameter_ratio * rows:
             raise DisclosureError(
                 f"the model fits {layout.parameters} parameters, more than "
                 f"{self.max_parameter_ratio:g} per row used here; use fewer predictors",

@@ -45,7 +45,8 @@ class Where:
 
     def mask(self, schema: Schema, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Boolean mask of the rows that satisfy the filter (missing values never do)."""
-        return _evaluate(self._tree, schema, columns, self.text)
+        known = ~np.logical_or.reduce([np.isnan(columns[c]) for c in self.columns])
+        return _evaluate(self._tree, schema, columns, self.text) & known
 
 
 def _names(node: ast.AST, text: str) -> set[str]:
@@ -79,7 +80,7 @@ def _evaluate(node: ast.AST, schema: Schema, columns: Mapping[str, np.ndarray],
     if isinstance(op, ast.In | ast.NotIn):
         constants = _constant(right, text)
         if not isinstance(constants, list | tuple | set):
-            raise QueryError(f"filter {text!r}: 'in' takes a list, e.g. {name} in ['a', 'b']")
+            raise QueryError(f"filter {text!r}: 'in' takes a list, e.g. {name} in [a, b]")
         hit = np.isin(values, [_encode(column, c, text) for c in constants])
         return hit if isinstance(op, ast.In) else ~hit & ~np.isnan(values)
     if type(op) not in _COMPARE:

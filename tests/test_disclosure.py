@@ -73,3 +73,10 @@ def test_regressions_with_too_many_parameters_per_row_are_refused() -> None:
 def test_nonsense_policies_fail_when_made(options: dict) -> None:
     with pytest.raises(ValueError):
         DisclosurePolicy(**options)
+
+
+def test_a_site_without_rows_in_the_subgroup_contributes_zeros() -> None:
+    empty = rows([], "")
+    result = study(BIG, empty).run(LinearRegression("x", ("g",)))
+    assert result.n == 30
+    assert study(BIG, empty).run(Mean("x")).value == pytest.approx(4.5)

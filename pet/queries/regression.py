@@ -76,19 +76,24 @@ def _scaling(column: object, centered: bool) -> tuple[float, float]:
 
 def model_matrix(design: Design, schema: Schema, predictors: tuple[str, ...],
                  data: dict[str, np.ndarray]) -> np.ndarray:
-    """Rows × terms matrix with every entry in [-1, 1]."""
+    """Rows × terms matrix with every entry in [-1, 1], filled column by column in place
+    (column-major, so each fill is one contiguous vectorised write)."""
     n = len(next(iter(data.values()))) if data else 0
-    columns = [np.ones(n)] if design.names and design.names[0] == "intercept" else []
+    matrix = np.empty((n, design.size), order="F")
+    term = 0
+    if design.names and design.names[0] == "intercept":
+        matrix[:, 0] = 1.0
+        term = 1
     for name in predictors:
         column = schema[name]
         if isinstance(column, Categorical):
-            codes = data[name]
-            columns.extend((codes == k).astype(np.float64)
-                           for k in range(1, len(column.categories)))
+            for code in range(1, len(column.categories)):
+                matrix[:, term] = data[name] == code
+                term += 1
         else:
-            columns.append(data[name])
-    matrix = np.column_stack(columns) if columns else np.zeros((n, 0))
-    return (matrix - design.center) / design.half
+            matrix[:, term] = (data[name] - design.center[term]) / design.half[term]
+            term += 1
+    return matrix
 
 
 @dataclass(frozen=True)
