@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from benchmarks.cli import add_arguments, run
 from pet.demo import run_demo
 
 
@@ -15,9 +16,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the demo study on lung cancer sites")
     demo.add_argument("--sites", type=int, default=3, help="number of sites (1-18)")
+    bench = commands.add_parser("bench", help="run a benchmark profile (quick, full, ...)")
+    add_arguments(bench)
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        print(run_demo(args.sites))
+    if args.command == "bench":
+        return run(args)
+    print(run_demo(args.sites))
     return 0
 
 

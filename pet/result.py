@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pet.backends.base import Privacy
+from pet.queries import LinearFit, LogisticFit, SurvivalCurve
 
 
 @dataclass(frozen=True)
@@ -41,3 +44,13 @@ class Result:
     def bytes_total(self) -> int:
         """Bytes all sites sent, over all rounds."""
         return sum(s.bytes_sent for s in self.sites)
+
+
+def answer_vector(value: Any) -> np.ndarray:
+    """The numbers of an answer, flattened, so that answers of different backends can be
+    compared: coefficients of a fit, survival of a curve, else the value itself."""
+    if isinstance(value, LinearFit | LogisticFit):
+        return np.asarray(value.coef, dtype=np.float64)
+    if isinstance(value, SurvivalCurve):
+        return np.asarray(value.survival, dtype=np.float64)
+    return np.ravel(np.asarray(value, dtype=np.float64))

@@ -229,3 +229,14 @@ def test_two_million_rows_stream_through_parquet(tmp_path) -> None:
     table = workload.tables["site-1"]
     assert pq.ParquetFile(table.path).metadata.num_row_groups == 8
     assert table.missing() == dict.fromkeys(workload.schema.names, 0)  # validates all rows
+
+
+def test_reuse_keeps_existing_site_files_and_adds_missing_ones(tmp_path) -> None:
+    cohort(800, 2, 4, directory=tmp_path)
+    first = (tmp_path / "site-1.parquet").stat().st_mtime_ns
+    four = cohort(800, 4, 4, directory=tmp_path, reuse=True)
+    assert (tmp_path / "site-1.parquet").stat().st_mtime_ns == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"site-{k}.parquet" for k in range(1, 5)]
+    fresh = cohort(800, 4, 4)
+    for name, table in four.tables.items():
+        pd.testing.assert_frame_equal(table.to_frame(), fresh.tables[name].to_frame())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pet.backends.base import Aggregate, Backend, Privacy
 from pet.backends.plaintext import Plaintext
 from pet.errors import PetError
@@ -9,12 +11,18 @@ from pet.errors import PetError
 BACKENDS: dict[str, type[Backend]] = {Plaintext.name: Plaintext}
 
 
-def get_backend(name: str) -> Backend:
-    """A new backend of the given name, or an error listing the known ones."""
+def backend_class(name: str) -> type[Backend]:
+    """The backend class of the given name, or an error listing the known ones."""
     try:
-        return BACKENDS[name]()
+        return BACKENDS[name]
     except KeyError:
         raise PetError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}") from None
 
 
-__all__ = ["BACKENDS", "Aggregate", "Backend", "Plaintext", "Privacy", "get_backend"]
+def get_backend(name: str, **options: Any) -> Backend:
+    """A new backend of the given name, made with its options (e.g. epsilon for DP)."""
+    return backend_class(name)(**options)
+
+
+__all__ = ["BACKENDS", "Aggregate", "Backend", "Plaintext", "Privacy", "backend_class",
+           "get_backend"]

@@ -55,6 +55,8 @@ class Backend(ABC):
     """One privacy-enhancing way to sum the sites' partial vectors."""
 
     name: ClassVar[str]
+    differentially_private: ClassVar[bool] = False
+    """Whether the backend adds DP noise (and so takes an ε, and costs privacy budget)."""
 
     @abstractmethod
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:

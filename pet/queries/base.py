@@ -140,7 +140,9 @@ class Query(ABC):
         else:
             in_group = candidates = np.ones(chunk.n_rows, dtype=bool)
         complete = in_group & ~np.logical_or.reduce(list(missing.values()))
-        data = {name: chunk.columns[name][complete] for name in self.inputs()}
+        every_row = bool(complete.all())  # the common case: no copy of the columns
+        data = {name: chunk.columns[name] if every_row else chunk.columns[name][complete]
+                for name in self.inputs()}
         parts = self.accumulate(data, schema, state)
         parts["n"] = np.array([complete.sum()], dtype=np.float64)
         parts["missing"] = np.array([(m & candidates).sum() for m in missing.values()],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import special
 
 from pet.errors import QueryError
 from pet.layout import Block
@@ -111,11 +111,11 @@ class Fit:
 
     def pvalues(self) -> np.ndarray:
         """Two-sided p-values (normal reference)."""
-        return 2 * stats.norm.sf(np.abs(self.statistic()))
+        return 2 * special.ndtr(-np.abs(self.statistic()))
 
     def table(self) -> pd.DataFrame:
         """Coefficients, standard errors, statistics, p-values and 95% intervals."""
-        z = stats.norm.ppf(0.975)
+        z = special.ndtri(0.975)
         return pd.DataFrame(
             {"coef": self.coef, "se": self.se, "statistic": self.statistic(),
              "p": self.pvalues(), "ci_low": self.coef - z * self.se,
@@ -135,7 +135,7 @@ class LinearFit(Fit):
 
     def pvalues(self) -> np.ndarray:
         """Two-sided p-values from Student's t with the residual degrees of freedom."""
-        return 2 * stats.t.sf(np.abs(self.statistic()), self.dof)
+        return 2 * special.stdtr(self.dof, -np.abs(self.statistic()))
 
 
 @dataclass(frozen=True)
@@ -279,9 +279,10 @@ class LogisticRegression(Regression):
         x = model_matrix(self.design(schema), schema, self.predictors, data)
         y = data[self.outcome]
         eta = x @ np.asarray(state.beta)
-        mu = special.expit(eta)
-        log_mu = np.maximum(-np.logaddexp(0, -eta), LOG_FLOOR)
-        log_not_mu = np.maximum(-np.logaddexp(0, eta), LOG_FLOOR)
+        log_mu = -np.logaddexp(0, -eta)  # log μ, stable for any η
+        mu = np.exp(log_mu)
+        log_not_mu = np.maximum(log_mu - eta, LOG_FLOOR)  # log(1 - μ) = log μ - η
+        log_mu = np.maximum(log_mu, LOG_FLOOR)
         return {
             "gradient": x.T @ (y - mu),
             "hessian": gram_upper(x * np.sqrt(mu * (1 - mu))[:, None]),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from pet.errors import QueryError
 from pet.layout import Block
@@ -104,7 +104,7 @@ class KaplanMeier(Query):
             survival = np.cumprod(1.0 - hazard)
             terms = np.where(at_risk > events, events / (at_risk * (at_risk - events)), 0.0)
             greenwood = np.cumsum(terms)
-            z = stats.norm.ppf(0.5 + self.confidence / 2)
+            z = special.ndtri(0.5 + self.confidence / 2)
             log_s = np.log(survival)
             spread = z * np.sqrt(greenwood) / log_s
             lower = np.exp(-np.exp(np.log(-log_s) - spread))

@@ -74,11 +74,14 @@ def cohort_schema() -> Schema:
 
 
 def cohort(n_rows: int, n_sites: int, seed: int, *, directory: str | Path | None = None,
-           chunk_rows: int = CHUNK_ROWS) -> Workload:
+           chunk_rows: int = CHUNK_ROWS, reuse: bool = False) -> Workload:
     """`n_rows` virtual patients at each of `n_sites` sites, deterministic in the arguments.
 
     With `directory`, each site is streamed chunk by chunk to `site-K.parquet` there (one
     row group per chunk, so no site has to fit in memory); without, tables live in memory.
+    With `reuse`, a site file already in `directory` is kept: files are only ever complete
+    (see `_write_parquet`) and a site's rows do not depend on `n_sites`, so a directory
+    kept per (n_rows, seed, chunk_rows) serves every number of sites.
     """
     for name, value, minimum in (("n_rows", n_rows, 1), ("n_sites", n_sites, 1),
                                  ("seed", seed, 0), ("chunk_rows", chunk_rows, 1)):
@@ -92,7 +95,8 @@ def cohort(n_rows: int, n_sites: int, seed: int, *, directory: str | Path | None
             tables[name] = FrameTable(pa.concat_tables(chunks).to_pandas(), schema)
         else:
             path = Path(directory) / f"{name}.parquet"
-            _write_parquet(chunks, path)
+            if not (reuse and path.exists()):
+                _write_parquet(chunks, path)
             tables[name] = ParquetTable(path, schema)
     return Workload("cohort", schema, tables, DESCRIPTION)
 

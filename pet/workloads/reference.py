@@ -1,12 +1,14 @@
 """Real health data that ships inside pip packages: lung (lifelines), breast_cancer and
-diabetes (scikit-learn). Nothing is downloaded at run time."""
+diabetes (scikit-learn). Nothing is downloaded at run time.
+
+lifelines and scikit-learn are imported inside the loaders: importing them takes about a
+second, which every process that only needs the generated cohort would otherwise pay.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from lifelines.datasets import load_lung
-from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from pet.errors import PetError
 from pet.table import FrameTable
@@ -21,6 +23,8 @@ def lung(n_sites: int | None = 3) -> Workload:
     smallest site, into `n_sites` sites of similar size. The one patient whose
     institution is unknown joins the smallest site, so no row is dropped.
     """
+    from lifelines.datasets import load_lung
+
     frame = load_lung().rename(columns=lambda c: c.replace(".", "_"))
     frame = frame.assign(
         dead=frame["status"] == 1,
@@ -80,6 +84,8 @@ def _split_workload(name: str, frame: pd.DataFrame, n_sites: int, seed: int,
 
 def breast_cancer(n_sites: int = 3, seed: int = 0) -> Workload:
     """Wisconsin diagnostic breast cancer, 569 × 30 + diagnosis, rows dealt into sites."""
+    from sklearn.datasets import load_breast_cancer
+
     data = load_breast_cancer(as_frame=True)
     frame = data.frame.rename(columns=lambda c: c.replace(" ", "_"))
     frame["malignant"] = frame.pop("target") == 0  # scikit-learn codes malignant as 0
@@ -89,6 +95,8 @@ def breast_cancer(n_sites: int = 3, seed: int = 0) -> Workload:
 
 def diabetes(n_sites: int = 3, seed: int = 0) -> Workload:
     """scikit-learn's diabetes progression data, 442 × 10 + outcome, rows dealt into sites."""
+    from sklearn.datasets import load_diabetes
+
     data = load_diabetes(as_frame=True, scaled=False)
     frame = data.frame.rename(columns={"s1": "tc", "s2": "ldl", "s3": "hdl", "s4": "tch",
                                        "s5": "ltg", "s6": "glu", "target": "progression"})

@@ -1,0 +1,256 @@
+"""The harness: runs a profile's cells, each in a fresh process, and keeps what they cost.
+
+Every cell runs in its own worker process so that its peak memory is its own. A finished
+cell is appended to `cells.jsonl` in the run folder (flushed and synced) before the next
+starts, so an interrupted run loses at most the cell in flight and resumes where it
+stopped. Timings are measured here and only reported; no test asserts them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from benchmarks.profile import Cell, Profile
+from benchmarks.queries import preset
+from benchmarks.report import markdown_summary, plot_all
+from pet.backends import get_backend
+from pet.disclosure import DisclosurePolicy
+from pet.errors import PetError
+from pet.result import Result, answer_vector
+from pet.table import ParquetTable
+from pet.workloads import Workload, cohort, load
+
+CSV_COLUMNS = (
+    "workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
+    "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total", "peak_mem_mb",
+    "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
+    "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "scan_s", "status", "message",
+)
+"""One row per cell; the first columns are the ones every run must have to be compared."""
+TEXT_COLUMNS = frozenset({"workload", "query", "backend", "status", "message"})
+
+OPEN = DisclosurePolicy(min_cell=1, max_parameter_ratio=1.0)
+"""Benchmarks measure cost, so disclosure control (which refuses small cells) is off."""
+
+COHORT_SEED = 20261123
+LIBRARIES = ("pet", "numpy", "pandas", "pyarrow", "scipy", "tenseal", "opendp", "torch",
+             "crypten", "grpcio")
+
+
+def machine_info() -> dict[str, str]:
+    """What the numbers were measured on: CPU, cores, memory, Python and library versions."""
+    info = {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "memory_gb": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f}",
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for name in LIBRARIES:
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = "not installed"
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build_workload(cell: Cell, data_dir: Path) -> Workload:
+    """The cell's data: cohort as Parquet files cached in `data_dir`, others from packages."""
+    if cell.rows_per_site is None:
+        return load(cell.workload, n_sites=cell.sites)
+    directory = data_dir / f"{cell.workload}-{cell.rows_per_site}-{COHORT_SEED}"
+    return cohort(cell.rows_per_site, cell.sites, COHORT_SEED, directory=directory, reuse=True)
+
+
+def run_cell(cell: Cell, data_dir: str) -> dict[str, Any]:
+    """Measure one cell (in a worker process); failures become a row with their reason."""
+    record: dict[str, Any] = {**asdict(cell), "key": cell.key}
+    try:
+        record.update(_measure(cell, Path(data_dir)))
+        record["status"], record["message"] = "ok", ""
+    except (PetError, ValueError, ArithmeticError, OSError) as exc:
+        record["status"], record["message"] = "error", f"{type(exc).__name__}: {exc}"
+    record["peak_mem_mb"] = _peak_rss_mb()
+    return record
+
+
+def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
+    workload = build_workload(cell, data_dir)
+    query = preset(cell.workload, cell.query)
+    options = {} if cell.epsilon is None else {"epsilon": cell.epsilon}
+    study = workload.study(get_backend(cell.backend, **options), policy=OPEN)
+    for _ in range(cell.warmup):
+        study.run(query)
+    latencies, cpu, results = [], [], []
+    for _ in range(cell.repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        results.append(study.run(query))
+        latencies.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    last = results[-1]
+    rows = workload.n_rows
+    site_seconds = np.median([[s.seconds for s in r.sites] for r in results], axis=0)
+    return {
+        "rows_per_site": rows // cell.sites,
+        "latency_median_s": float(np.median(latencies)),
+        "latency_p95_s": float(np.percentile(latencies, 95)),
+        "latencies_s": latencies,
+        "throughput_rows_s": rows / float(np.median(latencies)),
+        "site_rows_s": rows / cell.sites / float(np.mean(site_seconds)),
+        "site_seconds": site_seconds.tolist(),
+        "cpu_s": float(np.median(cpu)),
+        "bytes_total": last.bytes_total,
+        "bytes_per_site": last.bytes_total / cell.sites,
+        "site_bytes": [s.bytes_sent for s in last.sites],
+        "rounds": last.rounds,
+        "rho": last.privacy.rho,
+        "epsilon_spent": last.privacy.epsilon,
+        "delta": last.privacy.delta,
+        **_errors(last, workload, query, cell),
+        "scan_s": _bare_scan(workload, query.used_columns()),
+    }
+
+
+def _errors(result: Result, workload: Workload, query: Any, cell: Cell) -> dict[str, float]:
+    """Absolute and relative (max-norm) error of the answer against plaintext."""
+    if cell.backend == "plaintext":
+        return {"abs_error": 0.0, "rel_error": 0.0}
+    reference = answer_vector(workload.study("plaintext", policy=OPEN).run(query).value)
+    error = float(np.max(np.abs(answer_vector(result.value) - reference)))
+    scale = float(np.max(np.abs(reference)))
+    relative = error / scale if scale else (0.0 if error == 0 else math.inf)
+    return {"abs_error": error, "rel_error": relative}
+
+
+def _bare_scan(workload: Workload, columns: tuple[str, ...]) -> float | None:
+    """Seconds to read the query's columns from every site's Parquet file and sum them with
+    numpy: the floor a one-pass `local` can approach. None for in-memory workloads."""
+    tables = list(workload.tables.values())
+    if not all(isinstance(t, ParquetTable) for t in tables):
+        return None
+    start = time.perf_counter()
+    for table in tables:
+        for batch in pq.ParquetFile(table.path).iter_batches(columns=list(columns)):
+            for array in batch.columns:
+                if pa.types.is_dictionary(array.type):  # categories: sum their codes
+                    array = array.indices
+                np.sum(array.to_numpy(zero_copy_only=False))
+    return time.perf_counter() - start
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux VmHWM), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+class RunFolder:
+    """A run's folder: finished cells as JSON lines, plus the CSV, JSON and report."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cells_file = path / "cells.jsonl"
+        path.mkdir(parents=True, exist_ok=True)
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Cells already measured, by key (a torn last line from a crash is ignored)."""
+        done: dict[str, dict[str, Any]] = {}
+        if self.cells_file.exists():
+            for line in self.cells_file.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[record["key"]] = record
+        return done
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Record one finished cell durably before the next one starts."""
+        with self.cells_file.open("a") as file:
+            file.write(json.dumps(record, default=_jsonable) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def write(self, profile: Profile, machine: dict[str, str]) -> pd.DataFrame:
+        """Write results.csv, run.json, summary.md and the plots from the finished cells."""
+        records = list(self.finished().values())
+        frame = pd.DataFrame(records).reindex(columns=list(CSV_COLUMNS))
+        for column in CSV_COLUMNS:
+            if column not in TEXT_COLUMNS:  # None (not applicable) becomes NaN
+                frame[column] = pd.to_numeric(frame[column])
+        frame.to_csv(self.path / "results.csv", index=False)
+        (self.path / "run.json").write_text(json.dumps(
+            {"profile": profile.name, "description": profile.description,
+             "machine": machine, "cells": records}, indent=1, default=_jsonable))
+        (self.path / "summary.md").write_text(markdown_summary(frame, machine))
+        plot_all(frame, self.path)
+        return frame
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def run_profile(profile: Profile, out: Path, *, data_dir: Path,
+                progress: bool = True) -> pd.DataFrame:
+    """Run every cell of `profile` not yet finished in `out`; return the results table."""
+    folder = RunFolder(out)
+    machine = machine_info()
+    done = folder.finished()
+    pending = [c for c in profile.cells() if c.key not in done]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for record in _run_each(pending, data_dir, progress=progress):
+            folder.append(record)
+    finally:
+        frame = folder.write(profile, machine)
+    return frame
+
+
+def _run_each(cells: list[Cell], data_dir: Path, *, progress: bool) -> Iterator[dict[str, Any]]:
+    """Each cell in a fresh worker process, with a progress bar showing cell and ETA."""
+    context = multiprocessing.get_context("spawn")
+    bar = tqdm(cells, unit="cell", disable=not progress, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(cell.label(), refresh=True)
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            try:
+                yield pool.submit(run_cell, cell, str(data_dir)).result()
+            except BrokenProcessPool:
+                yield {**asdict(cell), "key": cell.key, "status": "error",
+                       "message": "the worker process died (out of memory, or killed)"}

@@ -1,0 +1,144 @@
+"""The benchmark harness end to end on tiny profiles: well-formed outputs, and resuming
+skips finished cells. Timings are recorded, never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.harness import CSV_COLUMNS, RunFolder, run_profile
+from benchmarks.profile import Profile
+from pet.errors import PetError
+
+TINY = {
+    "name": "tiny",
+    "repeats": 2,
+    "warmup": 0,
+    "backends": ["plaintext"],
+    "matrices": [
+        {"workloads": ["lung"], "queries": ["count", "logistic"], "sites": [2]},
+        {"workloads": ["cohort"], "queries": ["mean", "kaplan_meier"], "sites": [1, 2],
+         "rows_per_site": [300]},
+    ],
+}
+REQUIRED = ["workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
+            "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total",
+            "peak_mem_mb", "abs_error", "rel_error", "rho", "epsilon_spent", "delta"]
+
+
+def run_tiny(out: Path, data: Path, spec: dict = TINY) -> pd.DataFrame:
+    return run_profile(Profile.from_dict(spec), out, data_dir=data, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
+    out, data = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("data")
+    return out, data, run_tiny(out, data)
+
+
+def test_tiny_profile_writes_csv_json_markdown_and_plots(tiny_run) -> None:
+    out, _, _ = tiny_run
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv.columns[: len(REQUIRED)]) == REQUIRED
+    assert list(csv.columns) == list(CSV_COLUMNS)
+    cells = set(zip(csv.workload, csv["query"], csv.sites, csv.rows_per_site, strict=True))
+    assert cells == {("lung", "count", 2, 114), ("lung", "logistic", 2, 114),
+                     ("cohort", "mean", 1, 300), ("cohort", "mean", 2, 300),
+                     ("cohort", "kaplan_meier", 1, 300), ("cohort", "kaplan_meier", 2, 300)}
+    assert (csv.status == "ok").all()
+    assert (csv.latency_p95_s >= csv.latency_median_s).all()
+    assert (csv.abs_error == 0).all() and (csv.rel_error == 0).all()
+    assert csv.epsilon.isna().all() and csv.epsilon_spent.isna().all()
+    assert (csv.peak_mem_mb > 0).all() and (csv.repeats == 2).all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["machine"]["cores"] and run["machine"]["numpy"] == np.__version__
+    logistic = next(c for c in run["cells"] if c["query"] == "logistic")
+    assert logistic["rounds"] > 1 and len(logistic["latencies_s"]) == 2
+    assert len(logistic["site_bytes"]) == 2
+    assert logistic["bytes_total"] == sum(logistic["site_bytes"])
+    for png in ("latency_vs_rows", "latency_vs_sites", "error_vs_epsilon", "tradeoff"):
+        assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| mean |" in (out / "summary.md").read_text()
+
+
+def test_bytes_match_the_layout_and_sites(tiny_run) -> None:
+    _, _, frame = tiny_run
+    mean = frame[(frame["query"] == "mean") & (frame.sites == 2)].iloc[0]
+    assert mean.bytes_total == 2 * 8 * (1 + 1 + 1)  # n, missing, Σx per site, float64
+    assert mean.bytes_per_site == 8 * 3
+
+
+def test_cohort_cells_are_compared_with_a_bare_scan(tiny_run) -> None:
+    _, _, frame = tiny_run
+    assert frame[frame.workload == "cohort"].scan_s.gt(0).all()
+    assert frame[frame.workload == "lung"].scan_s.isna().all()
+
+
+def test_resume_skips_finished_cells_and_runs_only_new_ones(tiny_run) -> None:
+    out, data, _ = tiny_run
+    before = (out / "cells.jsonl").read_text().splitlines()
+    run_tiny(out, data)
+    assert (out / "cells.jsonl").read_text().splitlines() == before
+    grown = {**TINY, "matrices": [*TINY["matrices"],
+                                  {"workloads": ["lung"], "queries": ["mean"], "sites": [2]}]}
+    frame = run_tiny(out, data, grown)
+    after = (out / "cells.jsonl").read_text().splitlines()
+    assert after[: len(before)] == before and len(after) == len(before) + 1
+    assert len(frame) == len(before) + 1
+
+
+def test_a_torn_last_line_is_measured_again(tmp_path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.append({"key": "a", "status": "ok"})
+    with folder.cells_file.open("a") as file:
+        file.write('{"key": "b", "sta')
+    assert list(folder.finished()) == ["a"]
+
+
+def test_cells_that_fail_are_recorded_with_their_reason(tmp_path) -> None:
+    spec = {**TINY, "matrices": [{"workloads": ["lung"], "queries": ["mean"], "sites": [30]}]}
+    frame = run_tiny(tmp_path / "out", tmp_path / "data", spec)
+    assert frame.status.tolist() == ["error"]
+    assert "n_sites must be in [1, 18]" in frame.message.iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"workloads": ["heart"]}, "unknown workload 'heart'"),
+        ({"queries": ["median"]}, "unknown query 'median'"),
+        ({"backends": ["magic"]}, "unknown backend 'magic'"),
+        ({"workloads": ["cohort"], "rows_per_site": []}, "needs rows_per_site"),
+        ({"sites": [0]}, "sites must be positive"),
+        ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
+    ],
+)
+def test_bad_profiles_are_refused_with_a_reason(change: dict, words: str) -> None:
+    matrix = {"workloads": ["lung"], "queries": ["mean"], "backends": ["plaintext"],
+              "sites": [2], **change}
+    with pytest.raises(PetError, match=words):
+        Profile.from_dict({"matrices": [matrix]})
+
+
+def test_shipped_profiles_load_and_full_reaches_ten_million_rows_at_eight_sites() -> None:
+    assert Profile.load("quick").cells()
+    full = Profile.load("full").cells()
+    assert any(c.sites == 8 and c.rows_per_site == 10_000_000 for c in full)
+    assert {c.workload for c in full} == {"lung", "breast_cancer", "diabetes", "cohort"}
+
+
+def test_quick_profile_runs_from_the_command_line(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pet", "bench", "quick", "--out", str(tmp_path / "quick"),
+         "--data", str(tmp_path / "data"), "--no-progress"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(tmp_path / "quick" / "results.csv")
+    assert len(frame) == len(Profile.load("quick").cells())
+    assert (frame.status == "ok").all()
