@@ -33,7 +33,6 @@ from benchmarks.queries import preset
 from benchmarks.report import markdown_summary, plot_all
 from pet.backends import get_backend
 from pet.disclosure import DisclosurePolicy
-from pet.errors import PetError
 from pet.result import Result, answer_vector
 from pet.table import ParquetTable
 from pet.workloads import Workload, cohort, load
@@ -42,7 +41,8 @@ CSV_COLUMNS = (
     "workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
     "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total", "peak_mem_mb",
     "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
-    "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "scan_s", "status", "message",
+    "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "scan_s", "local_s", "protect_s",
+    "combine_s", "reveal_s", "session_bytes", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "status", "message"})
@@ -96,7 +96,7 @@ def run_cell(cell: Cell, data_dir: str) -> dict[str, Any]:
     try:
         record.update(_measure(cell, Path(data_dir)))
         record["status"], record["message"] = "ok", ""
-    except (PetError, ValueError, ArithmeticError, OSError) as exc:
+    except Exception as exc:  # any failure is this cell's result, not the whole run's
         record["status"], record["message"] = "error", f"{type(exc).__name__}: {exc}"
     record["peak_mem_mb"] = _peak_rss_mb()
     return record
@@ -118,6 +118,7 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
     last = results[-1]
     rows = workload.n_rows
     site_seconds = np.median([[s.seconds for s in r.sites] for r in results], axis=0)
+    backend = study.backend
     return {
         "rows_per_site": rows // cell.sites,
         "latency_median_s": float(np.median(latencies)),
@@ -131,11 +132,25 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         "bytes_per_site": last.bytes_total / cell.sites,
         "site_bytes": [s.bytes_sent for s in last.sites],
         "rounds": last.rounds,
+        **_phases(results),
+        "session_bytes": backend.session_bytes,
         "rho": last.privacy.rho,
         "epsilon_spent": last.privacy.epsilon,
         "delta": last.privacy.delta,
         **_errors(last, workload, query, cell),
         "scan_s": _bare_scan(workload, query.used_columns()),
+    }
+
+
+def _phases(results: list[Result]) -> dict[str, float]:
+    """Median seconds per phase: a site's local pass and protection (mean over sites), the
+    coordinator's combination and the analyst's reveal."""
+    return {
+        "local_s": float(np.median([np.mean([s.local_s for s in r.sites]) for r in results])),
+        "protect_s": float(np.median([np.mean([s.protect_s for s in r.sites])
+                                      for r in results])),
+        "combine_s": float(np.median([r.combine_s for r in results])),
+        "reveal_s": float(np.median([r.reveal_s for r in results])),
     }
 
 

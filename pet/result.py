@@ -13,11 +13,18 @@ from pet.queries import LinearFit, LogisticFit, SurvivalCurve
 
 @dataclass(frozen=True)
 class SiteReport:
-    """One site's share of the work, summed over rounds."""
+    """One site's share of the work, summed over rounds: its local pass over the rows,
+    protecting the partial (encrypting, noising, sharing) and the bytes it sent."""
 
     name: str
-    seconds: float
+    local_s: float
+    protect_s: float
     bytes_sent: int
+
+    @property
+    def seconds(self) -> float:
+        """All the site's time."""
+        return self.local_s + self.protect_s
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class Result:
     `n` counts the rows used (complete rows of the subgroup, all sites); `missing` counts,
     per column read, rows of the subgroup left out because that value was missing.
     `error_bound` bounds the backend's error on each aggregated sum (0: exact).
+    `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds.
     """
 
     query: str
@@ -39,6 +47,8 @@ class Result:
     rounds: int
     latency_s: float
     sites: tuple[SiteReport, ...]
+    combine_s: float
+    reveal_s: float
 
     @property
     def bytes_total(self) -> int:

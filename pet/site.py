@@ -25,7 +25,8 @@ class Contribution:
 
     site: str
     message: bytes
-    seconds: float
+    local_s: float
+    protect_s: float
 
 
 class Site:
@@ -53,8 +54,10 @@ class Site:
         """The message this site sends for one round under `backend`."""
         start = time.perf_counter()
         partial = self.partial(query, state)
+        computed = time.perf_counter()
         message = backend.protect(partial, query.layout(self.schema, state))
-        return Contribution(self.name, message, time.perf_counter() - start)
+        return Contribution(self.name, message, computed - start,
+                            time.perf_counter() - computed)
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={self.table.n_rows})"

@@ -8,7 +8,8 @@ analyst reveals the aggregate, and the query finalizes it or asks for another ro
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -41,18 +42,24 @@ class Study:
         """Answer `query` across all sites; raises if any site refuses or the query is bad."""
         query.validate(self.schema)
         start = time.perf_counter()
-        seconds = dict.fromkeys((s.name for s in self.sites), 0.0)
-        sent = dict.fromkeys((s.name for s in self.sites), 0)
+        names = [s.name for s in self.sites]
+        local, protect = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        sent = dict.fromkeys(names, 0)
+        timings = {"combine": 0.0, "reveal": 0.0}
         state = query.initial_state(self.schema)
         for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
             layout = query.layout(self.schema, state)
             contributions = [site.contribute(query, state, self.backend) for site in self.sites]
             for c in contributions:
-                seconds[c.site] += c.seconds
+                local[c.site] += c.local_s
+                protect[c.site] += c.protect_s
                 sent[c.site] += len(c.message)
-            combined = self.backend.combine([c.message for c in contributions], layout)
-            aggregate = self.backend.reveal(combined, layout)
-            outcome = query.finalize(aggregate.total, self.schema, state)
+            with _timer(timings, "combine"):
+                combined = self.backend.combine([c.message for c in contributions], layout)
+            with _timer(timings, "reveal"):
+                aggregate = self.backend.reveal(combined, layout)
+            outcome = query.finalize(aggregate.total, self.schema, state,
+                                     error_bounds=aggregate.error_bounds)
             if not isinstance(outcome, Next):
                 break
             state = outcome.state
@@ -70,5 +77,15 @@ class Study:
             privacy=aggregate.privacy,
             rounds=rounds,
             latency_s=time.perf_counter() - start,
-            sites=tuple(SiteReport(s.name, seconds[s.name], sent[s.name]) for s in self.sites),
+            sites=tuple(SiteReport(n, local[n], protect[n], sent[n]) for n in names),
+            combine_s=timings["combine"],
+            reveal_s=timings["reveal"],
         )
+
+
+@contextmanager
+def _timer(totals: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds spent inside the block to totals[phase]."""
+    start = time.perf_counter()
+    yield
+    totals[phase] += time.perf_counter() - start

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from pet.backends.base import Aggregate, Backend, Privacy
+from pet.backends.he import HE
 from pet.backends.plaintext import Plaintext
 from pet.errors import PetError
 
-BACKENDS: dict[str, type[Backend]] = {Plaintext.name: Plaintext}
+BACKENDS: dict[str, type[Backend]] = {Plaintext.name: Plaintext, HE.name: HE}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -24,5 +25,5 @@ def get_backend(name: str, **options: Any) -> Backend:
     return backend_class(name)(**options)
 
 
-__all__ = ["BACKENDS", "Aggregate", "Backend", "Plaintext", "Privacy", "backend_class",
+__all__ = ["BACKENDS", "HE", "Aggregate", "Backend", "Plaintext", "Privacy", "backend_class",
            "get_backend"]

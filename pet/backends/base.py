@@ -43,12 +43,17 @@ class Privacy:
 class Aggregate:
     """The aggregated vector as the analyst receives it.
 
-    `error_bound` bounds |aggregate - exact sum| per element (0 when exact).
+    `error_bounds` bounds |aggregate - exact sum| element by element (0 where exact).
     """
 
     total: np.ndarray
-    error_bound: float
+    error_bounds: np.ndarray
     privacy: Privacy
+
+    @property
+    def error_bound(self) -> float:
+        """The largest error bound of any element."""
+        return float(np.max(self.error_bounds, initial=0.0))
 
 
 class Backend(ABC):
@@ -57,6 +62,11 @@ class Backend(ABC):
     name: ClassVar[str]
     differentially_private: ClassVar[bool] = False
     """Whether the backend adds DP noise (and so takes an ε, and costs privacy budget)."""
+
+    @property
+    def session_bytes(self) -> int:
+        """Bytes each site and the coordinator receive once per session (keys, contexts)."""
+        return 0
 
     @abstractmethod
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:

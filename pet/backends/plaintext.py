@@ -35,4 +35,4 @@ class Plaintext(Backend):
         return total.astype(_WIRE).tobytes()
 
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
-        return Aggregate(decode(combined, layout).copy(), 0.0, Privacy())
+        return Aggregate(decode(combined, layout).copy(), np.zeros(layout.size), Privacy())

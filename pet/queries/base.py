@@ -110,11 +110,21 @@ class Query(ABC):
             total += layout.join(self._chunk_parts(chunk, schema, state))
         return total
 
-    def finalize(self, total: np.ndarray, schema: Schema, state: State = None) -> Any:
-        """The answer, or `Next(state)`, from the aggregated vector."""
-        parts = self.layout(schema, state).split(total)
+    def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,
+                 error_bounds: np.ndarray | None = None) -> Any:
+        """The answer, or `Next(state)`, from the aggregated vector and the backend's
+        per-element error bounds (zero when exact)."""
+        layout = self.layout(schema, state)
+        parts = layout.split(total)
         if parts["n"][0] < 1:
             raise QueryError(f"{self.describe()}: no complete rows matched at any site")
+        bounds = np.zeros(layout.size) if error_bounds is None else error_bounds
+        return self.conclude(parts, layout.split(bounds), schema, state)
+
+    def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
+                 schema: Schema, state: State) -> Any:
+        """The answer given each block's error bounds; only iterative queries, whose steps
+        must not chase aggregation error, look at them."""
         return self.answer(parts, schema, state)
 
     def describe(self) -> str:

@@ -289,13 +289,24 @@ class LogisticRegression(Regression):
             "log_likelihood": np.array([y @ log_mu + (1 - y) @ log_not_mu]),
         }
 
+    def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
+                 schema: Schema, state: State) -> LogisticFit | Next:
+        """Newton step; converged once the step is below `tol` or below what the
+        gradient's aggregation error alone could cause (then more rounds cannot help)."""
+        return self._step(parts, schema, state, float(np.max(errors["gradient"], initial=0)))
+
     def answer(self, parts: dict[str, np.ndarray], schema: Schema,
                state: State) -> LogisticFit | Next:
+        return self._step(parts, schema, state, 0.0)
+
+    def _step(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+              gradient_error: float) -> LogisticFit | Next:
         design = self.design(schema)
         step, inverse = self.solve(from_upper_triangle(parts["hessian"], design.size),
                                    parts["gradient"])
         beta = np.asarray(state.beta) + step
-        converged = bool(np.max(np.abs(step)) < self.tol)
+        noise_floor = 2 * np.max(np.abs(inverse).sum(axis=1)) * gradient_error
+        converged = bool(np.max(np.abs(step)) < max(self.tol, noise_floor))
         if not converged and state.iteration + 1 < self.max_iter:
             return Next(LogisticState(state.iteration + 1, tuple(beta.tolist())))
         a = design.to_original()

@@ -1,0 +1,278 @@
+"""The `he` backend: sites encrypt their partials under the analyst's public key (TenSEAL),
+the coordinator adds ciphertexts, and only the analyst decrypts, only the aggregate.
+
+Integer layouts (counts) use BFV and come back exact; any layout with a real-valued block
+uses CKKS, whose error is bounded (see `ckks_error_bound`) and reported with the result;
+count blocks in a CKKS layout are rounded back to whole numbers whenever that bound is
+below one half, which makes them exact too.
+
+Encryption touches the layout, never the rows: each site encrypts one short vector, packed
+into as few ciphertexts as the ring's slots allow. No operation needs rotations or
+multiplications, so no Galois or relinearisation keys are made or shipped: the public
+context holds the public key and parameters only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+from sympy import isprime
+
+from pet.backends.base import Aggregate, Backend, Privacy
+from pet.errors import PetError
+from pet.layout import Layout
+
+RING_DEGREE = 4096
+"""Smallest ring with 128-bit security for the 109-bit moduli used here; 2048 slots."""
+
+CKKS_MODULI = (60, 49)
+"""One 60-bit data prime (holds scale × the largest normalised sum) and the special prime."""
+
+SIGMA = 3.2
+"""Standard deviation of SEAL's encryption noise."""
+
+CONFIDENTIALITY = "sites' partials are encrypted; only the analyst decrypts, and only the sum"
+
+_MAGIC = b"PETHE1"
+_SCHEMES = {b"B": "bfv", b"C": "ckks"}
+
+
+class HEError(PetError):
+    """A ciphertext, context or layout that the `he` backend cannot use safely."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Public limits of an HE session, agreed before keys are made: they fix the plain
+    modulus (BFV) and the normalisation and scale (CKKS) that no sum may outgrow."""
+
+    max_rows_per_site: int = 10**8
+    max_sites: int = 100
+
+    def __post_init__(self) -> None:
+        if self.max_rows_per_site < 1 or self.max_sites < 1:
+            raise HEError("max_rows_per_site and max_sites must be at least 1")
+
+
+def bfv_plain_modulus(limits: Limits) -> int:
+    """Smallest batching prime t ≡ 1 (mod 2N) above twice the largest possible count total,
+    so that every sum, and its sign, survives arithmetic modulo t."""
+    worst = limits.max_rows_per_site * limits.max_sites
+    step = 2 * RING_DEGREE
+    candidate = (2 * worst) // step * step + 1
+    while candidate <= 2 * worst or not isprime(candidate):
+        candidate += step
+    if candidate.bit_length() > 60:
+        raise HEError(
+            f"counts up to {worst:.3g} (max_rows_per_site × max_sites) need a "
+            f"{candidate.bit_length()}-bit BFV plain modulus, above SEAL's 60 bits; "
+            "lower max_rows_per_site or max_sites"
+        )
+    return candidate
+
+
+def ckks_scale_bits(limits: Limits) -> int:
+    """Scale exponent: the summed, normalised values (|x| ≤ max_sites) times the scale
+    must stay below the 60-bit data prime, with one bit to spare."""
+    bits = CKKS_MODULI[0] - 2 - math.ceil(math.log2(limits.max_sites + 1))
+    if bits < 30:
+        raise HEError(f"max_sites={limits.max_sites} leaves CKKS too little precision")
+    return bits
+
+
+def ckks_error_bound(limits: Limits, n_sites: int) -> float:
+    """Bound on |decrypted − exact| of one normalised slot after summing n_sites fresh
+    CKKS encryptions: 10 standard deviations of the decoding error.
+
+    Public-key encryption leaves the error polynomial v·e + e₀ + e₁·s with ternary v, s
+    and Gaussian e, e₀, e₁ (σ = 3.2), so each coefficient has variance σ²(4N/3 + 1); a
+    slot sums N coefficients on the unit circle, giving a real-part standard deviation
+    σ·√(N(4N/3 + 1)/2) / Δ per ciphertext, and √n_sites times that for the sum. The chance
+    of exceeding ten standard deviations is below 10⁻²² per slot.
+    """
+    n = RING_DEGREE
+    per_ciphertext = SIGMA * math.sqrt(n * (4 * n / 3 + 1) / 2) / 2.0 ** ckks_scale_bits(limits)
+    return 10 * math.sqrt(n_sites) * per_ciphertext
+
+
+class PublicHE:
+    """What the sites and the coordinator hold: the public contexts, which can encrypt and
+    add but cannot decrypt. Built from the bytes the analyst sends once per session."""
+
+    def __init__(self, public_context: bytes, limits: Limits) -> None:
+        self.limits = limits
+        self.key_id = hashlib.sha256(public_context).digest()[:16]
+        self._contexts = dict(zip(("bfv", "ckks"), _split(public_context), strict=True))
+        self._contexts = {k: _load_context(v) for k, v in self._contexts.items()}
+        if any(c.has_secret_key() for c in self._contexts.values()):
+            raise HEError("a public context must not hold a secret key")
+
+    def scheme(self, layout: Layout) -> str:
+        """BFV for layouts of counts only, else CKKS."""
+        return "bfv" if layout.integer else "ckks"
+
+    def encrypt(self, partial: np.ndarray, layout: Layout) -> bytes:
+        """A site's partial, normalised and packed into as few ciphertexts as fit."""
+        limit = layout.bounds() * self.limits.max_rows_per_site
+        over = np.abs(partial) > limit
+        if np.any(over):
+            raise HEError(
+                f"element {int(np.argmax(over))} of the partial exceeds what "
+                f"max_rows_per_site={self.limits.max_rows_per_site} allows; start the "
+                "session with a larger limit"
+            )
+        scheme = self.scheme(layout)
+        context = self._contexts[scheme]
+        slots = RING_DEGREE if scheme == "bfv" else RING_DEGREE // 2
+        if scheme == "bfv":
+            values = np.rint(partial).astype(np.int64)
+            encrypt = ts.bfv_vector
+        else:
+            values = partial / limit
+            encrypt = ts.ckks_vector
+        parts = [encrypt(context, values[i:i + slots].tolist()).serialize()
+                 for i in range(0, layout.size, slots)]
+        return _pack(scheme, self.key_id, 1, parts)
+
+    def add(self, messages: Sequence[bytes], layout: Layout) -> bytes:
+        """The ciphertext sum of the sites' messages (all of one key, scheme and shape)."""
+        if not messages:
+            raise HEError("no site sent a ciphertext")
+        scheme = self.scheme(layout)
+        totals, terms = None, 0
+        for index, message in enumerate(messages):
+            vectors, count = self.load(message, layout, where=f"message {index}")
+            terms += count
+            totals = vectors if totals is None else [a + b for a, b in zip(totals, vectors,
+                                                                         strict=True)]
+        return _pack(scheme, self.key_id, terms, [v.serialize() for v in totals])
+
+    def load(self, message: bytes, layout: Layout, *, where: str,
+             context: Any = None) -> tuple[list[Any], int]:
+        """The ciphertexts of a message and how many site encryptions they sum, checked
+        against this session's key, the layout's scheme and its shape."""
+        scheme = self.scheme(layout)
+        found, key_id, terms, parts = _unpack(message, where)
+        if key_id != self.key_id:
+            raise HEError(f"{where} was encrypted under another key than this session's")
+        if found != scheme:
+            raise HEError(f"{where} is {found.upper()}, but this layout uses {scheme.upper()}")
+        slots = RING_DEGREE if scheme == "bfv" else RING_DEGREE // 2
+        if len(parts) != math.ceil(layout.size / slots):
+            raise HEError(f"{where} holds {len(parts)} ciphertexts; the layout needs "
+                          f"{math.ceil(layout.size / slots)}")
+        context = context or self._contexts[scheme]
+        load = ts.bfv_vector_from if scheme == "bfv" else ts.ckks_vector_from
+        vectors = []
+        for part in parts:
+            try:
+                vectors.append(load(context, part))
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise HEError(f"{where} is not a ciphertext of this session's parameters "
+                              f"({exc})") from None
+        expected = [min(slots, layout.size - i) for i in range(0, layout.size, slots)]
+        if [v.size() for v in vectors] != expected:
+            raise HEError(f"{where} has vectors of sizes {[v.size() for v in vectors]}; "
+                          f"the layout needs {expected}")
+        return vectors, terms
+
+
+class HE(Backend):
+    """Homomorphic-encryption aggregation. The analyst's side (this object) makes the keys;
+    `public_context` is all that sites and the coordinator ever receive."""
+
+    name = "he"
+
+    def __init__(self, *, max_rows_per_site: int = 10**8, max_sites: int = 100) -> None:
+        self.limits = Limits(max_rows_per_site, max_sites)
+        bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=RING_DEGREE,
+                         plain_modulus=bfv_plain_modulus(self.limits))
+        ckks = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=RING_DEGREE,
+                          coeff_mod_bit_sizes=list(CKKS_MODULI))
+        ckks.global_scale = 2.0 ** ckks_scale_bits(self.limits)
+        self._secret = {"bfv": bfv, "ckks": ckks}
+        self.public_context = _join([_public_bytes(bfv), _public_bytes(ckks)])
+        self.public = PublicHE(self.public_context, self.limits)
+
+    @property
+    def session_bytes(self) -> int:
+        return len(self.public_context)
+
+    def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
+        return self.public.encrypt(partial, layout)
+
+    def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
+        return self.public.add(messages, layout)
+
+    def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
+        scheme = self.public.scheme(layout)
+        vectors, n_sites = self.public.load(combined, layout, where="the aggregate",
+                                            context=self._secret[scheme])
+        values = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
+        if scheme == "bfv":
+            return Aggregate(values, np.zeros(layout.size), Privacy(CONFIDENTIALITY))
+        limit = layout.bounds() * self.limits.max_rows_per_site
+        total = values * limit
+        bounds = ckks_error_bound(self.limits, n_sites) * limit
+        counts = np.concatenate([np.full(b.size, b.integer) for b in layout.blocks])
+        exact = counts & (bounds < 0.5)
+        total[exact] = np.rint(total[exact])
+        bounds[exact] = 0.0
+        return Aggregate(total, bounds, Privacy(CONFIDENTIALITY))
+
+
+def _public_bytes(context: Any) -> bytes:
+    public = context.copy()
+    public.make_context_public()
+    return public.serialize(save_public_key=True, save_secret_key=False,
+                            save_galois_keys=False, save_relin_keys=False)
+
+
+def _load_context(data: bytes) -> Any:
+    try:
+        return ts.context_from(data)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise HEError(f"not a TenSEAL context: {exc}") from None
+
+
+def _join(parts: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+
+
+def _split(data: bytes, where: str = "the public context") -> list[bytes]:
+    parts, offset = [], 0
+    while offset < len(data):
+        if offset + 8 > len(data):
+            raise HEError(f"{where} is truncated")
+        (length,) = struct.unpack_from("<Q", data, offset)
+        offset += 8
+        if offset + length > len(data):
+            raise HEError(f"{where} is truncated")
+        parts.append(data[offset:offset + length])
+        offset += length
+    return parts
+
+
+def _pack(scheme: str, key_id: bytes, terms: int, parts: Sequence[bytes]) -> bytes:
+    """Wire form: magic, scheme, key id, number of site encryptions summed, ciphertexts."""
+    code = next(k for k, v in _SCHEMES.items() if v == scheme)
+    return _MAGIC + code + key_id + struct.pack("<I", terms) + _join(parts)
+
+
+def _unpack(message: bytes, where: str) -> tuple[str, bytes, int, list[bytes]]:
+    start = len(_MAGIC)
+    head = start + 1 + 16 + 4
+    if len(message) < head or not message.startswith(_MAGIC):
+        raise HEError(f"{where} is not an `he` message")
+    scheme = _SCHEMES.get(message[start:start + 1])
+    if scheme is None:
+        raise HEError(f"{where} names an unknown scheme")
+    (terms,) = struct.unpack_from("<I", message, start + 17)
+    return scheme, message[start + 1:start + 17], terms, _split(message[head:], where)

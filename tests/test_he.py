@@ -1,0 +1,175 @@
+"""The `he` backend: roles (only the analyst can decrypt), exact BFV counts, CKKS sums
+within the reported bound, every query against plaintext, and bad input refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal as ts
+from sympy import isprime
+
+from benchmarks.queries import PRESETS
+from pet.backends.he import (
+    HE,
+    RING_DEGREE,
+    HEError,
+    Limits,
+    PublicHE,
+    bfv_plain_modulus,
+    ckks_error_bound,
+)
+from pet.layout import Block, Layout
+from pet.result import answer_vector
+from pet.workloads import Workload, cohort
+from tests.conftest import NO_CELL_LIMIT
+
+COUNTS = Layout((Block.counts("n", 1), Block.counts("cells", 5000)))  # 2 BFV ciphertexts
+MIXED = Layout((Block.counts("n", 1), Block.sums("sum", 2500, bound=2.0)))
+
+
+@pytest.fixture(scope="module")
+def he() -> HE:
+    return HE(max_rows_per_site=10**7, max_sites=16)
+
+
+def aggregate(backend: HE, partials: list[np.ndarray], layout: Layout):
+    messages = [backend.protect(p, layout) for p in partials]
+    return backend.reveal(backend.combine(messages, layout), layout)
+
+
+def test_the_public_context_cannot_decrypt(he: HE) -> None:
+    site_view = PublicHE(he.public_context, he.limits)
+    message = site_view.encrypt(np.arange(COUNTS.size, dtype=float), COUNTS)
+    vectors, _ = site_view.load(message, COUNTS, where="test")
+    with pytest.raises(ValueError, match="doesn't hold a secret_key"):
+        vectors[0].decrypt()
+    for context in site_view._contexts.values():
+        assert not context.has_secret_key()
+        assert not context.has_galois_keys() and not context.has_relin_keys()
+    assert he.session_bytes == len(he.public_context) < 1_000_000
+
+
+def test_a_context_with_a_secret_key_is_refused_as_public(he: HE) -> None:
+    secret = he._secret["bfv"].serialize(save_secret_key=True)
+    with pytest.raises(HEError, match="must not hold a secret key"):
+        PublicHE(b"".join(len(b).to_bytes(8, "little") + b for b in (secret, secret)),
+                 he.limits)
+
+
+def test_bfv_counts_are_exact(he: HE) -> None:
+    rng = np.random.default_rng(1)
+    partials = [rng.integers(0, 10**7, COUNTS.size).astype(float) for _ in range(5)]
+    result = aggregate(he, partials, COUNTS)
+    np.testing.assert_array_equal(result.total, np.sum(partials, axis=0))
+    assert result.error_bound == 0.0
+
+
+def test_ckks_sums_stay_within_the_reported_bound(he: HE) -> None:
+    rng = np.random.default_rng(2)
+    for n_sites in (1, 4, 16):
+        partials = []
+        for _ in range(n_sites):
+            partial = rng.uniform(-2, 2, MIXED.size) * 10**7
+            partial[0] = rng.integers(0, 10**7)
+            partials.append(partial)
+        result = aggregate(he, partials, MIXED)
+        error = np.abs(result.total - np.sum(partials, axis=0))
+        assert result.error_bound == pytest.approx(
+            ckks_error_bound(he.limits, n_sites) * 2.0 * 10**7)
+        assert error[1:].max() <= result.error_bound
+        assert error[0] == 0  # a count in a CKKS layout is rounded back, exactly
+
+
+def test_plain_modulus_is_a_batching_prime_above_twice_the_worst_count() -> None:
+    limits = Limits(max_rows_per_site=10**8, max_sites=100)
+    t = bfv_plain_modulus(limits)
+    assert isprime(t) and t % (2 * RING_DEGREE) == 1 and t > 2 * 10**10
+    with pytest.raises(HEError, match="lower max_rows_per_site or max_sites"):
+        bfv_plain_modulus(Limits(max_rows_per_site=10**15, max_sites=10**4))
+
+
+@pytest.mark.parametrize("workload", ["lung", "breast_cancer", "diabetes", "cohort"])
+def test_every_query_matches_plaintext(workload: str, request) -> None:
+    data = (cohort(3000, 3, 5) if workload == "cohort"
+            else request.getfixturevalue({"lung": "lung3", "breast_cancer": "breast",
+                                          "diabetes": "diabetes3"}[workload]))
+    _check_queries(data)
+
+
+def _check_queries(data: Workload) -> None:
+    backend = HE(max_rows_per_site=10**6, max_sites=8)
+    encrypted = data.study(backend, policy=NO_CELL_LIMIT)
+    clear = data.study(policy=NO_CELL_LIMIT)
+    for name, query in PRESETS[data.name].items():
+        state = query.initial_state(data.schema)
+        layout = query.layout(data.schema, state)
+        partials = [site.partial(query, state) for site in clear.sites]
+        total = aggregate(backend, partials, layout)
+        error = np.abs(total.total - np.sum(partials, axis=0))
+        assert np.all(error <= total.error_bounds), name  # the sums, within the bound
+        if layout.integer:
+            assert total.error_bound == 0, name
+        secret, reference = encrypted.run(query), clear.run(query)
+        assert secret.backend == "he" and secret.n == reference.n, name
+        assert secret.missing == reference.missing, name
+        got, want = answer_vector(secret.value), answer_vector(reference.value)
+        if layout.integer:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:  # derived answers: close, within what the sums' error allows
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+        # Newton rounds stop once a step is within the aggregation error: never more rounds.
+        assert secret.rounds <= reference.rounds, name
+
+
+def test_messages_under_another_key_are_refused(he: HE) -> None:
+    other = HE(max_rows_per_site=10**7, max_sites=16)
+    good = he.protect(np.ones(COUNTS.size), COUNTS)
+    stranger = other.protect(np.ones(COUNTS.size), COUNTS)
+    with pytest.raises(HEError, match="message 1 was encrypted under another key"):
+        he.combine([good, stranger], COUNTS)
+    with pytest.raises(HEError, match="another key"):
+        other.reveal(he.combine([good], COUNTS), COUNTS)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "words"),
+    [
+        (lambda m: b"garbage" + m, "not an `he` message"),
+        (lambda m: m[:-100], "truncated"),
+        (lambda m: m[:6] + b"X" + m[7:], "unknown scheme"),
+    ],
+)
+def test_damaged_messages_are_refused(he: HE, tamper, words: str) -> None:
+    message = he.protect(np.ones(COUNTS.size), COUNTS)
+    with pytest.raises(HEError, match=words):
+        he.combine([tamper(message)], COUNTS)
+
+
+def test_shape_and_scheme_mismatches_are_refused(he: HE) -> None:
+    small = Layout((Block.counts("n", 1),))
+    with pytest.raises(HEError, match="holds 2 ciphertexts; the layout needs 1"):
+        he.combine([he.protect(np.ones(COUNTS.size), COUNTS)], small)
+    with pytest.raises(HEError, match="is BFV, but this layout uses CKKS"):
+        he.combine([he.protect(np.ones(COUNTS.size), COUNTS)], MIXED)
+    wrong = he.protect(np.ones(1), small)
+    with pytest.raises(HEError, match="sizes"):
+        he.combine([wrong], Layout((Block.counts("n", 2),)))
+
+
+def test_a_partial_beyond_the_session_limits_is_refused(he: HE) -> None:
+    too_many = np.zeros(COUNTS.size)
+    too_many[5] = 10**7 + 1
+    with pytest.raises(HEError, match=r"element 5 .* max_rows_per_site=10000000"):
+        he.protect(too_many, COUNTS)
+
+
+def test_a_ciphertext_of_other_parameters_is_refused(he: HE) -> None:
+    foreign = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192,
+                         coeff_mod_bit_sizes=[60, 40, 60])
+    foreign.global_scale = 2**40
+    message = he.protect(np.ones(MIXED.size) * 0.5, MIXED)
+    header = message[:27]  # magic, scheme, key id, count of summed encryptions
+    vector = ts.ckks_vector(foreign, [1.0] * 2048).serialize()
+    forged = header + 2 * (len(vector).to_bytes(8, "little") + vector)
+    with pytest.raises(HEError, match="not a ciphertext of this session's parameters"):
+        he.combine([forged], MIXED)
