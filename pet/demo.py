@@ -49,11 +49,13 @@ def run_demo(n_sites: int = 3) -> str:
             try:
                 result = study.run(query)
             except PetError as refusal:
-                rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", ""])
+                rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
                 continue
             rows.append(result_row(result))
         privacy = result.privacy
+        setup = (f"; {study.backend.session_bytes:,} bytes of keys sent once per session"
+                 if study.backend.session_bytes else "")
         lines += [f"backend {backend} — confidentiality: {privacy.confidentiality}; "
-                  f"differential privacy: {privacy}", "",
+                  f"differential privacy: {privacy}{setup}", "",
                   table(rows, RESULT_HEADERS), ""]
     return "\n".join(lines)

@@ -46,10 +46,12 @@ def result_row(result: Result) -> list[str]:
     """The cells of one result in `RESULT_HEADERS` order."""
     missing = sum(result.missing.values())
     return [result.query, summarize(result.value), str(result.n), str(missing),
-            f"{result.latency_s * 1000:.1f}", str(result.bytes_total)]
+            f"{result.error_bound:.2g}", f"{result.latency_s * 1000:.1f}",
+            str(result.bytes_total)]
 
 
-RESULT_HEADERS = ("query", "answer", "n", "missing", "ms", "bytes")
+RESULT_HEADERS = ("query", "answer", "n", "missing", "± bound", "ms", "bytes")
+"""`± bound`: the backend's bound on the error of every aggregated sum (0: exact)."""
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str], *,

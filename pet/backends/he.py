@@ -109,8 +109,11 @@ class PublicHE:
     def __init__(self, public_context: bytes, limits: Limits) -> None:
         self.limits = limits
         self.key_id = hashlib.sha256(public_context).digest()[:16]
-        self._contexts = dict(zip(("bfv", "ckks"), _split(public_context), strict=True))
-        self._contexts = {k: _load_context(v) for k, v in self._contexts.items()}
+        parts = _split(public_context)
+        if len(parts) != 2:
+            raise HEError("a public context bundles one BFV and one CKKS context")
+        self._contexts = {scheme: _load_context(part)
+                          for scheme, part in zip(("bfv", "ckks"), parts, strict=True)}
         if any(c.has_secret_key() for c in self._contexts.values()):
             raise HEError("a public context must not hold a secret key")
 
