@@ -17,6 +17,7 @@ from pet.backends.he import (
     PublicHE,
     bfv_plain_modulus,
     ckks_error_bound,
+    is_prime,
 )
 from pet.layout import Block, Layout
 from pet.result import answer_vector
@@ -84,6 +85,13 @@ def test_ckks_sums_stay_within_the_reported_bound(he: HE) -> None:
             ckks_error_bound(he.limits, n_sites) * 2.0 * 10**7)
         assert error[1:].max() <= result.error_bound
         assert error[0] == 0  # a count in a CKKS layout is rounded back, exactly
+
+
+def test_primality_agrees_with_sympy() -> None:
+    rng = np.random.default_rng(3)
+    numbers = [*range(0, 2000), 2**61 - 1, 3215031751, 2**35 + 8193,
+               *(int(v) for v in rng.integers(2**40, 2**62, 300))]
+    assert [is_prime(n) for n in numbers] == [isprime(n) for n in numbers]
 
 
 def test_plain_modulus_is_a_batching_prime_above_twice_the_worst_count() -> None:
