@@ -42,7 +42,7 @@ CSV_COLUMNS = (
     "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total", "peak_mem_mb",
     "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
     "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "scan_s", "local_s", "protect_s",
-    "combine_s", "reveal_s", "session_bytes", "status", "message",
+    "combine_s", "reveal_s", "session_bytes", "startup_s", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "status", "message"})
@@ -106,15 +106,15 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
     workload = build_workload(cell, data_dir)
     query = preset(cell.workload, cell.query)
     options = {} if cell.epsilon is None else {"epsilon": cell.epsilon}
-    study = workload.study(get_backend(cell.backend, **options), policy=OPEN)
-    for _ in range(cell.warmup):
-        study.run(query)
-    latencies, cpu, results = [], [], []
-    for _ in range(cell.repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        results.append(study.run(query))
-        latencies.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - cpu_start)
+    with workload.study(get_backend(cell.backend, **options), policy=OPEN) as study:
+        for _ in range(cell.warmup):
+            study.run(query)
+        latencies, cpu, results = [], [], []
+        for _ in range(cell.repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            results.append(study.run(query))
+            latencies.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
     last = results[-1]
     rows = workload.n_rows
     site_seconds = np.median([[s.seconds for s in r.sites] for r in results], axis=0)
@@ -134,6 +134,7 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         "rounds": last.rounds,
         **_phases(results),
         "session_bytes": backend.session_bytes,
+        "startup_s": backend.startup_s,
         "rho": last.privacy.rho,
         "epsilon_spent": last.privacy.epsilon,
         "delta": last.privacy.delta,

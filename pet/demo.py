@@ -3,7 +3,7 @@ every backend, with disclosure control at each site."""
 
 from __future__ import annotations
 
-from pet.backends import BACKENDS
+from pet.backends import BACKENDS, Privacy
 from pet.errors import PetError
 from pet.queries import (
     Contingency,
@@ -18,6 +18,7 @@ from pet.queries import (
     StdDev,
 )
 from pet.report import RESULT_HEADERS, result_row, table
+from pet.study import Study
 from pet.workloads import lung
 
 QUESTIONS: tuple[Query, ...] = (
@@ -38,24 +39,33 @@ QUESTIONS: tuple[Query, ...] = (
 
 
 def run_demo(n_sites: int = 3) -> str:
-    """Run the demo study and return its report as text."""
+    """Run the demo study under every backend and return its report as text."""
     workload = lung(n_sites)
     lines = [f"pet demo: {workload.description}.",
              "Every site applies disclosure control (minimum cell count 3).", ""]
     for backend in BACKENDS:
-        study = workload.study(backend)
-        rows = []
-        for query in QUESTIONS:
-            try:
-                result = study.run(query)
-            except PetError as refusal:
-                rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
-                continue
-            rows.append(result_row(result))
-        privacy = result.privacy
-        setup = (f"; {study.backend.session_bytes:,} bytes of keys sent once per session"
-                 if study.backend.session_bytes else "")
-        lines += [f"backend {backend} — confidentiality: {privacy.confidentiality}; "
-                  f"differential privacy: {privacy}{setup}", "",
-                  table(rows, RESULT_HEADERS), ""]
+        with workload.study(backend) as study:
+            rows, results = [], []
+            for query in QUESTIONS:
+                try:
+                    results.append(study.run(query))
+                except PetError as refusal:
+                    rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
+                    continue
+                rows.append(result_row(results[-1]))
+            lines += [_backend_line(study, results[-1].privacy), "",
+                      table(rows, RESULT_HEADERS), ""]
     return "\n".join(lines)
+
+
+def _backend_line(study: Study, privacy: Privacy) -> str:
+    """What a backend protects, and what its session cost before the first query."""
+    backend = study.backend
+    setup = []
+    if backend.session_bytes:
+        setup.append(f"{backend.session_bytes:,} bytes of keys sent once")
+    if backend.startup_s >= 0.1:
+        setup.append(f"{backend.startup_s:.1f} s to start the session")
+    extra = f" (session: {', '.join(setup)})" if setup else ""
+    return (f"backend {backend.name} — confidentiality: {privacy.confidentiality}; "
+            f"differential privacy: {privacy}{extra}")

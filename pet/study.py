@@ -37,6 +37,17 @@ class Study:
                                f"{sites[0].name!r}; every site must use the study's schema")
         self.sites = tuple(sites)
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.backend.open(len(self.sites))
+
+    def close(self) -> None:
+        """End the backend's session (stops MPC parties; a no-op for most backends)."""
+        self.backend.close()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, query: Query) -> Result:
         """Answer `query` across all sites; raises if any site refuses or the query is bad."""
@@ -53,11 +64,13 @@ class Study:
             for c in contributions:
                 local[c.site] += c.local_s
                 protect[c.site] += c.protect_s
-                sent[c.site] += len(c.message)
             with _timer(timings, "combine"):
                 combined = self.backend.combine([c.message for c in contributions], layout)
             with _timer(timings, "reveal"):
                 aggregate = self.backend.reveal(combined, layout)
+            wire = aggregate.site_bytes or [len(c.message) for c in contributions]
+            for name, size in zip(names, wire, strict=True):
+                sent[name] += size
             outcome = query.finalize(aggregate.total, self.schema, state,
                                      error_bounds=aggregate.error_bounds)
             if not isinstance(outcome, Next):

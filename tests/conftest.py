@@ -29,3 +29,8 @@ def breast() -> Workload:
 @pytest.fixture(scope="session")
 def diabetes3() -> Workload:
     return diabetes(3, seed=2)
+
+
+@pytest.fixture(scope="session")
+def breast_by_3() -> Workload:
+    return breast_cancer(3, seed=1)

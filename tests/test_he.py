@@ -9,16 +9,17 @@ import tenseal as ts
 from sympy import isprime
 
 from benchmarks.queries import PRESETS
+from pet.backends.base import Limits
 from pet.backends.he import (
     HE,
     RING_DEGREE,
     HEError,
-    Limits,
     PublicHE,
     bfv_plain_modulus,
     ckks_error_bound,
     is_prime,
 )
+from pet.errors import PetError
 from pet.layout import Block, Layout
 from pet.result import answer_vector
 from pet.workloads import Workload, cohort
@@ -173,7 +174,7 @@ def test_shape_and_scheme_mismatches_are_refused(he: HE) -> None:
 def test_a_partial_beyond_the_session_limits_is_refused(he: HE) -> None:
     too_many = np.zeros(COUNTS.size)
     too_many[5] = 10**7 + 1
-    with pytest.raises(HEError, match=r"element 5 .* max_rows_per_site=10000000"):
+    with pytest.raises(PetError, match=r"element 5 .* max_rows_per_site=10000000"):
         he.protect(too_many, COUNTS)
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 from pet.backends.base import Aggregate, Backend, Privacy
 from pet.backends.he import HE
+from pet.backends.mpc import MPC
 from pet.backends.plaintext import Plaintext
 from pet.errors import PetError
 
-BACKENDS: dict[str, type[Backend]] = {Plaintext.name: Plaintext, HE.name: HE}
+BACKENDS: dict[str, type[Backend]] = {Plaintext.name: Plaintext, HE.name: HE, MPC.name: MPC}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -25,5 +26,5 @@ def get_backend(name: str, **options: Any) -> Backend:
     return backend_class(name)(**options)
 
 
-__all__ = ["BACKENDS", "HE", "Aggregate", "Backend", "Plaintext", "Privacy", "backend_class",
-           "get_backend"]
+__all__ = ["BACKENDS", "HE", "MPC", "Aggregate", "Backend", "Plaintext", "Privacy",
+           "backend_class", "get_backend"]

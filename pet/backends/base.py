@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from pet.errors import PetError
 from pet.layout import Layout
 
 
@@ -40,15 +41,42 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Public limits of a session, agreed before it starts: they fix what no partial or sum
+    may outgrow (HE plain moduli and scales, MPC fixed-point scales). A site whose partial
+    exceeds them is refused, never wrapped around."""
+
+    max_rows_per_site: int = 10**8
+    max_sites: int = 100
+
+    def __post_init__(self) -> None:
+        if self.max_rows_per_site < 1 or self.max_sites < 1:
+            raise PetError("max_rows_per_site and max_sites must be at least 1")
+
+    def check(self, partial: np.ndarray, layout: Layout) -> None:
+        """Refuse a partial larger than one row's bound times max_rows_per_site."""
+        over = np.abs(partial) > layout.bounds() * self.max_rows_per_site
+        if np.any(over):
+            raise PetError(
+                f"element {int(np.argmax(over))} of the partial exceeds what "
+                f"max_rows_per_site={self.max_rows_per_site} allows; start the session "
+                "with a larger limit"
+            )
+
+
+@dataclass(frozen=True)
 class Aggregate:
     """The aggregated vector as the analyst receives it.
 
     `error_bounds` bounds |aggregate - exact sum| element by element (0 where exact).
+    `site_bytes`, when given, is what each site sent on the wire if that is not its
+    message (MPC parties exchange shares among themselves).
     """
 
     total: np.ndarray
     error_bounds: np.ndarray
     privacy: Privacy
+    site_bytes: tuple[int, ...] | None = None
 
     @property
     def error_bound(self) -> float:
@@ -63,10 +91,19 @@ class Backend(ABC):
     differentially_private: ClassVar[bool] = False
     """Whether the backend adds DP noise (and so takes an ε, and costs privacy budget)."""
 
+    startup_s: float = 0.0
+    """Seconds spent setting the session up (keys, party processes), paid once."""
+
     @property
     def session_bytes(self) -> int:
         """Bytes each site and the coordinator receive once per session (keys, contexts)."""
         return 0
+
+    def open(self, n_sites: int) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Prepare a session for `n_sites` sites (called once, before any query)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release what the session holds (processes, keys)."""
 
     @abstractmethod
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:

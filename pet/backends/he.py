@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal as ts
 
-from pet.backends.base import Aggregate, Backend, Privacy
+from pet.backends.base import Aggregate, Backend, Limits, Privacy
 from pet.errors import PetError
 from pet.layout import Layout
 
@@ -45,19 +45,6 @@ _SCHEMES = {b"B": "bfv", b"C": "ckks"}
 
 class HEError(PetError):
     """A ciphertext, context or layout that the `he` backend cannot use safely."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Public limits of an HE session, agreed before keys are made: they fix the plain
-    modulus (BFV) and the normalisation and scale (CKKS) that no sum may outgrow."""
-
-    max_rows_per_site: int = 10**8
-    max_sites: int = 100
-
-    def __post_init__(self) -> None:
-        if self.max_rows_per_site < 1 or self.max_sites < 1:
-            raise HEError("max_rows_per_site and max_sites must be at least 1")
 
 
 def bfv_plain_modulus(limits: Limits) -> int:
@@ -147,14 +134,8 @@ class PublicHE:
 
     def encrypt(self, partial: np.ndarray, layout: Layout) -> bytes:
         """A site's partial, normalised and packed into as few ciphertexts as fit."""
+        self.limits.check(partial, layout)
         limit = layout.bounds() * self.limits.max_rows_per_site
-        over = np.abs(partial) > limit
-        if np.any(over):
-            raise HEError(
-                f"element {int(np.argmax(over))} of the partial exceeds what "
-                f"max_rows_per_site={self.limits.max_rows_per_site} allows; start the "
-                "session with a larger limit"
-            )
         scheme = self.scheme(layout)
         context = self._contexts[scheme]
         slots = RING_DEGREE if scheme == "bfv" else RING_DEGREE // 2
@@ -218,6 +199,7 @@ class HE(Backend):
     name = "he"
 
     def __init__(self, *, max_rows_per_site: int = 10**8, max_sites: int = 100) -> None:
+        start = time.perf_counter()
         self.limits = Limits(max_rows_per_site, max_sites)
         bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=RING_DEGREE,
                          plain_modulus=bfv_plain_modulus(self.limits))
@@ -227,6 +209,7 @@ class HE(Backend):
         self._secret = {"bfv": bfv, "ckks": ckks}
         self.public_context = _join([_public_bytes(bfv), _public_bytes(ckks)])
         self.public = PublicHE(self.public_context, self.limits)
+        self.startup_s = time.perf_counter() - start
 
     @property
     def session_bytes(self) -> int:

@@ -1,0 +1,104 @@
+"""The `mpc` backend: real party processes with a dealer, exact counts, bounded sums,
+every query against plaintext, and clean failure when a party dies or stalls."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from benchmarks.queries import PRESETS
+from pet.backends.base import Limits
+from pet.backends.mpc import MPC, scale_bits
+from pet.errors import PetError
+from pet.layout import Block, Layout
+from pet.mpc.parties import PartyConfig, PartyError
+from pet.queries import Mean
+from pet.result import answer_vector
+from pet.study import Study
+from pet.workloads import Workload, cohort
+from tests.conftest import NO_CELL_LIMIT
+
+
+@pytest.fixture(scope="module")
+def mpc():
+    backend = MPC(max_rows_per_site=10**7, max_sites=8, parties=PartyConfig(timeout_s=60))
+    backend.open(3)
+    yield backend
+    backend.close()
+
+
+def test_parties_use_the_dealer_not_party_zero(mpc: MPC) -> None:
+    parties = mpc._session(3)
+    assert parties.run("provider", [np.zeros(1)] * 3) == ["TrustedThirdParty"] * 3
+    names = sorted(p.name for p in parties._processes)
+    assert names == ["pet-mpc-dealer", "pet-mpc-party-0", "pet-mpc-party-1", "pet-mpc-party-2"]
+
+
+@pytest.mark.parametrize("workload", ["lung", "breast_cancer", "diabetes", "cohort"])
+def test_every_query_matches_plaintext(mpc: MPC, workload: str, request) -> None:
+    data = (cohort(2000, 3, 6) if workload == "cohort"
+            else request.getfixturevalue({"lung": "lung3", "breast_cancer": "breast_by_3",
+                                          "diabetes": "diabetes3"}[workload]))
+    secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
+    clear = data.study(policy=NO_CELL_LIMIT)
+    for name, query in PRESETS[data.name].items():
+        state = query.initial_state(data.schema)
+        layout = query.layout(data.schema, state)
+        partials = [site.partial(query, state) for site in clear.sites]
+        messages = [mpc.protect(p, layout) for p in partials]
+        total = mpc.reveal(mpc.combine(messages, layout), layout)
+        error = np.abs(total.total - np.sum(partials, axis=0))
+        assert np.all(error <= total.error_bounds), name
+        result, reference = secure.run(query), clear.run(query)
+        assert result.backend == "mpc" and result.n == reference.n, name
+        got, want = answer_vector(result.value), answer_vector(reference.value)
+        if layout.integer:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)
+        assert all(s.bytes_sent > 0 for s in result.sites[1:]), name  # shares on the wire
+
+
+def test_counts_above_float32_precision_stay_exact(mpc: MPC) -> None:
+    layout = Layout((Block.counts("n", 1), Block.counts("cells", 3)))
+    partials = [np.array([9_999_999.0, 16_777_217.0 / 3, 3.0, 1.0]).round()] * 3
+    total = mpc.reveal(mpc.combine([mpc.protect(p, layout) for p in partials], layout), layout)
+    np.testing.assert_array_equal(total.total, np.sum(partials, axis=0))
+
+
+def test_scale_leaves_room_for_the_worst_case_sum() -> None:
+    layout = Layout((Block.counts("n", 1), Block.sums("s", 2, bound=27.7)))
+    bits = scale_bits(layout, Limits(max_rows_per_site=10**8, max_sites=100))
+    assert 27.7 * 10**10 * 2.0**bits < 2.0**62
+    with pytest.raises(PetError, match="lower max_rows_per_site or max_sites"):
+        scale_bits(layout, Limits(max_rows_per_site=10**12, max_sites=10**4))
+
+
+def test_a_dead_party_fails_the_query_cleanly_and_the_next_query_works(lung3: Workload) -> None:
+    backend = MPC(max_rows_per_site=10**6, max_sites=4, parties=PartyConfig(timeout_s=30))
+    with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
+        processes = list(backend._parties._processes)
+        os.kill(processes[1].pid, signal.SIGKILL)
+        with pytest.raises(PartyError, match=r"party 1 died.*nothing was revealed"):
+            study.run(Mean("age"))
+        assert not any(p.is_alive() for p in processes)
+        assert study.run(Mean("age")).value == pytest.approx(lung3.pooled().age.mean())
+
+
+def test_a_stalled_party_fails_within_the_deadline(lung3: Workload) -> None:
+    backend = MPC(max_rows_per_site=10**6, max_sites=4, parties=PartyConfig(timeout_s=3))
+    with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
+        processes = list(backend._parties._processes)
+        os.kill(processes[2].pid, signal.SIGSTOP)
+        with pytest.raises(PartyError, match="did not answer sum within 3 s"):
+            study.run(Mean("age"))
+        assert not any(p.is_alive() for p in processes)
+
+
+def test_a_partial_beyond_the_session_limits_is_refused(mpc: MPC) -> None:
+    layout = Layout((Block.counts("n", 1),))
+    with pytest.raises(PetError, match="max_rows_per_site=10000000"):
+        mpc.protect(np.array([1e7 + 1]), layout)
