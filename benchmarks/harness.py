@@ -99,6 +99,7 @@ def run_cell(cell: Cell, data_dir: str) -> dict[str, Any]:
     except Exception as exc:  # any failure is this cell's result, not the whole run's
         record["status"], record["message"] = "error", f"{type(exc).__name__}: {exc}"
     record["peak_mem_mb"] = _peak_rss_mb()
+    record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return record
 
 
