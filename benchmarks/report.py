@@ -315,7 +315,7 @@ def latency_vs_rows_figure(frame: pd.DataFrame) -> Figure:
 
 def latency_vs_sites_figure(frame: pd.DataFrame) -> Figure:
     """Latency against the number of sites, a panel per query and a line per backend, at
-    the largest rows per site for which that query was run at several site counts."""
+    the rows per site with the widest sweep of site counts (ties: the largest)."""
     _require(frame, _COST_COLUMNS)
     cells = _cost_cells(frame.assign(rows_per_site=frame["rows_per_site"].fillna(0)))
     panels: dict[PanelKey, tuple[float, pd.DataFrame]] = {}
@@ -323,13 +323,13 @@ def latency_vs_sites_figure(frame: pd.DataFrame) -> Figure:
         per_rows = group.groupby("rows_per_site")["sites"].nunique()
         swept = per_rows[per_rows >= 2].index
         if len(swept):
-            rows = max(swept)
+            rows = max(swept, key=lambda r: (per_rows[r], r))  # the widest sweep
             panels[key] = (rows, group[group["rows_per_site"] == rows])
     if not panels:
         return _note_figure(_SITES_TITLE, NO_SITES_SWEEP)
 
     colours = _colours(frame)
-    title = _SITES_TITLE + "\nat the largest rows/site with a sites sweep"
+    title = _SITES_TITLE + "\nat the rows/site with the widest sites sweep"
     fig, axes = _panel_figure(len(panels), title)
     for ax, (key, (rows, group)) in zip(axes, panels.items(), strict=True):
         for backend, line in sorted(group.groupby("backend"),
