@@ -33,7 +33,8 @@ class Result:
 
     `n` counts the rows used (complete rows of the subgroup, all sites); `missing` counts,
     per column read, rows of the subgroup left out because that value was missing.
-    `error_bound` bounds the backend's error on each aggregated sum (0: exact).
+    `error_bound` bounds the backend's error on each aggregated sum (0: exact), or on
+    each revealed number of the answer when the backend finalizes it securely (MPC).
     `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds.
     """
 

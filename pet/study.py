@@ -1,8 +1,9 @@
 """A study: one query run across sites under one backend.
 
 The layout → local → aggregate → finalize loop lives here once (DESIGN §2). Each round
-every site computes and protects its partial, the coordinator combines the messages, the
-analyst reveals the aggregate, and the query finalizes it or asks for another round.
+every site computes and protects its partial, the coordinator combines the messages, and
+the backend concludes: it reveals the aggregate for the query to finalize (or, under MPC,
+finalizes inside the computation), giving the answer or the next round's state.
 """
 
 from __future__ import annotations
@@ -67,27 +68,24 @@ class Study:
             with _timer(timings, "combine"):
                 combined = self.backend.combine([c.message for c in contributions], layout)
             with _timer(timings, "reveal"):
-                aggregate = self.backend.reveal(combined, layout)
-            wire = aggregate.site_bytes or [len(c.message) for c in contributions]
+                conclusion = self.backend.conclude(query, self.schema, state, combined, layout)
+            wire = conclusion.site_bytes or [len(c.message) for c in contributions]
             for name, size in zip(names, wire, strict=True):
                 sent[name] += size
-            outcome = query.finalize(aggregate.total, self.schema, state,
-                                     error_bounds=aggregate.error_bounds)
-            if not isinstance(outcome, Next):
+            if not isinstance(conclusion.outcome, Next):
                 break
-            state = outcome.state
+            state = conclusion.outcome.state
         else:
             raise PetError(f"{query.describe()} asked for more than {query.max_rounds} rounds")
-        parts = layout.split(aggregate.total)
+        head = np.rint(conclusion.head).astype(int)
         return Result(
             query=query.describe(),
-            value=outcome,
+            value=conclusion.outcome,
             backend=self.backend.name,
-            n=int(np.rint(parts["n"][0])),
-            missing={c: int(np.rint(m)) for c, m in zip(query.used_columns(), parts["missing"],
-                                                         strict=True)},
-            error_bound=aggregate.error_bound,
-            privacy=aggregate.privacy,
+            n=int(head[0]),
+            missing=dict(zip(query.used_columns(), head[1:].tolist(), strict=True)),
+            error_bound=conclusion.error_bound,
+            privacy=conclusion.privacy,
             rounds=rounds,
             latency_s=time.perf_counter() - start,
             sites=tuple(SiteReport(n, local[n], protect[n], sent[n]) for n in names),

@@ -11,11 +11,11 @@ import pytest
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, scale_bits
+from pet.backends.mpc import MPC, SECURE, scale_bits
 from pet.errors import PetError
 from pet.layout import Block, Layout
 from pet.mpc.parties import PartyConfig, PartyError
-from pet.queries import Mean
+from pet.queries import Covariance, Mean, StdDev, Variance
 from pet.result import answer_vector
 from pet.study import Study
 from pet.workloads import Workload, cohort
@@ -54,8 +54,12 @@ def test_every_query_matches_plaintext(mpc: MPC, workload: str, request) -> None
         assert np.all(error <= total.error_bounds), name
         result, reference = secure.run(query), clear.run(query)
         assert result.backend == "mpc" and result.n == reference.n, name
+        assert result.missing == reference.missing, name
         got, want = answer_vector(result.value), answer_vector(reference.value)
-        if layout.integer:
+        if type(query) in SECURE:  # finalized inside MPC: the answer within its bound
+            assert np.all(np.abs(got - want) <= result.error_bound), name
+            assert "computed inside MPC" in result.privacy.confidentiality, name
+        elif layout.integer:
             np.testing.assert_array_equal(got, want, err_msg=name)
         else:
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)
@@ -93,7 +97,7 @@ def test_a_stalled_party_fails_within_the_deadline(lung3: Workload) -> None:
     with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
         processes = list(backend._parties._processes)
         os.kill(processes[2].pid, signal.SIGSTOP)
-        with pytest.raises(PartyError, match="did not answer sum within 3 s"):
+        with pytest.raises(PartyError, match="did not answer share_sum within 3 s"):
             study.run(Mean("age"))
         assert not any(p.is_alive() for p in processes)
 
@@ -102,3 +106,25 @@ def test_a_partial_beyond_the_session_limits_is_refused(mpc: MPC) -> None:
     layout = Layout((Block.counts("n", 1),))
     with pytest.raises(PetError, match="max_rows_per_site=10000000"):
         mpc.protect(np.array([1e7 + 1]), layout)
+
+
+def test_secure_statistics_reveal_only_n_and_the_answer_and_never_go_wrong(mpc: MPC) -> None:
+    data = cohort(5000, 2, 9)  # two sites: a third, empty party joins
+    clear = data.study(policy=NO_CELL_LIMIT)
+    secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
+    assert mpc._parties.n == 3
+    queries = [Mean("sbp"), Variance("hdl"), StdDev("bmi", where="smoking == 'current'"),
+               Covariance(("age", "sbp", "hba1c"))]
+    for _ in range(8):  # repeats hunt for truncation errors (off by 2^32 units when they occur)
+        for query in queries:
+            got = answer_vector(secure.run(query).value)
+            want = answer_vector(clear.run(query).value)
+            result = secure.run(query)
+            assert np.all(np.abs(answer_vector(result.value) - want) <= result.error_bound)
+            assert np.all(np.abs(got - want) <= result.error_bound)
+
+
+def test_too_few_rows_reveal_nothing_but_the_count(mpc: MPC, lung3: Workload) -> None:
+    secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
+    with pytest.raises(PetError, match="too few complete rows"):
+        secure.run(Variance("age", where="age > 81"))

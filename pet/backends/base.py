@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -84,6 +84,19 @@ class Aggregate:
         return float(np.max(self.error_bounds, initial=0.0))
 
 
+@dataclass(frozen=True)
+class Conclusion:
+    """A round's outcome as the analyst receives it: the answer (or the next round's
+    state), the head of the layout (n, then the missing counts), the error bound of what
+    was revealed, the guarantee, and each site's bytes where they are not its message."""
+
+    outcome: Any
+    head: np.ndarray
+    error_bound: float
+    privacy: Privacy
+    site_bytes: tuple[int, ...] | None = None
+
+
 class Backend(ABC):
     """One privacy-enhancing way to sum the sites' partial vectors."""
 
@@ -116,3 +129,15 @@ class Backend(ABC):
     @abstractmethod
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
         """At the analyst: recover the aggregate from the combined message."""
+
+    def conclude(self, query: Any, schema: Any, state: Any, combined: bytes,
+                 layout: Layout) -> Conclusion:
+        """At the analyst: the round's outcome. By default the aggregate is revealed and
+        the query finalizes it in the clear; a backend that can finalize without revealing
+        the sums (MPC) overrides this for the queries it knows."""
+        aggregate = self.reveal(combined, layout)
+        outcome = query.finalize(aggregate.total, schema, state,
+                                 error_bounds=aggregate.error_bounds)
+        parts = layout.split(aggregate.total)
+        return Conclusion(outcome, np.concatenate([parts["n"], parts["missing"]]),
+                          aggregate.error_bound, aggregate.privacy, aggregate.site_bytes)

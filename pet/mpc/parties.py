@@ -117,7 +117,8 @@ class Parties:
         try:
             status, value = pipe.recv()
         except (EOFError, OSError):
-            self._fail(f"party {rank} closed its pipe during {what}")
+            process.join(1)
+            self._fail(f"party {rank} died during {what} (exit code {process.exitcode})")
         if status == "error":
             time.sleep(0.2)  # a peer's death often surfaces first as this party's error
             dead = [r for r, p in enumerate(self._processes) if not p.is_alive()]
@@ -154,13 +155,14 @@ def _party_main(rank: int, world: int, address: str, port: int, pipe: Connection
     if crypten is None:  # the dealer has served every request and been told to stop
         return
     pipe.send(("ok", None))
+    memory: dict[str, Any] = {}  # shares kept between the programs of one query
     while True:
         message = pipe.recv()
         if message[0] == "stop":
             break
         _, program, value, public = message
         try:
-            pipe.send(("ok", PROGRAMS[program](crypten, rank, world, value, public)))
+            pipe.send(("ok", PROGRAMS[program](crypten, rank, world, value, public, memory)))
         except Exception as exc:  # reported to the session, which then ends every party
             pipe.send(("error", f"{type(exc).__name__}: {exc}"))
     crypten.uninit()

@@ -15,6 +15,10 @@ import torch
 
 from pet.crypten_shim import load_crypten
 
+PRODUCT_BITS = 28
+"""Fractional bits of values that enter Beaver products: |x| ≤ 1 gives products below
+2^56, well inside what CrypTen's truncation handles (values must stay below 2^62)."""
+
 
 def start_crypten(*, dealer: bool) -> Any:
     """Join the session with the trusted-third-party provider; the dealer serves Beaver
@@ -31,12 +35,10 @@ def start_crypten(*, dealer: bool) -> Any:
     return crypten
 
 
-def secure_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
-               public: dict[str, Any]) -> dict[str, Any]:
-    """Secret-share every party's vector, add the shares, reveal the sum to party 0 only.
-
-    `public["scale"]` is the fixed-point scale; the sum comes back as raw int64 units of it.
-    """
+def share_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
+              public: dict[str, Any], memory: dict[str, Any]) -> dict[str, int]:
+    """Secret-share every party's vector and add the shares; the sum stays shared (in
+    `memory`) for the next program. `public["scale"]` is the fixed-point scale."""
     communicator = crypten.communicator.get()
     communicator.reset_communication_stats()
     encoded = torch.from_numpy(np.rint(value * public["scale"]).astype(np.int64))
@@ -45,16 +47,71 @@ def secure_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
         mine = encoded if source == rank else torch.zeros_like(encoded)
         share = crypten.cryptensor(mine, src=source, precision=0)
         total = share if total is None else total + share
-    revealed = total.reveal(dst=0)
+    memory["total"] = total
+    return _stats(communicator)
+
+
+def reveal_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
+               public: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
+    """Reveal the shared sum (raw fixed-point units) to party 0 only."""
+    revealed = memory["total"].reveal(dst=0)
+    return {"values": revealed.numpy() if rank == 0 else None,
+            **_stats(crypten.communicator.get())}
+
+
+def moments(crypten: Any, rank: int, world: int, value: np.ndarray,
+            public: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
+    """Reveal only n and the missing counts (the `head`), then, inside MPC, the mean or the
+    variance of scaled values (or, for `cross`, the covariance of each pair).
+
+    n becomes public first, so every division is by a public integer (CrypTen's truncation
+    with the dealer's wrap counts, exact to a few units of 2^-bits) and every value stays
+    in [-1, 1]: one Beaver product for the squares, none for the mean.
+    """
+    scale = int(public["scale"])
+    bits = scale.bit_length() - 1
+    total = memory["total"]
+    head = total[: public["head"]].reveal()
+    n = int(head[0]) // scale  # a count: exact in fixed point
+    if n < (1 if public["kind"] == "mean" else 2):  # too few rows: reveal nothing more
+        return {"head": head.numpy(), "values": None, "bits": bits,
+                **_stats(crypten.communicator.get())}
+    # Dividing the raw sums by n·2^(bits − PRODUCT_BITS) leaves values in [-1, 1] at a
+    # scale whose products (2^(2·PRODUCT_BITS)) stay far below the ring's 2^62.
+    precision = min(bits, PRODUCT_BITS)
+    divisor = n * 2 ** (bits - precision)
+
+    def normalised(start: int, stop: int) -> Any:
+        raw = total[start:stop].div(divisor)
+        return crypten.mpc.MPCTensor.from_shares(raw.share, precision=precision)
+
+    sums = normalised(*public["sums"])
+    if public["kind"] == "mean":
+        answer = sums
+    else:
+        squares = normalised(*public["squares"])
+        rows, cols = public["pairs"]
+        products = sums[rows] * sums[cols]
+        answer = (squares - products) * (n / (n - 1))
+    revealed = answer.reveal(dst=0)
+    return {"head": head.numpy(), "values": revealed.numpy() if rank == 0 else None,
+            "bits": precision, **_stats(crypten.communicator.get())}
+
+
+def _stats(communicator: Any) -> dict[str, int]:
     stats = communicator.get_communication_stats()
-    return {"sum": revealed.numpy() if rank == 0 else None,
-            "bytes": int(stats["bytes"]), "rounds": int(stats["rounds"])}
+    return {"bytes": int(stats["bytes"]), "rounds": int(stats["rounds"])}
 
 
 def provider(crypten: Any, rank: int, world: int, value: np.ndarray,
-             public: dict[str, Any]) -> str:
+             public: dict[str, Any], memory: dict[str, Any]) -> str:
     """Who deals this party's Beaver triples (a check that the dealer is in use)."""
     return type(crypten.mpc.get_default_provider()).__name__
 
 
-PROGRAMS: dict[str, Callable[..., Any]] = {"sum": secure_sum, "provider": provider}
+PROGRAMS: dict[str, Callable[..., Any]] = {
+    "share_sum": share_sum,
+    "reveal_sum": reveal_sum,
+    "moments": moments,
+    "provider": provider,
+}
