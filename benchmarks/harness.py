@@ -41,7 +41,8 @@ CSV_COLUMNS = (
     "workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
     "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total", "peak_mem_mb",
     "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
-    "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "scan_s", "local_s", "protect_s",
+    "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "comm_rounds", "scan_s", "local_s",
+    "protect_s",
     "combine_s", "reveal_s", "session_bytes", "startup_s", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
@@ -133,6 +134,7 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         "bytes_per_site": last.bytes_total / cell.sites,
         "site_bytes": [s.bytes_sent for s in last.sites],
         "rounds": last.rounds,
+        "comm_rounds": last.comm_rounds,
         **_phases(results),
         "session_bytes": backend.session_bytes,
         "startup_s": backend.startup_s,

@@ -35,7 +35,8 @@ class Result:
     per column read, rows of the subgroup left out because that value was missing.
     `error_bound` bounds the backend's error on each aggregated sum (0: exact), or on
     each revealed number of the answer when the backend finalizes it securely (MPC).
-    `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds.
+    `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds;
+    `comm_rounds` the rounds of communication among MPC parties (0 for other backends).
     """
 
     query: str
@@ -50,6 +51,7 @@ class Result:
     sites: tuple[SiteReport, ...]
     combine_s: float
     reveal_s: float
+    comm_rounds: int
 
     @property
     def bytes_total(self) -> int:

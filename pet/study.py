@@ -57,6 +57,7 @@ class Study:
         names = [s.name for s in self.sites]
         local, protect = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
         sent = dict.fromkeys(names, 0)
+        comm_rounds = 0
         timings = {"combine": 0.0, "reveal": 0.0}
         state = query.initial_state(self.schema)
         for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
@@ -72,6 +73,7 @@ class Study:
             wire = conclusion.site_bytes or [len(c.message) for c in contributions]
             for name, size in zip(names, wire, strict=True):
                 sent[name] += size
+            comm_rounds += conclusion.comm_rounds
             if not isinstance(conclusion.outcome, Next):
                 break
             state = conclusion.outcome.state
@@ -91,6 +93,7 @@ class Study:
             sites=tuple(SiteReport(n, local[n], protect[n], sent[n]) for n in names),
             combine_s=timings["combine"],
             reveal_s=timings["reveal"],
+            comm_rounds=comm_rounds,
         )
 
 

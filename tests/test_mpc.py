@@ -64,6 +64,7 @@ def test_every_query_matches_plaintext(mpc: MPC, workload: str, request) -> None
         else:
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)
         assert all(s.bytes_sent > 0 for s in result.sites[1:]), name  # shares on the wire
+        assert result.comm_rounds >= result.rounds, name
 
 
 def test_counts_above_float32_precision_stay_exact(mpc: MPC) -> None:

@@ -22,6 +22,7 @@ def test_result_reports_backend_cost_and_guarantee(lung3: Workload) -> None:
     layout_size = Mean("wt_loss").layout(lung3.schema).size
     assert result.backend == "plaintext"
     assert result.error_bound == 0.0
+    assert result.comm_rounds == 0
     assert not result.privacy.differentially_private
     assert [s.name for s in result.sites] == ["site-1", "site-2", "site-3"]
     assert all(s.bytes_sent == 8 * layout_size for s in result.sites)

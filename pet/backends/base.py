@@ -70,13 +70,15 @@ class Aggregate:
 
     `error_bounds` bounds |aggregate - exact sum| element by element (0 where exact).
     `site_bytes`, when given, is what each site sent on the wire if that is not its
-    message (MPC parties exchange shares among themselves).
+    message (MPC parties exchange shares among themselves); `comm_rounds` counts the
+    rounds of communication among parties (0 where sites send one message each).
     """
 
     total: np.ndarray
     error_bounds: np.ndarray
     privacy: Privacy
     site_bytes: tuple[int, ...] | None = None
+    comm_rounds: int = 0
 
     @property
     def error_bound(self) -> float:
@@ -88,13 +90,15 @@ class Aggregate:
 class Conclusion:
     """A round's outcome as the analyst receives it: the answer (or the next round's
     state), the head of the layout (n, then the missing counts), the error bound of what
-    was revealed, the guarantee, and each site's bytes where they are not its message."""
+    was revealed, the guarantee, each site's bytes where they are not its message, and the
+    rounds of communication among parties."""
 
     outcome: Any
     head: np.ndarray
     error_bound: float
     privacy: Privacy
     site_bytes: tuple[int, ...] | None = None
+    comm_rounds: int = 0
 
 
 class Backend(ABC):
@@ -140,4 +144,5 @@ class Backend(ABC):
                                  error_bounds=aggregate.error_bounds)
         parts = layout.split(aggregate.total)
         return Conclusion(outcome, np.concatenate([parts["n"], parts["missing"]]),
-                          aggregate.error_bound, aggregate.privacy, aggregate.site_bytes)
+                          aggregate.error_bound, aggregate.privacy, aggregate.site_bytes,
+                          aggregate.comm_rounds)

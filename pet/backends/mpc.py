@@ -96,11 +96,11 @@ class MPC(Backend):
         bits = scale_bits(layout, self.limits)
         outputs = parties.run("share_sum", inputs, {"scale": 2.0**bits})
         sent = [int(o["bytes"]) for o in outputs[:len(messages)]]
-        return struct.pack(f"<II{len(sent)}Q", bits, len(sent), *sent)
+        return struct.pack(f"<III{len(sent)}Q", bits, outputs[0]["rounds"], len(sent), *sent)
 
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
         """Reveal the shared sum to the analyst, decoded from fixed point."""
-        bits, n_sites, sent = _unpack(combined)
+        bits, rounds, n_sites, sent = _unpack(combined)
         outputs = self._run("reveal_sum", n_sites, {})
         raw = outputs[0]["values"]
         total = raw / 2.0**bits
@@ -109,7 +109,8 @@ class MPC(Backend):
         total[counts] = np.rint(total[counts])
         bounds = np.where(counts, 0.0, n_sites * 2.0 ** -(bits + 1))
         return Aggregate(total, bounds, Privacy(CONFIDENTIALITY),
-                         site_bytes=_add_bytes(sent, outputs))
+                         site_bytes=_add_bytes(sent, outputs),
+                         comm_rounds=rounds + outputs[0]["rounds"])
 
     def conclude(self, query: Any, schema: Schema, state: Any, combined: bytes,
                  layout: Layout) -> Conclusion:
@@ -119,7 +120,7 @@ class MPC(Backend):
         secure = SECURE.get(type(query))
         if secure is None:
             return super().conclude(query, schema, state, combined, layout)
-        bits, n_sites, sent = _unpack(combined)
+        bits, rounds, n_sites, sent = _unpack(combined)
         columns = [c for c in query.used_columns() if c in query.inputs()]
         public = secure.public(layout, len(columns))
         outputs = self._run("moments", n_sites, {"scale": 2.0**bits, **public})
@@ -133,7 +134,7 @@ class MPC(Backend):
         unit = 16 * (self._parties.n + n_sites) * 2.0**-precision  # see SecureProgram
         value, bound = secure.answer(query, schema, revealed, halves, unit)
         return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),
-                          _add_bytes(sent, outputs))
+                          _add_bytes(sent, outputs), rounds + outputs[0]["rounds"])
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)
@@ -146,9 +147,10 @@ class MPC(Backend):
         return self._parties
 
 
-def _unpack(combined: bytes) -> tuple[int, int, tuple[int, ...]]:
-    bits, n_sites = struct.unpack_from("<II", combined)
-    return bits, n_sites, struct.unpack_from(f"<{n_sites}Q", combined, 8)
+def _unpack(combined: bytes) -> tuple[int, int, int, tuple[int, ...]]:
+    """Scale bits, communication rounds so far, number of sites, each site's bytes."""
+    bits, rounds, n_sites = struct.unpack_from("<III", combined)
+    return bits, rounds, n_sites, struct.unpack_from(f"<{n_sites}Q", combined, 12)
 
 
 def _add_bytes(sent: Sequence[int], outputs: list[Any]) -> tuple[int, ...]:
