@@ -1,5 +1,7 @@
 """The `mpc` backend: each site is a CrypTen party; partials are secret-shared among the
-parties, added as shares, and only their sum is revealed, to the analyst's side.
+parties and added as shares. For the statistics in `SECURE` the answer is computed inside
+MPC and only it (with n and the missing counts) is revealed; for the others the sum is
+revealed to the analyst's side and finalized there, as under `he`.
 
 Parties run in their own processes for the whole session (see `pet.mpc.parties`), with a
 dealer process for Beaver triples that holds no data. A site's partial goes only to its
