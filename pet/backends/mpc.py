@@ -133,6 +133,8 @@ class MPC(Backend):
         halves = np.array([affine(schema[c])[1] for c in columns])
         precision = outputs[0]["bits"]
         revealed = outputs[0]["values"] / 2.0**precision
+        if public["kind"] != "mean":  # unbiased: the public factor n / (n − 1)
+            revealed = revealed * head[0] / (head[0] - 1)
         unit = 16 * (self._parties.n + n_sites) * 2.0**-precision  # see SecureProgram
         value, bound = secure.answer(query, schema, revealed, halves, unit)
         return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),

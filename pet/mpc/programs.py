@@ -64,9 +64,9 @@ def moments(crypten: Any, rank: int, world: int, value: np.ndarray,
     """Reveal only n and the missing counts (the `head`), then, inside MPC, the mean or the
     variance of scaled values (or, for `cross`, the covariance of each pair).
 
-    n becomes public first, so every division is by a public integer (CrypTen's truncation
-    with the dealer's wrap counts, exact to a few units of 2^-bits) and every value stays
-    in [-1, 1]: one Beaver product for the squares, none for the mean.
+    n becomes public first, so the one division is by a public integer (CrypTen's
+    truncation with the dealer's wrap counts, exact to a few units of 2^-bits) and every
+    value stays in [-1, 1]: one Beaver product for the squares, none for the mean.
     """
     scale = int(public["scale"])
     bits = scale.bit_length() - 1
@@ -77,22 +77,20 @@ def moments(crypten: Any, rank: int, world: int, value: np.ndarray,
         return {"head": head.numpy(), "values": None, "bits": bits,
                 **_stats(crypten.communicator.get())}
     # Dividing the raw sums by n·2^(bits − PRODUCT_BITS) leaves values in [-1, 1] at a
-    # scale whose products (2^(2·PRODUCT_BITS)) stay far below the ring's 2^62.
+    # scale whose products (2^(2·PRODUCT_BITS)) stay far below the ring's 2^62. Sums and
+    # squares are adjacent blocks: one division (one truncation) serves both.
     precision = min(bits, PRODUCT_BITS)
-    divisor = n * 2 ** (bits - precision)
-
-    def normalised(start: int, stop: int) -> Any:
-        raw = total[start:stop].div(divisor)
-        return crypten.mpc.MPCTensor.from_shares(raw.share, precision=precision)
-
-    sums = normalised(*public["sums"])
+    start, stop = public["sums"][0], public.get("squares", public["sums"])[1]
+    raw = total[start:stop].div(n * 2 ** (bits - precision))
+    moments = crypten.mpc.MPCTensor.from_shares(raw.share, precision=precision)
+    width = public["sums"][1] - start
+    sums = moments[:width]
     if public["kind"] == "mean":
         answer = sums
     else:
-        squares = normalised(*public["squares"])
         rows, cols = public["pairs"]
-        products = sums[rows] * sums[cols]
-        answer = (squares - products) * (n / (n - 1))
+        # (Σx²/n − mean²); the public factor n/(n − 1) is applied after the reveal.
+        answer = moments[width:] - sums[rows] * sums[cols]
     revealed = answer.reveal(dst=0)
     return {"head": head.numpy(), "values": revealed.numpy() if rank == 0 else None,
             "bits": precision, **_stats(crypten.communicator.get())}
