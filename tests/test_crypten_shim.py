@@ -1,5 +1,8 @@
 """CrypTen installs by the project's route and imports through pet's shim."""
 
+import ast
+from pathlib import Path
+
 import torch
 
 from pet.crypten_shim import load_crypten
@@ -15,3 +18,16 @@ def test_crypten_imports_and_round_trips_a_secret_shared_tensor() -> None:
         assert torch.allclose((shared + shared).get_plain_text(), 2 * values, atol=1e-4)
     finally:
         crypten.uninit()
+
+
+def test_the_shim_is_the_only_module_that_imports_crypten() -> None:
+    root = Path(__file__).resolve().parents[1]
+    importers = []
+    for path in [*root.glob("pet/**/*.py"), *root.glob("benchmarks/**/*.py"),
+                 *root.glob("tests/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "crypten" or n.startswith("crypten.") for n in names):
+                importers.append(path.relative_to(root).as_posix())
+    assert importers == ["pet/crypten_shim.py"]

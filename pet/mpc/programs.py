@@ -27,9 +27,7 @@ def start_crypten(*, dealer: bool) -> Any:
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     if dealer:
-        from crypten.mpc.provider.ttp_provider import TTPServer
-
-        TTPServer()
+        crypten.mpc.provider.TTPServer()  # serves requests until the parties finish
         return None
     crypten.init()
     return crypten
