@@ -3,7 +3,7 @@ every backend, with disclosure control at each site."""
 
 from __future__ import annotations
 
-from pet.backends import BACKENDS, Privacy
+from pet.backends import BACKENDS
 from pet.errors import PetError
 from pet.queries import (
     Contingency,
@@ -18,6 +18,7 @@ from pet.queries import (
     StdDev,
 )
 from pet.report import RESULT_HEADERS, result_row, table
+from pet.result import Result
 from pet.study import Study
 from pet.workloads import lung
 
@@ -53,19 +54,25 @@ def run_demo(n_sites: int = 3) -> str:
                     rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
                     continue
                 rows.append(result_row(results[-1]))
-            lines += [_backend_line(study, results[-1].privacy), "",
-                      table(rows, RESULT_HEADERS), ""]
+            lines += [_backend_line(study, results), "", table(rows, RESULT_HEADERS), ""]
     return "\n".join(lines)
 
 
-def _backend_line(study: Study, privacy: Privacy) -> str:
-    """What a backend protects, and what its session cost before the first query."""
+def _backend_line(study: Study, results: list[Result]) -> str:
+    """What a backend protects (per kind of answer where that differs: MPC finalizes some
+    statistics inside the computation), and what its session cost before any query."""
     backend = study.backend
+    privacy = results[-1].privacy
+    kinds: dict[str, list[str]] = {}
+    for result in results:
+        kinds.setdefault(result.privacy.confidentiality, []).append(result.query)
+    common, *others = sorted(kinds, key=lambda text: -len(kinds[text]))
+    protects = "; ".join([common, *(f"for {', '.join(kinds[text])}: {text}" for text in others)])
     setup = []
     if backend.session_bytes:
         setup.append(f"{backend.session_bytes:,} bytes of keys sent once")
     if backend.startup_s >= 0.1:
         setup.append(f"{backend.startup_s:.1f} s to start the session")
     extra = f" (session: {', '.join(setup)})" if setup else ""
-    return (f"backend {backend.name} — confidentiality: {privacy.confidentiality}; "
+    return (f"backend {backend.name} — confidentiality: {protects}; "
             f"differential privacy: {privacy}{extra}")
