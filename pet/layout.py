@@ -94,6 +94,11 @@ class Layout:
         """Per element, the largest absolute amount one row contributes."""
         return np.concatenate([np.full(b.size, b.bound) for b in self.blocks] or [np.zeros(0)])
 
+    def counts_mask(self) -> np.ndarray:
+        """Per element, whether it is an exact count (so a backend may round it back)."""
+        return np.concatenate([np.full(b.size, b.integer) for b in self.blocks]
+                              or [np.zeros(0, bool)])
+
     def __iter__(self) -> Iterator[tuple[Block, slice]]:
         start = 0
         for block in self.blocks:

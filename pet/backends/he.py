@@ -135,10 +135,10 @@ class PublicHE:
     def encrypt(self, partial: np.ndarray, layout: Layout) -> bytes:
         """A site's partial, normalised and packed into as few ciphertexts as fit."""
         self.limits.check(partial, layout)
-        limit = layout.bounds() * self.limits.max_rows_per_site
+        limit = _normaliser(layout, self.limits)
         scheme = self.scheme(layout)
         context = self._contexts[scheme]
-        slots = RING_DEGREE if scheme == "bfv" else RING_DEGREE // 2
+        slots = _slots(scheme)
         if scheme == "bfv":
             values = np.rint(partial).astype(np.int64)
             encrypt = ts.bfv_vector
@@ -172,7 +172,7 @@ class PublicHE:
             raise HEError(f"{where} was encrypted under another key than this session's")
         if found != scheme:
             raise HEError(f"{where} is {found.upper()}, but this layout uses {scheme.upper()}")
-        slots = RING_DEGREE if scheme == "bfv" else RING_DEGREE // 2
+        slots = _slots(scheme)
         if len(parts) != math.ceil(layout.size / slots):
             raise HEError(f"{where} holds {len(parts)} ciphertexts; the layout needs "
                           f"{math.ceil(layout.size / slots)}")
@@ -228,14 +228,24 @@ class HE(Backend):
         values = np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
         if scheme == "bfv":
             return Aggregate(values, np.zeros(layout.size), Privacy(CONFIDENTIALITY))
-        limit = layout.bounds() * self.limits.max_rows_per_site
+        limit = _normaliser(layout, self.limits)
         total = values * limit
         bounds = ckks_error_bound(self.limits, n_sites) * limit
-        counts = np.concatenate([np.full(b.size, b.integer) for b in layout.blocks])
+        counts = layout.counts_mask()
         exact = counts & (bounds < 0.5)
         total[exact] = np.rint(total[exact])
         bounds[exact] = 0.0
         return Aggregate(total, bounds, Privacy(CONFIDENTIALITY))
+
+
+def _slots(scheme: str) -> int:
+    """Values one ciphertext packs: N for BFV, N/2 for CKKS."""
+    return RING_DEGREE if scheme == "bfv" else RING_DEGREE // 2
+
+
+def _normaliser(layout: Layout, limits: Limits) -> np.ndarray:
+    """Per element, the largest partial a site may send: CKKS encrypts partial / this."""
+    return layout.bounds() * limits.max_rows_per_site
 
 
 def _public_bytes(context: Any) -> bytes:

@@ -106,8 +106,7 @@ class MPC(Backend):
         outputs = self._run("reveal_sum", n_sites, {})
         raw = outputs[0]["values"]
         total = raw / 2.0**bits
-        counts = np.concatenate([np.full(b.size, b.integer) for b in layout.blocks]
-                                or [np.zeros(0, bool)])
+        counts = layout.counts_mask()
         total[counts] = np.rint(total[counts])
         bounds = np.where(counts, 0.0, n_sites * 2.0 ** -(bits + 1))
         return Aggregate(total, bounds, Privacy(CONFIDENTIALITY),
