@@ -62,7 +62,8 @@ def test_every_query_matches_plaintext(mpc: MPC, workload: str, request) -> None
         elif layout.integer:
             np.testing.assert_array_equal(got, want, err_msg=name)
         else:
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)
+            # derived from sums within their bound; precision is traded for safe division
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
         assert all(s.bytes_sent > 0 for s in result.sites[1:]), name  # shares on the wire
         assert result.comm_rounds >= result.rounds, name
 
@@ -78,6 +79,9 @@ def test_scale_leaves_room_for_the_worst_case_sum() -> None:
     layout = Layout((Block.counts("n", 1), Block.sums("s", 2, bound=27.7)))
     bits = scale_bits(layout, Limits(max_rows_per_site=10**8, max_sites=100))
     assert 27.7 * 10**10 * 2.0**bits < 2.0**62
+    moments = Layout((Block.counts("n", 1), Block.sums("s", 2)))
+    bits = scale_bits(moments, Limits(max_rows_per_site=10**8, max_sites=100))
+    assert 10**10 * 2.0**bits < 2.0**46  # what secure programs divide stays small
     with pytest.raises(PetError, match="lower max_rows_per_site or max_sites"):
         scale_bits(layout, Limits(max_rows_per_site=10**12, max_sites=10**4))
 
@@ -116,7 +120,7 @@ def test_secure_statistics_reveal_only_n_and_the_answer_and_never_go_wrong(mpc: 
     assert mpc._parties.n == 3
     queries = [Mean("sbp"), Variance("hdl"), StdDev("bmi", where="smoking == 'current'"),
                Covariance(("age", "sbp", "hba1c"))]
-    for _ in range(8):  # repeats hunt for truncation errors (off by 2^32 units when they occur)
+    for _ in range(12):  # repeats hunt for truncation errors (off by 2^36 units at 28 bits)
         for query in queries:
             got = answer_vector(secure.run(query).value)
             want = answer_vector(clear.run(query).value)

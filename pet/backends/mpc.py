@@ -38,14 +38,21 @@ MIN_PARTIES = 3
 two it truncates probabilistically, which is occasionally off by 2^32."""
 RING_BITS = 62
 """Usable bits of CrypTen's 64-bit ring (a sign bit and one of margin)."""
+TRUNCATION_BITS = 46
+"""Largest magnitude (in bits) of a value that secure programs divide. CrypTen's division
+with the dealer's wrap counts omits one correction term and is wrong (by 2^64/divisor)
+with probability about |x|/2^63 per element: 2^-17 at this bound, far less below it.
+Layouts whose values are at most 1 per row (the ones secure programs read) are scaled to
+stay under it; others are only ever summed and revealed, which needs no division."""
 MAX_SCALE_BITS = 32
 
 
 def scale_bits(layout: Layout, limits: Limits) -> int:
     """Fractional bits of the fixed-point encoding: as many as the worst-case sum leaves."""
-    worst = max(float(np.max(layout.bounds(), initial=1.0)), 1.0)
-    worst *= limits.max_rows_per_site * limits.max_sites
-    bits = min(MAX_SCALE_BITS, RING_BITS - math.ceil(math.log2(worst + 1)))
+    largest = float(np.max(layout.bounds(), initial=1.0))
+    room = TRUNCATION_BITS if largest <= 1 else RING_BITS
+    worst = max(largest, 1.0) * limits.max_rows_per_site * limits.max_sites
+    bits = min(MAX_SCALE_BITS, room - math.ceil(math.log2(worst + 1)))
     if bits < 8:
         raise PetError(f"sums up to {worst:.3g} leave fewer than 8 fractional bits in the "
                        "64-bit ring; lower max_rows_per_site or max_sites")
