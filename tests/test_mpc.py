@@ -11,11 +11,20 @@ import pytest
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, SECURE, scale_bits
+from pet.backends.mpc import MPC, SECURE
 from pet.errors import PetError
 from pet.layout import Block, Layout
+from pet.mpc.fixed_point import scale_bits
 from pet.mpc.parties import PartyConfig, PartyError
-from pet.queries import Covariance, Mean, StdDev, Variance
+from pet.queries import (
+    Correlation,
+    Covariance,
+    ExactQuantiles,
+    LinearRegression,
+    Mean,
+    StdDev,
+    Variance,
+)
 from pet.result import answer_vector
 from pet.study import Study
 from pet.workloads import Workload, cohort
@@ -59,6 +68,8 @@ def test_every_query_matches_plaintext(mpc: MPC, workload: str, request) -> None
         if type(query) in SECURE:  # finalized inside MPC: the answer within its bound
             assert np.all(np.abs(got - want) <= result.error_bound), name
             assert "computed inside MPC" in result.privacy.confidentiality, name
+            if isinstance(query, LinearRegression):
+                np.testing.assert_allclose(result.value.se, reference.value.se, rtol=1e-2)
         elif layout.integer:
             np.testing.assert_array_equal(got, want, err_msg=name)
         else:
@@ -119,7 +130,7 @@ def test_secure_statistics_reveal_only_n_and_the_answer_and_never_go_wrong(mpc: 
     secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
     assert mpc._parties.n == 3
     queries = [Mean("sbp"), Variance("hdl"), StdDev("bmi", where="smoking == 'current'"),
-               Covariance(("age", "sbp", "hba1c"))]
+               Covariance(("age", "sbp", "hba1c")), Correlation(("age", "bmi", "hdl"))]
     for _ in range(12):  # repeats hunt for truncation errors (off by 2^36 units at 28 bits)
         for query in queries:
             got = answer_vector(secure.run(query).value)
@@ -133,3 +144,36 @@ def test_too_few_rows_reveal_nothing_but_the_count(mpc: MPC, lung3: Workload) ->
     secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
     with pytest.raises(PetError, match="too few complete rows"):
         secure.run(Variance("age", where="age > 81"))
+
+
+@pytest.mark.parametrize(("function", "steps", "base"),
+                         [("reciprocal", 20, 2.0), ("inv_sqrt", 10, 4.0)])
+def test_normalised_functions_hold_at_both_ends_of_their_range(mpc: MPC, function: str,
+                                                               steps: int, base: float) -> None:
+    lowest = base**-steps
+    x = np.concatenate([[lowest, 1.0, 1 - 2**-22, 0.5, 0.25], np.geomspace(lowest, 1, 25)])
+    public = {"function": function, "steps": steps, "precision": 22}
+    out = mpc._session(3).run("check", [np.zeros(0)] * 3, {**public, "x": x.tolist()})[0]
+    encoded = np.trunc(x * 2**22) / 2**22  # CrypTen encodes public inputs by truncation
+    want = 1 / encoded if function == "reciprocal" else 1 / np.sqrt(encoded)
+    np.testing.assert_allclose(out["y"] * out["s"], want, rtol=2**-19)
+    assert not out["small"].any()
+    out = mpc._session(3).run("check", [np.zeros(0)] * 3,
+                              {**public, "x": [lowest * 0.99, lowest / 3]})[0]
+    assert out["small"].all()  # below the range: flagged, never silently wrong
+
+
+def test_exact_quantiles_reveal_only_their_digits_and_equal_numpys(mpc: MPC) -> None:
+    data = cohort(3000, 3, 2)
+    query = ExactQuantiles("hdl", (0.05, 0.5, 0.95), branching=64)
+    result = Study(data.sites(NO_CELL_LIMIT), backend=mpc).run(query)
+    want = np.quantile(data.pooled()["hdl"].dropna(), query.probs, method="inverted_cdf")
+    np.testing.assert_array_equal(result.value, want)
+    assert result.error_bound == 0 and "computed inside MPC" in result.privacy.confidentiality
+
+
+def test_a_fit_beyond_fixed_point_precision_is_refused(mpc: MPC) -> None:
+    data = cohort(2000, 3, 5)
+    secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
+    with pytest.raises(PetError, match="nearly constant or the predictors are nearly collinear"):
+        secure.run(LinearRegression("sbp", ("age", "sex"), where="sex == 'female'"))

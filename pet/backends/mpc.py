@@ -12,7 +12,6 @@ the fixed-point scale 2^P is chosen per layout so that no sum can wrap the 64-bi
 
 from __future__ import annotations
 
-import math
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +23,19 @@ import numpy as np
 from pet.backends.base import Aggregate, Backend, Conclusion, Limits, Privacy
 from pet.errors import PetError, QueryError
 from pet.layout import Layout
+from pet.mpc.fixed_point import precision, scale_bits
 from pet.mpc.parties import Parties, PartyConfig
-from pet.queries import Covariance, Mean, StdDev, Variance
+from pet.queries import (
+    Correlation,
+    Covariance,
+    ExactQuantiles,
+    LinearRegression,
+    Mean,
+    Next,
+    Quantiles,
+    StdDev,
+    Variance,
+)
 from pet.queries.base import affine, from_upper_triangle
 from pet.schema import Schema
 
@@ -36,27 +46,8 @@ SECURE_CONFIDENTIALITY = ("sites' partials are secret-shared; the statistic is c
 MIN_PARTIES = 3
 """With three or more parties CrypTen divides shares using the dealer's wrap counts; with
 two it truncates probabilistically, which is occasionally off by 2^32."""
-RING_BITS = 62
-"""Usable bits of CrypTen's 64-bit ring (a sign bit and one of margin)."""
-TRUNCATION_BITS = 46
-"""Largest magnitude (in bits) of a value that secure programs divide. CrypTen's division
-with the dealer's wrap counts omits one correction term and is wrong (by 2^64/divisor)
-with probability about |x|/2^63 per element: 2^-17 at this bound, far less below it.
-Layouts whose values are at most 1 per row (the ones secure programs read) are scaled to
-stay under it; others are only ever summed and revealed, which needs no division."""
-MAX_SCALE_BITS = 32
-
-
-def scale_bits(layout: Layout, limits: Limits) -> int:
-    """Fractional bits of the fixed-point encoding: as many as the worst-case sum leaves."""
-    largest = float(np.max(layout.bounds(), initial=1.0))
-    room = TRUNCATION_BITS if largest <= 1 else RING_BITS
-    worst = max(largest, 1.0) * limits.max_rows_per_site * limits.max_sites
-    bits = min(MAX_SCALE_BITS, room - math.ceil(math.log2(worst + 1)))
-    if bits < 8:
-        raise PetError(f"sums up to {worst:.3g} leave fewer than 8 fractional bits in the "
-                       "64-bit ring; lower max_rows_per_site or max_sites")
-    return bits
+ATTEMPTS = 3
+"""Runs of a secure program before its copies' disagreement is reported as a failure."""
 
 
 class MPC(Backend):
@@ -122,29 +113,36 @@ class MPC(Backend):
 
     def conclude(self, query: Any, schema: Schema, state: Any, combined: bytes,
                  layout: Layout) -> Conclusion:
-        """Finalize inside MPC where pet knows how (mean, variance, standard deviation,
-        covariance: only n, the missing counts and the answer are revealed); otherwise
-        reveal the sum and finalize it in the clear."""
+        """Finalize inside MPC where pet knows how (see `SECURE`: only n, the missing
+        counts and the answer are revealed); otherwise reveal the sum and finalize it in
+        the clear. A secure program whose two copies disagree (a rare truncation error)
+        is run again; its answers are withheld if that keeps happening."""
         secure = SECURE.get(type(query))
         if secure is None:
             return super().conclude(query, schema, state, combined, layout)
         bits, rounds, n_sites, sent = _unpack(combined)
-        columns = [c for c in query.used_columns() if c in query.inputs()]
-        public = secure.public(layout, len(columns))
-        outputs = self._run("moments", n_sites, {"scale": 2.0**bits, **public})
-        head = outputs[0]["head"] / 2.0**bits
-        if outputs[0]["values"] is None:
-            raise QueryError(f"{query.describe()}: too few complete rows ({head[0]:g}) at "
-                             "all sites together for this statistic")
-        halves = np.array([affine(schema[c])[1] for c in columns])
-        precision = outputs[0]["bits"]
-        revealed = outputs[0]["values"] / 2.0**precision
-        if public["kind"] != "mean":  # unbiased: the public factor n / (n − 1)
-            revealed = revealed * head[0] / (head[0] - 1)
-        unit = 16 * (self._parties.n + n_sites) * 2.0**-precision  # see SecureProgram
-        value, bound = secure.answer(query, schema, revealed, halves, unit)
-        return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),
-                          _add_bytes(sent, outputs), rounds + outputs[0]["rounds"])
+        head_size = 1 + layout.split(np.zeros(layout.size))["missing"].size
+        public = {"scale": 2.0**bits, "head": head_size, "kind": secure.kind, "min_rows": 1,
+                  **secure.public(query, schema, layout)}
+        digits = precision(bits)
+        unit = (4 * self._session(n_sites).n + n_sites + 1) * 2.0**-digits
+        spent = np.array(sent)
+        for _ in range(ATTEMPTS):
+            outputs = self._run("secure", n_sites, public)
+            spent += [int(o["bytes"]) for o in outputs[:n_sites]]
+            rounds += outputs[0]["rounds"]
+            head = np.rint(outputs[0]["head"] / 2.0**bits)
+            if outputs[0]["values"] is None:
+                raise QueryError(f"{query.describe()}: too few complete rows ({head[0]:g}) "
+                                 "at all sites together for this statistic")
+            answers = [secure.answer(query, schema, state, values, head[0], unit)
+                       for values in secure.copies(outputs[0]["values"], digits)]
+            if _agree(answers):
+                value, bound = answers[0]
+                return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),
+                                  tuple(spent.tolist()), rounds)
+        raise PetError(f"{query.describe()}: the secure computation failed its consistency "
+                       f"check {ATTEMPTS} times; no answer was released")
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)
@@ -168,59 +166,212 @@ def _add_bytes(sent: Sequence[int], outputs: list[Any]) -> tuple[int, ...]:
     return tuple(s + int(o["bytes"]) for s, o in zip(sent, outputs, strict=False))
 
 
+def _agree(answers: list[tuple[Any, float]]) -> bool:
+    """Whether every copy's answer lies within the sum of the copies' bounds of the first."""
+    first, bound = answers[0]
+    if isinstance(first, Next):
+        return all(isinstance(a, Next) and a == first for a, _ in answers)
+    return all(np.all(np.abs(_numbers(a) - _numbers(first)) <= bound + b)
+               for a, b in answers[1:])
+
+
+def _numbers(value: Any) -> np.ndarray:
+    """The numbers an error bound covers: a fit's coefficients, else the value itself."""
+    return np.ravel(np.asarray(getattr(value, "coef", value), dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class SecureProgram:
-    """How one kind of query is finalized inside MPC: which blocks the `moments` program
-    reads, and how the revealed scaled values become the answer and its error bound.
+    """How one kind of query is finalized inside MPC: the kernel (`pet.mpc.programs`),
+    its public inputs, and how one copy of its revealed outputs becomes the answer and
+    its error bound. `exact` kernels only compare and add, so they run on one copy.
+    The public inputs may raise "min_rows", below which nothing but n is revealed.
 
-    `unit` bounds the error of one revealed scaled value: each division by the public n
-    and each Beaver product truncates with an error below one unit of 2^-precision per
-    party, and the inputs' own rounding adds half a unit per site; sixteen times (parties
-    + sites) units covers the few operations of these programs with room to spare.
+    `unit` bounds the error of a revealed moment (a mean of scaled values, or a mean of
+    products minus a product of means): each division by the public n truncates by less
+    than one unit of 2^-precision per party, a product of two such means adds two of
+    those errors and a truncation, and the inputs' own rounding adds half a unit per site.
     """
 
     kind: str
-    answer: Callable[[Any, Schema, np.ndarray, np.ndarray, float], tuple[Any, float]]
+    public: Callable[[Any, Schema, Layout], dict[str, Any]]
+    answer: Callable[[Any, Schema, Any, dict[str, np.ndarray], float, float],
+                     tuple[Any, float]]
+    exact: bool = False
 
-    def public(self, layout: Layout, d: int) -> dict[str, Any]:
-        """Slices of the layout's blocks and the index pairs of the products."""
-        where = {block.name: (s.start, s.stop) for block, s in layout}
-        head = 1 + where["missing"][1] - where["missing"][0]
-        if self.kind == "mean":
-            return {"kind": "mean", "head": head, "sums": where["sum"]}
-        squares = where["cross"] if "cross" in where else where["sum_sq"]
-        rows, cols = np.triu_indices(d)
-        return {"kind": "variance", "head": head, "sums": where["sum"], "squares": squares,
-                "pairs": (rows.tolist(), cols.tolist())}
+    def copies(self, values: dict[str, np.ndarray], digits: int) -> list[dict[str, Any]]:
+        """Each copy's outputs, fixed-point ones decoded ("values" of an exact kernel and
+        the integer outputs are counts)."""
+        if self.exact:
+            return [values]
+        return [{k: v[i] / 2.0**digits if k in FIXED_POINT else v[i] for k, v in values.items()}
+                for i in range(2)]
 
 
-def _mean(query: Any, schema: Schema, revealed: np.ndarray, halves: np.ndarray,
+FIXED_POINT = {"values", "diagonal", "corner", "rss", "tss", "residual"}
+"""Outputs of copied kernels that are fixed-point; the others are integers."""
+
+
+def _blocks(layout: Layout) -> dict[str, tuple[int, int]]:
+    return {block.name: (s.start, s.stop) for block, s in layout}
+
+
+def _mean_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    return {"sums": _blocks(layout)["sum"]}
+
+
+def _moment_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    where = _blocks(layout)
+    rows, cols = np.triu_indices(len(_columns(query)))
+    return {"sums": where["sum"], "squares": where.get("cross", where.get("sum_sq")),
+            "pairs": (rows.tolist(), cols.tolist()), "min_rows": 2}
+
+
+def _correlation_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    inputs = _moment_inputs(query, schema, layout)
+    rows, cols = inputs["pairs"]
+    diagonal = [k for k, (i, j) in enumerate(zip(rows, cols, strict=True)) if i == j]
+    return {**inputs, "diagonal": diagonal, "steps": CORRELATION_STEPS}
+
+
+def _columns(query: Any) -> list[str]:
+    return [c for c in query.used_columns() if c in query.inputs()]
+
+
+def _halves(query: Any, schema: Schema) -> np.ndarray:
+    return np.array([affine(schema[c])[1] for c in _columns(query)])
+
+
+def _mean(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], n: float,
           unit: float) -> tuple[float, float]:
     center, half = affine(schema[query.column])
-    return float(center + half * revealed[0]), float(half * unit)
+    return float(center + half * values["values"][0]), float(half * unit)
 
 
-def _variance(query: Any, schema: Schema, revealed: np.ndarray, halves: np.ndarray,
-              unit: float) -> tuple[float, float]:
-    variance = max(float(revealed[0]), 0.0) * halves[0] ** 2
-    bound = float(unit * halves[0] ** 2)
+def _variance(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+              n: float, unit: float) -> tuple[float, float]:
+    half = _halves(query, schema)[0]
+    unbiased = n / (n - 1)
+    variance = max(float(values["values"][0]), 0.0) * half**2 * unbiased
+    bound = float(unit * half**2 * unbiased)
     if isinstance(query, StdDev):  # |√a − √b| = |a − b| / (√a + √b)
         spread = bound / np.sqrt(variance - bound) if variance > 2 * bound else np.sqrt(bound)
         return float(np.sqrt(variance)), float(spread)
     return variance, bound
 
 
-def _covariance(query: Any, schema: Schema, revealed: np.ndarray, halves: np.ndarray,
-                unit: float) -> tuple[np.ndarray, float]:
-    scaled = from_upper_triangle(revealed, len(halves))
-    return scaled * np.outer(halves, halves), float(unit * np.max(halves) ** 2)
+def _covariance(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+                n: float, unit: float) -> tuple[np.ndarray, float]:
+    halves = _halves(query, schema)
+    unbiased = n / (n - 1)
+    scaled = from_upper_triangle(values["values"], len(halves)) * unbiased
+    return scaled * np.outer(halves, halves), float(unit * np.max(halves) ** 2 * unbiased)
+
+
+CORRELATION_STEPS = 10
+"""Powers of four tried when normalising a variance (of values scaled to [-1, 1]): below
+4^-10 ≈ 10^-6 a variance has too few significant bits to divide by, and is refused."""
+
+
+def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+                 n: float, unit: float) -> tuple[np.ndarray, float]:
+    """Correlations, with the bound of their error.
+
+    With each covariance within `unit`, |δr_ij| ≤ u/√(c_ii·c_jj) + |r|·u/2·(1/c_ii + 1/c_jj),
+    and normalising puts c_ii·4^m_i in [1/4, 1), so 1/c_ii ≤ 4·4^m_i: the error is at most
+    8·u·Σ_i 4^m_i (the revealed `spread`), plus the few units of 2^-precision that the
+    inverse square roots (relative error 2^-24 after three Newton steps) and the last
+    products add (sixteen units cover them, as `unit` is at least that)."""
+    if values["small"] > 0:
+        raise QueryError(f"{query.describe()}: a column's variance is below "
+                         f"{4.0**-CORRELATION_STEPS:.1e} of its range squared; its "
+                         "correlation cannot be computed inside MPC")
+    d = len(_columns(query))
+    matrix = np.clip(from_upper_triangle(values["values"], d), -1.0, 1.0)
+    np.fill_diagonal(matrix, 1.0)
+    return matrix, float(8 * unit * values["spread"] + unit)
+
+
+SOLVE_STEPS = 10
+"""Powers of two (four for diagonals) tried when normalising inside the least-squares
+solve: a predictor whose mean square is below 4^-10 of its range squared, or a pivot of
+the equilibrated XᵀX below 2^-10 (nearly collinear predictors), is refused."""
+
+
+def _linear_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    where, design = _blocks(layout), query.design(schema)
+    p = design.size
+    rows, cols = np.triu_indices(p)
+    square = np.zeros((p, p), dtype=int)
+    square[rows, cols] = square[cols, rows] = np.arange(len(rows))
+    corner = design.to_original()[0] if query.intercept else np.zeros(p)
+    return {"span": (where["xtx"][0], where["yty"][1]), "terms": p,
+            "square": square.ravel().tolist(),
+            "corner": corner.tolist(), "intercept": query.intercept, "steps": SOLVE_STEPS,
+            "min_rows": p + 1}
+
+
+def _linear(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+            n: float, unit: float) -> tuple[Any, float]:
+    """The fit, and a bound on its coefficients' error.
+
+    With A = XᵀX/n and b = Xᵀy/n each within `unit` per element, the computed β̂ obeys
+    β̂ − β = A⁻¹(r + δA·β̂ − δb), r = Aβ̂ − b the solver's residual (revealed as ‖r‖² of
+    the equilibrated system, whose rows are those of A scaled up), so
+    ‖β̂ − β‖ ≤ ‖A⁻¹‖·(‖r‖ + p·u·‖β̂‖ + √p·u) with ‖A⁻¹‖ ≤ trace(A⁻¹), the sum of the
+    revealed diagonal; doubling covers the first-order terms and the residual's own
+    rounding. Coefficients in original units are half_y·Aₒ·β̂, Aₒ the public map."""
+    if values["small"] > 0:
+        raise QueryError(f"{query.describe()}: a predictor is (nearly) constant or the "
+                         "predictors are nearly collinear; MPC's fixed-point solve refuses "
+                         "rather than return an imprecise fit")
+    design = query.design(schema)
+    beta, diagonal = values["values"], values["diagonal"]
+    spread = diagonal / design.half**2
+    if query.intercept:
+        spread[0] = values["corner"]
+    fit = query.fit(schema, n, beta, spread, float(values["rss"]), float(values["tss"]))
+    p = design.size
+    trace = float(np.sum(np.maximum(diagonal, 0.0)))
+    error = 2 * trace * (np.sqrt(max(float(values["residual"]), 0.0))
+                         + 2 * p * unit * (1 + float(np.linalg.norm(beta))))
+    half_y = query._outcome_scaling(schema)[1]
+    return fit, float(half_y * np.max(np.abs(design.to_original()).sum(axis=1)) * error)
+
+
+def _quantile_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    return {"counts": _blocks(layout)["counts"], "width": query.bins, "cumulative": True,
+            "probs": list(query.probs)}
+
+
+def _grid_quantiles(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+                    n: float, unit: float) -> tuple[np.ndarray, float]:
+    """The middle of the grid bin holding each quantile: within half a bin of the value
+    interpolated from the whole histogram, which MPC does not reveal."""
+    edges = query.edges(schema)
+    index = query.bin_of(values["values"])
+    half = float(np.max(np.diff(edges))) / 2 * (1 + 1e-12)  # with the edges' rounding
+    return (edges[index] + edges[index + 1]) / 2, half
+
+
+def _exact_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    return {"counts": _blocks(layout)["at_or_below"], "width": query.branching - 1,
+            "cumulative": False, "probs": list(query.probs)}
+
+
+def _exact_quantiles(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+                     n: float, unit: float) -> tuple[Any, float]:
+    return query.advance(values["values"], state), 0.0
 
 
 SECURE: dict[type, SecureProgram] = {
-    Mean: SecureProgram("mean", _mean),
-    Variance: SecureProgram("variance", _variance),
-    StdDev: SecureProgram("variance", _variance),
-    Covariance: SecureProgram("variance", _covariance),
+    Mean: SecureProgram("mean", _mean_inputs, _mean),
+    Variance: SecureProgram("variance", _moment_inputs, _variance),
+    StdDev: SecureProgram("variance", _moment_inputs, _variance),
+    Covariance: SecureProgram("variance", _moment_inputs, _covariance),
+    Correlation: SecureProgram("correlation", _correlation_inputs, _correlation),
+    LinearRegression: SecureProgram("linear", _linear_inputs, _linear),
+    Quantiles: SecureProgram("positions", _quantile_inputs, _grid_quantiles, exact=True),
+    ExactQuantiles: SecureProgram("positions", _exact_inputs, _exact_quantiles, exact=True),
 }
-"""Queries finalized inside MPC, by exact type (Correlation, a Covariance, still needs a
-secure inverse square root and is finalized after revealing its sums)."""
+"""Queries finalized inside MPC, by exact type."""

@@ -14,11 +14,9 @@ import numpy as np
 import torch
 
 from pet.crypten_shim import load_crypten
-
-PRODUCT_BITS = 22
-"""Fractional bits of values that enter Beaver products: |x| ≤ 1 gives products below
-2^44, whose truncation errs with probability below 2^-19 (see TRUNCATION_BITS in
-pet.backends.mpc); at 28 bits a repeated test saw a variance off by 2^36 units."""
+from pet.mpc import kernels
+from pet.mpc.fixed_point import precision as fixed_precision
+from pet.queries.tables import rank
 
 
 def start_crypten(*, dealer: bool) -> Any:
@@ -58,41 +56,128 @@ def reveal_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
             **_stats(crypten.communicator.get())}
 
 
-def moments(crypten: Any, rank: int, world: int, value: np.ndarray,
-            public: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
-    """Reveal only n and the missing counts (the `head`), then, inside MPC, the mean or the
-    variance of scaled values (or, for `cross`, the covariance of each pair).
+def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
+           public: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
+    """Reveal only n and the missing counts (the `head`), then run the query's kernel on
+    the shared sum and reveal its outputs, to party 0 only.
 
-    n becomes public first, so the one division is by a public integer (CrypTen's
-    truncation with the dealer's wrap counts, exact to a few units of 2^-bits) and every
-    value stays in [-1, 1]: one Beaver product for the squares, none for the mean.
+    Kernels that divide run on two copies of their inputs, each with its own truncation
+    randomness; both copies are revealed so that the analyst's side can see a (rare)
+    truncation error as a disagreement and run the program again.
     """
     scale = int(public["scale"])
-    bits = scale.bit_length() - 1
     total = memory["total"]
     head = total[: public["head"]].reveal()
     n = int(head[0]) // scale  # a count: exact in fixed point
-    if n < (1 if public["kind"] == "mean" else 2):  # too few rows: reveal nothing more
-        return {"head": head.numpy(), "values": None, "bits": bits,
-                **_stats(crypten.communicator.get())}
-    # Dividing the raw sums by n·2^(bits − PRODUCT_BITS) leaves values in [-1, 1] at a
-    # scale whose products (2^(2·PRODUCT_BITS)) stay far below the ring's 2^62. Sums and
-    # squares are adjacent blocks: one division (one truncation) serves both.
-    precision = min(bits, PRODUCT_BITS)
-    start, stop = public["sums"][0], public.get("squares", public["sums"])[1]
-    raw = total[start:stop].div(n * 2 ** (bits - precision))
-    moments = crypten.mpc.MPCTensor.from_shares(raw.share, precision=precision)
-    width = public["sums"][1] - start
-    sums = moments[:width]
+    outputs: dict[str, Any] = {"head": head.numpy(), "values": None}
+    if n >= public["min_rows"]:  # else too few rows: reveal nothing more
+        values = KERNELS[public["kind"]](crypten, total, n, scale.bit_length() - 1, public)
+        revealed = {name: v.reveal(dst=0) for name, v in values.items()}
+        outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
+                             else None)
+    return {**outputs, **_stats(crypten.communicator.get())}
+
+
+def _per_row(crypten: Any, total: Any, span: tuple[int, int], n: int, bits: int) -> Any:
+    """The blocks in `span` divided by n, at the programs' precision, in two copies
+    (leading axis): values of at most 1 per row land in [-1, 1]; one truncation each."""
+    precision = fixed_precision(bits)
+    raw = crypten.stack([total[span[0]:span[1]]] * 2).div(n * 2 ** (bits - precision))
+    return crypten.mpc.MPCTensor.from_shares(raw.share, precision=precision)
+
+
+def _moments(crypten: Any, total: Any, n: int, bits: int,
+             public: dict[str, Any]) -> dict[str, Any]:
+    """Means of scaled values, or (Σx²/n − mean²) for each pair; the public factor
+    n / (n − 1) is applied after the reveal."""
+    start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
+    moments = _per_row(crypten, total, (start, public.get("squares", public["sums"])[1]),
+                       n, bits)
+    sums = moments[:, :width]
     if public["kind"] == "mean":
-        answer = sums
-    else:
-        rows, cols = public["pairs"]
-        # (Σx²/n − mean²); the public factor n/(n − 1) is applied after the reveal.
-        answer = moments[width:] - sums[rows] * sums[cols]
-    revealed = answer.reveal(dst=0)
-    return {"head": head.numpy(), "values": revealed.numpy() if rank == 0 else None,
-            "bits": precision, **_stats(crypten.communicator.get())}
+        return {"values": sums}
+    rows, cols = public["pairs"]
+    return {"values": moments[:, width:] - sums[:, rows] * sums[:, cols]}
+
+
+def _correlation(crypten: Any, total: Any, n: int, bits: int,
+                 public: dict[str, Any]) -> dict[str, Any]:
+    """Correlations of every pair: c_ij · r_i · r_j with r = 1/√c_ii, the inverse square
+    root normalised by powers of four. Also reveals Σ_i 4^m_i (each variance's power of
+    four, summed), from which the error bound follows, and how many variances were too
+    small to normalise (the query is then refused)."""
+    covariance = _moments(crypten, total, n, bits, {**public, "kind": "variance"})["values"]
+    diagonal = covariance[:, public["diagonal"]]
+    y, s, small = kernels.inv_sqrt(diagonal, public["steps"])
+    rows, cols = public["pairs"]
+    exact = covariance * (s[:, rows] * s[:, cols])  # integers: no truncation
+    return {"values": exact * (y[:, rows] * y[:, cols]), "spread": (s * s).sum(-1),
+            "small": small.sum(-1)}
+
+
+def _linear(crypten: Any, total: Any, n: int, bits: int,
+            public: dict[str, Any]) -> dict[str, Any]:
+    """Least squares inside MPC from XᵀX/n, Xᵀy/n and yᵀy/n: equilibrate, then Gauss–Jordan
+    on [A' | b' | t | I], t = D·a₀ for the intercept's variance. Reveals the coefficients,
+    diag((XᵀX/n)⁻¹), a₀ᵀ(XᵀX/n)⁻¹a₀, the residual and total sums of squares per row, the
+    squared norm of the solver's residual (rounding noise, for the error bound) and how
+    many values were too small to normalise (the query is then refused)."""
+    p = public["terms"]
+    moments = _per_row(crypten, total, public["span"], n, bits)
+    triangle = p * (p + 1) // 2
+    tri, xty, yty = moments[:, :triangle], moments[:, triangle:-1], moments[:, -1]
+    full = tri[:, public["square"]].view(2, p, p)
+    scaled, y, s, small = kernels.equilibrate(full, public["steps"])
+    rhs = (xty * s) * y  # D·b
+    corner = (y * torch.tensor(public["corner"])) * s  # D·a₀
+    zero = scaled - scaled
+    identity = zero + torch.eye(p, dtype=torch.float64)
+    augmented = crypten.cat([scaled, rhs.unsqueeze(-1), corner.unsqueeze(-1), identity], -1)
+    solved, tiny = kernels.gauss_jordan(augmented, public["steps"])
+    z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
+    beta = (z * y) * s
+    terms = list(range(p))
+    diagonal = (inverse[:, terms, terms] * (y * y)) * (s * s)
+    residual = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
+    fitted = (z * rhs).sum(-1)  # βᵀ·Xᵀy/n
+    total_ss = yty - xty[:, 0] * xty[:, 0] if public["intercept"] else yty
+    return {"values": beta, "diagonal": diagonal, "corner": (corner * w).sum(-1),
+            "rss": yty - fitted, "tss": total_ss, "residual": (residual * residual).sum(-1),
+            "small": small + tiny}
+
+
+def _positions(crypten: Any, total: Any, n: int, bits: int,
+               public: dict[str, Any]) -> dict[str, Any]:
+    """For each probability, how many counts (rows of `width`, cumulated first for a
+    histogram; one row serves every probability) lie below its rank among the n values:
+    where the quantile falls, and nothing else. Counts are exact, and so is the answer."""
+    start, stop = public["counts"]
+    counts = crypten.mpc.MPCTensor.from_shares(total[start:stop].share, precision=0)
+    counts = counts.view(-1, public["width"])
+    if public["cumulative"]:
+        counts = counts.cumsum(-1)
+    targets = torch.tensor([rank(p, n) for p in public["probs"]], dtype=torch.int64) << bits
+    return {"values": (counts - targets.unsqueeze(-1))._ltz().sum(-1)}
+
+
+def check(crypten: Any, rank: int, world: int, value: np.ndarray,
+          public: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one kernel on public inputs (party 0's), for tests of its whole input range."""
+    x = crypten.cryptensor(torch.tensor(public["x"], dtype=torch.float64), src=0,
+                           precision=public["precision"])
+    y, s, small = getattr(kernels, public["function"])(x, public["steps"])
+    out = {"y": y.reveal().numpy() / y.encoder.scale, "s": s.reveal().numpy(),
+           "small": small.reveal().numpy()}
+    return out if rank == 0 else None
+
+
+KERNELS: dict[str, Callable[..., dict[str, Any]]] = {
+    "mean": _moments,
+    "variance": _moments,
+    "correlation": _correlation,
+    "linear": _linear,
+    "positions": _positions,
+}
 
 
 def _stats(communicator: Any) -> dict[str, int]:
@@ -109,6 +194,8 @@ def provider(crypten: Any, rank: int, world: int, value: np.ndarray,
 PROGRAMS: dict[str, Callable[..., Any]] = {
     "share_sum": share_sum,
     "reveal_sum": reveal_sum,
-    "moments": moments,
+    "secure": secure,
+    "check": check,
     "provider": provider,
 }
+

@@ -3,6 +3,7 @@
 from pet.queries.base import Next, Query
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, StdDev, Sum, Variance
+from pet.queries.order import ExactQuantiles
 from pet.queries.regression import (
     LinearFit,
     LinearRegression,
@@ -17,6 +18,7 @@ __all__ = [
     "Correlation",
     "Count",
     "Covariance",
+    "ExactQuantiles",
     "Histogram",
     "KaplanMeier",
     "LinearFit",

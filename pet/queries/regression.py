@@ -217,20 +217,27 @@ class LinearRegression(Regression):
             raise QueryError(f"{self.describe()}: {n:g} rows cannot fit {p} parameters")
         xty, yty = parts["xty"], parts["yty"][0]
         beta, inverse = self.solve(from_upper_triangle(parts["xtx"], p), xty)
+        a = design.to_original()
         rss = max(yty - beta @ xty, 0.0)
         tss = yty - xty[0] ** 2 / n if self.intercept else yty
+        return self.fit(schema, n, beta, np.diag(a @ inverse @ a.T) * n, rss / n, tss / n)
+
+    def fit(self, schema: Schema, n: float, beta: np.ndarray, spread: np.ndarray,
+            rss: float, tss: float) -> LinearFit:
+        """The fit from the scaled design's coefficients, diag(A·(XᵀX/n)⁻¹·Aᵀ) with A the
+        map to original units, and the residual and total sums of squares per row: all
+        that MPC reveals."""
+        design = self.design(schema)
+        dof = round(n) - design.size
         r2 = 1.0 - rss / tss
-        dof = round(n) - p
         adj = 1.0 - (1.0 - r2) * (n - (1 if self.intercept else 0)) / dof
         center, half = self._outcome_scaling(schema)
-        a = design.to_original()
-        coef = half * (a @ beta)
+        coef = half * (design.to_original() @ beta)
         if self.intercept:
             coef[0] += center
-        cov = half**2 * (rss / dof) * (a @ inverse @ a.T)
-        return LinearFit(design.names, coef, np.sqrt(np.diag(cov)), round(n),
-                         r2=float(r2), adj_r2=float(adj), sigma=float(half * np.sqrt(rss / dof)),
-                         dof=dof)
+        se = half * np.sqrt(rss / dof * np.maximum(spread, 0.0))
+        return LinearFit(design.names, coef, se, round(n), r2=float(r2), adj_r2=float(adj),
+                         sigma=float(half * np.sqrt(n * rss / dof)), dof=dof)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ quantiles read off a fine public-grid histogram."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,12 @@ from pet.schema import Boolean, Categorical, Schema
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value for bins [e0, e1), [e1, e2), ..., [e_{k-1}, e_k] (last one closed)."""
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+def rank(prob: float, n: float) -> int:
+    """The 1-based rank of the `prob` quantile among n values: ⌈prob·n⌉, at least 1
+    (numpy's "inverted_cdf" quantile is the value of that rank)."""
+    return max(1, math.ceil(prob * n))
 
 
 def check_edges(query: Query, schema: Schema, column: str, edges: Sequence[float]) -> None:
@@ -159,6 +166,11 @@ class Quantiles(Query):
         lower, upper = schema[self.column].bounds()
         return (upper - lower) / self.bins
 
+    def bin_of(self, below: np.ndarray) -> np.ndarray:
+        """The grid bin of each quantile from how many cumulative counts lie below its
+        rank (the one thing MPC reveals of the histogram)."""
+        return np.minimum(below, self.bins - 1)
+
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
         return (Block.counts("counts", self.bins),)
 
@@ -172,7 +184,7 @@ class Quantiles(Query):
         edges = self.edges(schema)
         cumulative = np.cumsum(counts)
         targets = np.asarray(self.probs) * cumulative[-1]
-        index = np.minimum(np.searchsorted(cumulative, targets, side="left"), self.bins - 1)
+        index = self.bin_of(np.searchsorted(cumulative, targets, side="left"))
         before = np.where(index > 0, cumulative[index - 1], 0.0)
         inside = np.divide(targets - before, counts[index], out=np.ones_like(targets),
                            where=counts[index] > 0)

@@ -1,0 +1,51 @@
+"""The fixed-point encoding of the `mpc` backend: how many fractional bits a layout gets,
+and how large the values that secure programs multiply and divide may grow.
+
+CrypTen's division by a public integer with the dealer's wrap counts omits one
+correction term and is wrong (by 2^64/divisor) with probability about |x|/2^64 per
+element, x the raw value divided. Secure programs therefore keep every divided value
+below 2^TRUNCATION_BITS, compute on two copies and compare them (see `pet.mpc.programs`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pet.errors import PetError
+from pet.layout import Layout
+
+if TYPE_CHECKING:
+    from pet.backends.base import Limits
+
+RING_BITS = 62
+"""Usable bits of CrypTen's 64-bit ring (a sign bit and one of margin)."""
+TRUNCATION_BITS = 46
+"""Largest magnitude (in bits) of a raw value that secure programs divide: a wrong
+division then has probability about 2^-18 per element, and the copies catch it. Layouts
+whose values are at most 1 per row (the ones secure programs read) are scaled to stay
+under it; others are only ever summed and revealed, which needs no division."""
+MAX_SCALE_BITS = 32
+PRODUCT_BITS = 22
+"""Fractional bits of values that enter Beaver products: |x| ≤ 2 gives raw products
+below 2^46."""
+
+
+def scale_bits(layout: Layout, limits: Limits) -> int:
+    """Fractional bits of the fixed-point encoding: as many as the worst-case sum leaves."""
+    largest = float(np.max(layout.bounds(), initial=1.0))
+    room = TRUNCATION_BITS if largest <= 1 else RING_BITS
+    worst = max(largest, 1.0) * limits.max_rows_per_site * limits.max_sites
+    bits = min(MAX_SCALE_BITS, room - math.ceil(math.log2(worst + 1)))
+    if bits < 8:
+        raise PetError(f"sums up to {worst:.3g} leave fewer than 8 fractional bits in the "
+                       "64-bit ring; lower max_rows_per_site or max_sites")
+    return bits
+
+
+def precision(bits: int) -> int:
+    """Fractional bits of the values secure programs compute with, for a layout scaled
+    by 2^bits."""
+    return min(bits, PRODUCT_BITS)

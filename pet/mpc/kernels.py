@@ -1,0 +1,108 @@
+"""Secure numeric kernels on CrypTen tensors, run inside the party processes.
+
+CrypTen's reciprocal, square root and division are Newton iterations valid only on a
+limited input range, and silently return garbage outside it. These kernels first bring
+each secret input into a fixed interval by a secret power of two, found by comparing the
+input with public thresholds, then run a few Newton steps from a minimax linear start,
+so that the error is the same small multiple of 2^-precision for every input the range
+admits. A power of two is kept as a precision-0 (integer) tensor: CrypTen multiplies by
+those without truncating, so normalising adds no error.
+
+Values entering Beaver products stay within a few units, so that their raw products stay
+below about 2^46 (see TRUNCATION_BITS in pet.backends.mpc).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+RECIPROCAL_START = (48 / 17, 32 / 17)
+"""1/w ≈ a − b·w on [1/2, 1], relative error at most 1/17; three Newton steps give 2^-32."""
+INV_SQRT_START = (2.13277, 1.21873)
+"""1/√w ≈ a − b·w on [1/4, 1], relative error at most 0.086; three Newton steps give 2^-24."""
+NEWTON_STEPS = 3
+
+
+def below(x: Any, thresholds: torch.Tensor) -> Any:
+    """Precision-0 bits [x < t] for every element of x and every public threshold t (last
+    axis), by one vectorised secure comparison.
+
+    The difference is compared as a raw integer (precision 0): CrypTen's comparison of a
+    fixed-point tensor assumes its default precision and returns zeros at any other.
+    """
+    difference = x.unsqueeze(-1) - thresholds
+    return type(x).from_shares(difference.share, precision=0)._ltz()
+
+
+def normalise(x: Any, base_bits: int, steps: int) -> tuple[Any, Any, Any]:
+    """For x in (0, 1]: (w, 2^m, small) with w = x·2^(base_bits·m) in [2^-base_bits, 1),
+    m the number of thresholds 2^(-base_bits·j), j = 1..steps, above x, and `small` the bit
+    [x < 2^(-base_bits·steps)], set where x is too small to normalise.
+
+    The comparison bits b_j are monotone in j, so 2^(k·m) = 1 + Σ_j b_j·(2^(k·j) − 2^(k·(j−1)))
+    is a public linear combination of them: forming a factor takes no secure product.
+    """
+    bits = below(x, torch.tensor([2.0 ** (-base_bits * j) for j in range(1, steps + 1)]))
+    return x * _power(bits, base_bits), _power(bits, 1), bits[..., -1]
+
+
+def _power(bits: Any, k: int) -> Any:
+    """2^(k·m) from the monotone bits whose sum is m (an integer tensor)."""
+    steps = bits.size(-1)
+    jumps = torch.tensor([2 ** (k * j) - 2 ** (k * (j - 1)) for j in range(1, steps + 1)])
+    return (bits * jumps).sum(-1) + 1
+
+
+def reciprocal(x: Any, steps: int) -> tuple[Any, Any, Any]:
+    """1/x for x in [2^-steps, 1] as (y, s, small): 1/x = s·y with y in [1, 2] and s a
+    power of two (integer tensor); `small` marks inputs below the range."""
+    w, s, small = normalise(x, 1, steps)
+    a, b = RECIPROCAL_START
+    y = a - w * b
+    for _ in range(NEWTON_STEPS):
+        y = y * (2 - w * y)
+    return y, s, small
+
+
+def inv_sqrt(x: Any, steps: int) -> tuple[Any, Any, Any]:
+    """1/√x for x in [4^-steps, 1] as (y, s, small): 1/√x = s·y with y in [1, 2] and s a
+    power of two (integer tensor); `small` marks inputs below the range."""
+    w, s, small = normalise(x, 2, steps)
+    half = w * 0.5
+    a, b = INV_SQRT_START
+    y = a - w * b
+    for _ in range(NEWTON_STEPS):
+        y = y * (1.5 - half * (y * y))
+    return y, s, small
+
+
+def equilibrate(matrix: Any, steps: int) -> tuple[Any, Any, Any, Any]:
+    """D·A·D with D = diag(1/√a_ii), for a positive definite A with diagonal in (0, 1]:
+    a unit diagonal, off-diagonal entries within [-1, 1]. Returns it with D's factors
+    (y, s: D = diag(s·y)) and the count of diagonal entries below 4^-steps."""
+    diagonal = list(range(matrix.size(-1)))
+    y, s, small = inv_sqrt(matrix[..., diagonal, diagonal], steps)
+    # |a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j ≤ 1: the integer product needs no truncation
+    scaled = matrix * (s.unsqueeze(-1) * s.unsqueeze(-2))
+    return scaled * (y.unsqueeze(-1) * y.unsqueeze(-2)), y, s, small.sum(-1)
+
+
+def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
+    """Reduce [A | B] to [I | A⁻¹·B] for A positive definite with unit diagonal (its
+    pivots then lie in (0, 1]); returns A⁻¹·B and the count of pivots below 2^-steps.
+
+    Each step divides the pivot row by the pivot (a normalised reciprocal) and subtracts
+    its multiples from every row at once: M ← M − (c − e_k)·rᵀ turns the pivot row
+    into r and clears column k elsewhere, with two secure products and no indexing.
+    """
+    p = augmented.size(-2)
+    small = None
+    for k in range(p):
+        y, s, tiny = reciprocal(augmented[..., k, k], steps)
+        row = (augmented[..., k, :] * y.unsqueeze(-1)) * s.unsqueeze(-1)
+        column = augmented[..., :, k] - torch.eye(p, dtype=torch.float64)[k]
+        augmented = augmented - column.unsqueeze(-1) * row.unsqueeze(-2)
+        small = tiny if small is None else small + tiny
+    return augmented[..., :, p:], small
