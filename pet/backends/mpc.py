@@ -124,8 +124,6 @@ class MPC(Backend):
         head_size = 1 + layout.split(np.zeros(layout.size))["missing"].size
         public = {"scale": 2.0**bits, "head": head_size, "kind": secure.kind, "min_rows": 1,
                   **secure.public(query, schema, layout)}
-        digits = precision(bits)
-        unit = (4 * self._session(n_sites).n + n_sites + 1) * 2.0**-digits
         spent = np.array(sent)
         for _ in range(ATTEMPTS):
             outputs = self._run("secure", n_sites, public)
@@ -135,6 +133,8 @@ class MPC(Backend):
             if outputs[0]["values"] is None:
                 raise QueryError(f"{query.describe()}: too few complete rows ({head[0]:g}) "
                                  "at all sites together for this statistic")
+            digits = precision(int(head[0]))
+            unit = _unit(self._session(n_sites).n, n_sites, digits, bits, head[0])
             answers = [secure.answer(query, schema, state, values, head[0], unit)
                        for values in secure.copies(outputs[0]["values"], digits)]
             if _agree(answers):
@@ -166,6 +166,11 @@ def _add_bytes(sent: Sequence[int], outputs: list[Any]) -> tuple[int, ...]:
     return tuple(s + int(o["bytes"]) for s, o in zip(sent, outputs, strict=False))
 
 
+def _unit(parties: int, sites: int, digits: int, bits: int, n: float) -> float:
+    """The error bound of a revealed moment, in scaled units (see `SecureProgram`)."""
+    return (4 * parties + 1) * 2.0**-digits + 3 * sites * 2.0 ** -(bits + 1) / max(n, 1.0)
+
+
 def _agree(answers: list[tuple[Any, float]]) -> bool:
     """Whether every copy's answer lies within the sum of the copies' bounds of the first."""
     first, bound = answers[0]
@@ -190,7 +195,8 @@ class SecureProgram:
     `unit` bounds the error of a revealed moment (a mean of scaled values, or a mean of
     products minus a product of means): each division by the public n truncates by less
     than one unit of 2^-precision per party, a product of two such means adds two of
-    those errors and a truncation, and the inputs' own rounding adds half a unit per site.
+    those errors and a truncation, and each site's rounding of its sums to 2^-bits adds
+    half a unit of that, divided by n, to each mean (three means at most).
     """
 
     kind: str

@@ -45,7 +45,9 @@ def scale_bits(layout: Layout, limits: Limits) -> int:
     return bits
 
 
-def precision(bits: int) -> int:
-    """Fractional bits of the values secure programs compute with, for a layout scaled
-    by 2^bits."""
-    return min(bits, PRODUCT_BITS)
+def precision(n: int) -> int:
+    """Fractional bits of the per-row values (sums divided by the public n) that secure
+    programs compute with: PRODUCT_BITS, unless n is so large that the dividend n·2^bits
+    would pass 2^TRUNCATION_BITS. It does not depend on the layout's own scale: a sum
+    with few fractional bits is shifted up (exactly) before it is divided."""
+    return max(1, min(PRODUCT_BITS, TRUNCATION_BITS - math.ceil(math.log2(n + 1))))

@@ -79,11 +79,17 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
 
 
 def _per_row(crypten: Any, total: Any, span: tuple[int, int], n: int, bits: int) -> Any:
-    """The blocks in `span` divided by n, at the programs' precision, in two copies
-    (leading axis): values of at most 1 per row land in [-1, 1]; one truncation each."""
-    precision = fixed_precision(bits)
-    raw = crypten.stack([total[span[0]:span[1]]] * 2).div(n * 2 ** (bits - precision))
-    return crypten.mpc.MPCTensor.from_shares(raw.share, precision=precision)
+    """The blocks in `span` divided by n, at `precision(n)` fractional bits, in two copies
+    (leading axis): values of at most 1 per row land in [-1, 1]; one truncation each.
+    A sum with fewer fractional bits is first shifted up, exactly, so that the quotient
+    keeps every bit the per-row value can carry."""
+    digits = fixed_precision(n)
+    copies = crypten.stack([total[span[0]:span[1]]] * 2)
+    if digits >= bits:
+        raw = (copies * 2 ** (digits - bits)).div(n)
+    else:
+        raw = copies.div(n * 2 ** (bits - digits))
+    return crypten.mpc.MPCTensor.from_shares(raw.share, precision=digits)
 
 
 def _moments(crypten: Any, total: Any, n: int, bits: int,
