@@ -21,6 +21,7 @@ from pet.queries import (
     Covariance,
     ExactQuantiles,
     LinearRegression,
+    LogisticRegression,
     Mean,
     StdDev,
     Variance,
@@ -68,7 +69,7 @@ def test_every_query_matches_plaintext(mpc: MPC, workload: str, request) -> None
         if type(query) in SECURE:  # finalized inside MPC: the answer within its bound
             assert np.all(np.abs(got - want) <= result.error_bound), name
             assert "computed inside MPC" in result.privacy.confidentiality, name
-            if isinstance(query, LinearRegression):
+            if isinstance(query, LinearRegression | LogisticRegression):
                 np.testing.assert_allclose(result.value.se, reference.value.se, rtol=1e-2)
         elif layout.integer:
             np.testing.assert_array_equal(got, want, err_msg=name)

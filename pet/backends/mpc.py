@@ -30,6 +30,7 @@ from pet.queries import (
     Covariance,
     ExactQuantiles,
     LinearRegression,
+    LogisticRegression,
     Mean,
     Next,
     Quantiles,
@@ -37,6 +38,7 @@ from pet.queries import (
     Variance,
 )
 from pet.queries.base import affine, from_upper_triangle
+from pet.queries.regression import LogisticFit, LogisticState
 from pet.schema import Schema
 
 CONFIDENTIALITY = ("sites' partials are secret-shared among the sites' parties; only the "
@@ -136,7 +138,7 @@ class MPC(Backend):
             digits = precision(int(head[0]))
             unit = _unit(self._session(n_sites).n, n_sites, digits, bits, head[0])
             answers = [secure.answer(query, schema, state, values, head[0], unit)
-                       for values in secure.copies(outputs[0]["values"], digits)]
+                       for values in secure.copies(outputs[0]["values"], digits, bits)]
             if _agree(answers):
                 value, bound = answers[0]
                 return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),
@@ -174,14 +176,15 @@ def _unit(parties: int, sites: int, digits: int, bits: int, n: float) -> float:
 def _agree(answers: list[tuple[Any, float]]) -> bool:
     """Whether every copy's answer lies within the sum of the copies' bounds of the first."""
     first, bound = answers[0]
-    if isinstance(first, Next):
-        return all(isinstance(a, Next) and a == first for a, _ in answers)
     return all(np.all(np.abs(_numbers(a) - _numbers(first)) <= bound + b)
                for a, b in answers[1:])
 
 
 def _numbers(value: Any) -> np.ndarray:
-    """The numbers an error bound covers: a fit's coefficients, else the value itself."""
+    """The numbers an error bound covers: a fit's coefficients (or the next round's), else
+    the value itself."""
+    if isinstance(value, Next):
+        value = np.asarray(value.state.beta)
     return np.ravel(np.asarray(getattr(value, "coef", value), dtype=np.float64))
 
 
@@ -205,17 +208,24 @@ class SecureProgram:
                      tuple[Any, float]]
     exact: bool = False
 
-    def copies(self, values: dict[str, np.ndarray], digits: int) -> list[dict[str, Any]]:
-        """Each copy's outputs, fixed-point ones decoded ("values" of an exact kernel and
-        the integer outputs are counts)."""
+    def copies(self, values: dict[str, np.ndarray], digits: int,
+               bits: int) -> list[dict[str, Any]]:
+        """Each copy's outputs, decoded: fixed-point ones at the programs' precision, raw
+        sums at the layout's scale, the rest integers (the outputs of an exact kernel are
+        counts); with each, as "twin", the other copy's main output."""
         if self.exact:
             return [values]
-        return [{k: v[i] / 2.0**digits if k in FIXED_POINT else v[i] for k, v in values.items()}
-                for i in range(2)]
+        scales = {**dict.fromkeys(FIXED_POINT, 2.0**digits), **dict.fromkeys(RAW_SUMS, 2.0**bits)}
+        copies = [{k: v[i] / scales.get(k, 1.0) for k, v in values.items()} for i in range(2)]
+        for copy, twin in zip(copies, copies[::-1], strict=True):
+            copy["twin"] = twin["values"]  # the other copy's main output: its noise shows
+        return copies
 
 
 FIXED_POINT = {"values", "diagonal", "corner", "rss", "tss", "residual"}
-"""Outputs of copied kernels that are fixed-point; the others are integers."""
+"""Outputs of copied kernels at the programs' precision."""
+RAW_SUMS = {"log_likelihood"}
+"""Outputs of copied kernels that are shared sums revealed as they are."""
 
 
 def _blocks(layout: Layout) -> dict[str, tuple[int, int]]:
@@ -304,45 +314,107 @@ solve: a predictor whose mean square is below 4^-10 of its range squared, or a p
 the equilibrated XᵀX below 2^-10 (nearly collinear predictors), is refused."""
 
 
-def _linear_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
-    where, design = _blocks(layout), query.design(schema)
+def _solve_inputs(query: Any, schema: Schema) -> dict[str, Any]:
+    """What `pet.mpc.programs._solve` needs: the design's size, where each entry of the
+    square matrix sits in its upper triangle, and the intercept's row of the map to
+    original units."""
+    design = query.design(schema)
     p = design.size
     rows, cols = np.triu_indices(p)
     square = np.zeros((p, p), dtype=int)
     square[rows, cols] = square[cols, rows] = np.arange(len(rows))
     corner = design.to_original()[0] if query.intercept else np.zeros(p)
-    return {"span": (where["xtx"][0], where["yty"][1]), "terms": p,
-            "square": square.ravel().tolist(),
-            "corner": corner.tolist(), "intercept": query.intercept, "steps": SOLVE_STEPS,
-            "min_rows": p + 1}
+    return {"terms": p, "square": square.ravel().tolist(), "corner": corner.tolist(),
+            "steps": SOLVE_STEPS, "min_rows": p + 1}
+
+
+def _linear_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    where = _blocks(layout)
+    return {**_solve_inputs(query, schema), "span": (where["xtx"][0], where["yty"][1]),
+            "intercept": query.intercept, "shift": 0}
 
 
 def _linear(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
             n: float, unit: float) -> tuple[Any, float]:
-    """The fit, and a bound on its coefficients' error.
+    """The fit, and a bound on its coefficients' error (see `_solution_error`)."""
+    _refuse_small(query, values)
+    fit = query.fit(schema, n, values["values"], _spread(query, schema, values),
+                    float(values["rss"]), float(values["tss"]))
+    return fit, _to_original(query, schema, _solution_error(values, unit, 0))
 
-    With A = XᵀX/n and b = Xᵀy/n each within `unit` per element, the computed β̂ obeys
-    β̂ − β = A⁻¹(r + δA·β̂ − δb), r = Aβ̂ − b the solver's residual (revealed as ‖r‖² of
-    the equilibrated system, whose rows are those of A scaled up), so
-    ‖β̂ − β‖ ≤ ‖A⁻¹‖·(‖r‖ + p·u·‖β̂‖ + √p·u) with ‖A⁻¹‖ ≤ trace(A⁻¹), the sum of the
-    revealed diagonal; doubling covers the first-order terms and the residual's own
-    rounding. Coefficients in original units are half_y·Aₒ·β̂, Aₒ the public map."""
+
+LOGISTIC_SHIFT = 4
+"""The Newton step's right-hand side, the gradient scaled by 1/√(Hessian diagonal), is
+shifted down by 2^4 inside MPC: it has no bound of 1, and 16 covers health designs."""
+
+
+def _logistic_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    where = _blocks(layout)
+    return {**_solve_inputs(query, schema), "span": (where["gradient"][0], where["hessian"][1]),
+            "log_likelihood": where["log_likelihood"], "shift": LOGISTIC_SHIFT}
+
+
+def _logistic(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
+              n: float, unit: float) -> tuple[Any, float]:
+    """A Newton round: the next round's public coefficients, or the fit once the step
+    is below `tol` or within the computation's own noise, eight times the two copies'
+    disagreement (their truncation errors are independent; the worst-case bound is far
+    too loose to stop on). After a converged Newton step the distance to the
+    maximum-likelihood coefficients is below the step itself, so the fit's bound adds the
+    step to its error."""
+    _refuse_small(query, values)
+    step = values["values"]
+    error = _solution_error(values, unit, LOGISTIC_SHIFT)
+    beta = np.asarray(state.beta) + step
+    noise = 8 * float(np.max(np.abs(step - values["twin"])))
+    converged = bool(np.max(np.abs(step)) < max(query.tol, noise))
+    if not converged and state.iteration + 1 < query.max_iter:
+        return Next(LogisticState(state.iteration + 1, tuple(beta.tolist()))), error
+    design = query.design(schema)
+    fit = LogisticFit(design.names, design.to_original() @ beta,
+                      np.sqrt(np.maximum(_spread(query, schema, values), 0.0) / n), round(n),
+                      log_likelihood=float(values["log_likelihood"][0]),
+                      iterations=state.iteration + 1, converged=converged)
+    bound = error + float(np.max(np.abs(step)))
+    return fit, float(np.max(np.abs(design.to_original()).sum(axis=1)) * bound)
+
+
+def _refuse_small(query: Any, values: dict[str, np.ndarray]) -> None:
     if values["small"] > 0:
         raise QueryError(f"{query.describe()}: a predictor is (nearly) constant or the "
                          "predictors are nearly collinear; MPC's fixed-point solve refuses "
                          "rather than return an imprecise fit")
+
+
+def _spread(query: Any, schema: Schema, values: dict[str, np.ndarray]) -> np.ndarray:
+    """diag(Aₒ·M⁻¹·Aₒᵀ) for the solved per-row matrix M, Aₒ the public map to original
+    units: diagonal over the squared half-ranges, and a₀ᵀM⁻¹a₀ for the intercept."""
     design = query.design(schema)
-    beta, diagonal = values["values"], values["diagonal"]
-    spread = diagonal / design.half**2
+    spread = values["diagonal"] / design.half**2
     if query.intercept:
         spread[0] = values["corner"]
-    fit = query.fit(schema, n, beta, spread, float(values["rss"]), float(values["tss"]))
-    p = design.size
-    trace = float(np.sum(np.maximum(diagonal, 0.0)))
-    error = 2 * trace * (np.sqrt(max(float(values["residual"]), 0.0))
-                         + 2 * p * unit * (1 + float(np.linalg.norm(beta))))
+    return spread
+
+
+def _solution_error(values: dict[str, np.ndarray], unit: float, shift: int) -> float:
+    """A bound on the solution's error in the scaled design.
+
+    With M and b each within `unit` per element, the computed x̂ obeys
+    x̂ − x = M⁻¹(r + δM·x̂ − δb), r = Mx̂ − b the solver's residual (revealed as ‖r‖² of
+    the equilibrated system shifted down by 2^shift, whose rows are those of M scaled
+    up), so ‖x̂ − x‖ ≤ ‖M⁻¹‖·(‖r‖ + p·u·‖x̂‖ + √p·u) with ‖M⁻¹‖ ≤ trace(M⁻¹), the sum of
+    the revealed diagonal; doubling covers the first-order terms and the residual's own
+    rounding."""
+    x = values["values"]
+    trace = float(np.sum(np.maximum(values["diagonal"], 0.0)))
+    residual = 2.0**shift * np.sqrt(max(float(values["residual"]), 0.0))
+    return 2 * trace * (residual + 2 * len(x) * unit * (1 + float(np.linalg.norm(x))))
+
+
+def _to_original(query: Any, schema: Schema, error: float) -> float:
+    """The bound on coefficients in original units: half_y·Aₒ·β, Aₒ the public map."""
     half_y = query._outcome_scaling(schema)[1]
-    return fit, float(half_y * np.max(np.abs(design.to_original()).sum(axis=1)) * error)
+    return float(half_y * np.max(np.abs(query.design(schema).to_original()).sum(axis=1)) * error)
 
 
 def _quantile_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
@@ -377,6 +449,7 @@ SECURE: dict[type, SecureProgram] = {
     Covariance: SecureProgram("variance", _moment_inputs, _covariance),
     Correlation: SecureProgram("correlation", _correlation_inputs, _correlation),
     LinearRegression: SecureProgram("linear", _linear_inputs, _linear),
+    LogisticRegression: SecureProgram("logistic", _logistic_inputs, _logistic),
     Quantiles: SecureProgram("positions", _quantile_inputs, _grid_quantiles, exact=True),
     ExactQuantiles: SecureProgram("positions", _exact_inputs, _exact_quantiles, exact=True),
 }

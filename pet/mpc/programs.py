@@ -123,33 +123,56 @@ def _correlation(crypten: Any, total: Any, n: int, bits: int,
 
 def _linear(crypten: Any, total: Any, n: int, bits: int,
             public: dict[str, Any]) -> dict[str, Any]:
-    """Least squares inside MPC from XᵀX/n, Xᵀy/n and yᵀy/n: equilibrate, then Gauss–Jordan
-    on [A' | b' | t | I], t = D·a₀ for the intercept's variance. Reveals the coefficients,
-    diag((XᵀX/n)⁻¹), a₀ᵀ(XᵀX/n)⁻¹a₀, the residual and total sums of squares per row, the
-    squared norm of the solver's residual (rounding noise, for the error bound) and how
-    many values were too small to normalise (the query is then refused)."""
+    """Least squares inside MPC from XᵀX/n, Xᵀy/n and yᵀy/n (see `_solve`); also
+    reveals the residual and total sums of squares per row."""
     p = public["terms"]
     moments = _per_row(crypten, total, public["span"], n, bits)
     triangle = p * (p + 1) // 2
     tri, xty, yty = moments[:, :triangle], moments[:, triangle:-1], moments[:, -1]
+    solved = _solve(crypten, tri, xty, public)
+    fitted = (solved.pop("z") * solved.pop("rhs")).sum(-1)  # βᵀ·Xᵀy/n = zᵀ·D·Xᵀy/n
+    total_ss = yty - xty[:, 0] * xty[:, 0] if public["intercept"] else yty
+    return {**solved, "rss": yty - fitted, "tss": total_ss}
+
+
+def _logistic(crypten: Any, total: Any, n: int, bits: int,
+              public: dict[str, Any]) -> dict[str, Any]:
+    """One Newton step inside MPC from the gradient and Hessian per row at the round's
+    public coefficients (see `_solve`); also reveals the log-likelihood's sum, exactly."""
+    p = public["terms"]
+    moments = _per_row(crypten, total, public["span"], n, bits)
+    solved = _solve(crypten, moments[:, p:], moments[:, :p], public)
+    del solved["z"], solved["rhs"]
+    start, stop = public["log_likelihood"]
+    return {**solved, "log_likelihood": crypten.stack([total[start:stop]] * 2)}
+
+
+def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str, Any]:
+    """Solve A·x = b for A positive definite (its upper triangle `tri`, per row, so every
+    entry within [-1, 1]): equilibrate, then Gauss–Jordan on [A' | D·b·2^-shift | D·a₀ | I],
+    t = D·a₀ for the intercept's variance. The right-hand side is shifted down by a
+    public power of two because D·b, unlike D·A·D, has no bound of 1 (a gradient is not
+    bounded by the Hessian's diagonal).
+
+    Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, the squared norm of the solver's residual
+    in the equilibrated, shifted system (rounding noise, for the error bound) and how
+    many values were too small to normalise (the query is then refused). Returns also z
+    and D·b (shifted), shared, for the caller."""
+    p, shift = public["terms"], public["shift"]
     full = tri[:, public["square"]].view(2, p, p)
     scaled, y, s, small = kernels.equilibrate(full, public["steps"])
-    rhs = (xty * s) * y  # D·b
+    rhs = ((rhs * y) * s).div(2**shift) if shift else (rhs * y) * s
     corner = (y * torch.tensor(public["corner"])) * s  # D·a₀
-    zero = scaled - scaled
-    identity = zero + torch.eye(p, dtype=torch.float64)
+    identity = (scaled - scaled) + torch.eye(p, dtype=torch.float64)
     augmented = crypten.cat([scaled, rhs.unsqueeze(-1), corner.unsqueeze(-1), identity], -1)
     solved, tiny = kernels.gauss_jordan(augmented, public["steps"])
     z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
-    beta = (z * y) * s
     terms = list(range(p))
-    diagonal = (inverse[:, terms, terms] * (y * y)) * (s * s)
     residual = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
-    fitted = (z * rhs).sum(-1)  # βᵀ·Xᵀy/n
-    total_ss = yty - xty[:, 0] * xty[:, 0] if public["intercept"] else yty
-    return {"values": beta, "diagonal": diagonal, "corner": (corner * w).sum(-1),
-            "rss": yty - fitted, "tss": total_ss, "residual": (residual * residual).sum(-1),
-            "small": small + tiny}
+    return {"values": ((z * y) * s) * 2**shift,
+            "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
+            "corner": (corner * w).sum(-1), "residual": (residual * residual).sum(-1),
+            "small": small + tiny, "z": z, "rhs": rhs}
 
 
 def _positions(crypten: Any, total: Any, n: int, bits: int,
@@ -182,6 +205,7 @@ KERNELS: dict[str, Callable[..., dict[str, Any]]] = {
     "variance": _moments,
     "correlation": _correlation,
     "linear": _linear,
+    "logistic": _logistic,
     "positions": _positions,
 }
 
