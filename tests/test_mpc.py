@@ -23,6 +23,7 @@ from pet.queries import (
     LinearRegression,
     LogisticRegression,
     Mean,
+    Next,
     StdDev,
     Variance,
 )
@@ -123,6 +124,8 @@ def test_a_partial_beyond_the_session_limits_is_refused(mpc: MPC) -> None:
     layout = Layout((Block.counts("n", 1),))
     with pytest.raises(PetError, match="max_rows_per_site=10000000"):
         mpc.protect(np.array([1e7 + 1]), layout)
+    with pytest.raises(PetError, match=r"shape \(2,\) does not fit the query's layout of 1"):
+        mpc.protect(np.array([1.0, 2.0]), layout)
 
 
 def test_secure_statistics_reveal_only_n_and_the_answer_and_never_go_wrong(mpc: MPC) -> None:
@@ -180,3 +183,34 @@ def test_a_fit_beyond_fixed_point_precision_is_refused(mpc: MPC) -> None:
     secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
     with pytest.raises(PetError, match=r"\(nearly\) constant or the predictors are nearly"):
         secure.run(LinearRegression("sbp", ("age", "sex"), where="sex == 'female'"))
+
+
+def test_ten_million_rows_neither_overflow_nor_lose_the_answer(mpc: MPC, lung3: Workload) -> None:
+    """Every lung row repeated 43,860 times (10^7 rows in all): the answers are those of
+    the original rows, within the reported bounds; and a column at either end of its
+    public range gives that end as its mean."""
+    copies = 43_860
+    clear = lung3.study(policy=NO_CELL_LIMIT)
+    for name in ("mean", "variance", "correlation", "linear", "exact_quantiles"):
+        query = PRESETS["lung"][name]
+        state = query.initial_state(lung3.schema)
+        while True:
+            layout = query.layout(lung3.schema, state)
+            partials = [site.partial(query, state) * copies for site in clear.sites]
+            combined = mpc.combine([mpc.protect(p, layout) for p in partials], layout)
+            conclusion = mpc.conclude(query, lung3.schema, state, combined, layout)
+            if not isinstance(conclusion.outcome, Next):
+                break
+            state = conclusion.outcome.state
+        assert conclusion.head[0] == clear.run(query).n * copies, name
+        want = query.finalize(np.sum(partials, axis=0), lung3.schema, state)
+        got = answer_vector(conclusion.outcome)
+        assert np.all(np.abs(got - answer_vector(want)) <= conclusion.error_bound), name
+    query = Mean("age")
+    layout = query.layout(lung3.schema)
+    lower, upper = lung3.schema["age"].bounds()
+    for end, scaled in ((lower, -1.0), (upper, 1.0)):
+        partials = [np.array([3_333_333.0, 0.0, scaled * 3_333_333])] * 3
+        combined = mpc.combine([mpc.protect(p, layout) for p in partials], layout)
+        conclusion = mpc.conclude(query, lung3.schema, None, combined, layout)
+        assert abs(conclusion.outcome - end) <= conclusion.error_bound

@@ -54,7 +54,11 @@ class Limits:
             raise PetError("max_rows_per_site and max_sites must be at least 1")
 
     def check(self, partial: np.ndarray, layout: Layout) -> None:
-        """Refuse a partial larger than one row's bound times max_rows_per_site."""
+        """Refuse a partial of the wrong size, or larger than one row's bound times
+        max_rows_per_site."""
+        if np.shape(partial) != (layout.size,):
+            raise PetError(f"a partial of shape {np.shape(partial)} does not fit the query's "
+                           f"layout of {layout.size} elements")
         over = np.abs(partial) > layout.bounds() * self.max_rows_per_site
         if np.any(over):
             raise PetError(
