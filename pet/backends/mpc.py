@@ -210,15 +210,17 @@ class SecureProgram:
 
     def copies(self, values: dict[str, np.ndarray], digits: int,
                bits: int) -> list[dict[str, Any]]:
-        """Each copy's outputs, decoded: fixed-point ones at the programs' precision, raw
-        sums at the layout's scale, the rest integers (the outputs of an exact kernel are
-        counts); with each, as "twin", the other copy's main output."""
+        """Each copy's outputs, decoded: fixed-point ones at the programs' precision (or
+        twice that, "fine"), raw sums at the layout's scale, the rest integers (the
+        outputs of an exact kernel are counts); with each, as "twin", the other copy's
+        main output."""
         if self.exact:
             return [values]
-        scales = {**dict.fromkeys(FIXED_POINT, 2.0**digits), **dict.fromkeys(RAW_SUMS, 2.0**bits)}
+        scales = {**dict.fromkeys(FIXED_POINT, 2.0**digits), "fine": 4.0**digits,
+                  **dict.fromkeys(RAW_SUMS, 2.0**bits)}
         copies = [{k: v[i] / scales.get(k, 1.0) for k, v in values.items()} for i in range(2)]
         for copy, twin in zip(copies, copies[::-1], strict=True):
-            copy["twin"] = twin["values"]  # the other copy's main output: its noise shows
+            copy["twin"] = twin.get("values")  # the other copy's main output: its noise
         return copies
 
 
@@ -268,7 +270,7 @@ def _variance(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarr
               n: float, unit: float) -> tuple[float, float]:
     half = _halves(query, schema)[0]
     unbiased = n / (n - 1)
-    variance = max(float(values["values"][0]), 0.0) * half**2 * unbiased
+    variance = max(float(values["fine"][0]), 0.0) * half**2 * unbiased
     bound = float(unit * half**2 * unbiased)
     if isinstance(query, StdDev):  # |√a − √b| = |a − b| / (√a + √b)
         spread = bound / np.sqrt(variance - bound) if variance > 2 * bound else np.sqrt(bound)
@@ -280,7 +282,7 @@ def _covariance(query: Any, schema: Schema, state: Any, values: dict[str, np.nda
                 n: float, unit: float) -> tuple[np.ndarray, float]:
     halves = _halves(query, schema)
     unbiased = n / (n - 1)
-    scaled = from_upper_triangle(values["values"], len(halves)) * unbiased
+    scaled = from_upper_triangle(values["fine"], len(halves)) * unbiased
     return scaled * np.outer(halves, halves), float(unit * np.max(halves) ** 2 * unbiased)
 
 

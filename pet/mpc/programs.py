@@ -94,16 +94,37 @@ def _per_row(crypten: Any, total: Any, span: tuple[int, int], n: int, bits: int)
 
 def _moments(crypten: Any, total: Any, n: int, bits: int,
              public: dict[str, Any]) -> dict[str, Any]:
-    """Means of scaled values, or (Σx²/n − mean²) for each pair; the public factor
-    n / (n − 1) is applied after the reveal."""
-    start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
-    moments = _per_row(crypten, total, (start, public.get("squares", public["sums"])[1]),
-                       n, bits)
-    sums = moments[:, :width]
+    """Means of scaled values ("values"), or (Σx²/n − mean²) for each pair ("fine", at
+    twice the precision); the public factor n / (n − 1) is applied after the reveal.
+
+    The product of means is taken with one factor read as an integer, so CrypTen does
+    not truncate it: the difference is revealed at 2^-(2·precision), which saves the
+    truncation's rounds of communication and its error."""
+    sums, squares = _sums_and_squares(crypten, total, n, bits, public)
     if public["kind"] == "mean":
         return {"values": sums}
     rows, cols = public["pairs"]
-    return {"values": moments[:, width:] - sums[:, rows] * sums[:, cols]}
+    digits = fixed_precision(n)
+    whole = type(sums).from_shares(sums[:, cols].share, precision=0)
+    return {"fine": squares * 2**digits - sums[:, rows] * whole}
+
+
+def _covariances(crypten: Any, total: Any, n: int, bits: int,
+                 public: dict[str, Any]) -> Any:
+    """(Σx_i·x_j/n − mean_i·mean_j) for each pair, at the programs' precision."""
+    sums, squares = _sums_and_squares(crypten, total, n, bits, public)
+    rows, cols = public["pairs"]
+    return squares - sums[:, rows] * sums[:, cols]
+
+
+def _sums_and_squares(crypten: Any, total: Any, n: int, bits: int,
+                      public: dict[str, Any]) -> tuple[Any, Any]:
+    """The sums and the squares (or cross products) of a moments layout, per row: the two
+    blocks are adjacent, so one division serves both."""
+    start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
+    moments = _per_row(crypten, total, (start, public.get("squares", public["sums"])[1]),
+                       n, bits)
+    return moments[:, :width], moments[:, width:]
 
 
 def _correlation(crypten: Any, total: Any, n: int, bits: int,
@@ -112,7 +133,7 @@ def _correlation(crypten: Any, total: Any, n: int, bits: int,
     root normalised by powers of four. Also reveals Σ_i 4^m_i (each variance's power of
     four, summed), from which the error bound follows, and how many variances were too
     small to normalise (the query is then refused)."""
-    covariance = _moments(crypten, total, n, bits, {**public, "kind": "variance"})["values"]
+    covariance = _covariances(crypten, total, n, bits, public)
     diagonal = covariance[:, public["diagonal"]]
     y, s, small = kernels.inv_sqrt(diagonal, public["steps"])
     rows, cols = public["pairs"]
