@@ -1,0 +1,236 @@
+"""A site's privacy-budget ledger: per-dataset (ε, δ) budgets and every charge against
+them, in a SQLite file the site keeps for itself.
+
+A release is charged **before** its result leaves, in one transaction that checks what
+is left and records the charge; a request that would overspend fails and records
+nothing. Writers take SQLite's write lock at the start of the transaction (BEGIN
+IMMEDIATE), so concurrent requests from threads or processes are serialised and never
+overspend together; the database runs in WAL mode with synchronous=FULL, so a charge
+whose call returned survives a kill -9 of the process (and a power cut).
+
+Amounts are kept as integers — ε in units of 10^-12, δ in units of 10^-18 — so that
+sums are exact: a charge is rounded up and a budget down, never in the analyst's
+favour. Composition is sequential (the ε and the δ of charges add), which holds for
+every mechanism pet uses.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+
+from pet.errors import PetError
+
+EPSILON_SCALE = 10**12
+"""Ledger units per unit of ε."""
+DELTA_SCALE = 10**18
+"""Ledger units per unit of δ."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budgets (
+    dataset TEXT PRIMARY KEY,
+    epsilon INTEGER NOT NULL CHECK (epsilon >= 0),
+    delta INTEGER NOT NULL CHECK (delta >= 0),
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY,
+    request TEXT NOT NULL,
+    dataset TEXT NOT NULL REFERENCES budgets (dataset),
+    epsilon INTEGER NOT NULL CHECK (epsilon >= 0),
+    delta INTEGER NOT NULL CHECK (delta >= 0),
+    query TEXT NOT NULL,
+    at TEXT NOT NULL,
+    UNIQUE (request, dataset)
+);
+CREATE INDEX IF NOT EXISTS charges_by_dataset ON charges (dataset);
+"""
+
+
+class BudgetError(PetError):
+    """A charge or a budget change the ledger refuses; nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A dataset's budget, what has been spent of it, and in how many releases."""
+
+    dataset: str
+    epsilon: float
+    delta: float
+    spent_epsilon: float
+    spent_delta: float
+    releases: int
+
+    @property
+    def remaining_epsilon(self) -> float:
+        return max(self.epsilon - self.spent_epsilon, 0.0)
+
+    @property
+    def remaining_delta(self) -> float:
+        return max(self.delta - self.spent_delta, 0.0)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One recorded charge: the request it paid for, against one dataset."""
+
+    request: str
+    dataset: str
+    epsilon: float
+    delta: float
+    query: str
+    at: str
+
+
+class Ledger:
+    """The ledger in one SQLite file; safe to use from many threads and processes (each
+    operation opens its own connection)."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        with self._connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def set_budget(self, dataset: str, epsilon: float, delta: float = 0.0) -> Budget:
+        """Configure a dataset's total budget; it may not drop below what is spent."""
+        total_e, total_d = _units(epsilon, "epsilon", up=False), _units(delta, "delta", up=False)
+        with self._transaction() as db:
+            spent_e, spent_d, _ = _spent(db, dataset)
+            if total_e < spent_e or total_d < spent_d:
+                raise BudgetError(
+                    f"dataset {dataset!r} has already spent ε={spent_e / EPSILON_SCALE:g}, "
+                    f"δ={spent_d / DELTA_SCALE:g}; its budget cannot be set below that")
+            db.execute("INSERT INTO budgets VALUES (?, ?, ?, ?) ON CONFLICT (dataset) DO "
+                       "UPDATE SET epsilon = excluded.epsilon, delta = excluded.delta, "
+                       "updated = excluded.updated", (dataset, total_e, total_d, _now()))
+        return self.budget(dataset)
+
+    def charge(self, datasets: str | Iterable[str], epsilon: float, delta: float = 0.0, *,
+               query: str, request: str | None = None) -> list[Charge]:
+        """Charge (ε, δ) to every dataset a release touches, all or none, before the
+        release leaves. A request id already charged is not charged again (a retry)."""
+        names = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets))
+        if not names:
+            raise BudgetError("a charge must name at least one dataset")
+        cost_e, cost_d = _units(epsilon, "epsilon", up=True), _units(delta, "delta", up=True)
+        request = request or uuid.uuid4().hex
+        with self._transaction() as db:
+            for dataset in names:
+                self._check_room(db, dataset, cost_e, cost_d, request)
+            at = _now()
+            db.executemany("INSERT OR IGNORE INTO charges (request, dataset, epsilon, delta, "
+                           "query, at) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(request, d, cost_e, cost_d, query, at) for d in names])
+        return [c for c in self.charges(names) if c.request == request]
+
+    def budget(self, dataset: str) -> Budget:
+        """The dataset's budget and spending."""
+        with self._connection() as db:
+            row = db.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?",
+                             (dataset,)).fetchone()
+            if row is None:
+                raise BudgetError(_no_budget(dataset))
+            spent_e, spent_d, releases = _spent(db, dataset)
+        return Budget(dataset, row[0] / EPSILON_SCALE, row[1] / DELTA_SCALE,
+                      spent_e / EPSILON_SCALE, spent_d / DELTA_SCALE, releases)
+
+    def budgets(self) -> list[Budget]:
+        """Every configured dataset's budget, by name."""
+        with self._connection() as db:
+            names = [r[0] for r in db.execute("SELECT dataset FROM budgets ORDER BY dataset")]
+        return [self.budget(name) for name in names]
+
+    def charges(self, datasets: str | Iterable[str]) -> list[Charge]:
+        """The charges recorded against the datasets, oldest first."""
+        names = [datasets] if isinstance(datasets, str) else list(datasets)
+        marks = ", ".join("?" * len(names))
+        with self._connection() as db:
+            rows = db.execute(f"SELECT request, dataset, epsilon, delta, query, at FROM charges "
+                              f"WHERE dataset IN ({marks}) ORDER BY id", names).fetchall()
+        return [Charge(r[0], r[1], r[2] / EPSILON_SCALE, r[3] / DELTA_SCALE, r[4], r[5])
+                for r in rows]
+
+    def _check_room(self, db: sqlite3.Connection, dataset: str, cost_e: int, cost_d: int,
+                    request: str) -> None:
+        row = db.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?",
+                         (dataset,)).fetchone()
+        if row is None:
+            raise BudgetError(_no_budget(dataset))
+        earlier = db.execute("SELECT epsilon, delta FROM charges WHERE request = ? AND "
+                             "dataset = ?", (request, dataset)).fetchone()
+        if earlier is not None:
+            if tuple(earlier) != (cost_e, cost_d):
+                raise BudgetError(f"request {request!r} was already charged a different "
+                                  f"amount to dataset {dataset!r}")
+            return
+        spent_e, spent_d, _ = _spent(db, dataset)
+        if spent_e + cost_e > row[0] or spent_d + cost_d > row[1]:
+            raise BudgetError(
+                f"dataset {dataset!r} cannot pay ε={cost_e / EPSILON_SCALE:g}, "
+                f"δ={cost_d / DELTA_SCALE:g}: "
+                f"{(row[0] - spent_e) / EPSILON_SCALE:g} of ε={row[0] / EPSILON_SCALE:g} and "
+                f"{(row[1] - spent_d) / DELTA_SCALE:g} of δ={row[1] / DELTA_SCALE:g} remain; "
+                "nothing was charged")
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the write lock from its start; rolled back on
+        any error, so a refused or failed request records nothing."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+
+def _spent(db: sqlite3.Connection, dataset: str) -> tuple[int, int, int]:
+    row = db.execute("SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0), COUNT(*) "
+                     "FROM charges WHERE dataset = ?", (dataset,)).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _units(value: float, name: str, *, up: bool) -> int:
+    """An amount in whole units, from its shortest decimal form (0.1 is 10^11 units of ε
+    exactly), rounded up for charges and down for budgets."""
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise BudgetError(f"{name} must be a finite number >= 0, got {value!r}")
+    if name == "delta" and value > 1:
+        raise BudgetError(f"delta must be at most 1, got {value!r}")
+    scaled = Decimal(repr(float(value))) * (EPSILON_SCALE if name == "epsilon" else DELTA_SCALE)
+    whole = int(scaled.to_integral_value(ROUND_CEILING if up else ROUND_FLOOR))
+    if whole >= 2**63:
+        raise BudgetError(f"{name}={value:g} is larger than the ledger can hold")
+    return whole
+
+
+def _no_budget(dataset: str) -> str:
+    return (f"no privacy budget is configured for dataset {dataset!r}; the site must set "
+            "one (Ledger.set_budget, or `pet budget LEDGER DATASET --set EPSILON DELTA`)"
+            " before any DP release")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
