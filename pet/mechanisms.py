@@ -1,0 +1,84 @@
+"""Differential-privacy mechanisms for query layouts, calibrated and sampled by OpenDP.
+
+A layout states how much one row can change its vector (L1 and L2 sensitivity, from the
+schema's public bounds). The analyst asks for ε (and δ); OpenDP finds the noise scale:
+Laplace noise for pure ε-DP (δ = 0), Gaussian noise under ρ-zCDP otherwise, reported as
+ρ and as the (ε, δ) it implies. All noise is drawn by OpenDP's samplers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import opendp.prelude as dp
+
+from pet.errors import PetError
+from pet.layout import Layout
+
+dp.enable_features("contrib")
+
+CONFIDENCE = 0.95
+"""The coverage of the accuracy intervals every DP result carries."""
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Noise for one release of a layout's vector: its kind, scale and guarantee."""
+
+    kind: str  # "laplace" or "gaussian"
+    scale: float
+    sensitivity: float
+    size: int
+    epsilon: float
+    delta: float
+    rho: float | None = None
+
+    def release(self, vector: np.ndarray) -> np.ndarray:
+        """The vector with this mechanism's noise, drawn by OpenDP."""
+        if vector.shape != (self.size,):
+            raise PetError(f"a vector of shape {vector.shape} does not fit a mechanism for "
+                           f"{self.size} elements")
+        return np.asarray(self.measurement()(vector.astype(np.float64).tolist()))
+
+    def measurement(self) -> dp.Measurement:
+        """The OpenDP measurement (its privacy map is the guarantee)."""
+        return _measurement(self.kind, self.size, self.scale)
+
+    def accuracy(self, alpha: float = 1 - CONFIDENCE) -> float:
+        """Half-width a of the interval that holds each element's noise with probability
+        1 − alpha: P(|noise| > a) = alpha (OpenDP's accuracy utilities)."""
+        if self.kind == "laplace":
+            return float(dp.laplacian_scale_to_accuracy(self.scale, alpha))
+        return float(dp.gaussian_scale_to_accuracy(self.scale, alpha))
+
+
+def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
+    """The least noise that makes one release of the layout (ε, δ)-DP with respect to
+    adding or removing one row: Laplace scaled to the L1 sensitivity when δ = 0, else
+    Gaussian scaled to the L2 sensitivity under zCDP, converted to (ε, δ) by OpenDP."""
+    if not (np.isfinite(epsilon) and epsilon > 0):
+        raise PetError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    if not 0 <= delta < 1:
+        raise PetError(f"delta must lie in [0, 1), got {delta!r}")
+    if delta == 0:
+        scale = dp.binary_search_param(
+            lambda s: _measurement("laplace", layout.size, s), d_in=layout.l1, d_out=epsilon)
+        return Mechanism("laplace", scale, layout.l1, layout.size, epsilon, 0.0)
+    scale = dp.binary_search_param(
+        lambda s: _approximate(_measurement("gaussian", layout.size, s), delta),
+        d_in=layout.l2, d_out=(epsilon, delta))
+    rho = _measurement("gaussian", layout.size, scale).map(layout.l2)
+    return Mechanism("gaussian", scale, layout.l2, layout.size, epsilon, delta, rho)
+
+
+def _measurement(kind: str, size: int, scale: float) -> dp.Measurement:
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=size)
+    if kind == "laplace":
+        return dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=scale)
+    return dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
+
+
+def _approximate(gaussian: dp.Measurement, delta: float) -> dp.Measurement:
+    """The zCDP Gaussian as an (ε, δ)-DP measurement at the given δ."""
+    return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta)
