@@ -3,7 +3,10 @@ every backend, with disclosure control at each site."""
 
 from __future__ import annotations
 
-from pet.backends import BACKENDS
+import tempfile
+from pathlib import Path
+
+from pet.backends import BACKENDS, backend_class
 from pet.errors import PetError
 from pet.queries import (
     Contingency,
@@ -21,7 +24,7 @@ from pet.queries import (
 from pet.report import RESULT_HEADERS, result_row, table
 from pet.result import Result
 from pet.study import Study
-from pet.workloads import lung
+from pet.workloads import Workload, lung
 
 QUESTIONS: tuple[Query, ...] = (
     Count(),
@@ -46,18 +49,40 @@ def run_demo(n_sites: int = 3) -> str:
     workload = lung(n_sites)
     lines = [f"pet demo: {workload.description}.",
              "Every site applies disclosure control (minimum cell count 3).", ""]
-    for backend in BACKENDS:
-        with workload.study(backend) as study:
-            rows, results = [], []
-            for query in QUESTIONS:
-                try:
-                    results.append(study.run(query))
-                except PetError as refusal:
-                    rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
-                    continue
-                rows.append(result_row(results[-1]))
-            lines += [_backend_line(study, results), "", table(rows, RESULT_HEADERS), ""]
+    with tempfile.TemporaryDirectory(prefix="pet-demo-") as ledgers:
+        for backend in BACKENDS:
+            lines += _run_backend(workload, backend, Path(ledgers))
     return "\n".join(lines)
+
+
+DEMO_BUDGET = 50.0
+"""Each site's ε budget for the demo's DP backend (every question at ε = 1 per round;
+logistic regression charges its 25 possible rounds up front)."""
+
+
+def _run_backend(workload: Workload, backend: str, ledgers: Path) -> list[str]:
+    """The demo's questions under one backend, as report lines; under DP every site keeps
+    a ledger with DEMO_BUDGET, printed after the answers."""
+    sites = workload.sites(ledgers=ledgers)
+    private = backend_class(backend).differentially_private
+    if private:
+        for site in sites:
+            site.ledger.set_budget(site.dataset, DEMO_BUDGET)
+    with Study(sites, backend=backend) as study:
+        rows, results = [], []
+        for query in QUESTIONS:
+            try:
+                results.append(study.run(query))
+            except PetError as refusal:
+                rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
+                continue
+            rows.append(result_row(results[-1]))
+        lines = [_backend_line(study, results), "", table(rows, RESULT_HEADERS), ""]
+    if private:
+        spent = ", ".join(f"{site.name} ε {site.ledger.budget(site.dataset).spent_epsilon:g}"
+                          f" of {DEMO_BUDGET:g}" for site in sites)
+        lines += [f"Privacy ledgers after the {backend} study: {spent}.", ""]
+    return lines
 
 
 def _backend_line(study: Study, results: list[Result]) -> str:

@@ -57,10 +57,7 @@ def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
     """The least noise that makes one release of the layout (ε, δ)-DP with respect to
     adding or removing one row: Laplace scaled to the L1 sensitivity when δ = 0, else
     Gaussian scaled to the L2 sensitivity under zCDP, converted to (ε, δ) by OpenDP."""
-    if not (np.isfinite(epsilon) and epsilon > 0):
-        raise PetError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    if not 0 <= delta < 1:
-        raise PetError(f"delta must lie in [0, 1), got {delta!r}")
+    check_privacy(epsilon, delta)
     if delta == 0:
         scale = dp.binary_search_param(
             lambda s: _measurement("laplace", layout.size, s), d_in=layout.l1, d_out=epsilon)
@@ -70,6 +67,14 @@ def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
         d_in=layout.l2, d_out=(epsilon, delta))
     rho = _measurement("gaussian", layout.size, scale).map(layout.l2)
     return Mechanism("gaussian", scale, layout.l2, layout.size, epsilon, delta, rho)
+
+
+def check_privacy(epsilon: float, delta: float) -> None:
+    """Refuse an ε that is not a finite positive number, or a δ outside [0, 1)."""
+    if not (isinstance(epsilon, int | float) and np.isfinite(epsilon) and epsilon > 0):
+        raise PetError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    if not (isinstance(delta, int | float) and 0 <= delta < 1):
+        raise PetError(f"delta must lie in [0, 1), got {delta!r}")
 
 
 def _measurement(kind: str, size: int, scale: float) -> dp.Measurement:

@@ -8,12 +8,15 @@ disclosure policy, so nothing leaves a site that its policy forbids.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from pet.backends.base import Backend
 from pet.disclosure import DisclosurePolicy
+from pet.errors import PetError
+from pet.ledger import Ledger
 from pet.queries.base import Query, State
 from pet.schema import Schema
 from pet.table import Table
@@ -32,11 +35,13 @@ class Contribution:
 class Site:
     """A data holder with one table, validated against the study's public schema."""
 
-    def __init__(self, name: str, table: Table, *,
-                 policy: DisclosurePolicy | None = None) -> None:
+    def __init__(self, name: str, table: Table, *, policy: DisclosurePolicy | None = None,
+                 ledger: Ledger | None = None, dataset: str | None = None) -> None:
         self.name = name
         self.table = table
         self.policy = policy or DisclosurePolicy()
+        self.ledger = ledger
+        self.dataset = dataset or name
 
     @property
     def schema(self) -> Schema:
@@ -50,14 +55,33 @@ class Site:
         self.policy.check(partial, layout, site=self.name)
         return partial
 
-    def contribute(self, query: Query, state: State, backend: Backend) -> Contribution:
-        """The message this site sends for one round under `backend`."""
+    def contribute(self, query: Query, state: State, backend: Backend, *,
+                   request: str | None = None) -> Contribution:
+        """The message this site sends for one round under `backend`. Under a DP backend
+        the release is charged to the site's ledger first (see `charge`)."""
         start = time.perf_counter()
         partial = self.partial(query, state)
+        if backend.differentially_private:
+            self.charge(query, backend, request or uuid.uuid4().hex)
         computed = time.perf_counter()
         message = backend.protect(partial, query.layout(self.schema, state))
         return Contribution(self.name, message, computed - start,
                             time.perf_counter() - computed)
+
+    def charge(self, query: Query, backend: Backend, request: str) -> None:
+        """Charge the query's whole cost — every round it may take, up front — to this
+        site's ledger, before anything leaves; a later round of the same request is not
+        charged again, and a refusal stops the query before any release."""
+        if query.releases_records:
+            raise PetError(f"{query.describe()} releases a record's own value, which no DP "
+                           "mechanism covers; ask for grid Quantiles under DP")
+        if self.ledger is None:
+            raise PetError(f"site {self.name!r} keeps no privacy ledger; DP releases need "
+                           "one (Site(..., ledger=Ledger(path)))")
+        epsilon, delta = backend.cost()
+        rounds = query.max_rounds
+        self.ledger.charge(self.dataset, epsilon * rounds, min(delta * rounds, 1.0),
+                           query=query.describe(), request=request)
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={self.table.n_rows})"

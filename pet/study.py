@@ -9,6 +9,7 @@ finalizes inside the computation), giving the answer or the next round's state.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -60,9 +61,11 @@ class Study:
         comm_rounds = 0
         timings = {"combine": 0.0, "reveal": 0.0}
         state = query.initial_state(self.schema)
+        request = uuid.uuid4().hex  # one ledger charge per site for all rounds
         for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
             layout = query.layout(self.schema, state)
-            contributions = [site.contribute(query, state, self.backend) for site in self.sites]
+            contributions = [site.contribute(query, state, self.backend, request=request)
+                             for site in self.sites]
             for c in contributions:
                 local[c.site] += c.local_s
                 protect[c.site] += c.protect_s

@@ -115,6 +115,10 @@ class Backend(ABC):
     startup_s: float = 0.0
     """Seconds spent setting the session up (keys, party processes), paid once."""
 
+    def cost(self) -> tuple[float, float]:
+        """The (ε, δ) one site's release of one round spends (nothing without DP)."""
+        return 0.0, 0.0
+
     @property
     def session_bytes(self) -> int:
         """Bytes each site and the coordinator receive once per session (keys, contexts)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class Query(ABC):
     """A statistic over horizontally partitioned rows, computed from sums of row terms."""
 
     where: Where | str | None = field(default=None, kw_only=True)
+
+    releases_records: ClassVar[bool] = False
+    """Whether the answer is a record's own value (no DP mechanism covers that)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.where, str):

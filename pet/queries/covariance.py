@@ -64,9 +64,11 @@ class Correlation(Covariance):
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
         covariance = super().answer(parts, schema, state)
-        std = np.sqrt(np.diag(covariance))
-        if np.any(std == 0):
-            constant = [c for c, s in zip(self.columns, std, strict=True) if s == 0]
-            raise QueryError(f"{self.describe()}: column(s) {constant} are constant; "
-                             "their correlation is undefined")
+        variance = np.diag(covariance)
+        if np.any(~(variance > 0)):
+            constant = [c for c, v in zip(self.columns, variance, strict=True) if not v > 0]
+            raise QueryError(f"{self.describe()}: column(s) {constant} have no positive "
+                             "variance (constant, or under DP buried in noise); their "
+                             "correlation is undefined")
+        std = np.sqrt(variance)
         return np.clip(covariance / np.outer(std, std), -1.0, 1.0)

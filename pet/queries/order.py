@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class ExactQuantiles(Query):
     column: str
     probs: tuple[float, ...] = (0.25, 0.5, 0.75)
     branching: int = 256
+
+    releases_records: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

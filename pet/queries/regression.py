@@ -182,6 +182,12 @@ class Regression(Query):
                 f"{self.describe()}: the model cannot be fitted; predictors are collinear, "
                 "a category is empty, or the outcome is perfectly separated"
             )
+        if np.linalg.eigvalsh(matrix)[0] <= 0:
+            raise QueryError(
+                f"{self.describe()}: the summed matrix is not positive definite, as no "
+                "exact sums can be; under DP the noise outweighs the data (raise ε, pool "
+                "more rows, or use a central-DP backend)"
+            )
         inverse = np.linalg.inv(matrix)
         return inverse @ vector, inverse
 

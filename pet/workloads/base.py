@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import pandas as pd
 
 from pet.backends import Backend
 from pet.disclosure import DisclosurePolicy
+from pet.ledger import Ledger
 from pet.schema import Schema
 from pet.site import Site
 from pet.study import Study
@@ -24,9 +26,14 @@ class Workload:
     tables: dict[str, Table]
     description: str = ""
 
-    def sites(self, policy: DisclosurePolicy | None = None) -> list[Site]:
-        """One in-process site per table, each with the given disclosure policy."""
-        return [Site(name, table, policy=policy) for name, table in self.tables.items()]
+    def sites(self, policy: DisclosurePolicy | None = None, *,
+              ledgers: Path | None = None) -> list[Site]:
+        """One in-process site per table, each with the given disclosure policy and, with
+        `ledgers`, its own privacy ledger there (NAME.sqlite; its dataset is the site's
+        name)."""
+        return [Site(name, table, policy=policy,
+                     ledger=Ledger(ledgers / f"{name}.sqlite") if ledgers else None)
+                for name, table in self.tables.items()]
 
     def study(self, backend: str | Backend = "plaintext", *,
               policy: DisclosurePolicy | None = None) -> Study:
