@@ -51,13 +51,14 @@ def run_demo(n_sites: int = 3) -> str:
              "Every site applies disclosure control (minimum cell count 3).", ""]
     with tempfile.TemporaryDirectory(prefix="pet-demo-") as ledgers:
         for backend in BACKENDS:
-            lines += _run_backend(workload, backend, Path(ledgers))
+            lines += _run_backend(workload, backend, Path(ledgers) / backend)
     return "\n".join(lines)
 
 
-DEMO_BUDGET = 50.0
-"""Each site's ε budget for the demo's DP backend (every question at ε = 1 per round;
-logistic regression charges its 25 possible rounds up front)."""
+DEMO_BUDGET, DEMO_DELTA = 50.0, 1e-4
+"""Each site's (ε, δ) budget under each of the demo's DP backends (every question at
+ε = 1 per round, δ = 10⁻⁶ where Gaussian; logistic regression charges its 25 possible
+rounds up front)."""
 
 
 def _run_backend(workload: Workload, backend: str, ledgers: Path) -> list[str]:
@@ -67,7 +68,7 @@ def _run_backend(workload: Workload, backend: str, ledgers: Path) -> list[str]:
     private = backend_class(backend).differentially_private
     if private:
         for site in sites:
-            site.ledger.set_budget(site.dataset, DEMO_BUDGET)
+            site.ledger.set_budget(site.dataset, DEMO_BUDGET, DEMO_DELTA)
     with Study(sites, backend=backend) as study:
         rows, results = [], []
         for query in QUESTIONS:
@@ -89,6 +90,8 @@ def _backend_line(study: Study, results: list[Result]) -> str:
     """What a backend protects (per kind of answer where that differs: MPC finalizes some
     statistics inside the computation), and what its session cost before any query."""
     backend = study.backend
+    if not results:
+        return f"backend {backend.name}: every question was refused"
     privacy = results[-1].privacy
     kinds: dict[str, list[str]] = {}
     for result in results:

@@ -8,7 +8,8 @@ Laplace noise for pure ε-DP (δ = 0), Gaussian noise under ρ-zCDP otherwise, r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import opendp.prelude as dp
@@ -44,6 +45,14 @@ class Mechanism:
     def measurement(self) -> dp.Measurement:
         """The OpenDP measurement (its privacy map is the guarantee)."""
         return _measurement(self.kind, self.size, self.scale)
+
+    def share(self, parties: int) -> Mechanism:
+        """Each of `parties` independent shares of this Gaussian noise (scale σ/√k): their
+        sum is exactly this mechanism's noise. Laplace noise has no such split in OpenDP."""
+        if self.kind != "gaussian":
+            raise PetError("noise shared among sites must be Gaussian: ask for δ > 0 (the "
+                           "Laplace noise of pure ε-DP does not split exactly into shares)")
+        return replace(self, scale=self.scale / math.sqrt(parties))
 
     def accuracy(self, alpha: float = 1 - CONFIDENCE) -> float:
         """Half-width a of the interval that holds each element's noise with probability

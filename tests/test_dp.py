@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pet.backends.central_dp import HEDP, MPCDP, CentralDP
 from pet.backends.dp import LocalDP
 from pet.errors import PetError
+from pet.layout import Block, Layout
 from pet.ledger import BudgetError
+from pet.mechanisms import calibrate
 from pet.queries import Count, ExactQuantiles, Histogram, LogisticRegression, Mean
 from pet.study import Study
 from pet.workloads import Workload
@@ -80,3 +83,37 @@ def test_dp_refuses_what_it_cannot_protect(lung3: Workload, tmp_path: Path) -> N
     assert all(site.ledger.budget(site.dataset).releases == 0 for site in study.sites)
     with pytest.raises(PetError, match="epsilon must be a finite number > 0"):
         LocalDP(epsilon=0.0)
+
+
+@pytest.mark.parametrize("backend_class", [HEDP, MPCDP])
+def test_shared_noise_has_exactly_the_central_variance(backend_class: type[CentralDP]) -> None:
+    """Three sites each add a Gaussian share; the revealed sum's noise must be the central
+    mechanism's N(0, σ²): mean, variance and 95% coverage over 4 × 2000 draws."""
+    layout = Layout((Block.counts("n", 1), Block.sums("s", 1999)))
+    backend = backend_class(epsilon=1.0, delta=1e-6, max_rows_per_site=10**4, max_sites=4)
+    backend.open(3)
+    try:
+        partials = [np.full(layout.size, float(i)) for i in range(3)]
+        noise, outside = [], 0
+        for _ in range(4):
+            aggregate = backend.reveal(backend.combine(
+                [backend.protect(p, layout) for p in partials], layout), layout)
+            noise.append(aggregate.total[1:] - 3.0)
+            outside += np.sum(np.abs(noise[-1]) > aggregate.error_bounds[1:])
+    finally:
+        backend.close()
+    noise = np.concatenate(noise)
+    sigma = calibrate(layout, 1.0, 1e-6).scale
+    n = noise.size
+    assert abs(noise.mean()) <= Z * sigma / math.sqrt(n)
+    assert abs(noise.var() - sigma**2) <= Z * sigma**2 * math.sqrt(2 / n)
+    assert outside / n <= 0.05 + Z * math.sqrt(0.05 * 0.95 / n)  # the interval covers
+
+
+def test_shared_noise_needs_delta_and_an_open_session() -> None:
+    with pytest.raises(PetError, match="he\\+dp needs δ > 0"):
+        HEDP(epsilon=1.0, delta=0.0)
+    backend = HEDP(epsilon=1.0, delta=1e-6, max_rows_per_site=100, max_sites=2)
+    layout = Layout((Block.counts("n", 1),))
+    with pytest.raises(PetError, match="must be opened with the number of sites first"):
+        backend.protect(np.ones(1), layout)

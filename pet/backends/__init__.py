@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from pet.backends.base import Aggregate, Backend, Privacy
+from pet.backends.central_dp import HEDP, MPCDP
 from pet.backends.dp import LocalDP
 from pet.backends.he import HE
 from pet.backends.mpc import MPC
 from pet.backends.plaintext import Plaintext
 from pet.errors import PetError
 
-BACKENDS: dict[str, type[Backend]] = {Plaintext.name: Plaintext, HE.name: HE, MPC.name: MPC,
-                                      LocalDP.name: LocalDP}
+BACKENDS: dict[str, type[Backend]] = {
+    backend.name: backend for backend in (Plaintext, HE, MPC, LocalDP, HEDP, MPCDP)}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -28,5 +29,6 @@ def get_backend(name: str, **options: Any) -> Backend:
     return backend_class(name)(**options)
 
 
-__all__ = ["BACKENDS", "HE", "MPC", "Aggregate", "Backend", "LocalDP", "Plaintext", "Privacy",
+__all__ = ["BACKENDS", "HE", "HEDP", "MPC", "MPCDP", "Aggregate", "Backend", "LocalDP",
+           "Plaintext", "Privacy",
            "backend_class", "get_backend"]
