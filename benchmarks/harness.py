@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -31,9 +32,11 @@ from tqdm import tqdm
 from benchmarks.profile import Cell, Profile
 from benchmarks.queries import preset
 from benchmarks.report import markdown_summary, plot_all
-from pet.backends import get_backend
+from pet.backends import Backend, get_backend
 from pet.disclosure import DisclosurePolicy
 from pet.result import Result, answer_vector
+from pet.site import Site
+from pet.study import Study
 from pet.table import ParquetTable
 from pet.workloads import Workload, cohort, load
 
@@ -49,6 +52,8 @@ CSV_COLUMNS = (
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "status", "message"})
 
 OPEN = DisclosurePolicy(min_cell=1, max_parameter_ratio=1.0)
+BENCHMARK_BUDGET = 10.0**6
+"""Each site's ε budget in a DP cell: enough for any profile's repeats."""
 """Benchmarks measure cost, so disclosure control (which refuses small cells) is off."""
 
 COHORT_SEED = 20261123
@@ -108,7 +113,9 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
     workload = build_workload(cell, data_dir)
     query = preset(cell.workload, cell.query)
     options = {} if cell.epsilon is None else {"epsilon": cell.epsilon}
-    with workload.study(get_backend(cell.backend, **options), policy=OPEN) as study:
+    backend = get_backend(cell.backend, **options)
+    with tempfile.TemporaryDirectory(prefix="pet-ledgers-") as ledgers, \
+            Study(_sites(workload, backend, Path(ledgers)), backend=backend) as study:
         for _ in range(cell.warmup):
             study.run(query)
         latencies, cpu, results = [], [], []
@@ -144,6 +151,17 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         **_errors(last, workload, query, cell),
         "scan_s": _bare_scan(workload, query.used_columns()),
     }
+
+
+def _sites(workload: Workload, backend: Backend, ledgers: Path) -> list[Site]:
+    """The workload's sites without disclosure limits; under DP each keeps a ledger with a
+    budget no benchmark run exhausts (the ledger's cost is part of what is measured)."""
+    if not backend.differentially_private:
+        return workload.sites(OPEN)
+    sites = workload.sites(OPEN, ledgers=ledgers)
+    for site in sites:
+        site.ledger.set_budget(site.dataset, BENCHMARK_BUDGET, 1.0)
+    return sites
 
 
 def _phases(results: list[Result]) -> dict[str, float]:
