@@ -54,7 +54,7 @@ def test_the_reported_interval_covers_the_noise(lung3: Workload, delta: float,
 
 def test_every_release_is_charged_first_and_counts_stay_whole(lung3: Workload,
                                                               tmp_path: Path) -> None:
-    study = _study(lung3, tmp_path, LocalDP(epsilon=0.5))
+    study = _study(lung3, tmp_path, LocalDP(epsilon=0.5, delta=0.0))
     result = study.run(Histogram("age", (18, 50, 60, 70, 100)))
     assert result.privacy.epsilon == 0.5 and result.privacy.delta == 0.0
     assert np.all(result.value >= 0) and np.all(result.value == np.rint(result.value))

@@ -30,7 +30,7 @@ class LocalDP(Backend):
     name = "dp"
     differentially_private = True
 
-    def __init__(self, *, epsilon: float = 1.0, delta: float = 0.0,
+    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6,
                  max_rows_per_site: int = 10**8, max_sites: int = 100) -> None:
         check_privacy(epsilon, delta)
         self.epsilon, self.delta = epsilon, delta
