@@ -21,6 +21,10 @@ dp.enable_features("contrib")
 
 CONFIDENCE = 0.95
 """The coverage of the accuracy intervals every DP result carries."""
+POST_PROCESSING = ("answers post-processed for consistency at no privacy cost: whole "
+                   "non-negative counts, histograms and tables adding up to the noisy n, "
+                   "survival monotone in [0, 1], positive semi-definite covariance")
+"""What DP results say about the post-processing their queries apply to noisy sums."""
 
 
 @dataclass(frozen=True)

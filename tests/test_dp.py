@@ -17,15 +17,29 @@ from pet.errors import PetError
 from pet.layout import Block, Layout
 from pet.ledger import BudgetError
 from pet.mechanisms import calibrate
-from pet.queries import Count, ExactQuantiles, Histogram, LogisticRegression, Mean
+from pet.queries import (
+    Count,
+    Covariance,
+    ExactQuantiles,
+    Histogram,
+    KaplanMeier,
+    LogisticRegression,
+    Mean,
+)
 from pet.study import Study
-from pet.workloads import Workload
+from pet.workloads import Workload, cohort
+from tests.conftest import NO_CELL_LIMIT
 
 Z = 5.5
 
 
+@pytest.fixture(scope="module")
+def cohort_small() -> Workload:
+    return cohort(600, 3, 11)
+
+
 def _study(workload: Workload, tmp_path: Path, backend: LocalDP, budget: float = 100.0) -> Study:
-    sites = workload.sites(ledgers=tmp_path)
+    sites = workload.sites(NO_CELL_LIMIT, ledgers=tmp_path)
     for site in sites:
         site.ledger.set_budget(site.dataset, budget, 1e-5)
     return Study(sites, backend=backend)
@@ -117,3 +131,31 @@ def test_shared_noise_needs_delta_and_an_open_session() -> None:
     layout = Layout((Block.counts("n", 1),))
     with pytest.raises(PetError, match="must be opened with the number of sites first"):
         backend.protect(np.ones(1), layout)
+
+
+def test_noisy_answers_are_made_consistent(cohort_small: Workload, tmp_path: Path) -> None:
+    """At a small ε the raw noisy sums break every consistency a user expects; the answers
+    come back whole, non-negative, adding up, monotone and positive semi-definite."""
+    study = _study(cohort_small, tmp_path, LocalDP(epsilon=0.05), budget=10.0)
+    for _ in range(3):
+        result = study.run(Histogram("age", tuple(range(30, 91, 5))))
+        counts = result.value
+        assert np.all(counts >= 0) and np.all(counts == np.rint(counts))
+        assert counts.sum() == result.n
+        curve = study.run(KaplanMeier("cvd_time", "cvd_event", grid=12)).value
+        assert np.all(np.diff(curve.survival) <= 0)
+        assert np.all((curve.survival >= 0) & (curve.survival <= 1))
+        covariance = study.run(Covariance(("age", "bmi", "sbp", "hdl"))).value
+        assert np.linalg.eigvalsh(covariance)[0] >= -1e-9 * np.abs(covariance).max()
+    assert "post-processed for consistency" in result.privacy.confidentiality
+
+
+def test_consistency_leaves_exact_answers_alone(lung3: Workload) -> None:
+    study = lung3.study()
+    pooled = lung3.pooled()
+    edges = (18, 50, 60, 70, 100)
+    want, _ = np.histogram(pooled["age"].dropna(), bins=edges)
+    np.testing.assert_array_equal(study.run(Histogram("age", edges)).value, want)
+    columns = ["age", "meal_cal", "wt_loss"]
+    np.testing.assert_allclose(study.run(Covariance(tuple(columns))).value,
+                               pooled[columns].dropna().cov().to_numpy(), rtol=1e-9)

@@ -27,7 +27,13 @@ from pet.backends.he import HE
 from pet.backends.mpc import MPC
 from pet.errors import PetError
 from pet.layout import Layout
-from pet.mechanisms import CONFIDENCE, Mechanism, calibrate, check_privacy
+from pet.mechanisms import (
+    CONFIDENCE,
+    POST_PROCESSING,
+    Mechanism,
+    calibrate,
+    check_privacy,
+)
 
 
 class CentralDP(Backend):
@@ -87,8 +93,8 @@ class CentralDP(Backend):
         mechanism = self._mechanism(layout)
         bounds = aggregate.error_bounds + mechanism.accuracy(1 - CONFIDENCE)
         privacy = Privacy(f"{aggregate.privacy.confidentiality}; the sum carries central "
-                          "DP noise that the sites added in shares", mechanism.rho,
-                          self.epsilon, self.delta)
+                          f"DP noise that the sites added in shares; {POST_PROCESSING}",
+                          mechanism.rho, self.epsilon, self.delta)
         return Aggregate(total, bounds, privacy, aggregate.site_bytes, aggregate.comm_rounds)
 
     def _calibrate(self, layout: Layout) -> Mechanism:

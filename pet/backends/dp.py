@@ -18,10 +18,16 @@ import numpy as np
 from pet.backends.base import Aggregate, Backend, Limits, Privacy
 from pet.backends.plaintext import decode
 from pet.layout import Layout
-from pet.mechanisms import CONFIDENCE, Mechanism, calibrate, check_privacy
+from pet.mechanisms import (
+    CONFIDENCE,
+    POST_PROCESSING,
+    Mechanism,
+    calibrate,
+    check_privacy,
+)
 
 CONFIDENTIALITY = ("each site's partial carries its own DP noise; the coordinator sees "
-                   "only noisy partials")
+                   f"only noisy partials; {POST_PROCESSING}")
 
 
 class LocalDP(Backend):

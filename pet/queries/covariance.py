@@ -54,6 +54,9 @@ class Covariance(Query):
         total = parts["sum"]
         cross = from_upper_triangle(parts["cross"], len(self.columns))
         scaled = (cross - np.outer(total, total) / n) / (n - 1)
+        values, vectors = np.linalg.eigh(scaled)
+        if values[0] < 0:  # noisy sums (DP): the nearest positive semi-definite matrix
+            scaled = (vectors * np.maximum(values, 0.0)) @ vectors.T
         half = np.array([affine(schema[c])[1] for c in self.columns])
         return scaled * np.outer(half, half)
 

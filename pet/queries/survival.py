@@ -98,9 +98,12 @@ class KaplanMeier(Query):
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> SurvivalCurve:
         events, removed = parts["events"], parts["removed"]
-        at_risk = parts["n"][0] - np.concatenate([[0.0], np.cumsum(removed)[:-1]])
+        at_risk = np.maximum(parts["n"][0] - np.concatenate([[0.0], np.cumsum(removed)[:-1]]),
+                             0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            hazard = np.where(at_risk > 0, events / at_risk, 0.0)
+            # a hazard within [0, 1] keeps the curve monotone in [0, 1] even from noisy
+            # counts (under DP, post-processing); exact counts are already there
+            hazard = np.clip(np.where(at_risk > 0, events / at_risk, 0.0), 0.0, 1.0)
             survival = np.cumprod(1.0 - hazard)
             terms = np.where(at_risk > events, events / (at_risk * (at_risk - events)), 0.0)
             greenwood = np.cumsum(terms)

@@ -20,6 +20,26 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
 
 
+def consistent_counts(counts: np.ndarray, total: float) -> np.ndarray:
+    """The whole, non-negative counts nearest to `counts` (Euclidean projection onto the
+    simplex) that add up to `total`, the number of rows every cell's counts partition;
+    exact counts come back unchanged. Under DP it makes a noisy table consistent with its
+    noisy n, at no privacy cost (post-processing)."""
+    total = max(float(np.rint(total)), 0.0)
+    if total == 0:
+        return np.zeros_like(counts)
+    ordered = np.sort(counts)[::-1]
+    excess = np.cumsum(ordered) - total
+    last = np.nonzero(ordered - excess / np.arange(1, counts.size + 1) > 0)[0][-1]
+    shift = excess[last] / (last + 1)
+    projected = np.maximum(counts - shift, 0.0)
+    whole = np.floor(projected)
+    short = int(total - whole.sum())  # largest remainders get the missing units
+    if short > 0:
+        whole[np.argsort(whole - projected, kind="stable")[:short]] += 1
+    return whole
+
+
 def rank(prob: float, n: float) -> int:
     """The 1-based rank of the `prob` quantile among n values: ⌈prob·n⌉, at least 1
     (numpy's "inverted_cdf" quantile is the value of that rank)."""
@@ -67,7 +87,7 @@ class Histogram(Query):
         return {"counts": np.bincount(index, minlength=len(self.edges) - 1).astype(np.float64)}
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
-        return parts["counts"].copy()
+        return consistent_counts(parts["counts"], parts["n"][0])
 
 
 @dataclass(frozen=True)
@@ -126,7 +146,7 @@ class Contingency(Query):
         return {"counts": counts.astype(np.float64)}
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
-        return parts["counts"].reshape(self.shape(schema)).copy()
+        return consistent_counts(parts["counts"], parts["n"][0]).reshape(self.shape(schema))
 
 
 @dataclass(frozen=True)
