@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import opendp.prelude as dp
@@ -80,6 +81,20 @@ def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
         d_in=layout.l2, d_out=(epsilon, delta))
     rho = _measurement("gaussian", layout.size, scale).map(layout.l2)
     return Mechanism("gaussian", scale, layout.l2, layout.size, epsilon, delta, rho)
+
+
+@lru_cache(maxsize=256)
+def calibrated(layout: Layout, epsilon: float, delta: float) -> Mechanism:
+    """`calibrate`, remembered: every site and round of a query asks for the same one."""
+    return calibrate(layout, epsilon, delta)
+
+
+def whole_counts(total: np.ndarray, layout: Layout) -> np.ndarray:
+    """The noisy sum with its counts rounded and clipped at zero (post-processing)."""
+    total = total.copy()
+    counts = layout.counts_mask()
+    total[counts] = np.maximum(np.rint(total[counts]), 0.0)
+    return total
 
 
 def check_privacy(epsilon: float, delta: float) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -30,9 +29,9 @@ from pet.layout import Layout
 from pet.mechanisms import (
     CONFIDENCE,
     POST_PROCESSING,
-    Mechanism,
-    calibrate,
+    calibrated,
     check_privacy,
+    whole_counts,
 )
 
 
@@ -50,7 +49,6 @@ class CentralDP(Backend):
         self.epsilon, self.delta = epsilon, delta
         self.backend = self.inner(**options)
         self.sites = 0
-        self._mechanism = lru_cache(maxsize=64)(self._calibrate)
 
     @property
     def startup_s(self) -> float:  # type: ignore[override]
@@ -77,7 +75,7 @@ class CentralDP(Backend):
         (counts travel as real numbers: with noise they are no longer whole)."""
         if self.sites < 1:
             raise PetError(f"{self.name} must be opened with the number of sites first")
-        noisy = self._mechanism(layout).share(self.sites).release(partial)
+        noisy = calibrated(layout, self.epsilon, self.delta).share(self.sites).release(partial)
         return self.backend.protect(noisy, _real(layout))
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
@@ -87,18 +85,13 @@ class CentralDP(Backend):
         """The noisy sum, its counts rounded and clipped at zero (post-processing); its
         error bound adds the inner backend's to the central noise's 95% half-width."""
         aggregate = self.backend.reveal(combined[4:], _real(layout))
-        total = aggregate.total.copy()
-        counts = layout.counts_mask()
-        total[counts] = np.maximum(np.rint(total[counts]), 0.0)
-        mechanism = self._mechanism(layout)
+        total = whole_counts(aggregate.total, layout)
+        mechanism = calibrated(layout, self.epsilon, self.delta)
         bounds = aggregate.error_bounds + mechanism.accuracy(1 - CONFIDENCE)
         privacy = Privacy(f"{aggregate.privacy.confidentiality}; the sum carries central "
                           f"DP noise that the sites added in shares; {POST_PROCESSING}",
                           mechanism.rho, self.epsilon, self.delta)
         return Aggregate(total, bounds, privacy, aggregate.site_bytes, aggregate.comm_rounds)
-
-    def _calibrate(self, layout: Layout) -> Mechanism:
-        return calibrate(layout, self.epsilon, self.delta)
 
 
 def _real(layout: Layout) -> Layout:

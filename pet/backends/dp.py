@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
@@ -22,8 +21,9 @@ from pet.mechanisms import (
     CONFIDENCE,
     POST_PROCESSING,
     Mechanism,
-    calibrate,
+    calibrated,
     check_privacy,
+    whole_counts,
 )
 
 CONFIDENTIALITY = ("each site's partial carries its own DP noise; the coordinator sees "
@@ -41,7 +41,6 @@ class LocalDP(Backend):
         check_privacy(epsilon, delta)
         self.epsilon, self.delta = epsilon, delta
         self.limits = Limits(max_rows_per_site, max_sites)
-        self._mechanism = lru_cache(maxsize=64)(self._calibrate)
 
     def cost(self) -> tuple[float, float]:
         """The (ε, δ) one site's release of one round spends."""
@@ -50,7 +49,7 @@ class LocalDP(Backend):
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
         """The site's partial with its mechanism's noise, drawn by OpenDP."""
         self.limits.check(partial, layout)
-        return self._mechanism(layout).release(partial).astype("<f8").tobytes()
+        return calibrated(layout, self.epsilon, self.delta).release(partial).astype("<f8").tobytes()
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         total = np.sum([decode(m, layout) for m in messages], axis=0)
@@ -63,16 +62,11 @@ class LocalDP(Backend):
         times the scale), by a union bound for Laplace (each site's noise within its
         1 − 0.05/k interval, so the sum within k times that)."""
         (sites,) = struct.unpack_from("<I", combined)
-        total = decode(combined[4:], layout).copy()
-        counts = layout.counts_mask()  # post-processing: counts are whole and not negative
-        total[counts] = np.maximum(np.rint(total[counts]), 0.0)
-        mechanism = self._mechanism(layout)
+        total = whole_counts(decode(combined[4:], layout), layout)
+        mechanism = calibrated(layout, self.epsilon, self.delta)
         bound = _sum_accuracy(mechanism, sites)
         privacy = Privacy(CONFIDENTIALITY, mechanism.rho, self.epsilon, self.delta)
         return Aggregate(total, np.full(layout.size, bound), privacy)
-
-    def _calibrate(self, layout: Layout) -> Mechanism:
-        return calibrate(layout, self.epsilon, self.delta)
 
 
 def _sum_accuracy(mechanism: Mechanism, sites: int) -> float:
