@@ -19,14 +19,14 @@ demo: $(STAMP)
 	$(PY) -m pet demo
 
 test: $(STAMP)
-	$(PY) -m ruff check pet tests benchmarks
+	$(PY) -m ruff check pet services tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check pet tests benchmarks
+	$(PY) -m ruff check pet services tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

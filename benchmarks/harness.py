@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -33,15 +34,18 @@ from benchmarks.profile import Cell, Profile
 from benchmarks.queries import preset
 from benchmarks.report import markdown_summary, plot_all
 from pet.backends import Backend, get_backend
+from pet.client import RemoteStudy
 from pet.disclosure import DisclosurePolicy
 from pet.result import Result, answer_vector
 from pet.site import Site
 from pet.study import Study
 from pet.table import ParquetTable
 from pet.workloads import Workload, cohort, load
+from services.local import LocalFederation, table_data, workload_data
 
 CSV_COLUMNS = (
-    "workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
+    "workload", "query", "backend", "transport", "sites", "rows_per_site", "epsilon",
+    "repeats",
     "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total", "peak_mem_mb",
     "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
     "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "comm_rounds", "scan_s", "local_s",
@@ -49,7 +53,7 @@ CSV_COLUMNS = (
     "combine_s", "reveal_s", "session_bytes", "startup_s", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
-TEXT_COLUMNS = frozenset({"workload", "query", "backend", "status", "message"})
+TEXT_COLUMNS = frozenset({"workload", "query", "backend", "transport", "status", "message"})
 
 OPEN = DisclosurePolicy(min_cell=1, max_parameter_ratio=1.0)
 BENCHMARK_BUDGET = 10.0**6
@@ -113,9 +117,8 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
     workload = build_workload(cell, data_dir)
     query = preset(cell.workload, cell.query)
     options = {} if cell.epsilon is None else {"epsilon": cell.epsilon}
-    backend = get_backend(cell.backend, **options)
-    with tempfile.TemporaryDirectory(prefix="pet-ledgers-") as ledgers, \
-            Study(_sites(workload, backend, Path(ledgers)), backend=backend) as study:
+    with tempfile.TemporaryDirectory(prefix="pet-bench-") as folder, \
+            _study(cell, workload, options, Path(folder)) as study:
         for _ in range(cell.warmup):
             study.run(query)
         latencies, cpu, results = [], [], []
@@ -151,6 +154,27 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         **_errors(results, workload, query, cell),
         "scan_s": _bare_scan(workload, query.used_columns()),
     }
+
+
+@contextmanager
+def _study(cell: Cell, workload: Workload, options: dict[str, Any],
+           folder: Path) -> Iterator[Study | RemoteStudy]:
+    """The cell's study: in-process sites, or a coordinator and site servers on loopback
+    asked through the analyst's client (the latency is then the analyst's, end to end)."""
+    if cell.transport == "in-process":
+        backend = get_backend(cell.backend, **options)
+        with Study(_sites(workload, backend, folder), backend=backend) as study:
+            yield study
+        return
+    data = (table_data(workload) if cell.rows_per_site
+            else workload_data(cell.workload, cell.sites))
+    federation = LocalFederation(folder, data, site_options={
+        "budget": {"epsilon": BENCHMARK_BUDGET, "delta": 1.0},
+        "disclosure": {"min_cell": OPEN.min_cell,
+                       "max_parameter_ratio": OPEN.max_parameter_ratio}})
+    with federation, federation.client() as client, \
+            client.study(cell.backend, **options) as study:
+        yield study
 
 
 def _sites(workload: Workload, backend: Backend, ledgers: Path) -> list[Site]:
@@ -248,6 +272,7 @@ class RunFolder:
         """Write results.csv, run.json, summary.md and the plots from the finished cells."""
         records = list(self.finished().values())
         frame = pd.DataFrame(records).reindex(columns=list(CSV_COLUMNS))
+        frame["transport"] = frame["transport"].fillna("in-process")
         for column in CSV_COLUMNS:
             if column not in TEXT_COLUMNS:  # None (not applicable) becomes NaN
                 frame[column] = pd.to_numeric(frame[column])

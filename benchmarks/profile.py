@@ -20,6 +20,9 @@ GENERATED = frozenset({"cohort"})
 """Workloads made at any size (rows per site is a dimension); the others have fixed data."""
 
 
+TRANSPORTS = ("in-process", "services")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One measurement: a query on a workload under a backend at one size and one ε."""
@@ -32,18 +35,25 @@ class Cell:
     epsilon: float | None
     repeats: int
     warmup: int
+    transport: str = "in-process"
+    """How the study reaches its sites: in-process objects, or the gRPC services (a
+    coordinator and one site server per site, each its own process, on loopback)."""
 
     @property
     def key(self) -> str:
         """Identity of the cell in a run folder (what resuming matches on)."""
-        return "/".join(str(v) for v in (self.workload, self.query, self.backend, self.sites,
-                                          self.rows_per_site, self.epsilon))
+        parts = (self.workload, self.query, self.backend, self.sites, self.rows_per_site,
+                 self.epsilon)
+        suffix = "" if self.transport == "in-process" else f"/{self.transport}"
+        return "/".join(str(v) for v in parts) + suffix
 
     def label(self) -> str:
         """Short text for the progress bar."""
         rows = f" rows={self.rows_per_site:,}" if self.rows_per_site else ""
         eps = f" ε={self.epsilon:g}" if self.epsilon is not None else ""
-        return f"{self.workload}/{self.query}/{self.backend} sites={self.sites}{rows}{eps}"
+        via = "" if self.transport == "in-process" else f" via {self.transport}"
+        return (f"{self.workload}/{self.query}/{self.backend} sites={self.sites}{rows}{eps}"
+                f"{via}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Matrix:
     epsilons: tuple[float, ...] = (1.0,)
     repeats: int = 5
     warmup: int = 1
+    transports: tuple[str, ...] = ("in-process",)
 
     def __post_init__(self) -> None:
         for name in self.workloads:
@@ -75,6 +86,10 @@ class Matrix:
         _positive("sites", self.sites)
         _positive("rows_per_site", self.rows_per_site)
         _positive("epsilons", self.epsilons)
+        for transport in self.transports:
+            if transport not in TRANSPORTS:
+                raise PetError(f"profile: unknown transport {transport!r}; choose from "
+                               f"{list(TRANSPORTS)}")
         if self.repeats < 1 or self.warmup < 0:
             raise PetError("profile: repeats must be >= 1 and warmup >= 0")
 
@@ -87,9 +102,10 @@ class Matrix:
                 continue
             rows = self.rows_per_site if workload in GENERATED else (None,)
             dp = backend_class(backend).differentially_private
-            for n, eps in itertools.product(rows, self.epsilons if dp else (None,)):
+            for n, eps, via in itertools.product(rows, self.epsilons if dp else (None,),
+                                                 self.transports):
                 out.append(Cell(workload, query, backend, sites, n, eps, self.repeats,
-                                self.warmup))
+                                self.warmup, via))
         return out
 
 

@@ -1,12 +1,15 @@
-"""The demo study: lung cancer patients at three sites, every question asked under
-every backend, with disclosure control at each site."""
+"""The demo study: lung cancer patients at three hospitals, each a site server, asked
+every question under every backend through the coordinator, as an analyst would."""
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from pet.backends import BACKENDS, backend_class
+from pet.client import Client
 from pet.errors import PetError
 from pet.queries import (
     Contingency,
@@ -21,10 +24,8 @@ from pet.queries import (
     Query,
     StdDev,
 )
-from pet.report import RESULT_HEADERS, result_row, table
-from pet.result import Result
-from pet.study import Study
-from pet.workloads import Workload, lung
+from pet.report import summarize, table
+from pet.result import Result, answer_vector
 
 QUESTIONS: tuple[Query, ...] = (
     Count(),
@@ -43,66 +44,106 @@ QUESTIONS: tuple[Query, ...] = (
     Histogram("age", tuple(range(10, 111, 10))),
 )
 
+DEMO_BUDGET, DEMO_DELTA = 200.0, 1e-3
+"""Each site's (ε, δ) budget for the whole demo: every question at ε = 1 per round,
+δ = 10⁻⁶, under three DP backends (logistic regression charges its 25 possible rounds up
+front)."""
+
+DP_OPTIONS = {"epsilon": 1.0, "delta": 1e-6}
+
+HEADERS = ("question", "backend", "answer", "error vs plaintext", "ms", "bytes",
+           "privacy spent")
+
 
 def run_demo(n_sites: int = 3) -> str:
-    """Run the demo study under every backend and return its report as text."""
-    workload = lung(n_sites)
-    lines = [f"pet demo: {workload.description}.",
-             "Every site applies disclosure control (minimum cell count 3).", ""]
-    with tempfile.TemporaryDirectory(prefix="pet-demo-") as ledgers:
-        for backend in BACKENDS:
-            lines += _run_backend(workload, backend, Path(ledgers) / backend)
+    """Start a coordinator and `n_sites` site servers on loopback, run the demo study
+    under every backend, stop every server, and return the report as text."""
+    from services.local import LocalFederation, workload_data
+
+    with tempfile.TemporaryDirectory(prefix="pet-demo-") as folder:
+        federation = LocalFederation(folder, workload_data("lung", n_sites), site_options={
+            "budget": {"epsilon": DEMO_BUDGET, "delta": DEMO_DELTA},
+            "disclosure": {"min_cell": 3}})
+        with federation, federation.client() as client:
+            lines = [f"pet demo: lung cancer patients (NCCTG) at {n_sites} hospitals; each "
+                     "hospital is a site server, and the analyst asks through the "
+                     f"coordinator at {federation.address} (TLS, bearer token).",
+                     "Every site applies disclosure control (minimum cell count 3).", ""]
+            results = {backend: _ask(client, backend) for backend in BACKENDS}
+            lines += [table(_rows(results), HEADERS), ""]
+            lines += [_guarantee(backend, answers) for backend, answers in results.items()]
+            lines += ["", _ledgers(client)]
+        codes = [f"{name} {code}" for name, code in federation.exit_codes.items()]
+        lines.append(f"Servers stopped: {', '.join(codes)}.")
     return "\n".join(lines)
 
 
-DEMO_BUDGET, DEMO_DELTA = 50.0, 1e-4
-"""Each site's (ε, δ) budget under each of the demo's DP backends (every question at
-ε = 1 per round, δ = 10⁻⁶ where Gaussian; logistic regression charges its 25 possible
-rounds up front)."""
-
-
-def _run_backend(workload: Workload, backend: str, ledgers: Path) -> list[str]:
-    """The demo's questions under one backend, as report lines; under DP every site keeps
-    a ledger with DEMO_BUDGET, printed after the answers."""
-    sites = workload.sites(ledgers=ledgers)
-    private = backend_class(backend).differentially_private
-    if private:
-        for site in sites:
-            site.ledger.set_budget(site.dataset, DEMO_BUDGET, DEMO_DELTA)
-    with Study(sites, backend=backend) as study:
-        rows, results = [], []
+def _ask(client: Client, backend: str) -> list[Result | PetError]:
+    """Every question under one backend: its result, or the refusal (by a site, the
+    coordinator, or the analyst's own finalizing)."""
+    options = DP_OPTIONS if backend_class(backend).differentially_private else {}
+    answers: list[Result | PetError] = []
+    with client.study(backend, **options) as study:
         for query in QUESTIONS:
             try:
-                results.append(study.run(query))
+                answers.append(study.run(query))
             except PetError as refusal:
-                rows.append([query.describe(), f"REFUSED: {refusal}", "", "", "", "", ""])
+                answers.append(refusal)
+    return answers
+
+
+def _rows(results: dict[str, list[Result | PetError]]) -> list[list[str]]:
+    """One row per question and backend, each answer compared with plaintext's."""
+    rows = []
+    for k, query in enumerate(QUESTIONS):
+        reference = results["plaintext"][k]
+        for backend, answers in results.items():
+            answer = answers[k]
+            first = query.describe() if backend == "plaintext" else ""
+            if isinstance(answer, PetError):
+                rows.append([first, backend, f"REFUSED: {answer}", "", "", "", ""])
                 continue
-            rows.append(result_row(results[-1]))
-        lines = [_backend_line(study, results), "", table(rows, RESULT_HEADERS), ""]
-    if private:
-        spent = ", ".join(f"{site.name} ε {site.ledger.budget(site.dataset).spent_epsilon:g}"
-                          f" of {DEMO_BUDGET:g}" for site in sites)
-        lines += [f"Privacy ledgers after the {backend} study: {spent}.", ""]
-    return lines
+            rows.append([first, backend, summarize(answer.value),
+                         _error(answer, reference), f"{answer.latency_s * 1000:.0f}",
+                         f"{answer.bytes_total:,}", _spent(answer, query)])
+    return rows
 
 
-def _backend_line(study: Study, results: list[Result]) -> str:
-    """What a backend protects (per kind of answer where that differs: MPC finalizes some
-    statistics inside the computation), and what its session cost before any query."""
-    backend = study.backend
-    if not results:
-        return f"backend {backend.name}: every question was refused"
-    privacy = results[-1].privacy
+def _error(answer: Result, reference: Result | PetError) -> str:
+    """The largest absolute difference from plaintext's answer (0: identical)."""
+    if isinstance(reference, PetError):
+        return ""
+    ours, exact = answer_vector(answer.value), answer_vector(reference.value)
+    if ours.shape != exact.shape:
+        return ""
+    finite = np.isfinite(ours) & np.isfinite(exact)
+    return f"{float(np.max(np.abs(ours - exact)[finite], initial=0.0)):.2g}"
+
+
+def _spent(answer: Result, query: Query) -> str:
+    """The privacy the answer cost each site: every round it may take, paid up front."""
+    privacy = answer.privacy
+    if not privacy.differentially_private:
+        return "none"
+    rounds = query.max_rounds
+    return f"ε={privacy.epsilon * rounds:g}, δ={(privacy.delta or 0) * rounds:g} per site"
+
+
+def _guarantee(backend: str, answers: list[Any]) -> str:
+    """What a backend protected, per kind of answer where that differs."""
     kinds: dict[str, list[str]] = {}
-    for result in results:
-        kinds.setdefault(result.privacy.confidentiality, []).append(result.query)
+    for answer in answers:
+        if isinstance(answer, Result):
+            kinds.setdefault(answer.privacy.confidentiality, []).append(answer.query)
+    if not kinds:
+        return f"backend {backend}: every question was refused"
     common, *others = sorted(kinds, key=lambda text: -len(kinds[text]))
-    protects = "; ".join([common, *(f"for {', '.join(kinds[text])}: {text}" for text in others)])
-    setup = []
-    if backend.session_bytes:
-        setup.append(f"{backend.session_bytes:,} bytes of keys sent once")
-    if backend.startup_s >= 0.1:
-        setup.append(f"{backend.startup_s:.1f} s to start the session")
-    extra = f" (session: {', '.join(setup)})" if setup else ""
-    return (f"backend {backend.name} — confidentiality: {protects}; "
-            f"differential privacy: {privacy}{extra}")
+    extra = "".join(f"; for {', '.join(kinds[text])}: {text}" for text in others)
+    return f"backend {backend} — {common}{extra}"
+
+
+def _ledgers(client: Client) -> str:
+    """Every site's privacy budget after the study, as its own ledger reports it."""
+    spent = ", ".join(f"{b.site} ε {b.spent_epsilon:g} of {b.epsilon:g} "
+                      f"({b.releases} releases)" for b in client.budgets())
+    return f"Privacy ledgers after the study (each site keeps its own): {spent}."

@@ -7,6 +7,10 @@ class PetError(Exception):
     """Base class of every error pet raises on purpose."""
 
 
+class ArgumentError(PetError, ValueError):
+    """An option outside its allowed range (ε, δ, session limits)."""
+
+
 class SchemaError(PetError, ValueError):
     """A schema is malformed, or a table does not match its schema.
 

@@ -161,6 +161,13 @@ class Ledger:
         return [Charge(r[0], r[1], r[2] / EPSILON_SCALE, r[3] / DELTA_SCALE, r[4], r[5])
                 for r in rows]
 
+    def charged(self, request: str) -> tuple[float, float]:
+        """What one request has been charged, over every dataset (0, 0 if nothing)."""
+        with self._connection() as db:
+            row = db.execute("SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) "
+                             "FROM charges WHERE request = ?", (request,)).fetchone()
+        return row[0] / EPSILON_SCALE, row[1] / DELTA_SCALE
+
     def _check_room(self, db: sqlite3.Connection, dataset: str, cost_e: int, cost_d: int,
                     request: str) -> None:
         row = db.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?",

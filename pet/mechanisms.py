@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import opendp.prelude as dp
 
-from pet.errors import PetError
+from pet.errors import ArgumentError, PetError
 from pet.layout import Layout
 
 dp.enable_features("contrib")
@@ -100,9 +100,9 @@ def whole_counts(total: np.ndarray, layout: Layout) -> np.ndarray:
 def check_privacy(epsilon: float, delta: float) -> None:
     """Refuse an ε that is not a finite positive number, or a δ outside [0, 1)."""
     if not (isinstance(epsilon, int | float) and np.isfinite(epsilon) and epsilon > 0):
-        raise PetError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        raise ArgumentError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     if not (isinstance(delta, int | float) and 0 <= delta < 1):
-        raise PetError(f"delta must lie in [0, 1), got {delta!r}")
+        raise ArgumentError(f"delta must lie in [0, 1), got {delta!r}")
 
 
 def _measurement(kind: str, size: int, scale: float) -> dp.Measurement:

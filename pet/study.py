@@ -11,22 +11,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
 from pet.backends import Backend, get_backend
 from pet.errors import PetError
-from pet.queries.base import Next, Query
+from pet.queries.base import Next, Query, State
 from pet.result import Result, SiteReport
 from pet.schema import Schema
-from pet.site import Site
+from pet.site import Contribution, Site
 
 
 class Study:
     """Sites sharing one public schema, queried under one backend."""
 
-    def __init__(self, sites: Sequence[Site], *, backend: str | Backend = "plaintext") -> None:
+    def __init__(self, sites: Sequence[Site], *, backend: str | Backend = "plaintext",
+                 parallel: bool = False) -> None:
         if not sites:
             raise PetError("a study needs at least one site")
         names = [s.name for s in sites]
@@ -39,6 +41,8 @@ class Study:
                                f"{sites[0].name!r}; every site must use the study's schema")
         self.sites = tuple(sites)
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.parallel = parallel
+        """Ask every site at once (sites that are servers elsewhere) instead of in turn."""
         self.backend.open(len(self.sites))
 
     def close(self) -> None:
@@ -64,8 +68,7 @@ class Study:
         request = uuid.uuid4().hex  # one ledger charge per site for all rounds
         for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
             layout = query.layout(self.schema, state)
-            contributions = [site.contribute(query, state, self.backend, request=request)
-                             for site in self.sites]
+            contributions = self._contributions(query, state, request)
             for c in contributions:
                 local[c.site] += c.local_s
                 protect[c.site] += c.protect_s
@@ -98,6 +101,16 @@ class Study:
             reveal_s=timings["reveal"],
             comm_rounds=comm_rounds,
         )
+
+    def _contributions(self, query: Query, state: State, request: str) -> list[Contribution]:
+        """Every site's contribution to one round, in site order."""
+        def ask(site: Site) -> Contribution:
+            return site.contribute(query, state, self.backend, request=request)
+
+        if not self.parallel or len(self.sites) == 1:
+            return [ask(site) for site in self.sites]
+        with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
+            return list(pool.map(ask, self.sites))
 
 
 @contextmanager

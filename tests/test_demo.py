@@ -12,16 +12,23 @@ from lifelines.datasets import load_lung
 from pet.backends import BACKENDS
 
 
-def test_demo_prints_every_backend_and_the_lung_answers() -> None:
+def test_demo_runs_every_backend_through_the_servers_and_stops_them() -> None:
     output = subprocess.run([sys.executable, "-m", "pet", "demo"], capture_output=True,
-                            text=True, check=True, timeout=300).stdout
+                            text=True, check=True, timeout=600).stdout
     lung = load_lung()
     for backend in BACKENDS:
-        assert f"backend {backend}" in output
-    assert re.search(rf"Mean\(age\)\s+{lung.age.mean():.4g}\s+{len(lung)}\s", output)
+        assert f"backend {backend} — " in output
+        assert re.search(rf"^\s+{re.escape(backend)}\s+228\s+0\s", output, re.M) or \
+            backend in ("dp", "he+dp", "mpc+dp")
+    assert re.search(rf"Mean\(age\)\s+plaintext\s+{lung.age.mean():.4g}\s+0\s", output)
+    assert re.search(rf"ExactQuantiles\(age, probs=\[0.5\]\)\s+plaintext\s+"
+                     rf"\[{lung.age.median():g}\]", output)
     assert "LogisticRegression(dead, [age, sex, ph_ecog])" in output
     assert "converged" in output
-    assert "REFUSED: site" in output  # ten-year age bins break the minimum cell count
+    assert "REFUSED: FAILED_PRECONDITION: site 'site-1' refused" in output
+    assert "Servers stopped: coordinator 0, site-1 0, site-2 0, site-3 0." in output
+    spent = re.search(r"site-1 ε ([\d.]+) of 200", output)
+    assert spent is not None and float(spent.group(1)) > 0
 
 
 def test_cli_rejects_unknown_commands() -> None:

@@ -44,7 +44,7 @@ def mpc():
 def test_parties_use_the_dealer_not_party_zero(mpc: MPC) -> None:
     parties = mpc._session(3)
     assert parties.run("provider", [np.zeros(1)] * 3) == ["TrustedThirdParty"] * 3
-    names = sorted(p.name for p in parties._processes)
+    names = sorted(p.process.name for p in parties._parties)
     assert names == ["pet-mpc-dealer", "pet-mpc-party-0", "pet-mpc-party-1", "pet-mpc-party-2"]
 
 
@@ -102,7 +102,7 @@ def test_scale_leaves_room_for_the_worst_case_sum() -> None:
 def test_a_dead_party_fails_the_query_cleanly_and_the_next_query_works(lung3: Workload) -> None:
     backend = MPC(max_rows_per_site=10**6, max_sites=4, parties=PartyConfig(timeout_s=30))
     with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
-        processes = list(backend._parties._processes)
+        processes = [p.process for p in backend._parties._parties]
         os.kill(processes[1].pid, signal.SIGKILL)
         with pytest.raises(PartyError, match=r"party 1 died.*nothing was revealed"):
             study.run(Mean("age"))
@@ -113,7 +113,7 @@ def test_a_dead_party_fails_the_query_cleanly_and_the_next_query_works(lung3: Wo
 def test_a_stalled_party_fails_within_the_deadline(lung3: Workload) -> None:
     backend = MPC(max_rows_per_site=10**6, max_sites=4, parties=PartyConfig(timeout_s=3))
     with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
-        processes = list(backend._parties._processes)
+        processes = [p.process for p in backend._parties._parties]
         os.kill(processes[2].pid, signal.SIGSTOP)
         with pytest.raises(PartyError, match="did not answer share_sum within 3 s"):
             study.run(Mean("age"))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pet.errors import PetError
+from pet.errors import ArgumentError, PetError
 from pet.layout import Layout
 
 
@@ -51,7 +51,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.max_rows_per_site < 1 or self.max_sites < 1:
-            raise PetError("max_rows_per_site and max_sites must be at least 1")
+            raise ArgumentError("max_rows_per_site and max_sites must be at least 1")
 
     def check(self, partial: np.ndarray, layout: Layout) -> None:
         """Refuse a partial of the wrong size, or larger than one row's bound times

@@ -24,7 +24,7 @@ import numpy as np
 from pet.backends.base import Aggregate, Backend, Privacy
 from pet.backends.he import HE
 from pet.backends.mpc import MPC
-from pet.errors import PetError
+from pet.errors import ArgumentError, PetError
 from pet.layout import Layout
 from pet.mechanisms import (
     CONFIDENCE,
@@ -41,14 +41,17 @@ class CentralDP(Backend):
     differentially_private = True
     inner: ClassVar[type[Backend]]
 
-    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, **options: object) -> None:
+    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, sites: int = 0,
+                 **options: object) -> None:
         check_privacy(epsilon, delta)
         if delta == 0:
-            raise PetError(f"{self.name} needs δ > 0: its sites share Gaussian noise, which "
+            raise ArgumentError(f"{self.name} needs δ > 0: its sites share Gaussian noise, which "
                            "splits exactly; Laplace noise (pure ε-DP) does not")
         self.epsilon, self.delta = epsilon, delta
         self.backend = self.inner(**options)
-        self.sites = 0
+        self.sites = sites
+        """Number of sites, each adding 1/sites of the noise variance: set by `open`, or
+        given where a site's server protects its partial without opening a session."""
 
     @property
     def startup_s(self) -> float:  # type: ignore[override]

@@ -194,21 +194,26 @@ class PublicHE:
 
 class HE(Backend):
     """Homomorphic-encryption aggregation. The analyst's side (this object) makes the keys;
-    `public_context` is all that sites and the coordinator ever receive."""
+    `public_context` is all that sites and the coordinator ever receive. Given a public
+    context, the object plays their part: it encrypts and adds, and cannot reveal."""
 
     name = "he"
 
-    def __init__(self, *, max_rows_per_site: int = 10**8, max_sites: int = 100) -> None:
+    def __init__(self, *, max_rows_per_site: int = 10**8, max_sites: int = 100,
+                 public_context: bytes | None = None) -> None:
         start = time.perf_counter()
         self.limits = Limits(max_rows_per_site, max_sites)
-        bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=RING_DEGREE,
-                         plain_modulus=bfv_plain_modulus(self.limits))
-        ckks = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=RING_DEGREE,
-                          coeff_mod_bit_sizes=list(CKKS_MODULI))
-        ckks.global_scale = 2.0 ** ckks_scale_bits(self.limits)
-        self._secret = {"bfv": bfv, "ckks": ckks}
-        self.public_context = _join([_public_bytes(bfv), _public_bytes(ckks)])
-        self.public = PublicHE(self.public_context, self.limits)
+        self._secret: dict[str, Any] | None = None
+        if public_context is None:
+            bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=RING_DEGREE,
+                             plain_modulus=bfv_plain_modulus(self.limits))
+            ckks = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=RING_DEGREE,
+                              coeff_mod_bit_sizes=list(CKKS_MODULI))
+            ckks.global_scale = 2.0 ** ckks_scale_bits(self.limits)
+            self._secret = {"bfv": bfv, "ckks": ckks}
+            public_context = _join([_public_bytes(bfv), _public_bytes(ckks)])
+        self.public_context = public_context
+        self.public = PublicHE(public_context, self.limits)
         self.startup_s = time.perf_counter() - start
 
     @property
@@ -222,6 +227,9 @@ class HE(Backend):
         return self.public.add(messages, layout)
 
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
+        if self._secret is None:
+            raise HEError("only the analyst, who holds the secret key, can reveal; this side "
+                          "holds the public context alone")
         scheme = self.public.scheme(layout)
         vectors, n_sites = self.public.load(combined, layout, where="the aggregate",
                                             context=self._secret[scheme])

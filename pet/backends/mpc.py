@@ -24,7 +24,7 @@ from pet.backends.base import Aggregate, Backend, Conclusion, Limits, Privacy
 from pet.errors import PetError, QueryError
 from pet.layout import Layout
 from pet.mpc.fixed_point import precision, scale_bits
-from pet.mpc.parties import Parties, PartyConfig
+from pet.mpc.parties import Parties, PartyConfig, PartyError, PartySession
 from pet.queries import (
     Correlation,
     Covariance,
@@ -58,10 +58,13 @@ class MPC(Backend):
     name = "mpc"
 
     def __init__(self, *, max_rows_per_site: int = 10**8, max_sites: int = 100,
-                 parties: PartyConfig | None = None) -> None:
+                 parties: PartyConfig | PartySession | None = None) -> None:
         self.limits = Limits(max_rows_per_site, max_sites)
-        self.config = parties or PartyConfig()
-        self._parties: Parties | None = None
+        if isinstance(parties, PartyConfig | None):
+            self.config, self._parties = parties or PartyConfig(), None
+            self._owned = True
+        else:  # parties run elsewhere (at the sites); their owner starts and ends them
+            self.config, self._parties, self._owned = PartyConfig(), parties, False
 
     def open(self, n_sites: int) -> None:
         """Start one party per site (at least three) and the dealer, unless they run."""
@@ -69,6 +72,11 @@ class MPC(Backend):
             raise PetError(f"{n_sites} sites exceed this session's max_sites="
                            f"{self.limits.max_sites}")
         parties = self._parties
+        if not self._owned:
+            if parties is None or parties.n != n_sites or not parties.alive:
+                raise PartyError("the MPC session given to this backend has ended or does "
+                                 f"not have one party for each of the {n_sites} sites")
+            return
         if parties is not None and parties.alive and parties.n == max(n_sites, MIN_PARTIES):
             return
         self.close()
@@ -77,12 +85,13 @@ class MPC(Backend):
         self.startup_s = time.perf_counter() - start
 
     def close(self) -> None:
-        if self._parties is not None:
+        if self._parties is not None and self._owned:
             self._parties.close()
             self._parties = None
 
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
-        """The site's private input to its own party (never sent to the coordinator)."""
+        """The site's private input to its own party (never sent to the coordinator: a site
+        server keeps it and hands it to its party itself)."""
         self.limits.check(partial, layout)
         return np.ascontiguousarray(partial, dtype="<f8").tobytes()
 
@@ -90,13 +99,10 @@ class MPC(Backend):
         """Secret-share the sites' inputs among the parties and add the shares; the sum
         stays shared. The message records the scale and each site's bytes so far."""
         parties = self._session(len(messages))
-        inputs = [np.frombuffer(m, dtype="<f8") for m in messages]
-        if any(v.shape != (layout.size,) for v in inputs):
-            raise PetError(f"a site's input does not have the layout's {layout.size} elements")
         # Fewer than three sites: empty parties join, so that there are always three.
-        inputs += [np.zeros(layout.size)] * (parties.n - len(inputs))
+        inputs = [*messages, *[bytes(8 * layout.size)] * (parties.n - len(messages))]
         bits = scale_bits(layout, self.limits)
-        outputs = parties.run("share_sum", inputs, {"scale": 2.0**bits})
+        outputs = parties.run("share_sum", inputs, {"scale": 2.0**bits, "size": layout.size})
         sent = [int(o["bytes"]) for o in outputs[:len(messages)]]
         return struct.pack(f"<III{len(sent)}Q", bits, outputs[0]["rounds"], len(sent), *sent)
 
@@ -148,7 +154,7 @@ class MPC(Backend):
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)
-        return parties.run(program, [np.zeros(0)] * parties.n, public)
+        return parties.run(program, [b""] * parties.n, public)
 
     def _session(self, n_sites: int) -> Parties:
         """The live parties, restarted if a failure ended the last session."""

@@ -32,13 +32,17 @@ def start_crypten(*, dealer: bool) -> Any:
     return crypten
 
 
-def share_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
+def share_sum(crypten: Any, rank: int, world: int, value: bytes,
               public: dict[str, Any], memory: dict[str, Any]) -> dict[str, int]:
     """Secret-share every party's vector and add the shares; the sum stays shared (in
     `memory`) for the next program. `public["scale"]` is the fixed-point scale."""
     communicator = crypten.communicator.get()
     communicator.reset_communication_stats()
-    encoded = torch.from_numpy(np.rint(value * public["scale"]).astype(np.int64))
+    vector = np.frombuffer(value, dtype="<f8")
+    if vector.shape != (public["size"],):
+        raise ValueError(f"party {rank}'s input has {vector.size} numbers; the layout has "
+                         f"{public['size']}")
+    encoded = torch.from_numpy(np.rint(vector * public["scale"]).astype(np.int64))
     total = None
     for source in range(world):
         mine = encoded if source == rank else torch.zeros_like(encoded)

@@ -12,8 +12,21 @@ from pet.queries.regression import (
 )
 from pet.queries.survival import KaplanMeier, SurvivalCurve
 from pet.queries.tables import Contingency, Histogram, Quantiles
+from pet.queries.text import parse as parse_text
+
+QUERIES: dict[str, type[Query]] = {cls.__name__: cls for cls in (
+    Contingency, Correlation, Count, Covariance, ExactQuantiles, Histogram, KaplanMeier,
+    LinearRegression, LogisticRegression, Mean, Quantiles, StdDev, Sum, Variance)}
+"""Every query pet answers, by class name (for the wire and the command line)."""
+
+
+def parse(text: str) -> Query:
+    """A query written as a call, e.g. `Histogram("age", [18, 50, 70, 100])`."""
+    return parse_text(text, QUERIES)
+
 
 __all__ = [
+    "QUERIES",
     "Contingency",
     "Correlation",
     "Count",
@@ -33,4 +46,5 @@ __all__ = [
     "Sum",
     "SurvivalCurve",
     "Variance",
+    "parse",
 ]

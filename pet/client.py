@@ -1,0 +1,166 @@
+"""The analyst's client: the in-process `Study` API, over the coordinator service.
+
+`Client(address, token=..., ca=...).study("he")` behaves like `Study(sites, backend="he")`:
+`run(query)` returns the same `Result`. HE keys are made and kept here; only the public
+context leaves, and the coordinator sends each round's combined ciphertext back here to
+be revealed. With pet's own library and the services package, this is the one module of
+`pet` that speaks gRPC (through `services`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from pet import codec
+from pet.backends import Backend, get_backend
+from pet.errors import PetError
+from pet.queries.base import Query
+from pet.result import Result
+from pet.schema import Schema
+from services import convert
+from services.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from services.security import analyst_channel
+
+ANALYST_KEYS = ("he", "he+dp")
+"""Backends whose keys the analyst makes and whose aggregates only the analyst reveals."""
+
+
+class RemoteError(PetError):
+    """A call the coordinator (or a site through it) refused, with its gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+class Client:
+    """A connection to a coordinator, authenticated by the analyst's bearer token over
+    TLS (the CA's certificate, PEM, verifies the coordinator)."""
+
+    def __init__(self, address: str, *, token: str, ca: str | Path | bytes,
+                 timeout_s: float = 600.0) -> None:
+        ca_bytes = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+        self.channel = analyst_channel(address, ca_bytes, token)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self.timeout_s = timeout_s
+        self._federation: coordinator_pb2.Federation | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.channel.close()
+
+    @property
+    def sites(self) -> list[str]:
+        """The federation's sites."""
+        return list(self._describe().sites)
+
+    @property
+    def schema(self) -> Schema:
+        """The sites' common public schema."""
+        return convert.schema_of(self._describe().schema_json)
+
+    @property
+    def backends(self) -> list[str]:
+        """The backends every site takes part in."""
+        return list(self._describe().backends)
+
+    def study(self, backend: str = "plaintext", **options: Any) -> RemoteStudy:
+        """A study under `backend` (options as in-process, e.g. epsilon for DP)."""
+        return RemoteStudy(self, backend, **options)
+
+    def budgets(self, dataset: str = "") -> list[common_pb2.Budget]:
+        """Every site's privacy budgets (one dataset's, or all)."""
+        reply = _call(self.stub.Budget, common_pb2.BudgetRequest(dataset=dataset),
+                      timeout=self.timeout_s)
+        return list(reply.budgets)
+
+    def _describe(self) -> coordinator_pb2.Federation:
+        if self._federation is None:
+            self._federation = _call(self.stub.Describe, coordinator_pb2.DescribeRequest(),
+                                     timeout=self.timeout_s)
+        return self._federation
+
+
+class RemoteStudy:
+    """A study run through the coordinator, with the in-process `Study`'s `run`."""
+
+    def __init__(self, client: Client, backend: str, **options: Any) -> None:
+        self.client = client
+        self.backend: Backend = get_backend(backend, **options)
+        public = getattr(getattr(self.backend, "backend", self.backend), "public_context", None)
+        self.spec = convert.backend_message(backend, {**options, "public_context": public})
+
+    def __enter__(self) -> RemoteStudy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: the coordinator keeps no per-study state."""
+
+    def run(self, query: Query) -> Result:
+        """Answer `query` across every site; a refusal raises RemoteError with its code.
+        `latency_s` is what the analyst waited, end to end."""
+        schema = self.client.schema
+        query.validate(schema)
+        outgoing: queue.Queue = queue.Queue()
+        outgoing.put(coordinator_pb2.RunRequest(start=coordinator_pb2.Start(
+            query=convert.query_message(query), backend=self.spec)))
+        start = time.perf_counter()
+        replies = self.client.stub.Run(_drain(outgoing), timeout=self.client.timeout_s)
+        pieces: list[bytes] = []
+        state: Any = None
+        try:
+            for reply in replies:
+                if reply.WhichOneof("kind") == "result":
+                    result = convert.result_of(reply.result)
+                    return dataclasses.replace(result,
+                                               latency_s=time.perf_counter() - start)
+                if reply.reveal.state_json:
+                    state = codec.loads(reply.reveal.state_json)
+                pieces.append(reply.reveal.data)
+                if reply.reveal.last:
+                    outgoing.put(self._conclude(query, schema, state, b"".join(pieces)))
+                    pieces = []
+        except grpc.RpcError as error:
+            raise RemoteError(error.code(), error.details()) from None
+        finally:
+            outgoing.put(None)
+        raise RemoteError(grpc.StatusCode.UNAVAILABLE, "the run ended without a result")
+
+    def _conclude(self, query: Query, schema: Schema, state: Any,
+                  combined: bytes) -> coordinator_pb2.RunRequest:
+        """Reveal a round's combined message with the analyst's keys, and conclude it."""
+        layout = query.layout(schema, state)
+        conclusion = self.backend.conclude(query, schema, state, combined, layout)
+        return coordinator_pb2.RunRequest(conclusion=coordinator_pb2.Conclusion(
+            outcome_json=codec.dumps(conclusion.outcome),
+            head=[float(h) for h in conclusion.head], error_bound=conclusion.error_bound,
+            guarantee=convert.guarantee_message(conclusion.privacy)))
+
+
+def _drain(outgoing: queue.Queue) -> Iterator[Any]:
+    """The requests put on the queue, until None."""
+    while (item := outgoing.get()) is not None:
+        yield item
+
+
+def _call(method: Any, request: Any, *, timeout: float) -> Any:
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise RemoteError(error.code(), error.details()) from None

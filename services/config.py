@@ -1,0 +1,164 @@
+"""Configuration files of the servers (YAML), read into validated, immutable values.
+
+Every address, port and path a server uses comes from here; a bad file fails at start-up
+with a message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pet.disclosure import DisclosurePolicy
+from pet.errors import PetError
+from pet.table import Table, open_table
+from pet.workloads import load, packaged_schema
+
+
+class ConfigError(PetError):
+    """A configuration file the server cannot start from."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    """This server's certificate and key, and the CA its peers' certificates must chain
+    to (PEM files)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """Certificate, key and CA, as bytes."""
+        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A site server: its name, where it listens, its data, ledger, audit log and limits."""
+
+    name: str
+    listen: str
+    tls: Tls
+    coordinator: str
+    data: dict[str, Any]
+    ledger: Path
+    audit: Path
+    budget: tuple[float, float] | None
+    policy: DisclosurePolicy
+    allow_plaintext: bool
+    mpc_host: str
+
+    def table(self) -> Table:
+        """The site's table: a part of a packaged workload, or a file with a schema."""
+        data = self.data
+        if "workload" in data:
+            workload = load(data["workload"], n_sites=int(data.get("sites", 3)))
+            part = data.get("part", self.name)
+            if part not in workload.tables:
+                raise ConfigError(f"data.part {part!r} is not a part of workload "
+                                  f"{data['workload']!r}; it has {sorted(workload.tables)}")
+            return workload.tables[part]
+        if "path" in data and "schema" in data:
+            return open_table(Path(data["path"]), packaged_schema(data["schema"]))
+        raise ConfigError("data needs {workload, sites, part} or {path, schema}")
+
+
+@dataclass(frozen=True)
+class SiteAddress:
+    """Where the coordinator reaches one site."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """The coordinator: where it listens, its sites, the analysts' token digests, and the
+    deadline of every call it makes to a site."""
+
+    listen: str
+    tls: Tls
+    analysts: dict[str, str]
+    sites: tuple[SiteAddress, ...]
+    deadline_s: float
+    mpc_host: str
+
+    def analyst(self, token: str) -> str | None:
+        """The analyst whose bearer token this is, if any (compared as SHA-256 digests)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        return next((name for name, known in self.analysts.items() if known == digest), None)
+
+
+def read_site(path: str | Path) -> SiteConfig:
+    """A site's configuration file."""
+    spec = _read(path)
+    budget = spec.get("budget")
+    disclosure = spec.get("disclosure") or {}
+    return SiteConfig(
+        name=_text(spec, "name", path),
+        listen=_text(spec, "listen", path),
+        tls=_tls(spec, path),
+        coordinator=_text(spec, "coordinator", path),
+        data=_mapping(spec, "data", path),
+        ledger=Path(_text(spec, "ledger", path)),
+        audit=Path(_text(spec, "audit", path)),
+        budget=(float(budget["epsilon"]), float(budget.get("delta", 0.0))) if budget else None,
+        policy=DisclosurePolicy(min_cell=int(disclosure.get("min_cell", 3)),
+                                max_parameter_ratio=float(
+                                    disclosure.get("max_parameter_ratio", 0.33))),
+        allow_plaintext=bool(spec.get("allow_plaintext", True)),
+        mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
+    )
+
+
+def read_coordinator(path: str | Path) -> CoordinatorConfig:
+    """The coordinator's configuration file (analysts' digests from their own file)."""
+    spec = _read(path)
+    analysts = _read(Path(path).parent / _text(spec, "analysts", path))
+    sites = spec.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise ConfigError(f"{path}: 'sites' must list at least one {{name, address}}")
+    return CoordinatorConfig(
+        listen=_text(spec, "listen", path),
+        tls=_tls(spec, path),
+        analysts={str(name): str(entry["token_sha256"]) for name, entry in analysts.items()},
+        sites=tuple(SiteAddress(str(s["name"]), str(s["address"])) for s in sites),
+        deadline_s=float(spec.get("deadline_s", 120.0)),
+        mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
+    )
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    return spec
+
+
+def _text(spec: dict[str, Any], key: str, path: str | Path) -> str:
+    value = spec.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: {key!r} must be a non-empty text")
+    return value
+
+
+def _mapping(spec: dict[str, Any], key: str, path: str | Path) -> dict[str, Any]:
+    value = spec.get(key)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key!r} must be a mapping")
+    return value
+
+
+def _tls(spec: dict[str, Any], path: str | Path) -> Tls:
+    """TLS files, relative paths taken from the configuration file's folder."""
+    tls = _mapping(spec, "tls", path)
+    folder = Path(path).parent
+    return Tls(*(folder / _text(tls, key, path) for key in ("cert", "key", "ca")))

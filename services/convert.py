@@ -1,0 +1,177 @@
+"""Protobuf messages ↔ pet values, in one place: queries, backend sessions, results.
+
+Everything a peer sends is checked here or by the pet constructors it feeds: a malformed
+message becomes a `QueryError` (INVALID_ARGUMENT) that names the field, never a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pet import codec
+from pet.backends import BACKENDS
+from pet.backends.base import Privacy
+from pet.errors import PetError, QueryError
+from pet.queries import QUERIES
+from pet.queries.base import Query
+from pet.result import Result, SiteReport
+from pet.schema import Schema
+from services.pb import common_pb2 as pb
+
+
+def query_message(query: Query) -> pb.Query:
+    """The wire form of a query: its class name and its non-default arguments."""
+    message = pb.Query(kind=type(query).__name__, where=getattr(query.where, "text", "") or "")
+    for field in dataclasses.fields(query):
+        value = getattr(query, field.name)
+        if field.name != "where" and value != _default(field):
+            message.arguments[field.name].CopyFrom(_value_message(value, field.name))
+    return message
+
+
+def query_of(message: pb.Query) -> Query:
+    """The query a message asks for; QueryError names what is wrong with it."""
+    cls = QUERIES.get(message.kind)
+    if cls is None:
+        raise QueryError(f"unknown query kind {message.kind!r}; choose one of {sorted(QUERIES)}")
+    arguments = {name: _value_of(value, name) for name, value in message.arguments.items()}
+    try:
+        return cls(**arguments, where=message.where or None)
+    except (TypeError, ValueError) as exc:
+        raise QueryError(f"{message.kind}: {exc}") from None
+
+
+def backend_message(name: str, options: Mapping[str, Any]) -> pb.Backend:
+    """The public description of a backend session."""
+    return pb.Backend(name=name, epsilon=float(options.get("epsilon", 0.0)),
+                      delta=float(options.get("delta", 0.0)),
+                      max_rows_per_site=int(options.get("max_rows_per_site", 0)),
+                      max_sites=int(options.get("max_sites", 0)),
+                      public_context=options.get("public_context") or b"")
+
+
+def backend_options(message: pb.Backend) -> dict[str, Any]:
+    """The keyword options that build the described backend (the analyst's public context
+    included, never a secret); unset fields keep the backend's defaults."""
+    if message.name not in BACKENDS:
+        raise QueryError(f"unknown backend {message.name!r}; choose one of {sorted(BACKENDS)}")
+    options: dict[str, Any] = {}
+    if BACKENDS[message.name].differentially_private:
+        options.update(epsilon=message.epsilon, delta=message.delta)
+    if message.max_rows_per_site:
+        options["max_rows_per_site"] = message.max_rows_per_site
+    if message.max_sites:
+        options["max_sites"] = message.max_sites
+    if message.name in ("he", "he+dp"):
+        if not message.public_context:
+            raise QueryError(f"{message.name} needs the analyst's public context")
+        options["public_context"] = message.public_context
+    return options
+
+
+def schema_json(schema: Schema) -> str:
+    """The public schema as JSON (its file form)."""
+    return json.dumps(schema.to_dict())
+
+
+def schema_of(text: str) -> Schema:
+    """A schema from its JSON form."""
+    try:
+        return Schema.from_dict(json.loads(text))
+    except ValueError as exc:
+        raise PetError(f"not a schema: {exc}") from None
+
+
+def guarantee_message(privacy: Privacy) -> pb.Guarantee:
+    """What a result guarantees, on the wire."""
+    message = pb.Guarantee(confidentiality=privacy.confidentiality)
+    for name in ("rho", "epsilon", "delta"):
+        if getattr(privacy, name) is not None:
+            setattr(message, name, getattr(privacy, name))
+    return message
+
+
+def privacy_of(message: pb.Guarantee) -> Privacy:
+    """A guarantee as pet's Privacy."""
+    return Privacy(message.confidentiality,
+                   *(getattr(message, n) if message.HasField(n) else None
+                     for n in ("rho", "epsilon", "delta")))
+
+
+def result_message(result: Result) -> pb.Result:
+    """A result with its cost and guarantee, the answer in pet's JSON encoding."""
+    return pb.Result(
+        query=result.query, backend=result.backend, value_json=codec.dumps(result.value),
+        n=result.n, missing=result.missing, error_bound=result.error_bound,
+        guarantee=guarantee_message(result.privacy),
+        cost=pb.Cost(latency_s=result.latency_s, rounds=result.rounds,
+                     comm_rounds=result.comm_rounds, combine_s=result.combine_s,
+                     reveal_s=result.reveal_s,
+                     sites=[pb.SiteCost(site=s.name, local_s=s.local_s, protect_s=s.protect_s,
+                                        bytes_sent=s.bytes_sent) for s in result.sites]))
+
+
+def result_of(message: pb.Result) -> Result:
+    """A result from its wire form."""
+    cost = message.cost
+    return Result(
+        query=message.query, value=codec.loads(message.value_json), backend=message.backend,
+        n=message.n, missing=dict(message.missing), error_bound=message.error_bound,
+        privacy=privacy_of(message.guarantee), rounds=cost.rounds, latency_s=cost.latency_s,
+        sites=tuple(SiteReport(s.site, s.local_s, s.protect_s, s.bytes_sent)
+                    for s in cost.sites),
+        combine_s=cost.combine_s, reveal_s=cost.reveal_s, comm_rounds=cost.comm_rounds)
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _value_message(value: Any, name: str) -> pb.Value:
+    if isinstance(value, bool):
+        return pb.Value(flag=value)
+    if isinstance(value, str):
+        return pb.Value(text=value)
+    if isinstance(value, int | np.integer):
+        return pb.Value(integer=int(value))
+    if isinstance(value, float | np.floating):
+        return pb.Value(number=float(value))
+    if isinstance(value, Mapping):
+        table = pb.Table()
+        for key, numbers in value.items():
+            table.entries[str(key)].items.extend(float(v) for v in numbers)
+        return pb.Value(table=table)
+    items = list(value)
+    if all(isinstance(v, str) for v in items):
+        return pb.Value(texts=pb.Texts(items=items))
+    return pb.Value(numbers=pb.Numbers(items=[float(v) for v in items]))
+
+
+def _value_of(value: pb.Value, name: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise QueryError(f"argument {name!r} has no value")
+    if kind == "texts":
+        return tuple(value.texts.items)
+    if kind == "numbers":
+        return tuple(_finite(v, name) for v in value.numbers.items)
+    if kind == "table":
+        return {key: tuple(_finite(v, name) for v in numbers.items)
+                for key, numbers in value.table.entries.items()}
+    if kind == "number":
+        return _finite(value.number, name)
+    return getattr(value, kind)
+
+
+def _finite(number: float, name: str) -> float:
+    if not math.isfinite(number):
+        raise QueryError(f"argument {name!r} holds {number}; only finite numbers are allowed")
+    return number

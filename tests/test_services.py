@@ -1,0 +1,362 @@
+"""The services over real gRPC on loopback: a coordinator and three site servers, each its
+own process started with `pet serve`, asked through the analyst's client."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pet.audit import AuditLog
+from pet.backends import BACKENDS
+from pet.client import Client, RemoteError
+from pet.ledger import Ledger
+from pet.queries import (
+    QUERIES,
+    Count,
+    Histogram,
+    KaplanMeier,
+    LogisticRegression,
+    Mean,
+)
+from pet.workloads import Workload
+from services import codegen
+from services.config import Tls
+from services.convert import query_message
+from services.local import LocalFederation
+from services.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, site_pb2, site_pb2_grpc
+from services.security import analyst_channel, peer_channel
+
+DP = {"epsilon": 1.0, "delta": 1e-6}
+BUDGET = {"epsilon": 1000.0, "delta": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """Three lung sites without cell suppression (answers compare with pooled data)."""
+    folder = tmp_path_factory.mktemp("federation")
+    with LocalFederation(folder, deadline_s=120, site_options={
+            "budget": BUDGET, "disclosure": {"min_cell": 1}}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """Three lung sites with disclosure control, a small budget, and site-2 refusing the
+    plaintext backend."""
+    folder = tmp_path_factory.mktemp("guarded")
+    with LocalFederation(folder, site_options={"budget": {"epsilon": 3.0, "delta": 1e-5}},
+                         per_site={"site-2": {"allow_plaintext": False}}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(federation: LocalFederation) -> Iterator[Client]:
+    with federation.client() as connected:
+        yield connected
+
+
+def test_generated_code_is_fresh() -> None:
+    assert codegen.stale() == []
+
+
+def test_the_federation_describes_its_sites_schema_and_backends(client: Client,
+                                                                lung3: Workload) -> None:
+    assert client.sites == ["site-1", "site-2", "site-3"]
+    assert client.schema == lung3.schema
+    assert client.backends == list(BACKENDS)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_every_backend_answers_through_the_services(client: Client, lung3: Workload,
+                                                    backend: str) -> None:
+    options = DP if BACKENDS[backend].differentially_private else {}
+    pooled = lung3.pooled()
+    with client.study(backend, **options) as study:
+        mean = study.run(Mean("age"))
+        counts = study.run(Histogram("age", (18, 50, 60, 70, 100)))
+    exact_counts = np.histogram(pooled.age, (18, 50, 60, 70, 100))[0]
+    if BACKENDS[backend].differentially_private:
+        assert mean.privacy.epsilon == 1.0
+        assert abs(mean.value - pooled.age.mean()) < 5  # ± a few years at n = 228, ε = 1
+        assert np.abs(counts.value - exact_counts).max() <= counts.error_bound * 3
+    else:
+        assert mean.privacy.epsilon is None  # exact, or within CKKS / fixed-point rounding
+        assert mean.value == pytest.approx(pooled.age.mean(), rel=1e-9 if mean.error_bound == 0
+                                           else 1e-6)
+        assert counts.value.tolist() == exact_counts.tolist()
+    assert mean.backend == backend
+    assert [s.name for s in mean.sites] == ["site-1", "site-2", "site-3"]
+
+
+def test_logistic_regression_under_he_reveals_every_round_at_the_analyst(
+        client: Client, lung3: Workload) -> None:
+    pooled = lung3.pooled().dropna(subset=["age", "sex", "ph_ecog"])
+    design = sm.add_constant(pooled[["age"]].assign(sex=(pooled.sex == "female").astype(float),
+                                                    ph_ecog=pooled.ph_ecog))
+    reference = sm.Logit(pooled.dead.astype(float), design).fit(disp=0)
+    with client.study("he") as study:
+        fit = study.run(LogisticRegression("dead", ("age", "sex", "ph_ecog")))
+    assert fit.rounds > 2
+    assert fit.value.names == ("intercept", "age", "sex[female]", "ph_ecog")
+    # CKKS rounding moves Newton's path a little (the in-process tests check its bound).
+    assert fit.value.coef == pytest.approx(reference.params.to_numpy(), abs=1e-3)
+    assert fit.value.se == pytest.approx(reference.bse.to_numpy(), rel=1e-3)
+
+
+def test_a_payload_beyond_the_message_limit_streams(client: Client, lung3: Workload) -> None:
+    edges = tuple(np.linspace(0, 100, 250_001))  # 250 000 counts: 62 BFV ciphertexts
+    with client.study("he") as study:
+        result = study.run(Histogram("age", edges))
+    assert min(s.bytes_sent for s in result.sites) > 4 * 1024 * 1024
+    assert result.value.tolist() == np.histogram(lung3.pooled().age, edges)[0].tolist()
+
+
+def test_kaplan_meier_under_mpc_matches_the_pooled_counts(client: Client,
+                                                          lung3: Workload) -> None:
+    pooled = lung3.pooled()
+    with client.study("mpc") as study:
+        curve = study.run(KaplanMeier("time", "dead", grid=(365, 730, 1100))).value
+    first_year = ((pooled.time <= 365) & pooled.dead).sum()
+    assert curve.events[0] == first_year
+
+
+def test_a_bad_query_is_invalid_argument(federation: LocalFederation) -> None:
+    start = coordinator_pb2.Start(query=query_message(Mean("height")),
+                                  backend=common_pb2.Backend(name="plaintext"))
+    channel = analyst_channel(federation.address, federation.certs.ca.read_bytes(),
+                              federation.token)
+    with channel, pytest.raises(grpc.RpcError) as refused:
+        list(coordinator_pb2_grpc.CoordinatorStub(channel).Run(
+            iter([coordinator_pb2.RunRequest(start=start)]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown column 'height'" in refused.value.details()
+
+
+def test_disclosure_control_is_failed_precondition(guarded: LocalFederation) -> None:
+    with guarded.client() as client, client.study("he") as study, \
+            pytest.raises(RemoteError) as refused:
+        study.run(Histogram("age", tuple(range(10, 111, 10))))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "fewer than 3 rows" in str(refused.value)
+
+
+def test_an_exhausted_budget_is_resource_exhausted_and_charges_nothing(
+        guarded: LocalFederation) -> None:
+    ledgers = [Ledger(guarded.directory / name / "ledger.sqlite") for name in guarded.names]
+    before = [ledger.budget(name).spent_epsilon
+              for ledger, name in zip(ledgers, guarded.names, strict=True)]
+    with guarded.client() as client, client.study("dp", epsilon=5.0, delta=0.0) as study, \
+            pytest.raises(RemoteError) as refused:
+        study.run(Count())
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [ledger.budget(name).spent_epsilon
+            for ledger, name in zip(ledgers, guarded.names, strict=True)] == before
+    entries = AuditLog(guarded.directory / "site-1" / "audit.sqlite").entries()
+    assert entries[-1].outcome == "refused"
+    assert entries[-1].epsilon == 0.0
+    assert "cannot pay" in entries[-1].detail
+
+
+def test_a_site_can_switch_the_plaintext_backend_off(guarded: LocalFederation) -> None:
+    with guarded.client() as client:
+        assert "plaintext" not in client.backends
+        with pytest.raises(RemoteError) as refused, client.study("plaintext") as study:
+            study.run(Count())
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert client.study("he").run(Count()).value == 228
+
+
+def test_a_wrong_or_missing_token_is_unauthenticated(guarded: LocalFederation) -> None:
+    for token in ("not-the-token", ""):
+        with Client(guarded.address, token=token or " ", ca=guarded.certs.ca) as stranger, \
+                pytest.raises(RemoteError) as refused:
+            stranger.study("he").run(Count())
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_site_refuses_a_client_without_a_certificate(guarded: LocalFederation) -> None:
+    address = f"127.0.0.1:{guarded.ports['site-1']}"
+    credentials = grpc.ssl_channel_credentials(root_certificates=guarded.certs.ca.read_bytes())
+    with grpc.secure_channel(address, credentials) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        site_pb2_grpc.SiteStub(channel).Describe(site_pb2.DescribeSiteRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
+
+
+def test_a_site_never_answers_another_site_asking_for_its_data(
+        guarded: LocalFederation) -> None:
+    tls = Tls(guarded.certs.cert("site-2"), guarded.certs.key("site-2"), guarded.certs.ca)
+    request = site_pb2.ContributeRequest(
+        request="r", query=query_message(Count()), state_json="null",
+        backend=common_pb2.Backend(name="he"), n_sites=3)
+    with peer_channel(f"127.0.0.1:{guarded.ports['site-1']}", tls) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        list(site_pb2_grpc.SiteStub(channel).Contribute(request, timeout=10))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "only 'coordinator' may call this site" in refused.value.details()
+
+
+def test_an_analyst_token_does_not_open_a_site(guarded: LocalFederation) -> None:
+    address = f"127.0.0.1:{guarded.ports['site-1']}"
+    with analyst_channel(address, guarded.certs.ca.read_bytes(), guarded.token) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        site_pb2_grpc.SiteStub(channel).Describe(site_pb2.DescribeSiteRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # no client certificate
+
+
+FIELDS = sorted({name for cls in QUERIES.values()
+                 for name in cls.__dataclass_fields__} | {"bogus"})
+VALUES = st.one_of(
+    st.builds(lambda t: common_pb2.Value(text=t), st.text(max_size=12)),
+    st.builds(lambda x: common_pb2.Value(number=x), st.floats(allow_nan=True)),
+    st.builds(lambda i: common_pb2.Value(integer=i), st.integers(-2**63, 2**63 - 1)),
+    st.builds(lambda b: common_pb2.Value(flag=b), st.booleans()),
+    st.builds(lambda xs: common_pb2.Value(texts=common_pb2.Texts(items=xs)),
+              st.lists(st.text(max_size=8), max_size=4)),
+    st.builds(lambda xs: common_pb2.Value(numbers=common_pb2.Numbers(items=xs)),
+              st.lists(st.floats(allow_nan=True), max_size=6)),
+    st.just(common_pb2.Value()),
+)
+KINDS = st.one_of(st.sampled_from(sorted(QUERIES)), st.text(max_size=10))
+COLUMNS = st.sampled_from(["nope", "", "age ", "AGE", "time; drop"])
+
+
+@st.composite
+def malformed(draw: st.DrawFn) -> coordinator_pb2.RunRequest:
+    """A run request that is wrong in at least one way: an unknown column (always, in a
+    text argument or the filter) plus any other random arguments, backend and options."""
+    query = common_pb2.Query(kind=draw(KINDS))
+    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True)):
+        query.arguments[name].CopyFrom(draw(VALUES))
+    bad = draw(COLUMNS)
+    if draw(st.booleans()):
+        query.where = f"{bad} == 1"
+    else:
+        query.arguments["column"].CopyFrom(common_pb2.Value(text=bad))
+        query.where = draw(st.sampled_from(["", "age >", "((", "sex == 'x' or", "nope > 1"]))
+    backend = common_pb2.Backend(
+        name=draw(st.sampled_from([*BACKENDS, "", "rot13"])),
+        epsilon=draw(st.floats(allow_nan=True)), delta=draw(st.floats(allow_nan=True)),
+        max_rows_per_site=draw(st.integers(-5, 10**9)), max_sites=draw(st.integers(-5, 200)),
+        public_context=draw(st.binary(max_size=64)))
+    return coordinator_pb2.RunRequest(start=coordinator_pb2.Start(query=query, backend=backend))
+
+
+def test_fuzzed_requests_are_invalid_arguments_and_the_servers_keep_serving(
+        federation: LocalFederation, client: Client, lung3: Workload) -> None:
+    channel = analyst_channel(federation.address, federation.certs.ca.read_bytes(),
+                              federation.token)
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    codes: dict[grpc.StatusCode, int] = {}
+
+    @settings(max_examples=1500, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(malformed())
+    def send(request: coordinator_pb2.RunRequest) -> None:
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Run(iter([request]), timeout=30))
+        codes[refused.value.code()] = codes.get(refused.value.code(), 0) + 1
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+
+    send()
+    channel.close()
+    assert sum(codes.values()) >= 1000
+    assert client.study().run(Mean("age")).value == pytest.approx(lung3.pooled().age.mean())
+
+
+def test_a_hundred_concurrent_clients_get_exact_answers_and_consistent_ledgers(
+        federation: LocalFederation, lung3: Workload) -> None:
+    ledgers = {n: Ledger(federation.directory / n / "ledger.sqlite") for n in federation.names}
+    spent = {n: ledger.budget(n).spent_epsilon for n, ledger in ledgers.items()}
+    audits = {n: len(AuditLog(federation.directory / n / "audit.sqlite").entries())
+              for n in federation.names}
+    exact = lung3.pooled().age.mean()
+
+    def analyst(k: int) -> tuple[float, int]:
+        with federation.client() as own:
+            mean = own.study().run(Mean("age", where="age >= 0")).value
+            count = own.study("dp", epsilon=0.25, delta=0.0).run(Count()).value
+        return mean, count
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(analyst, range(100)))
+    assert all(mean == pytest.approx(exact, rel=1e-12) for mean, _ in answers)
+    assert all(count >= 0 for _, count in answers)
+    for name, ledger in ledgers.items():
+        budget = ledger.budget(name)
+        assert budget.spent_epsilon == pytest.approx(spent[name] + 25.0, abs=1e-9)
+        log = AuditLog(federation.directory / name / "audit.sqlite")
+        assert log.verify() == audits[name] + 200
+        new = log.entries()[audits[name]:]
+        assert sum(e.epsilon for e in new) == pytest.approx(25.0, abs=1e-9)
+        assert [e.outcome for e in new] == ["answered"] * 200
+
+
+def test_a_site_killed_mid_query_is_unavailable_and_the_next_query_works(
+        tmp_path: Path, lung3: Workload) -> None:
+    with LocalFederation(tmp_path, deadline_s=60,
+                         site_options={"disclosure": {"min_cell": 1}}) as running, \
+            running.client(timeout_s=90) as client:
+        victim = running.processes["site-2"]
+        outcome: list[object] = []
+
+        def ask() -> None:
+            try:
+                outcome.append(client.study("mpc").run(Mean("age")))
+            except RemoteError as error:
+                outcome.append(error)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        parties = _wait_for_children(victim.pid)
+        running.stop_server("site-2", kill=True)
+        asking.join(120)
+        assert not asking.is_alive()
+        assert isinstance(outcome[0], RemoteError)
+        assert outcome[0].code == grpc.StatusCode.UNAVAILABLE
+        assert "site-2" in str(outcome[0]) or "party" in str(outcome[0])
+        _wait_gone(parties)
+        running.start_server("site-2")
+        result = client.study("mpc").run(Mean("age"))
+        assert result.value == pytest.approx(lung3.pooled().age.mean(), rel=1e-6)
+
+
+def _wait_for_children(pid: int, timeout_s: float = 60) -> list[int]:
+    """The child processes of `pid` (its MPC party) once there are some."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        children = [int(p) for p in found.stdout.split()]
+        if children:
+            time.sleep(1.0)  # the party is meeting its peers: kill the site mid-query
+            return children
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} started no MPC party within {timeout_s} s")
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 30) -> None:
+    """Every process in `pids` has ended (none is left hanging)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid) for pid in pids):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes {pids} still run {timeout_s} s after their site died")
+
+
+def _state(pid: int) -> str:
+    try:
+        return "(" + Path(f"/proc/{pid}/stat").read_text().split()[2] + ")"
+    except OSError:
+        return "(Z)"
