@@ -20,10 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check pet services tests benchmarks
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check pet services tests benchmarks

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from benchmarks.profile import Cell, Profile
 from benchmarks.queries import preset
-from benchmarks.report import markdown_summary, plot_all
+from benchmarks.report import by_transport, markdown_summary, plot_all
 from pet.backends import Backend, get_backend
 from pet.client import RemoteStudy
 from pet.disclosure import DisclosurePolicy
@@ -44,13 +44,12 @@ from pet.workloads import Workload, cohort, load
 from services.local import LocalFederation, table_data, workload_data
 
 CSV_COLUMNS = (
-    "workload", "query", "backend", "transport", "sites", "rows_per_site", "epsilon",
-    "repeats",
+    "workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
     "latency_median_s", "latency_p95_s", "throughput_rows_s", "bytes_total", "peak_mem_mb",
     "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
     "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "comm_rounds", "scan_s", "local_s",
     "protect_s",
-    "combine_s", "reveal_s", "session_bytes", "startup_s", "status", "message",
+    "combine_s", "reveal_s", "session_bytes", "startup_s", "transport", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "transport", "status", "message"})
@@ -281,7 +280,7 @@ class RunFolder:
             {"profile": profile.name, "description": profile.description,
              "machine": machine, "cells": records}, indent=1, default=_jsonable))
         (self.path / "summary.md").write_text(markdown_summary(frame, machine))
-        plot_all(frame, self.path)
+        plot_all(by_transport(frame), self.path)
         return frame
 
 

@@ -542,7 +542,8 @@ def _failure_line(cell: pd.Series) -> str:
 
 def markdown_summary(frame: pd.DataFrame, machine: Mapping[str, str]) -> str:
     """A Markdown report: the machine as a bullet list, a table of successful cells per
-    workload (human units), then every failed cell with its message."""
+    workload (human units), the service overhead where cells ran both ways, then every
+    failed cell with its message."""
     _require(frame, _SUMMARY_COLUMNS)
     ok_mask = frame["status"].astype(str).str.strip().str.lower() == "ok"
     lines = ["# Benchmark results", "", "## Machine", ""]
@@ -551,8 +552,9 @@ def markdown_summary(frame: pd.DataFrame, machine: Mapping[str, str]) -> str:
         lines.append("- (not recorded)")
     lines += ["", f"{len(frame)} cells: {int(ok_mask.sum())} ok, "
                   f"{int((~ok_mask).sum())} failed.", ""]
+    labelled = by_transport(frame)
     for workload in sorted(frame["workload"].astype(str).unique()):
-        cells = _sorted_cells(frame[ok_mask & (frame["workload"].astype(str) == workload)])
+        cells = _sorted_cells(labelled[ok_mask & (frame["workload"].astype(str) == workload)])
         lines += [f"## Workload `{workload}`", ""]
         if cells.empty:
             lines += ["_No successful cells._", ""]
@@ -562,10 +564,44 @@ def markdown_summary(frame: pd.DataFrame, machine: Mapping[str, str]) -> str:
                                     for i in range(len(_TABLE_HEADER))) + "|")
         lines += [_table_row(cell) for _, cell in cells.iterrows()]
         lines.append("")
-    failed = frame[~ok_mask]
+    lines += service_overhead(frame[ok_mask])
+    failed = by_transport(frame)[~ok_mask]
     if not failed.empty:
         lines += ["## Failed cells", ""]
         failed = _sorted_cells(failed).sort_values("workload", kind="stable")
         lines += [_failure_line(cell) for _, cell in failed.iterrows()]
         lines.append("")
     return "\n".join(lines)
+
+
+def by_transport(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with cells measured through the services named as their own backend
+    ("he via services"), so figures and tables show them beside in-process cells."""
+    if "transport" not in frame:
+        return frame
+    services = frame["transport"].astype(str) == "services"
+    return frame.assign(backend=frame["backend"].astype(str).where(
+        ~services, frame["backend"].astype(str) + " via services"))
+
+
+def service_overhead(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines: for each cell measured both in-process and through the services,
+    the two median latencies and what the services add (TLS, gRPC, the site servers'
+    own processes); nothing when no cell was measured both ways."""
+    if "transport" not in frame or frame["transport"].nunique() < 2:
+        return []
+    keys = ["workload", "query", "backend", "sites", "rows_per_site", "epsilon"]
+    pairs = frame.pivot_table(index=keys, columns="transport", values="latency_median_s",
+                              dropna=False).dropna()
+    if pairs.empty:
+        return []
+    lines = ["## Service overhead", "",
+             "| workload | query | backend | sites | rows/site | in-process | services "
+             "| added | ratio |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key, row in pairs.iterrows():
+        local, remote = row["in-process"], row["services"]
+        workload, query, backend, sites, rows, _ = key
+        lines.append(f"| {workload} | {query} | {backend} | {_integer(sites)} | "
+                     f"{_integer(rows)} | {human_seconds(local)} | {human_seconds(remote)} "
+                     f"| {human_seconds(remote - local)} | {remote / local:.2f}× |")
+    return [*lines, ""]

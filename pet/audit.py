@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pet.durable import DurableFile
 from pet.errors import PetError
 
 OUTCOMES = ("answered", "refused", "failed")
@@ -87,17 +86,12 @@ class AuditEntry:
     digest: str
 
 
-class AuditLog:
+class AuditLog(DurableFile):
     """The audit log in one SQLite file; safe to use from many threads and processes
     (each operation opens its own connection)."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
-        self.path = Path(path)
-        self.timeout_s = timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        super().__init__(path, _SCHEMA, timeout_s=timeout_s)
 
     def record(self, *, analyst: str, request: str, query: str, backend: str,
                epsilon: float = 0.0, delta: float = 0.0, outcome: str,
@@ -112,7 +106,7 @@ class AuditLog:
         if not isinstance(detail, str):
             raise AuditError(f"detail must be a string (may be empty), got {detail!r}")
         amounts = {"epsilon": _amount(epsilon, "epsilon"), "delta": _amount(delta, "delta")}
-        with self._transaction() as db:
+        with self.transaction() as db:
             last = db.execute("SELECT idx, digest FROM entries ORDER BY idx DESC LIMIT 1"
                               ).fetchone()
             index, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
@@ -138,7 +132,7 @@ class AuditLog:
                                   or limit < 0):
             raise AuditError(f"limit must be a whole number >= 0, got {limit!r}")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        with self._connection() as db:
+        with self.connection() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM entries {clause} ORDER BY idx DESC "
                               "LIMIT ?", [*params, -1 if limit is None else limit]).fetchall()
         return [AuditEntry(*row) for row in reversed(rows)]
@@ -148,7 +142,7 @@ class AuditLog:
         or raise AuditError naming the first entry that is missing, out of order or
         altered."""
         previous, count = GENESIS, 0
-        with self._connection() as db:
+        with self.connection() as db:
             for row in db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY idx"):
                 entry, count = AuditEntry(*row), count + 1
                 if entry.index != count:
@@ -160,28 +154,6 @@ class AuditLog:
                                      "it, or the one before it, has been altered")
                 previous = entry.digest
         return count
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the write lock from its start; rolled back on
-        any error, so a failed append leaves no trace."""
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
 
 def chain_digest(previous: str, entry: AuditEntry) -> str:

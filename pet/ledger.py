@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
+from pet.durable import DurableFile
 from pet.errors import PetError
 
 EPSILON_SCALE = 10**12
@@ -90,22 +90,17 @@ class Charge:
     at: str
 
 
-class Ledger:
+class Ledger(DurableFile):
     """The ledger in one SQLite file; safe to use from many threads and processes (each
     operation opens its own connection)."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
-        self.path = Path(path)
-        self.timeout_s = timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        super().__init__(path, _SCHEMA, timeout_s=timeout_s)
 
     def set_budget(self, dataset: str, epsilon: float, delta: float = 0.0) -> Budget:
         """Configure a dataset's total budget; it may not drop below what is spent."""
         total_e, total_d = _units(epsilon, "epsilon", up=False), _units(delta, "delta", up=False)
-        with self._transaction() as db:
+        with self.transaction() as db:
             spent_e, spent_d, _ = _spent(db, dataset)
             if total_e < spent_e or total_d < spent_d:
                 raise BudgetError(
@@ -125,7 +120,7 @@ class Ledger:
             raise BudgetError("a charge must name at least one dataset")
         cost_e, cost_d = _units(epsilon, "epsilon", up=True), _units(delta, "delta", up=True)
         request = request or uuid.uuid4().hex
-        with self._transaction() as db:
+        with self.transaction() as db:
             for dataset in names:
                 self._check_room(db, dataset, cost_e, cost_d, request)
             at = _now()
@@ -136,7 +131,7 @@ class Ledger:
 
     def budget(self, dataset: str) -> Budget:
         """The dataset's budget and spending."""
-        with self._connection() as db:
+        with self.connection() as db:
             row = db.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?",
                              (dataset,)).fetchone()
             if row is None:
@@ -147,7 +142,7 @@ class Ledger:
 
     def budgets(self) -> list[Budget]:
         """Every configured dataset's budget, by name."""
-        with self._connection() as db:
+        with self.connection() as db:
             names = [r[0] for r in db.execute("SELECT dataset FROM budgets ORDER BY dataset")]
         return [self.budget(name) for name in names]
 
@@ -155,7 +150,7 @@ class Ledger:
         """The charges recorded against the datasets, oldest first."""
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         marks = ", ".join("?" * len(names))
-        with self._connection() as db:
+        with self.connection() as db:
             rows = db.execute(f"SELECT request, dataset, epsilon, delta, query, at FROM charges "
                               f"WHERE dataset IN ({marks}) ORDER BY id", names).fetchall()
         return [Charge(r[0], r[1], r[2] / EPSILON_SCALE, r[3] / DELTA_SCALE, r[4], r[5])
@@ -163,7 +158,7 @@ class Ledger:
 
     def charged(self, request: str) -> tuple[float, float]:
         """What one request has been charged, over every dataset (0, 0 if nothing)."""
-        with self._connection() as db:
+        with self.connection() as db:
             row = db.execute("SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) "
                              "FROM charges WHERE request = ?", (request,)).fetchone()
         return row[0] / EPSILON_SCALE, row[1] / DELTA_SCALE
@@ -189,29 +184,6 @@ class Ledger:
                 f"{(row[0] - spent_e) / EPSILON_SCALE:g} of ε={row[0] / EPSILON_SCALE:g} and "
                 f"{(row[1] - spent_d) / DELTA_SCALE:g} of δ={row[1] / DELTA_SCALE:g} remain; "
                 "nothing was charged")
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the write lock from its start; rolled back on
-        any error, so a refused or failed request records nothing."""
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
 
 def _spent(db: sqlite3.Connection, dataset: str) -> tuple[int, int, int]:

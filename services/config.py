@@ -86,7 +86,6 @@ class CoordinatorConfig:
     analysts: dict[str, str]
     sites: tuple[SiteAddress, ...]
     deadline_s: float
-    mpc_host: str
 
     def analyst(self, token: str) -> str | None:
         """The analyst whose bearer token this is, if any (compared as SHA-256 digests)."""
@@ -129,7 +128,6 @@ def read_coordinator(path: str | Path) -> CoordinatorConfig:
         analysts={str(name): str(entry["token_sha256"]) for name, entry in analysts.items()},
         sites=tuple(SiteAddress(str(s["name"]), str(s["address"])) for s in sites),
         deadline_s=float(spec.get("deadline_s", 120.0)),
-        mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
     )
 
 

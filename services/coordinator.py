@@ -99,13 +99,17 @@ class SitePeer:
         except grpc.RpcError as error:
             raise from_rpc(error, f"site {self.name!r}") from None
 
-    def _back(self) -> bool:
-        """Whether the channel becomes ready within RECONNECT_S (the site is back)."""
+    def reachable(self, timeout_s: float) -> bool:
+        """Whether the channel is (or becomes, within the timeout) ready."""
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=RECONNECT_S)
+            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
             return False
         return True
+
+    def _back(self) -> bool:
+        """Whether an unreachable site comes back within RECONNECT_S."""
+        return self.reachable(RECONNECT_S)
 
 
 class RemoteSite:
@@ -174,8 +178,10 @@ class RemoteParties:
         try:
             return [codec.loads(call.result().output_json) for call in calls]
         except PetError as failure:
+            down = [peer.name for peer in self._peers if not peer.reachable(1.0)]
             self.close()
-            raise PartyError(f"MPC session ended: {failure}; nothing was revealed") from None
+            cause = f"site {down[0]!r} is unavailable" if down else str(failure)
+            raise PartyError(f"MPC session ended: {cause}; nothing was revealed") from None
 
     def close(self) -> None:
         """Every site leaves the session; the dealer stops."""
@@ -399,14 +405,9 @@ def serve(config_path: str) -> None:
     """Run the coordinator from its configuration file until SIGTERM or SIGINT."""
     config = read_coordinator(config_path)
     service = CoordinatorService(config)
-    credentials = server_credentials(config.tls, require_client_certificate=False)
-
-    def register(grpc_server: grpc.Server) -> list[str]:
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, grpc_server)
-        return [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name]
-
-    grpc_server, port = server.start(config.listen, credentials, register,
-                                     interceptors=[TokenInterceptor(config.analyst)])
-    print(f"coordinator serving on port {port} for sites "
-          f"{[s.name for s in config.sites]}", flush=True)
-    server.serve_until_stopped(grpc_server, service.close)
+    server.run(config.listen, server_credentials(config.tls, require_client_certificate=False),
+               service, coordinator_pb2_grpc.add_CoordinatorServicer_to_server,
+               coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
+               banner=lambda port: f"coordinator serving on port {port} for sites "
+                                   f"{[s.name for s in config.sites]}",
+               on_stop=service.close, interceptors=[TokenInterceptor(config.analyst)])

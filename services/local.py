@@ -83,7 +83,7 @@ class LocalFederation:
             "token_sha256": hashlib.sha256(self.token.encode()).hexdigest()}})
         self.configs["coordinator"] = self._write("coordinator.yaml", {
             "listen": f"{HOST}:{self.ports['coordinator']}", "tls": self._tls("coordinator"),
-            "analysts": "analysts.yaml", "deadline_s": deadline_s, "mpc": {"host": HOST},
+            "analysts": "analysts.yaml", "deadline_s": deadline_s,
             "sites": [{"name": n, "address": f"{HOST}:{self.ports[n]}"} for n in self.names]})
 
     @property

@@ -17,27 +17,39 @@ MAX_WORKERS = 64
 """Threads serving calls at once; more calls wait their turn instead of being refused."""
 
 
-def start(listen: str, credentials: grpc.ServerCredentials,
-          register: Callable[[grpc.Server], Sequence[str]], *,
+def start(listen: str, credentials: grpc.ServerCredentials, servicer: Any,
+          add: Callable[[Any, grpc.Server], None], service: str, *,
           interceptors: Sequence[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int]:
-    """A started server on `listen` with the services `register` adds (it returns their
-    full names), health checking reporting SERVING for each, and reflection. Returns the
-    server and the port it bound (useful with port 0)."""
+    """A started server on `listen` with one servicer (`add` registers it, `service` is
+    its full name), health checking reporting SERVING, and reflection. Returns the server
+    and the port it bound (useful with port 0)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS),
                          interceptors=list(interceptors),
                          options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    names = list(register(server))
+    add(servicer, server)
     checker = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    for name in ["", *names]:
+    for name in ("", service):
         checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        [service, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     server.start()
     return server, port
+
+
+def run(listen: str, credentials: grpc.ServerCredentials, servicer: Any,
+        add: Callable[[Any, grpc.Server], None], service: str, *,
+        banner: Callable[[int], str], on_stop: Callable[[], Any],
+        interceptors: Sequence[grpc.ServerInterceptor] = ()) -> None:
+    """Start a server as `start` does, print its banner, and serve until SIGTERM or SIGINT
+    (then `on_stop` releases what the servicer holds)."""
+    server, port = start(listen, credentials, servicer, add, service,
+                         interceptors=interceptors)
+    print(banner(port), flush=True)
+    serve_until_stopped(server, on_stop)
 
 
 def serve_until_stopped(server: grpc.Server, on_stop: Callable[[], Any] = lambda: None,

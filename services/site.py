@@ -221,13 +221,10 @@ def serve(config_path: str) -> None:
     """Run a site server from its configuration file until SIGTERM or SIGINT."""
     config = read_site(config_path)
     service = SiteService(config)
-    credentials = server_credentials(config.tls, require_client_certificate=True)
-
-    def register(grpc_server: grpc.Server) -> list[str]:
-        site_pb2_grpc.add_SiteServicer_to_server(service, grpc_server)
-        return [site_pb2.DESCRIPTOR.services_by_name["Site"].full_name]
-
-    grpc_server, port = server.start(config.listen, credentials, register)
-    print(f"site {config.name!r} serving on port {port} "
-          f"({service.site.table.n_rows} rows, backends {service.backends})", flush=True)
-    server.serve_until_stopped(grpc_server, service.close)
+    server.run(config.listen, server_credentials(config.tls, require_client_certificate=True),
+               service, site_pb2_grpc.add_SiteServicer_to_server,
+               site_pb2.DESCRIPTOR.services_by_name["Site"].full_name,
+               banner=lambda port: f"site {config.name!r} serving on port {port} "
+                                   f"({service.site.table.n_rows} rows, backends "
+                                   f"{service.backends})",
+               on_stop=service.close)

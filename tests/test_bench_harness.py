@@ -141,4 +141,5 @@ def test_quick_profile_runs_from_the_command_line(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     frame = pd.read_csv(tmp_path / "quick" / "results.csv")
     assert len(frame) == len(Profile.load("quick").cells())
-    assert (frame.status == "ok").all()
+    assert (frame.status == "ok").all(), frame.message.dropna().tolist()
+    assert (frame.transport == "services").sum() == 1

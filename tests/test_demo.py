@@ -18,8 +18,8 @@ def test_demo_runs_every_backend_through_the_servers_and_stops_them() -> None:
     lung = load_lung()
     for backend in BACKENDS:
         assert f"backend {backend} — " in output
-        assert re.search(rf"^\s+{re.escape(backend)}\s+228\s+0\s", output, re.M) or \
-            backend in ("dp", "he+dp", "mpc+dp")
+        exact = re.search(rf"^(Count\(\))?\s+{re.escape(backend)}\s+228\s+0\s", output, re.M)
+        assert exact or backend in ("dp", "he+dp", "mpc+dp")  # DP counts carry noise
     assert re.search(rf"Mean\(age\)\s+plaintext\s+{lung.age.mean():.4g}\s+0\s", output)
     assert re.search(rf"ExactQuantiles\(age, probs=\[0.5\]\)\s+plaintext\s+"
                      rf"\[{lung.age.median():g}\]", output)

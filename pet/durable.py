@@ -1,0 +1,47 @@
+"""A SQLite file that keeps every write whose call returned, shared by threads and
+processes: the storage under each site's privacy ledger and audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class DurableFile:
+    """One SQLite file in WAL mode with `synchronous=FULL` (a write that returned survives
+    a kill -9); every operation opens its own connection, so any thread or process may
+    use it, and writes take the write lock first (BEGIN IMMEDIATE)."""
+
+    def __init__(self, path: str | Path, schema: str, *, timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(schema)
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads (and the schema), closed after the block."""
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the write lock from its start; rolled back on
+        any error, so a refused or failed write records nothing."""
+        with self.connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
