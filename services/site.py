@@ -92,9 +92,9 @@ class SiteService(site_pb2_grpc.SiteServicer):
     @handled_stream
     def Contribute(self, request: site_pb2.ContributeRequest,
                    context: grpc.ServicerContext) -> Iterator[site_pb2.ContributePiece]:
-        require_peer(context, self.config.coordinator)
         name, query_text = request.backend.name, request.query.kind
         try:
+            require_peer(context, self.config.coordinator)
             if name not in self.backends:
                 raise CallError(grpc.StatusCode.PERMISSION_DENIED,
                                 f"site {self.site.name!r} does not take part in {name!r} "

@@ -13,8 +13,10 @@ from pet.backends import BACKENDS
 
 
 def test_demo_runs_every_backend_through_the_servers_and_stops_them() -> None:
-    output = subprocess.run([sys.executable, "-m", "pet", "demo"], capture_output=True,
-                            text=True, check=True, timeout=600).stdout
+    done = subprocess.run([sys.executable, "-m", "pet", "demo"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout
     lung = load_lung()
     for backend in BACKENDS:
         assert f"backend {backend} — " in output

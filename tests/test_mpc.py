@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, SECURE
+from pet.backends.mpc import MPC, SECURE, _agree
 from pet.errors import PetError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import scale_bits
@@ -20,6 +20,7 @@ from pet.queries import (
     Correlation,
     Covariance,
     ExactQuantiles,
+    LinearFit,
     LinearRegression,
     LogisticRegression,
     Mean,
@@ -214,3 +215,12 @@ def test_ten_million_rows_neither_overflow_nor_lose_the_answer(mpc: MPC, lung3: 
         combined = mpc.combine([mpc.protect(p, layout) for p in partials], layout)
         conclusion = mpc.conclude(query, lung3.schema, None, combined, layout)
         assert abs(conclusion.outcome - end) <= conclusion.error_bound
+
+
+def test_copies_that_agree_on_coefficients_but_not_on_standard_errors_are_rerun() -> None:
+    def fit(se0: float) -> LinearFit:
+        return LinearFit(("intercept", "x"), np.array([1.0, 2.0]), np.array([se0, 0.1]),
+                         100, 0.5, 0.49, 1.0, 98)
+
+    assert _agree([(fit(5.0), 1e-6), (fit(5.0 * (1 + 1e-6)), 1e-6)])
+    assert not _agree([(fit(5.0), 1e-6), (fit(16.0), 1e-6)])  # a wrapped truncation

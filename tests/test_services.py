@@ -3,7 +3,11 @@ own process started with `pet serve`, asked through the analyst's client."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +21,7 @@ import statsmodels.api as sm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pet import codec
 from pet.audit import AuditLog
 from pet.backends import BACKENDS
 from pet.client import Client, RemoteError
@@ -132,6 +137,36 @@ def test_kaplan_meier_under_mpc_matches_the_pooled_counts(client: Client,
     assert curve.events[0] == first_year
 
 
+def _pet(*args: str, token: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pet", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PET_TOKEN": token})
+
+
+def test_the_command_line_asks_the_federation_and_reads_a_site_s_files(
+        federation: LocalFederation, lung3: Workload) -> None:
+    connect = ["--coordinator", federation.address, "--ca", str(federation.certs.ca)]
+    asked = _pet("query", "Mean('age', where=\"sex == 'female'\")", *connect, "--backend", "he",
+                 "--json", token=federation.token)
+    assert asked.returncode == 0, asked.stderr
+    answer = codec.loads(asked.stdout)
+    pooled = lung3.pooled()
+    assert answer["value"] == pytest.approx(pooled.age[pooled.sex == "female"].mean(), rel=1e-6)
+    assert answer["backend"] == "he" and answer["n"] == (pooled.sex == "female").sum()
+    table = _pet("query", "Count()", *connect, token=federation.token)
+    assert re.search(r"^Count\(\)\s+228\s+228\s", table.stdout, re.M), table.stdout
+    budgets = json.loads(_pet("budget", *connect, "--json", token=federation.token).stdout)
+    assert [b["site"] for b in budgets] == federation.names
+    refused = _pet("query", "Count()", *connect, token="wrong")
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    log = federation.directory / "site-1" / "audit.sqlite"
+    audit = _pet("audit", str(log), "--json", "--verify")
+    assert audit.returncode == 0 and "audit chain intact" in audit.stderr
+    assert json.loads(audit.stdout)[-1]["query"] == "Count()"
+    health = _pet("health", f"127.0.0.1:{federation.ports['site-1']}", "--tls",
+                  str(federation.certs.directory), "--role", "coordinator")
+    assert health.returncode == 0 and "SERVING" in health.stdout
+
+
 def test_a_bad_query_is_invalid_argument(federation: LocalFederation) -> None:
     start = coordinator_pb2.Start(query=query_message(Mean("height")),
                                   backend=common_pb2.Backend(name="plaintext"))
@@ -206,6 +241,8 @@ def test_a_site_never_answers_another_site_asking_for_its_data(
         list(site_pb2_grpc.SiteStub(channel).Contribute(request, timeout=10))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "only 'coordinator' may call this site" in refused.value.details()
+    last = AuditLog(guarded.directory / "site-1" / "audit.sqlite").entries()[-1]
+    assert last.outcome == "refused" and "names 'site-2'" in last.detail
 
 
 def test_an_analyst_token_does_not_open_a_site(guarded: LocalFederation) -> None:

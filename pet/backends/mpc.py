@@ -179,11 +179,27 @@ def _unit(parties: int, sites: int, digits: int, bits: int, n: float) -> float:
     return (4 * parties + 1) * 2.0**-digits + 3 * sites * 2.0 ** -(bits + 1) / max(n, 1.0)
 
 
+SPREAD_AGREEMENT = 1e-2
+"""Relative agreement asked of the two copies' standard errors and fit statistics: their
+truncation noise is near 2^-20, a wrapped truncation is off by orders of magnitude."""
+
+
 def _agree(answers: list[tuple[Any, float]]) -> bool:
-    """Whether every copy's answer lies within the sum of the copies' bounds of the first."""
+    """Whether every copy's answer lies within the sum of the copies' bounds of the first,
+    and a fit's standard errors and statistics (which no bound covers) agree closely."""
     first, bound = answers[0]
     return all(np.all(np.abs(_numbers(a) - _numbers(first)) <= bound + b)
+               and np.allclose(_statistics(a), _statistics(first), rtol=SPREAD_AGREEMENT,
+                               atol=0.0)
                for a, b in answers[1:])
+
+
+def _statistics(value: Any) -> np.ndarray:
+    """A fit's standard errors and summary statistics (R², σ, log-likelihood); nothing for
+    other answers."""
+    names = ("se", "r2", "sigma", "log_likelihood")
+    return np.concatenate([np.ravel(np.asarray(getattr(value, name), dtype=np.float64))
+                           for name in names if hasattr(value, name)] or [np.zeros(0)])
 
 
 def _numbers(value: Any) -> np.ndarray:
