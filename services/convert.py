@@ -49,11 +49,13 @@ def query_of(message: pb.Query) -> Query:
 
 def backend_message(name: str, options: Mapping[str, Any]) -> pb.Backend:
     """The public description of a backend session."""
-    return pb.Backend(name=name, epsilon=float(options.get("epsilon", 0.0)),
-                      delta=float(options.get("delta", 0.0)),
-                      max_rows_per_site=int(options.get("max_rows_per_site", 0)),
-                      max_sites=int(options.get("max_sites", 0)),
-                      public_context=options.get("public_context") or b"")
+    message = pb.Backend(name=name, max_rows_per_site=int(options.get("max_rows_per_site", 0)),
+                         max_sites=int(options.get("max_sites", 0)),
+                         public_context=options.get("public_context") or b"")
+    for field in ("epsilon", "delta"):
+        if options.get(field) is not None:
+            setattr(message, field, float(options[field]))
+    return message
 
 
 def backend_options(message: pb.Backend) -> dict[str, Any]:
@@ -63,7 +65,8 @@ def backend_options(message: pb.Backend) -> dict[str, Any]:
         raise QueryError(f"unknown backend {message.name!r}; choose one of {sorted(BACKENDS)}")
     options: dict[str, Any] = {}
     if BACKENDS[message.name].differentially_private:
-        options.update(epsilon=message.epsilon, delta=message.delta)
+        options.update({field: getattr(message, field) for field in ("epsilon", "delta")
+                        if message.HasField(field)})
     if message.max_rows_per_site:
         options["max_rows_per_site"] = message.max_rows_per_site
     if message.max_sites:

@@ -94,7 +94,11 @@ def test_every_backend_answers_through_the_services(client: Client, lung3: Workl
     exact_counts = np.histogram(pooled.age, (18, 50, 60, 70, 100))[0]
     if BACKENDS[backend].differentially_private:
         assert mean.privacy.epsilon == 1.0
-        assert abs(mean.value - pooled.age.mean()) < 5  # ± a few years at n = 228, ε = 1
+        # n and the sum of ages scaled onto [-1, 1] each carry noise within a = 3× the
+        # 95% half-width but with probability 1 - 1e-8; then the mean is off by at most
+        # half-range × 2a / (n - a), since a scaled mean lies in [-1, 1].
+        a, half = 3 * mean.error_bound, (100 - 18) / 2
+        assert abs(mean.value - pooled.age.mean()) <= half * 2 * a / (len(pooled) - a)
         assert np.abs(counts.value - exact_counts).max() <= counts.error_bound * 3
     else:
         assert mean.privacy.epsilon is None  # exact, or within CKKS / fixed-point rounding
@@ -103,6 +107,22 @@ def test_every_backend_answers_through_the_services(client: Client, lung3: Workl
         assert counts.value.tolist() == exact_counts.tolist()
     assert mean.backend == backend
     assert [s.name for s in mean.sites] == ["site-1", "site-2", "site-3"]
+
+
+@pytest.mark.parametrize("backend", ["dp", "he+dp", "mpc+dp"])
+def test_a_dp_study_that_names_no_delta_keeps_the_in_process_default(
+        client: Client, backend: str) -> None:
+    in_process = BACKENDS[backend](epsilon=1.0).cost()
+    with client.study(backend, epsilon=1.0) as study:
+        result = study.run(Count())
+    assert in_process[1] > 0  # Gaussian noise, which he+dp and mpc+dp need
+    assert (result.privacy.epsilon, result.privacy.delta) == in_process
+
+
+def test_a_dp_study_asking_for_delta_zero_gets_laplace_noise(client: Client) -> None:
+    with client.study("dp", epsilon=1.0, delta=0.0) as study:
+        result = study.run(Count())
+    assert result.privacy.delta == 0 and result.privacy.rho is None
 
 
 def test_logistic_regression_under_he_reveals_every_round_at_the_analyst(
