@@ -13,6 +13,8 @@ from typing import Any
 
 from benchmarks.cli import add_arguments, run
 from pet.errors import PetError
+from pet.synth.commands import add_arguments as add_synth
+from pet.synth.commands import run as run_synth
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, help="the most recent N entries")
     audit.add_argument("--verify", action="store_true", help="check the hash chain first")
     _json(audit)
+
+    add_synth(commands.add_parser("synth", help="fit a DP synthesizer (fit) or sample a "
+                                                "synthetic table with its data card (sample)"))
 
     health = commands.add_parser("health", help="check that a server is SERVING")
     health.add_argument("address")
@@ -217,7 +222,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _demo, "bench": run, "serve": _serve, "certs": _certs, "query": _query,
-            "budget": _budget, "audit": _audit, "health": _health}
+            "budget": _budget, "audit": _audit, "health": _health, "synth": run_synth}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ Amounts are kept as integers — ε in units of 10^-12, δ in units of 10^-18 �
 sums are exact: a charge is rounded up and a budget down, never in the analyst's
 favour. Composition is sequential (the ε and the δ of charges add), which holds for
 every mechanism pet uses.
+
+A request that makes many Gaussian releases (a synthesizer's fit) is charged its whole
+(ε, δ) once, up front; each of its releases then spends ρ (zCDP, which composes by
+addition) from the ρ that (ε, δ) affords, and the ledger refuses a release that would
+spend more (`spend`). The (ε, δ) charged stays the request's true cost whatever it spent.
 """
 
 from __future__ import annotations
@@ -51,7 +56,19 @@ CREATE TABLE IF NOT EXISTS charges (
     UNIQUE (request, dataset)
 );
 CREATE INDEX IF NOT EXISTS charges_by_dataset ON charges (dataset);
+CREATE TABLE IF NOT EXISTS spends (
+    id INTEGER PRIMARY KEY,
+    request TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    rho INTEGER NOT NULL CHECK (rho >= 0),
+    query TEXT NOT NULL,
+    at TEXT NOT NULL,
+    FOREIGN KEY (request, dataset) REFERENCES charges (request, dataset)
+);
+CREATE INDEX IF NOT EXISTS spends_by_request ON spends (request, dataset);
 """
+RHO_SCALE = 10**15
+"""Ledger units per unit of ρ (zCDP)."""
 
 
 class BudgetError(PetError):
@@ -163,6 +180,39 @@ class Ledger(DurableFile):
                              "FROM charges WHERE request = ?", (request,)).fetchone()
         return row[0] / EPSILON_SCALE, row[1] / DELTA_SCALE
 
+    def spend(self, datasets: str | Iterable[str], request: str, rho: float, *,
+              allowed: float, query: str) -> float:
+        """Record one ρ-zCDP release of an already charged request against every dataset it
+        touches, all or none, refusing one that would take the request's releases past
+        the `allowed` ρ its charge affords. Returns the ρ the request has spent since."""
+        names = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets))
+        cost, limit = _units(rho, "rho", up=True), _units(allowed, "rho", up=False)
+        spent = 0
+        with self.transaction() as db:
+            for dataset in names:
+                if db.execute("SELECT 1 FROM charges WHERE request = ? AND dataset = ?",
+                              (request, dataset)).fetchone() is None:
+                    raise BudgetError(f"request {request!r} has not been charged to dataset "
+                                      f"{dataset!r}; charge its (ε, δ) before it spends ρ")
+                spent = db.execute("SELECT COALESCE(SUM(rho), 0) FROM spends WHERE request = ? "
+                                   "AND dataset = ?", (request, dataset)).fetchone()[0]
+                if spent + cost > limit:
+                    raise BudgetError(
+                        f"request {request!r} cannot spend ρ={cost / RHO_SCALE:g} more on "
+                        f"dataset {dataset!r}: it has spent {spent / RHO_SCALE:g} of the "
+                        f"ρ={limit / RHO_SCALE:g} its charge affords; nothing was spent")
+            at = _now()
+            db.executemany("INSERT INTO spends (request, dataset, rho, query, at) VALUES "
+                           "(?, ?, ?, ?, ?)", [(request, d, cost, query, at) for d in names])
+        return (spent + cost) / RHO_SCALE
+
+    def spent_rho(self, request: str, dataset: str) -> float:
+        """The ρ a request's releases have spent on one dataset."""
+        with self.connection() as db:
+            row = db.execute("SELECT COALESCE(SUM(rho), 0) FROM spends WHERE request = ? AND "
+                             "dataset = ?", (request, dataset)).fetchone()
+        return row[0] / RHO_SCALE
+
     def _check_room(self, db: sqlite3.Connection, dataset: str, cost_e: int, cost_d: int,
                     request: str) -> None:
         row = db.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?",
@@ -199,7 +249,8 @@ def _units(value: float, name: str, *, up: bool) -> int:
         raise BudgetError(f"{name} must be a finite number >= 0, got {value!r}")
     if name == "delta" and value > 1:
         raise BudgetError(f"delta must be at most 1, got {value!r}")
-    scaled = Decimal(repr(float(value))) * (EPSILON_SCALE if name == "epsilon" else DELTA_SCALE)
+    unit = {"epsilon": EPSILON_SCALE, "delta": DELTA_SCALE, "rho": RHO_SCALE}[name]
+    scaled = Decimal(repr(float(value))) * unit
     whole = int(scaled.to_integral_value(ROUND_CEILING if up else ROUND_FLOOR))
     if whole >= 2**63:
         raise BudgetError(f"{name}={value:g} is larger than the ledger can hold")

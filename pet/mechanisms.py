@@ -83,6 +83,72 @@ def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
     return Mechanism("gaussian", scale, layout.l2, layout.size, epsilon, delta, rho)
 
 
+def calibrate_rho(layout: Layout, rho: float, delta: float) -> Mechanism:
+    """The least Gaussian noise that makes one release of the layout ρ-zCDP (OpenDP's
+    search on its own zCDP map); its ε is what that ρ alone implies at δ."""
+    check_rho(rho)
+    scale = dp.binary_search_param(lambda s: _measurement("gaussian", layout.size, s),
+                                   d_in=layout.l2, d_out=rho)
+    exact = _measurement("gaussian", layout.size, scale).map(layout.l2)
+    return Mechanism("gaussian", scale, layout.l2, layout.size, epsilon_of(exact, delta),
+                     delta, exact)
+
+
+@lru_cache(maxsize=256)
+def rho_of(epsilon: float, delta: float) -> float:
+    """The largest ρ whose zCDP guarantee OpenDP converts to (ε, δ)-DP: the ρ budget that
+    an (ε, δ) charge affords a run of Gaussian releases (zCDP composes by adding ρ)."""
+    check_privacy(epsilon, delta)
+    if delta == 0:
+        raise ArgumentError("a zCDP budget needs δ > 0 (ρ-zCDP implies no pure ε-DP)")
+    scale = dp.binary_search_param(lambda s: _approximate(_measurement("gaussian", 1, s), delta),
+                                   d_in=1.0, d_out=(epsilon, delta))
+    return float(_measurement("gaussian", 1, scale).map(1.0))
+
+
+def epsilon_of(rho: float, delta: float) -> float:
+    """The ε at δ that OpenDP's conversion gives a ρ-zCDP guarantee: how a zCDP total is
+    reported as (ε, δ)."""
+    check_rho(rho)
+    scale = 1.0 / math.sqrt(2 * rho)  # a unit-sensitivity Gaussian whose map is ρ
+    gaussian = _measurement("gaussian", 1, scale)
+    return float(_approximate(gaussian, delta).map(1.0)[0])
+
+
+def check_rho(rho: float) -> None:
+    """Refuse a ρ that is not a finite positive number."""
+    if not (isinstance(rho, int | float) and math.isfinite(rho) and rho > 0):
+        raise ArgumentError(f"rho must be a finite number > 0, got {rho!r}")
+
+
+def noisy_max(scores: np.ndarray, sensitivity: float, rho: float) -> int:
+    """The index of the highest score by OpenDP's exponential mechanism (Gumbel noisy max),
+    ρ-zCDP for scores that one row moves by at most `sensitivity` each."""
+    check_rho(rho)
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=len(scores))
+
+    def selection(s: float) -> dp.Measurement:
+        return dp.m.make_noisy_max(domain, dp.linf_distance(T=float),
+                                   dp.zero_concentrated_divergence(), scale=s)
+
+    scale = dp.binary_search_param(selection, d_in=float(sensitivity), d_out=rho)
+    return int(selection(scale)(np.asarray(scores, dtype=np.float64).tolist()))
+
+
+def release_mechanism(layout: Layout, epsilon: float, delta: float,
+                      rho: float | None) -> Mechanism:
+    """The mechanism of one release of a DP backend: calibrated to its (ε, δ), or, inside a
+    request charged (ε, δ) once for many releases, to the ρ this release spends."""
+    return calibrated(layout, epsilon, delta) if rho is None else calibrated_rho(layout, rho,
+                                                                                delta)
+
+
+@lru_cache(maxsize=256)
+def calibrated_rho(layout: Layout, rho: float, delta: float) -> Mechanism:
+    """`calibrate_rho`, remembered."""
+    return calibrate_rho(layout, rho, delta)
+
+
 @lru_cache(maxsize=256)
 def calibrated(layout: Layout, epsilon: float, delta: float) -> Mechanism:
     """`calibrate`, remembered: every site and round of a query asks for the same one."""
@@ -103,6 +169,19 @@ def check_privacy(epsilon: float, delta: float) -> None:
         raise ArgumentError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     if not (isinstance(delta, int | float) and 0 <= delta < 1):
         raise ArgumentError(f"delta must lie in [0, 1), got {delta!r}")
+
+
+def check_budget(epsilon: float, delta: float,
+                 rho: float | None) -> tuple[float, float, float | None]:
+    """A DP backend's (ε, δ) and, for a request of many releases, the ρ each one spends:
+    refused unless ρ fits inside what (ε, δ) affords."""
+    check_privacy(epsilon, delta)
+    if rho is not None:
+        check_rho(rho)
+        if rho > rho_of(epsilon, delta):
+            raise ArgumentError(f"rho={rho:g} per release exceeds the ρ={rho_of(epsilon, delta):g}"
+                                f" that ε={epsilon:g}, δ={delta:g} afford")
+    return epsilon, delta, rho
 
 
 def _measurement(kind: str, size: int, scale: float) -> dp.Measurement:

@@ -17,6 +17,7 @@ from pet.backends.base import Backend
 from pet.disclosure import DisclosurePolicy
 from pet.errors import PetError
 from pet.ledger import Ledger
+from pet.mechanisms import rho_of
 from pet.queries.base import Query, State
 from pet.schema import Schema
 from pet.table import Table
@@ -59,6 +60,9 @@ class Site:
                    request: str | None = None) -> Contribution:
         """The message this site sends for one round under `backend`. Under a DP backend
         the release is charged to the site's ledger first (see `charge`)."""
+        if query.requires_dp and not backend.differentially_private:
+            raise PetError(f"{query.describe()} may only be released under a DP backend "
+                           f"(dp, he+dp, mpc+dp), not {backend.name}")
         start = time.perf_counter()
         partial = self.partial(query, state)
         if backend.differentially_private:
@@ -80,8 +84,17 @@ class Site:
                            "one (Site(..., ledger=Ledger(path)))")
         epsilon, delta = backend.cost()
         rounds = query.max_rounds
-        self.ledger.charge(self.dataset, epsilon * rounds, min(delta * rounds, 1.0),
-                           query=query.describe(), request=request)
+        rho = getattr(backend, "rho", None)
+        if rho is None:
+            self.ledger.charge(self.dataset, epsilon * rounds, min(delta * rounds, 1.0),
+                               query=query.describe(), request=request)
+            return
+        # One of many Gaussian releases of a request charged its whole (ε, δ) once: each
+        # spends ρ from what that charge affords (zCDP composition).
+        self.ledger.charge(self.dataset, epsilon, delta, query=f"zCDP budget of {request}",
+                           request=request)
+        self.ledger.spend(self.dataset, request, rho * rounds, allowed=rho_of(epsilon, delta),
+                          query=query.describe())
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={self.table.n_rows})"

@@ -55,8 +55,10 @@ class Study:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, query: Query) -> Result:
-        """Answer `query` across all sites; raises if any site refuses or the query is bad."""
+    def run(self, query: Query, *, request: str | None = None) -> Result:
+        """Answer `query` across all sites; raises if any site refuses or the query is bad.
+        Releases that share a `request` id are charged to the sites' ledgers once (a
+        synthesizer's fit, whose releases spend ρ from one (ε, δ) charge)."""
         query.validate(self.schema)
         start = time.perf_counter()
         names = [s.name for s in self.sites]
@@ -65,7 +67,7 @@ class Study:
         comm_rounds = 0
         timings = {"combine": 0.0, "reveal": 0.0}
         state = query.initial_state(self.schema)
-        request = uuid.uuid4().hex  # one ledger charge per site for all rounds
+        request = request or uuid.uuid4().hex  # one ledger charge per site for all rounds
         for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
             layout = query.layout(self.schema, state)
             contributions = self._contributions(query, state, request)
@@ -91,7 +93,7 @@ class Study:
             value=conclusion.outcome,
             backend=self.backend.name,
             n=int(head[0]),
-            missing=dict(zip(query.used_columns(), head[1:].tolist(), strict=True)),
+            missing=dict(zip(query.missing_columns(), head[1:].tolist(), strict=True)),
             error_bound=conclusion.error_bound,
             privacy=conclusion.privacy,
             rounds=rounds,

@@ -155,6 +155,8 @@ def _value_message(value: Any, name: str) -> pb.Value:
     items = list(value)
     if all(isinstance(v, str) for v in items):
         return pb.Value(texts=pb.Texts(items=items))
+    if items and all(isinstance(v, tuple | list) for v in items):
+        return pb.Value(groups=pb.Groups(items=[pb.Texts(items=list(v)) for v in items]))
     return pb.Value(numbers=pb.Numbers(items=[float(v) for v in items]))
 
 
@@ -164,6 +166,8 @@ def _value_of(value: pb.Value, name: str) -> Any:
         raise QueryError(f"argument {name!r} has no value")
     if kind == "texts":
         return tuple(value.texts.items)
+    if kind == "groups":
+        return tuple(tuple(group.items) for group in value.groups.items)
     if kind == "numbers":
         return tuple(_finite(v, name) for v in value.numbers.items)
     if kind == "table":

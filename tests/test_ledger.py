@@ -60,6 +60,21 @@ def test_a_retried_request_is_charged_once(ledger: Ledger) -> None:
         ledger.charge("lung", 0.4, query="Mean(age)", request="r-1")
 
 
+def test_a_charged_request_spends_rho_exactly_up_to_what_it_affords(ledger: Ledger) -> None:
+    ledger.set_budget("cohort", 1.0, 1e-6)
+    with pytest.raises(BudgetError, match="has not been charged to dataset 'lung'"):
+        ledger.spend("lung", "fit-1", 0.01, allowed=0.03, query="Marginals")
+    ledger.charge(["lung", "cohort"], 0.5, 1e-7, query="fit", request="fit-1")
+    for _ in range(3):
+        ledger.spend(["lung", "cohort"], "fit-1", 0.01, allowed=0.03, query="Marginals")
+    assert ledger.spent_rho("fit-1", "lung") == 0.03  # exact: 0.01 is 10^13 units
+    with pytest.raises(BudgetError, match=r"cannot spend ρ=1e-15 more .* 0\.03 of the "
+                                          r"ρ=0\.03 .*nothing was spent"):
+        ledger.spend(["cohort", "lung"], "fit-1", 1e-15, allowed=0.03, query="Marginals")
+    assert ledger.spent_rho("fit-1", "cohort") == 0.03
+    assert ledger.budget("lung").spent_epsilon == 0.5  # the (ε, δ) charge stands, once
+
+
 def test_threads_never_overspend(ledger: Ledger) -> None:
     def attempt(_: int) -> bool:
         try:

@@ -13,7 +13,7 @@ import pytest
 
 from pet.errors import PetError
 from pet.layout import Block, Layout
-from pet.mechanisms import calibrate
+from pet.mechanisms import calibrate, calibrate_rho, epsilon_of, noisy_max, rho_of
 from pet.queries import Contingency, Covariance, Histogram, Mean
 from pet.workloads.base import packaged_schema
 
@@ -72,3 +72,33 @@ def test_bad_requests_get_clear_errors() -> None:
         calibrate(layout, 1.0, 1.0)
     with pytest.raises(PetError, match="does not fit a mechanism for 3 elements"):
         calibrate(layout, 1.0).release(np.zeros(4))
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(0.5, 1e-6), (1.0, 1e-6), (5.0, 1e-9)])
+def test_the_rho_an_epsilon_delta_charge_affords_converts_back_to_it(epsilon: float,
+                                                                    delta: float) -> None:
+    rho = rho_of(epsilon, delta)
+    # OpenDP's conversion is tighter than the classic ρ + 2√(ρ ln(1/δ)) (Bun & Steinke).
+    assert rho + 2 * math.sqrt(rho * math.log(1 / delta)) > epsilon
+    assert epsilon_of(rho, delta) == pytest.approx(epsilon, rel=1e-6)
+    assert epsilon_of(rho, delta) <= epsilon * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rho", [0.001, 0.1, 2.0])
+def test_a_rho_release_has_the_gaussian_scale_of_its_closed_form(rho: float) -> None:
+    layout = LAYOUTS[2]
+    mechanism = calibrate_rho(layout, rho, 1e-6)
+    assert mechanism.scale == pytest.approx(layout.l2 / math.sqrt(2 * rho), rel=1e-6)
+    assert mechanism.rho <= rho and mechanism.epsilon == pytest.approx(epsilon_of(rho, 1e-6),
+                                                                       rel=1e-6)
+
+
+def test_noisy_max_prefers_the_best_score_as_the_exponential_mechanism_does() -> None:
+    # Under ρ-zCDP the Gumbel scale s satisfies ρ = (1/s)²/8 · (2Δ)² for non-monotone scores,
+    # so a lead of L wins against one rival with probability 1 / (1 + e^{-L/s}).
+    rho, draws = 0.5, 2000
+    scale = 2 / math.sqrt(8 * rho)
+    lead = scale * math.log(3)  # wins 3 times in 4
+    picks = np.array([noisy_max(np.array([lead, 0.0]), 1.0, rho) for _ in range(draws)])
+    wins, expected = (picks == 0).mean(), 0.75
+    assert abs(wins - expected) < Z * math.sqrt(expected * (1 - expected) / draws)

@@ -29,8 +29,8 @@ from pet.layout import Layout
 from pet.mechanisms import (
     CONFIDENCE,
     POST_PROCESSING,
-    calibrated,
-    check_privacy,
+    check_budget,
+    release_mechanism,
     whole_counts,
 )
 
@@ -41,13 +41,12 @@ class CentralDP(Backend):
     differentially_private = True
     inner: ClassVar[type[Backend]]
 
-    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, sites: int = 0,
-                 **options: object) -> None:
-        check_privacy(epsilon, delta)
+    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, rho: float | None = None,
+                 sites: int = 0, **options: object) -> None:
         if delta == 0:
             raise ArgumentError(f"{self.name} needs δ > 0: its sites share Gaussian noise, which "
                            "splits exactly; Laplace noise (pure ε-DP) does not")
-        self.epsilon, self.delta = epsilon, delta
+        self.epsilon, self.delta, self.rho = check_budget(epsilon, delta, rho)
         self.backend = self.inner(**options)
         self.sites = sites
         """Number of sites, each adding 1/sites of the noise variance: set by `open`, or
@@ -78,7 +77,8 @@ class CentralDP(Backend):
         (counts travel as real numbers: with noise they are no longer whole)."""
         if self.sites < 1:
             raise PetError(f"{self.name} must be opened with the number of sites first")
-        noisy = calibrated(layout, self.epsilon, self.delta).share(self.sites).release(partial)
+        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
+        noisy = mechanism.share(self.sites).release(partial)
         return self.backend.protect(noisy, _real(layout))
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
@@ -89,12 +89,18 @@ class CentralDP(Backend):
         error bound adds the inner backend's to the central noise's 95% half-width."""
         aggregate = self.backend.reveal(combined[4:], _real(layout))
         total = whole_counts(aggregate.total, layout)
-        mechanism = calibrated(layout, self.epsilon, self.delta)
+        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
         bounds = aggregate.error_bounds + mechanism.accuracy(1 - CONFIDENCE)
         privacy = Privacy(f"{aggregate.privacy.confidentiality}; the sum carries central "
                           f"DP noise that the sites added in shares; {POST_PROCESSING}",
-                          mechanism.rho, self.epsilon, self.delta)
+                          mechanism.rho, mechanism.epsilon, self.delta)
         return Aggregate(total, bounds, privacy, aggregate.site_bytes, aggregate.comm_rounds)
+
+
+    def noise_sd(self, layout: Layout, sites: int) -> float:
+        """Standard deviation of the central noise on each element of the revealed sum
+        (the sites' shares add up to one mechanism's noise, whatever their number)."""
+        return release_mechanism(layout, self.epsilon, self.delta, self.rho).scale
 
 
 def _real(layout: Layout) -> Layout:

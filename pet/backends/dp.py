@@ -21,8 +21,8 @@ from pet.mechanisms import (
     CONFIDENCE,
     POST_PROCESSING,
     Mechanism,
-    calibrated,
-    check_privacy,
+    check_budget,
+    release_mechanism,
     whole_counts,
 )
 
@@ -36,10 +36,9 @@ class LocalDP(Backend):
     name = "dp"
     differentially_private = True
 
-    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6,
+    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, rho: float | None = None,
                  max_rows_per_site: int = 10**8, max_sites: int = 100) -> None:
-        check_privacy(epsilon, delta)
-        self.epsilon, self.delta = epsilon, delta
+        self.epsilon, self.delta, self.rho = check_budget(epsilon, delta, rho)
         self.limits = Limits(max_rows_per_site, max_sites)
 
     def cost(self) -> tuple[float, float]:
@@ -49,7 +48,8 @@ class LocalDP(Backend):
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
         """The site's partial with its mechanism's noise, drawn by OpenDP."""
         self.limits.check(partial, layout)
-        return calibrated(layout, self.epsilon, self.delta).release(partial).astype("<f8").tobytes()
+        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
+        return mechanism.release(partial).astype("<f8").tobytes()
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         total = np.sum([decode(m, layout) for m in messages], axis=0)
@@ -63,10 +63,18 @@ class LocalDP(Backend):
         1 − 0.05/k interval, so the sum within k times that)."""
         (sites,) = struct.unpack_from("<I", combined)
         total = whole_counts(decode(combined[4:], layout), layout)
-        mechanism = calibrated(layout, self.epsilon, self.delta)
+        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
         bound = _sum_accuracy(mechanism, sites)
-        privacy = Privacy(CONFIDENTIALITY, mechanism.rho, self.epsilon, self.delta)
+        privacy = Privacy(CONFIDENTIALITY, mechanism.rho, mechanism.epsilon, self.delta)
         return Aggregate(total, np.full(layout.size, bound), privacy)
+
+
+    def noise_sd(self, layout: Layout, sites: int) -> float:
+        """Standard deviation of the noise on each element of the sum of `sites` releases
+        (k independent noises: √k times one's)."""
+        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
+        spread = mechanism.scale * (1.0 if mechanism.kind == "gaussian" else np.sqrt(2.0))
+        return float(spread * np.sqrt(sites))
 
 
 def _sum_accuracy(mechanism: Mechanism, sites: int) -> float:

@@ -3,6 +3,7 @@
 from pet.queries.base import Next, Query
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, StdDev, Sum, Variance
+from pet.queries.marginals import Marginals
 from pet.queries.order import ExactQuantiles
 from pet.queries.regression import (
     LinearFit,
@@ -16,7 +17,7 @@ from pet.queries.text import parse as parse_text
 
 QUERIES: dict[str, type[Query]] = {cls.__name__: cls for cls in (
     Contingency, Correlation, Count, Covariance, ExactQuantiles, Histogram, KaplanMeier,
-    LinearRegression, LogisticRegression, Mean, Quantiles, StdDev, Sum, Variance)}
+    LinearRegression, LogisticRegression, Marginals, Mean, Quantiles, StdDev, Sum, Variance)}
 """Every query pet answers, by class name (for the wire and the command line)."""
 
 
@@ -38,6 +39,7 @@ __all__ = [
     "LinearRegression",
     "LogisticFit",
     "LogisticRegression",
+    "Marginals",
     "Mean",
     "Next",
     "Quantiles",

@@ -42,6 +42,11 @@ class Query(ABC):
 
     releases_records: ClassVar[bool] = False
     """Whether the answer is a record's own value (no DP mechanism covers that)."""
+    requires_dp: ClassVar[bool] = False
+    """Whether only a DP backend may release the answer (sites refuse it otherwise)."""
+    keeps_missing: ClassVar[bool] = False
+    """Whether rows with missing values are kept and counted as such by the query itself
+    (its layout then has no `missing` counts)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.where, str):
@@ -89,6 +94,10 @@ class Query(ABC):
         extra = self.where.columns if isinstance(self.where, Where) else ()
         return tuple(dict.fromkeys((*self.inputs(), *extra)))
 
+    def missing_columns(self) -> tuple[str, ...]:
+        """The columns whose missing values the layout counts (after `n`)."""
+        return () if self.keeps_missing else self.used_columns()
+
     def validate(self, schema: Schema) -> None:
         """Check columns, filter and options against the schema."""
         for name in self.used_columns():
@@ -101,7 +110,7 @@ class Query(ABC):
 
     def layout(self, schema: Schema, state: State = None) -> Layout:
         """The public layout of one round's vector."""
-        k = len(self.used_columns())
+        k = len(self.missing_columns())
         head = (Block.counts("n", 1), Block.counts("missing", k, per_row=k, cells=False))
         return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema))
 
@@ -152,14 +161,15 @@ class Query(ABC):
             candidates = in_group | ~known
         else:
             in_group = candidates = np.ones(chunk.n_rows, dtype=bool)
-        complete = in_group & ~np.logical_or.reduce(list(missing.values()))
+        complete = in_group & ~np.logical_or.reduce(
+            [missing[c] for c in self.missing_columns()] or [np.zeros(chunk.n_rows, bool)])
         every_row = bool(complete.all())  # the common case: no copy of the columns
         data = {name: chunk.columns[name] if every_row else chunk.columns[name][complete]
                 for name in self.inputs()}
         parts = self.accumulate(data, schema, state)
         parts["n"] = np.array([complete.sum()], dtype=np.float64)
-        parts["missing"] = np.array([(m & candidates).sum() for m in missing.values()],
-                                    dtype=np.float64)
+        parts["missing"] = np.array([(missing[c] & candidates).sum()
+                                     for c in self.missing_columns()], dtype=np.float64)
         return parts
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Value(_message.Message):
-    __slots__ = ("text", "number", "integer", "flag", "texts", "numbers", "table")
+    __slots__ = ("text", "number", "integer", "flag", "texts", "numbers", "table", "groups")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     INTEGER_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class Value(_message.Message):
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NUMBERS_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     text: str
     number: float
     integer: int
@@ -22,7 +23,14 @@ class Value(_message.Message):
     texts: Texts
     numbers: Numbers
     table: Table
-    def __init__(self, text: _Optional[str] = ..., number: _Optional[float] = ..., integer: _Optional[int] = ..., flag: _Optional[bool] = ..., texts: _Optional[_Union[Texts, _Mapping]] = ..., numbers: _Optional[_Union[Numbers, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
+    groups: Groups
+    def __init__(self, text: _Optional[str] = ..., number: _Optional[float] = ..., integer: _Optional[int] = ..., flag: _Optional[bool] = ..., texts: _Optional[_Union[Texts, _Mapping]] = ..., numbers: _Optional[_Union[Numbers, _Mapping]] = ..., table: _Optional[_Union[Table, _Mapping]] = ..., groups: _Optional[_Union[Groups, _Mapping]] = ...) -> None: ...
+
+class Groups(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Texts]
+    def __init__(self, items: _Optional[_Iterable[_Union[Texts, _Mapping]]] = ...) -> None: ...
 
 class Table(_message.Message):
     __slots__ = ("entries",)

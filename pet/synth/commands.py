@@ -1,0 +1,98 @@
+"""`pet synth fit|sample`: fit a DP synthesizer to a workload's or a file's rows, and
+sample a synthetic table with its data card from a saved fit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pet.ledger import Ledger
+from pet.schema import Schema
+from pet.site import Site
+from pet.synth import SYNTHESIZERS, Release, card, fit, load, save
+from pet.synth.card import write
+from pet.table import open_table
+from pet.workloads import WORKLOADS
+from pet.workloads import load as load_workload
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `synth` subcommands."""
+    steps = parser.add_subparsers(dest="step", required=True)
+    fitting = steps.add_parser("fit", help="fit a synthesizer, charging every site's ledger")
+    data = fitting.add_mutually_exclusive_group(required=True)
+    data.add_argument("--workload", choices=sorted(WORKLOADS))
+    data.add_argument("--data", help="one data holder's table (CSV or Parquet)")
+    fitting.add_argument("--schema", help="the table's schema (YAML or JSON), with --data")
+    fitting.add_argument("--sites", type=int, default=1,
+                         help="split a workload over this many sites (default 1: central DP)")
+    fitting.add_argument("--rows", type=int, help="rows per site of the cohort workload")
+    fitting.add_argument("--method", choices=sorted(SYNTHESIZERS), default="aim")
+    fitting.add_argument("--epsilon", type=float, required=True)
+    fitting.add_argument("--delta", type=float, default=1e-6)
+    fitting.add_argument("--backend", choices=("dp", "he+dp", "mpc+dp"),
+                         help="dp at one site; he+dp (default) or mpc+dp across several")
+    fitting.add_argument("--bins", type=int, default=16, help="bins of each numeric column")
+    fitting.add_argument("--ledgers", help="folder of the sites' ledgers (default: under --out)")
+    fitting.add_argument("--out", required=True, help="folder for the saved fit")
+    sampling = steps.add_parser("sample", help="sample a synthetic table and its data card")
+    sampling.add_argument("fit", help="a folder written by `pet synth fit`")
+    sampling.add_argument("--rows", type=int, required=True)
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out `pet synth fit` or `pet synth sample`."""
+    return _fit(args) if args.step == "fit" else _sample(args)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    ledgers = Path(args.ledgers) if args.ledgers else out / "ledgers"
+    ledgers.mkdir(parents=True, exist_ok=True)
+    sites = _sites(args, ledgers)
+    for site in sites:
+        if not any(b.dataset == site.dataset for b in site.ledger.budgets()):
+            site.ledger.set_budget(site.dataset, args.epsilon, args.delta)
+    fitted = fit(sites, args.method, epsilon=args.epsilon, delta=args.delta,
+                 backend=args.backend, bins=args.bins)
+    save(fitted, out)
+    who = {"sites": [s.name for s in sites],
+           "backend": args.backend or ("dp" if len(sites) == 1 else "he+dp")}
+    (out / "sites.json").write_text(json.dumps(who) + "\n")
+    print(f"{fitted.method}: ρ = {fitted.rho:.6g} spent of (ε = {fitted.epsilon:g}, "
+          f"δ = {fitted.delta:g}) charged at {len(sites)} site(s); "
+          f"{len(fitted.measurements)} marginals measured; saved in {out}")
+    return 0
+
+
+def _sites(args: argparse.Namespace, ledgers: Path) -> list[Site]:
+    if args.data:
+        if not args.schema:
+            raise SystemExit("pet synth fit: --data needs --schema")
+        table = open_table(args.data, Schema.from_file(args.schema))
+        name = Path(args.data).stem
+        return [Site(name, table, ledger=Ledger(ledgers / f"{name}.sqlite"))]
+    options = ({"n_rows": args.rows or 10_000, "seed": 0} if args.workload == "cohort"
+               else {})
+    workload = load_workload(args.workload, n_sites=args.sites, **options)
+    return workload.sites(ledgers=ledgers)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    fitted = load(args.fit)
+    who = json.loads((Path(args.fit) / "sites.json").read_text())
+    table = fitted.sample(args.rows, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        table.to_parquet(out, index=False)
+    else:
+        table.to_csv(out, index=False)
+    data = card(fitted, Release(tuple(who["sites"]), who["backend"], args.seed, args.rows))
+    as_json, as_markdown = write(data, out.parent if out.parent != Path() else Path.cwd())
+    print(f"{args.rows} synthetic rows in {out}; data card in {as_json} and {as_markdown}")
+    return 0
+

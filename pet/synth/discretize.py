@@ -1,0 +1,110 @@
+"""Public discretization of a schema: the finite domain a synthesizer models.
+
+Bins come from the schema's public bounds only, never from data: a whole-number column
+with a short range gets one level per value, any other numeric column equal-width bins;
+categorical and boolean columns keep their levels; a nullable column gets one more
+level for missing values. Sampling maps levels back to values inside each bin's public
+bounds, so no synthetic value ever leaves the schema's range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pet.errors import ArgumentError
+from pet.queries.marginals import codes, level_count
+from pet.schema import Boolean, Categorical, Column, Integer, Schema
+from pet.synth.domain import Domain
+
+DEFAULT_BINS = 16
+"""Equal-width bins of a numeric column unless the study protocol names another number."""
+
+
+@dataclass(frozen=True)
+class Discretization:
+    """Each numeric column's public bin edges (categorical and boolean columns need none)."""
+
+    schema: Schema
+    edges: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, column in zip(self.schema.names, self.schema.columns, strict=True):
+            if not isinstance(column, Categorical | Boolean) and name not in self.edges:
+                raise ArgumentError(f"numeric column {name!r} has no bin edges")
+        stray = sorted(set(self.edges) - set(self.schema.names))
+        if stray:
+            raise ArgumentError(f"bin edges given for columns not in the schema: {stray}")
+
+    @classmethod
+    def of(cls, schema: Schema, *, bins: int | Mapping[str, int] = DEFAULT_BINS) -> Discretization:
+        """Public edges for every numeric column: `bins` equal-width bins over its bounds
+        (per column when a mapping), or one per value for a whole-number column with at
+        most that many values."""
+        edges = {}
+        for column in schema.columns:
+            if isinstance(column, Categorical | Boolean):
+                continue
+            count = bins.get(column.name, DEFAULT_BINS) if isinstance(bins, Mapping) else bins
+            if not isinstance(count, int) or count < 1:
+                raise ArgumentError(f"bins of {column.name!r} must be a whole number >= 1, "
+                                    f"got {count!r}")
+            edges[column.name] = _edges(column, count)
+        return cls(schema, edges)
+
+    def domain(self) -> Domain:
+        """The discretized domain: one attribute per column, its number of levels."""
+        return Domain(self.schema.names, tuple(level_count(c, self.edges.get(c.name))
+                                               for c in self.schema.columns))
+
+    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Levels of a table's rows (rows × columns, int64): for evaluating synthetic data
+        against real data on the same public bins. The table is validated first."""
+        encoded = self.schema.encode(frame)
+        return np.column_stack([codes(encoded[c.name], c, self.edges.get(c.name))
+                                for c in self.schema.columns])
+
+    def decode(self, levels: np.ndarray, *, seed: int) -> pd.DataFrame:
+        """Values for sampled levels: the category, or a value drawn uniformly inside the
+        bin's public bounds (a whole number for integer columns), missing for the missing
+        level. The draw is post-processing of a DP model, so numpy's generator serves."""
+        rng = np.random.default_rng(seed)
+        columns = {}
+        for j, column in enumerate(self.schema.columns):
+            columns[column.name] = self._values(column, levels[:, j], rng)
+        return pd.DataFrame(columns)
+
+    def _values(self, column: Column, level: np.ndarray, rng: np.random.Generator) -> pd.Series:
+        missing = column.nullable & (level == level_count(column, self.edges.get(column.name)) - 1)
+        known = np.where(missing, 0, level)
+        if isinstance(column, Categorical):
+            values = pd.Series(np.asarray(column.categories, dtype=object)[known], dtype=object)
+        elif isinstance(column, Boolean):
+            values = pd.Series(known.astype(bool), dtype="boolean")
+        else:
+            values = pd.Series(self._inside(column, known, rng))
+        return values.mask(missing)
+
+    def _inside(self, column: Column, level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A value inside each level's bin, clipped to the column's bounds."""
+        edges = np.asarray(self.edges[column.name])
+        lower, upper = column.bounds()
+        low = np.maximum(edges[level], lower)
+        high = np.minimum(edges[level + 1], upper)
+        if isinstance(column, Integer):
+            first = np.ceil(low)
+            last_bin = level == len(edges) - 2  # the last bin is closed on the right
+            last = np.where(last_bin, np.floor(high), np.ceil(high) - 1)
+            last = np.maximum(last, first)
+            return first + np.floor(rng.random(level.size) * (last - first + 1))
+        return np.minimum(low + rng.random(level.size) * (high - low), upper)
+
+
+def _edges(column: Column, count: int) -> tuple[float, ...]:
+    lower, upper = column.bounds()
+    if isinstance(column, Integer) and upper - lower + 1 <= count:
+        return tuple(float(v) for v in np.arange(lower, upper + 2))  # one level per value
+    return tuple(float(e) for e in np.linspace(lower, upper, count + 1))

@@ -1,0 +1,88 @@
+"""The synthesizer interface and what a fit returns.
+
+A synthesizer spends a zCDP budget ρ — the most that the fit's (ε, δ) charge affords —
+on selections and measurements through a `Measurer`, and fits a graphical model to the
+noisy marginals; it never sees a row. Sampling the model is post-processing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from itertools import combinations
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from pet.errors import ArgumentError
+from pet.mechanisms import epsilon_of, rho_of
+from pet.synth.discretize import Discretization
+from pet.synth.domain import Clique, Domain
+from pet.synth.marginal import NoisyMarginal
+from pet.synth.measure import Measurer, Spend
+from pet.synth.model import Model
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted synthesizer: its model, the measurements it was fitted to and every ρ it
+    spent, within the (ε, δ) that was charged for it."""
+
+    method: str
+    model: Model
+    discretization: Discretization
+    measurements: tuple[NoisyMarginal, ...]
+    spends: tuple[Spend, ...]
+    epsilon: float
+    delta: float
+
+    @property
+    def rho(self) -> float:
+        """The ρ (zCDP) the fit spent: its spends add up (zCDP composition)."""
+        return float(sum(s.rho for s in self.spends))
+
+    @property
+    def epsilon_spent(self) -> float:
+        """The spent ρ as ε at the fit's δ (OpenDP's conversion); at most the charged ε."""
+        return epsilon_of(self.rho, self.delta)
+
+    def sample(self, rows: int, *, seed: int) -> pd.DataFrame:
+        """`rows` synthetic records with the schema's columns and values inside its bounds."""
+        if not isinstance(rows, int) or rows < 1:
+            raise ArgumentError(f"rows must be a whole number >= 1, got {rows!r}")
+        levels = self.model.sample(rows, seed)
+        return self.discretization.decode(levels, seed=seed + 1)
+
+
+class Synthesizer(ABC):
+    """A marginal-based DP synthesizer (MST, AIM, MWEM)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, *, iterations: int = 1000) -> None:
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ArgumentError(f"iterations must be a whole number >= 1, got {iterations!r}")
+        self.iterations = iterations
+
+    def fit(self, measurer: Measurer) -> Fit:
+        """Spend the measurer's whole budget and fit the model."""
+        # A hair under the whole ρ: each site's ledger rounds every spend up to its unit.
+        rho = rho_of(measurer.epsilon, measurer.delta) * (1 - 1e-9)
+        model, measurements = self.run(measurer, rho)
+        return Fit(self.name, model, measurer.discretization, tuple(measurements),
+                   tuple(measurer.spends), measurer.epsilon, measurer.delta)
+
+    @abstractmethod
+    def run(self, measurer: Measurer, rho: float) -> tuple[Model, list[NoisyMarginal]]:
+        """Select and measure with at most ρ in all; the model and its measurements."""
+
+
+def pairs(domain: Domain) -> list[Clique]:
+    """Every 2-way clique of the domain, in domain order."""
+    return list(combinations(domain.attributes, 2))
+
+
+def model_marginals(model: Model, cliques: list[Clique]) -> tuple[np.ndarray, ...]:
+    """The model's marginals of the cliques, flat, for selection to score."""
+    return tuple(np.ravel(model.project(c)) for c in cliques)

@@ -1,0 +1,192 @@
+"""DP synthesizers end to end: public discretization, marginals measured through the DP
+backends (one curator or a federation), the ρ each step spends against the sites'
+ledgers, and the data card. The estimator itself is tested in test_synth_estimation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pet.errors import PetError
+from pet.ledger import BudgetError
+from pet.mechanisms import rho_of
+from pet.queries import Marginals
+from pet.site import Site
+from pet.study import Study
+from pet.synth.aim import AIM, closure
+from pet.synth.card import Release, card, markdown
+from pet.synth.discretize import Discretization
+from pet.synth.measure import Curator, Federation
+from pet.synth.mst import MST
+from pet.synth.mwem import MWEM
+from pet.synth.synthesizer import Synthesizer
+from pet.workloads import Workload, cohort, lung
+
+BUDGET = (50.0, 1e-3)
+
+
+def _sites(workload: Workload, folder: Path) -> list[Site]:
+    sites = workload.sites(ledgers=folder)
+    for site in sites:
+        site.ledger.set_budget(site.dataset, *BUDGET)
+    return sites
+
+
+@pytest.fixture(scope="module")
+def lung1() -> Workload:
+    return lung(1)
+
+
+def _crosstab(frame: pd.DataFrame, discretization: Discretization, clique: tuple[str, ...],
+              shape: tuple[int, ...]) -> np.ndarray:
+    """Counts of a clique's levels computed with pandas' binning, independently of pet's."""
+    levels = []
+    for name in clique:
+        column = discretization.schema[name]
+        values = frame[name]
+        if name in discretization.edges:
+            edges = np.asarray(discretization.edges[name])
+            level = pd.cut(values, edges, right=False, labels=False)
+            level = level.where(values != edges[-1], len(edges) - 2)  # last bin closed
+        else:
+            level = values.map({c: i for i, c in enumerate(getattr(
+                column, "categories", (False, True)))})
+        levels.append(level.fillna(shape[len(levels)] - 1).astype(int).to_numpy())
+    counts = np.zeros(shape)
+    np.add.at(counts, tuple(levels), 1)
+    return counts
+
+
+def test_marginals_count_missing_values_as_a_level(lung1: Workload) -> None:
+    discretization = Discretization.of(lung1.schema)
+    cliques = (("ph_ecog",), ("sex", "meal_cal"), ("age", "dead", "wt_loss"))
+    query = Marginals(cliques, {c: discretization.edges[c] for c in
+                                ("ph_ecog", "meal_cal", "age", "wt_loss")})
+    site = lung1.sites()[0]
+    parts = query.layout(lung1.schema).split(site.partial(query))
+    answer = query.answer(parts, lung1.schema, None)
+    pooled = lung1.pooled()
+    for clique, counts in zip(cliques, answer, strict=True):
+        expected = _crosstab(pooled, discretization, clique, counts.shape)
+        assert counts.tolist() == expected.tolist()
+        assert counts.sum() == len(pooled)  # every row counted, missing ones too
+    assert query.layout(lung1.schema).l2 == pytest.approx(np.sqrt(len(cliques) + 1))
+
+
+def test_marginals_are_released_only_under_dp(lung1: Workload) -> None:
+    query = Marginals((("sex",),))
+    with pytest.raises(PetError, match="only be released under a DP backend"):
+        Study(lung1.sites()).run(query)
+
+
+def test_bins_come_from_the_schema_and_values_stay_inside_them(lung1: Workload) -> None:
+    discretization = Discretization.of(lung1.schema, bins=8)
+    assert discretization == Discretization.of(lung(2).schema, bins=8)  # no data involved
+    domain = discretization.domain()
+    rng = np.random.default_rng(5)
+    levels = np.column_stack([rng.integers(0, size, 5000) for size in domain.sizes])
+    values = discretization.decode(levels, seed=3)
+    for column in lung1.schema.columns:
+        known = values[column.name].dropna()
+        if column.kind in ("integer", "continuous", "time_to_event"):
+            lower, upper = column.bounds()
+            assert known.between(lower, upper).all(), column.name
+        if column.kind == "integer":
+            assert (known == np.round(known)).all(), column.name
+    assert np.array_equal(discretization.encode(values), levels)
+
+
+def test_a_curator_charges_once_and_itemises_every_step(lung1: Workload,
+                                                       tmp_path: Path) -> None:
+    (site,) = _sites(lung1, tmp_path)
+    epsilon, delta = 1.0, 1e-6
+    with Curator(site, Discretization.of(lung1.schema), epsilon=epsilon,
+                 delta=delta) as measurer:
+        fit = MST(iterations=200).fit(measurer)
+        request = measurer.request
+    whole = rho_of(epsilon, delta)
+    assert fit.rho == pytest.approx(whole, rel=1e-6) and fit.rho <= whole
+    assert fit.epsilon_spent <= epsilon
+    steps = [s.step for s in fit.spends]
+    d = len(lung1.schema.columns)
+    assert steps == ["measure"] + ["select"] * (d - 1) + ["measure"]
+    assert [len(c) for c in fit.spends[-1].cliques] == [2] * (d - 1)
+    budget = site.ledger.budget(site.dataset)
+    assert (budget.spent_epsilon, budget.spent_delta, budget.releases) == (epsilon, delta, 1)
+    assert site.ledger.spent_rho(request, site.dataset) == pytest.approx(fit.rho, abs=1e-12)
+
+
+def test_a_site_refuses_a_release_past_the_rho_its_charge_affords(lung1: Workload,
+                                                                 tmp_path: Path) -> None:
+    (site,) = _sites(lung1, tmp_path)
+    with Curator(site, Discretization.of(lung1.schema), epsilon=1.0,
+                 delta=1e-6) as measurer:
+        measurer.measure([("sex",)], rho_of(1.0, 1e-6) * 0.75)
+        with pytest.raises(BudgetError, match="cannot spend"):
+            measurer.measure([("dead",)], rho_of(1.0, 1e-6) * 0.5)
+        assert site.ledger.spent_rho(measurer.request, site.dataset) == pytest.approx(
+            rho_of(1.0, 1e-6) * 0.75, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", [AIM(iterations=200, round_iterations=30),
+                                    MWEM(iterations=200, round_iterations=30)])
+def test_adaptive_methods_spend_their_whole_budget_and_no_more(
+        lung1: Workload, tmp_path: Path, method: Synthesizer) -> None:
+    (site,) = _sites(lung1, tmp_path)
+    with Curator(site, Discretization.of(lung1.schema, bins=6), epsilon=2.0,
+                 delta=1e-6) as measurer:
+        fit = method.fit(measurer)
+    assert rho_of(2.0, 1e-6) * (1 - 1e-5) <= fit.rho <= rho_of(2.0, 1e-6)
+    assert {s.step for s in fit.spends} == {"measure", "select"}
+    sample = fit.sample(300, seed=4)
+    assert list(sample.columns) == list(lung1.schema.names) and len(sample) == 300
+    lung1.schema.validate(sample)  # every value inside the schema
+
+
+def test_aim_candidates_are_the_workload_closure_weighted_by_overlap() -> None:
+    domain = Discretization.of(lung(1).schema).domain()
+    cliques, weights = closure(domain, [("age", "sex"), ("sex", "dead")])
+    assert set(cliques) == {("dead",), ("age",), ("sex",), ("dead", "sex"), ("age", "sex")}
+    assert len(cliques) == 5 and [len(c) for c in cliques] == [1, 1, 1, 2, 2]
+    assert weights[("sex",)] == 2 and weights[("age", "sex")] == 3 and weights[("age",)] == 1
+
+
+def test_a_federation_measures_with_the_noise_of_one_central_release(tmp_path: Path) -> None:
+    workload = cohort(3000, 3, 7)
+    discretization = Discretization.of(workload.schema, bins=4)
+    sites = _sites(workload, tmp_path)
+    clique = ("sex", "smoking", "diabetes")
+    exact = _crosstab(workload.pooled(), discretization, clique,
+                      discretization.domain().shape(clique)).ravel()
+    residuals = []
+    with Federation(sites, discretization, backend="he+dp", epsilon=40.0,
+                    delta=1e-5) as measurer:
+        for _ in range(8):
+            (noisy,) = measurer.measure([clique], 0.05)
+            residuals.append((noisy.values - exact) / noisy.sigma)
+    # σ of one central release at ρ = 0.05 for L2 sensitivity √2 (n and the table).
+    assert noisy.sigma == pytest.approx(np.sqrt(2) / np.sqrt(2 * 0.05), rel=1e-6)
+    # Standard normal residuals: a KS test that fails wrongly once in a million runs.
+    assert stats.kstest(np.concatenate(residuals), "norm").pvalue > 1e-6
+    for site in sites:
+        assert site.ledger.spent_rho(measurer.request, site.dataset) == pytest.approx(0.4)
+
+
+def test_the_data_card_accounts_for_every_step(lung1: Workload, tmp_path: Path) -> None:
+    (site,) = _sites(lung1, tmp_path)
+    with Curator(site, Discretization.of(lung1.schema), epsilon=1.0, delta=1e-6) as measurer:
+        fit = MST(iterations=100).fit(measurer)
+    data = json.loads(json.dumps(card(fit, Release(("site-1",), "dp", seed=9, rows=100))))
+    privacy = data["privacy"]
+    assert sum(s["rho"] for s in privacy["itemised"]) == pytest.approx(privacy["rho_spent"])
+    assert privacy["charged"] == {"epsilon": 1.0, "delta": 1e-6}
+    assert privacy["spent_as"]["epsilon"] <= 1.0
+    assert [m["clique"] for m in data["measured"]] == [list(m.clique) for m in fit.measurements]
+    assert data["versions"]["opendp"] and data["seed"] == 9
+    text = markdown(data)
+    assert text.count("| measure |") == 2 and "select" in text
