@@ -10,13 +10,16 @@ be revealed. With pet's own library and the services package, this is the one mo
 from __future__ import annotations
 
 import dataclasses
+import json
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pandas as pd
+import pyarrow as pa
 
 from pet import codec
 from pet.backends import Backend, get_backend
@@ -25,7 +28,13 @@ from pet.queries.base import Query
 from pet.result import Result
 from pet.schema import Schema
 from services import convert
-from services.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from services.pb import (
+    common_pb2,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    synthesis_pb2,
+    synthesis_pb2_grpc,
+)
 from services.security import analyst_channel
 
 ANALYST_KEYS = ("he", "he+dp")
@@ -49,6 +58,7 @@ class Client:
         ca_bytes = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
         self.channel = analyst_channel(address, ca_bytes, token)
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self.synthesis = synthesis_pb2_grpc.SynthesisStub(self.channel)
         self.timeout_s = timeout_s
         self._federation: coordinator_pb2.Federation | None = None
 
@@ -81,6 +91,23 @@ class Client:
         """A study under `backend` (options as in-process, e.g. epsilon for DP)."""
         return RemoteStudy(self, backend, **options)
 
+    def synthesize(self, method: str = "aim", *, epsilon: float, delta: float = 1e-6,
+                   bins: int = 0, progress: Callable[[Any], None] | None = None) -> RemoteFit:
+        """Fit a DP synthesizer across every site (under mpc+dp: no site reveals its
+        marginals), charging (ε, δ) once to each site's ledger. `progress` sees each
+        privacy step (its ρ, and the ρ spent so far) as the fit spends it."""
+        request = synthesis_pb2.FitRequest(method=method, epsilon=epsilon, delta=delta,
+                                           bins=bins)
+        try:
+            for message in self.synthesis.Fit(request, timeout=self.timeout_s):
+                if message.WhichOneof("kind") == "fitted":
+                    return RemoteFit(self, message.fitted)
+                if progress is not None:
+                    progress(message.step)
+        except grpc.RpcError as error:
+            raise RemoteError(error.code(), error.details()) from None
+        raise RemoteError(grpc.StatusCode.UNAVAILABLE, "the fit ended without a model")
+
     def budgets(self, dataset: str = "") -> list[common_pb2.Budget]:
         """Every site's privacy budgets (one dataset's, or all)."""
         reply = _call(self.stub.Budget, common_pb2.BudgetRequest(dataset=dataset),
@@ -92,6 +119,30 @@ class Client:
             self._federation = _call(self.stub.Describe, coordinator_pb2.DescribeRequest(),
                                      timeout=self.timeout_s)
         return self._federation
+
+
+class RemoteFit:
+    """A synthesizer fitted by the coordinator's synthesis service."""
+
+    def __init__(self, client: Client, fitted: synthesis_pb2.Fitted) -> None:
+        self.client, self.id = client, fitted.fit
+        self.method, self.rho, self.measurements = fitted.method, fitted.rho, fitted.measurements
+        self.card: dict[str, Any] | None = None
+        """The data card of the last sample drawn."""
+
+    def sample(self, rows: int, *, seed: int = 0, chunk_rows: int = 0) -> pd.DataFrame:
+        """`rows` synthetic records, streamed from the coordinator in chunks."""
+        request = synthesis_pb2.SampleRequest(fit=self.id, rows=rows, seed=seed,
+                                              chunk_rows=chunk_rows)
+        batches = []
+        try:
+            for chunk in self.client.synthesis.Sample(request, timeout=self.client.timeout_s):
+                batches.extend(pa.ipc.open_stream(chunk.arrow).read_all().to_batches())
+                if chunk.last:
+                    self.card = json.loads(chunk.card_json)
+        except grpc.RpcError as error:
+            raise RemoteError(error.code(), error.details()) from None
+        return pa.Table.from_batches(batches).to_pandas()
 
 
 class RemoteStudy:

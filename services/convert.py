@@ -52,7 +52,7 @@ def backend_message(name: str, options: Mapping[str, Any]) -> pb.Backend:
     message = pb.Backend(name=name, max_rows_per_site=int(options.get("max_rows_per_site", 0)),
                          max_sites=int(options.get("max_sites", 0)),
                          public_context=options.get("public_context") or b"")
-    for field in ("epsilon", "delta"):
+    for field in ("epsilon", "delta", "rho"):
         if options.get(field) is not None:
             setattr(message, field, float(options[field]))
     return message
@@ -65,7 +65,7 @@ def backend_options(message: pb.Backend) -> dict[str, Any]:
         raise QueryError(f"unknown backend {message.name!r}; choose one of {sorted(BACKENDS)}")
     options: dict[str, Any] = {}
     if BACKENDS[message.name].differentially_private:
-        options.update({field: getattr(message, field) for field in ("epsilon", "delta")
+        options.update({field: getattr(message, field) for field in ("epsilon", "delta", "rho")
                         if message.HasField(field)})
     if message.max_rows_per_site:
         options["max_rows_per_site"] = message.max_rows_per_site

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import queue
 import threading
 import time
 import uuid
@@ -35,12 +34,15 @@ from pet.site import Contribution
 from pet.study import Study
 from services import convert, server
 from services.config import CoordinatorConfig, Tls, read_coordinator
+from services.jobs import Post, deadline_of, streamed
 from services.pb import (
     common_pb2,
     coordinator_pb2,
     coordinator_pb2_grpc,
     site_pb2,
     site_pb2_grpc,
+    synthesis_pb2,
+    synthesis_pb2_grpc,
 )
 from services.security import (
     TokenInterceptor,
@@ -50,6 +52,7 @@ from services.security import (
 )
 from services.site import PIECE_BYTES, SHARED_INPUT
 from services.status import CallError, from_rpc, handled, handled_stream
+from services.synthesis import SynthesisService
 
 MIN_MPC_SITES = 3
 """Below three sites an MPC session would need parties that no site runs."""
@@ -202,8 +205,8 @@ class AnalystReveal(Backend):
     stream, to conclude each round."""
 
     def __init__(self, public: Backend, requests: Iterator[coordinator_pb2.RunRequest],
-                 outbox: queue.Queue) -> None:
-        self.public, self.requests, self.outbox = public, requests, outbox
+                 post: Post) -> None:
+        self.public, self.requests, self.post = public, requests, post
         self.name = public.name  # type: ignore[misc]
         self.differentially_private = public.differentially_private  # type: ignore[misc]
         self.rounds = 0
@@ -232,7 +235,7 @@ class AnalystReveal(Backend):
             reveal = coordinator_pb2.Reveal(
                 data=combined[start:start + PIECE_BYTES], last=start == starts[-1],
                 state_json=codec.dumps(state) if start == 0 else "", round=self.rounds)
-            self.outbox.put(("reply", coordinator_pb2.RunReply(reveal=reveal)))
+            self.post(coordinator_pb2.RunReply(reveal=reveal))
         try:
             request = next(self.requests)
         except (StopIteration, grpc.RpcError):
@@ -253,11 +256,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.peers = [SitePeer(s.name, s.address, config.tls) for s in config.sites]
         self._federation: Federation | None = None
         self._mpc: RemoteParties | None = None
-        self._mpc_lock = threading.Lock()
+        self.mpc_lock = threading.Lock()
 
     @handled
     def Describe(self, request: Any, context: grpc.ServicerContext) -> coordinator_pb2.Federation:
-        federation = self.federation(_deadline(context, self.config.deadline_s))
+        federation = self.federation(deadline_of(context, self.config.deadline_s))
         return coordinator_pb2.Federation(sites=[peer.name for peer in self.peers],
                                           schema_json=convert.schema_json(federation.schema),
                                           backends=list(federation.backends))
@@ -269,28 +272,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if first is None or first.WhichOneof("kind") != "start":
             raise QueryError("a run starts with a Start message")
         analyst = self.config.analyst(bearer_token(context.invocation_metadata()) or "")
-        outbox: queue.Queue = queue.Queue()
-        context.add_callback(lambda: outbox.put(("end", None)))
-        deadline = _deadline(context, math.inf)
-        worker = threading.Thread(target=self._work, daemon=True, name="pet-run",
-                                  args=(first.start, requests, analyst or "", deadline, outbox))
-        worker.start()
-        while True:
-            kind, item = outbox.get()
-            if kind == "reply":
-                yield item
-            elif kind == "result":
-                yield coordinator_pb2.RunReply(result=item)
-                return
-            elif kind == "error":
-                raise item
-            else:
-                return  # the call ended (cancelled or past its deadline)
+        deadline = deadline_of(context, math.inf)
+
+        def work(post: Post) -> coordinator_pb2.RunReply:
+            result = self._study(first.start, requests, analyst or "", deadline, post)
+            return coordinator_pb2.RunReply(result=convert.result_message(result))
+
+        yield from streamed(work, context, name="pet-run")
 
     @handled
     def Budget(self, request: common_pb2.BudgetRequest,
                context: grpc.ServicerContext) -> common_pb2.BudgetReply:
-        timeout = _remaining(_deadline(context, self.config.deadline_s))
+        timeout = _remaining(deadline_of(context, self.config.deadline_s))
         reply = common_pb2.BudgetReply()
         for peer in self.peers:
             reply.budgets.extend(peer.call("Budget", request, timeout).budgets)
@@ -312,24 +305,15 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     def close(self) -> None:
         """End the MPC session, if one runs, and close the channels to the sites."""
-        with self._mpc_lock:
+        with self.mpc_lock:
             if self._mpc is not None:
                 self._mpc.close()
                 self._mpc = None
         for peer in self.peers:
             peer.channel.close()
 
-    def _work(self, start: coordinator_pb2.Start, requests: Iterator[Any], analyst: str,
-              deadline: float, outbox: queue.Queue) -> None:
-        """Run the study of one Run call and post its result (or error) to the outbox."""
-        try:
-            outbox.put(("result", convert.result_message(
-                self._study(start, requests, analyst, deadline, outbox))))
-        except Exception as error:  # handed to the call's own thread, which reports it
-            outbox.put(("error", error))
-
     def _study(self, start: coordinator_pb2.Start, requests: Iterator[Any], analyst: str,
-               deadline: float, outbox: queue.Queue) -> Any:
+               deadline: float, post: Post) -> Any:
         federation = self.federation(deadline)
         query = _checked(start.query, federation.schema)
         name = start.backend.name
@@ -339,26 +323,30 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                             f"not every site takes part in {name!r} studies; all of them "
                             f"allow {list(federation.backends)}")
         if name in SHARED_INPUT:
-            with self._mpc_lock:
-                parties = self._parties(deadline)
+            with self.mpc_lock:
+                parties = self.mpc_parties(deadline)
                 backend = get_backend(name, **options, parties=parties)
                 return self._run(query, backend, start.backend, federation, analyst,
                                  deadline, parties.session)
         backend = get_backend(name, **options)
         if name in ("he", "he+dp"):
-            backend = AnalystReveal(backend, requests, outbox)
+            backend = AnalystReveal(backend, requests, post)
         return self._run(query, backend, start.backend, federation, analyst, deadline)
 
     def _run(self, query: Query, backend: Backend, spec: common_pb2.Backend,
              federation: Federation, analyst: str, deadline: float,
              mpc_session: str = "") -> Any:
+        return self.study(backend, spec, federation, analyst, deadline, mpc_session).run(query)
+
+    def study(self, backend: Backend, spec: common_pb2.Backend, federation: Federation,
+              analyst: str, deadline: float, mpc_session: str = "") -> Study:
+        """A study over the site servers under `backend`, described to them by `spec`."""
         sites = [RemoteSite(peer, federation.schema, spec=spec, n_sites=len(self.peers),
                             analyst=analyst, deadline=deadline, mpc_session=mpc_session)
                  for peer in self.peers]
-        study = Study(sites, backend=backend, parallel=True)  # type: ignore[arg-type]
-        return study.run(query)
+        return Study(sites, backend=backend, parallel=True)  # type: ignore[arg-type]
 
-    def _parties(self, deadline: float) -> RemoteParties:
+    def mpc_parties(self, deadline: float) -> RemoteParties:
         """The live MPC session at the sites, started if none runs (callers hold the lock)."""
         if len(self.peers) < MIN_MPC_SITES:
             raise PetError(f"mpc over the services needs at least {MIN_MPC_SITES} sites, each "
@@ -384,13 +372,6 @@ def _checked(message: common_pb2.Query, schema: Schema) -> Query:
     return query
 
 
-def _deadline(context: grpc.ServicerContext, default_s: float) -> float:
-    """When the call must end (monotonic clock): its own deadline, else the default."""
-    remaining = context.time_remaining()
-    limit = default_s if remaining is None else min(remaining, default_s)
-    return time.monotonic() + limit
-
-
 def _remaining(deadline: float) -> float | None:
     """Seconds left before a deadline, for a call's timeout (None: no deadline)."""
     if math.isinf(deadline):
@@ -405,9 +386,13 @@ def serve(config_path: str) -> None:
     """Run the coordinator from its configuration file until SIGTERM or SIGINT."""
     config = read_coordinator(config_path)
     service = CoordinatorService(config)
+    hosted = [server.Hosted(service, coordinator_pb2_grpc.add_CoordinatorServicer_to_server,
+                            coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name),
+              server.Hosted(SynthesisService(service),
+                            synthesis_pb2_grpc.add_SynthesisServicer_to_server,
+                            synthesis_pb2.DESCRIPTOR.services_by_name["Synthesis"].full_name)]
     server.run(config.listen, server_credentials(config.tls, require_client_certificate=False),
-               service, coordinator_pb2_grpc.add_CoordinatorServicer_to_server,
-               coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
+               hosted,
                banner=lambda port: f"coordinator serving on port {port} for sites "
                                    f"{[s.name for s in config.sites]}",
                on_stop=service.close, interceptors=[TokenInterceptor(config.analyst)])

@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -17,22 +18,33 @@ MAX_WORKERS = 64
 """Threads serving calls at once; more calls wait their turn instead of being refused."""
 
 
-def start(listen: str, credentials: grpc.ServerCredentials, servicer: Any,
-          add: Callable[[Any, grpc.Server], None], service: str, *,
+@dataclass(frozen=True)
+class Hosted:
+    """One service a server hosts: its servicer, the generated function that registers it,
+    and its full name (for health checking and reflection)."""
+
+    servicer: Any
+    add: Callable[[Any, grpc.Server], None]
+    name: str
+
+
+def start(listen: str, credentials: grpc.ServerCredentials, services: Sequence[Hosted], *,
           interceptors: Sequence[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int]:
-    """A started server on `listen` with one servicer (`add` registers it, `service` is
-    its full name), health checking reporting SERVING, and reflection. Returns the server
-    and the port it bound (useful with port 0)."""
+    """A started server on `listen` with the given services, health checking reporting
+    SERVING for each, and reflection. Returns the server and the port it bound (useful
+    with port 0)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS),
                          interceptors=list(interceptors),
                          options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    add(servicer, server)
+    for hosted in services:
+        hosted.add(hosted.servicer, server)
     checker = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    for name in ("", service):
+    names = [hosted.name for hosted in services]
+    for name in ("", *names):
         checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        [service, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
@@ -40,14 +52,12 @@ def start(listen: str, credentials: grpc.ServerCredentials, servicer: Any,
     return server, port
 
 
-def run(listen: str, credentials: grpc.ServerCredentials, servicer: Any,
-        add: Callable[[Any, grpc.Server], None], service: str, *,
+def run(listen: str, credentials: grpc.ServerCredentials, services: Sequence[Hosted], *,
         banner: Callable[[int], str], on_stop: Callable[[], Any],
         interceptors: Sequence[grpc.ServerInterceptor] = ()) -> None:
     """Start a server as `start` does, print its banner, and serve until SIGTERM or SIGINT
-    (then `on_stop` releases what the servicer holds)."""
-    server, port = start(listen, credentials, servicer, add, service,
-                         interceptors=interceptors)
+    (then `on_stop` releases what the servicers hold)."""
+    server, port = start(listen, credentials, services, interceptors=interceptors)
     print(banner(port), flush=True)
     serve_until_stopped(server, on_stop)
 

@@ -221,9 +221,10 @@ def serve(config_path: str) -> None:
     """Run a site server from its configuration file until SIGTERM or SIGINT."""
     config = read_site(config_path)
     service = SiteService(config)
+    hosted = server.Hosted(service, site_pb2_grpc.add_SiteServicer_to_server,
+                           site_pb2.DESCRIPTOR.services_by_name["Site"].full_name)
     server.run(config.listen, server_credentials(config.tls, require_client_certificate=True),
-               service, site_pb2_grpc.add_SiteServicer_to_server,
-               site_pb2.DESCRIPTOR.services_by_name["Site"].full_name,
+               [hosted],
                banner=lambda port: f"site {config.name!r} serving on port {port} "
                                    f"({service.site.table.n_rows} rows, backends "
                                    f"{service.backends})",

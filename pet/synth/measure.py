@@ -20,12 +20,12 @@ from __future__ import annotations
 import math
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from pet.backends import get_backend
+from pet.backends import Backend, get_backend
 from pet.errors import ArgumentError
 from pet.mechanisms import noisy_max
 from pet.queries.marginals import Marginals
@@ -69,10 +69,15 @@ class Measurer(ABC):
 
     def __init__(self, sites: Sequence[Site], discretization: Discretization, *, backend: str,
                  epsilon: float, delta: float, request: str | None = None,
-                 **options: object) -> None:
-        if not sites:
+                 opener: Callable[[Backend], Study] | None = None,
+                 progress: Callable[[Spend], None] | None = None, **options: object) -> None:
+        if not sites and opener is None:
             raise ArgumentError("a measurer needs at least one site")
         self.sites = tuple(sites)
+        self.opener = opener or (lambda made: Study(self.sites, backend=made))
+        """Opens a study of the sites under a backend: in process by default; the
+        coordinator opens one over the site servers."""
+        self.progress = progress
         self.discretization = discretization
         self.domain: Domain = discretization.domain()
         self.backend, self.epsilon, self.delta = backend, epsilon, delta
@@ -83,12 +88,15 @@ class Measurer(ABC):
 
     def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
         """Noisy counts of every clique, in one Gaussian release that is ρ-zCDP."""
+        measured = self._release(cliques, rho)
+        self._spent(Spend("measure", tuple(cliques), rho))
+        return measured
+
+    def _release(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
         query = self._query(cliques)
         study = self._study(rho)
         result = study.run(query, request=self.request)
-        layout = query.layout(study.schema)
-        sigma = study.backend.noise_sd(layout, len(self.sites))
-        self.spends.append(Spend("measure", query.cliques, rho))
+        sigma = study.backend.noise_sd(query.layout(study.schema), len(study.sites))
         return [NoisyMarginal(c, np.ravel(v), sigma)
                 for c, v in zip(query.cliques, result.value, strict=True)]
 
@@ -109,6 +117,12 @@ class Measurer(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _spent(self, spend: Spend) -> None:
+        """Itemise one step, and report it to whoever follows the fit."""
+        self.spends.append(spend)
+        if self.progress is not None:
+            self.progress(spend)
+
     def _query(self, cliques: Sequence[Clique]) -> Marginals:
         for clique in cliques:
             self.domain.check(clique)
@@ -122,7 +136,7 @@ class Measurer(ABC):
         if rho not in self._studies:
             backend = get_backend(self.backend, epsilon=self.epsilon, delta=self.delta,
                                   rho=rho, **self.options)
-            self._studies[rho] = Study(self.sites, backend=backend)
+            self._studies[rho] = self.opener(backend)
         return self._studies[rho]
 
 
@@ -141,7 +155,7 @@ class Curator(Measurer):
         query = self._query(candidates.cliques)
         # The site charges the selection like a release, before it touches the rows.
         site.charge(query, self._study(rho).backend, self.request)
-        self.spends.append(Spend("select", query.cliques, rho))
+        self._spent(Spend("select", query.cliques, rho))
         truth = self._counts(candidates.cliques)
         return noisy_max(candidates.scores(truth), sensitivity, rho)
 
@@ -161,15 +175,16 @@ class Federation(Measurer):
 
     def __init__(self, sites: Sequence[Site], discretization: Discretization, *,
                  backend: str = "he+dp", epsilon: float, delta: float,
-                 request: str | None = None, **options: object) -> None:
+                 request: str | None = None, opener: Callable[[Backend], Study] | None = None,
+                 progress: Callable[[Spend], None] | None = None, **options: object) -> None:
         if backend not in ("he+dp", "mpc+dp"):
             raise ArgumentError(f"a federation measures under he+dp or mpc+dp, not {backend!r}")
         super().__init__(sites, discretization, backend=backend, epsilon=epsilon, delta=delta,
-                         request=request, **options)
+                         request=request, opener=opener, progress=progress, **options)
 
     def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
-        noisy = self.measure(candidates.cliques, rho)
-        self.spends[-1] = Spend("select", candidates.cliques, rho)
+        noisy = self._release(candidates.cliques, rho)
+        self._spent(Spend("select", candidates.cliques, rho))
         return int(np.argmax(candidates.scores([m.values for m in noisy])))
 
 

@@ -75,20 +75,22 @@ class Query(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., arguments: _Optional[_Mapping[str, Value]] = ..., where: _Optional[str] = ...) -> None: ...
 
 class Backend(_message.Message):
-    __slots__ = ("name", "epsilon", "delta", "max_rows_per_site", "max_sites", "public_context")
+    __slots__ = ("name", "epsilon", "delta", "max_rows_per_site", "max_sites", "public_context", "rho")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_PER_SITE_FIELD_NUMBER: _ClassVar[int]
     MAX_SITES_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
     name: str
     epsilon: float
     delta: float
     max_rows_per_site: int
     max_sites: int
     public_context: bytes
-    def __init__(self, name: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_rows_per_site: _Optional[int] = ..., max_sites: _Optional[int] = ..., public_context: _Optional[bytes] = ...) -> None: ...
+    rho: float
+    def __init__(self, name: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_rows_per_site: _Optional[int] = ..., max_sites: _Optional[int] = ..., public_context: _Optional[bytes] = ..., rho: _Optional[float] = ...) -> None: ...
 
 class Guarantee(_message.Message):
     __slots__ = ("confidentiality", "rho", "epsilon", "delta")

@@ -1,0 +1,200 @@
+"""Synthesizers side by side: pet's MST and AIM against OpenDP's (`opendp[mbi]`) and
+smartnoise-synth's on the same discretized data, in one run.
+
+Every cell fits one synthesizer to one data set at one ε (δ = 10⁻⁶), samples as many rows
+as the data has, and records the fit and sample time, the peak memory of its process, and
+the average total variation distance (TVD) of all 2-way marginals and of a fixed sample
+of 3-way marginals against the real data. pet runs in a fresh worker process of its own
+environment; each peer in its own (built by `benchmarks/peers/setup.sh`), given the very
+codes pet's public discretization makes of the real rows.
+
+    python -m benchmarks.synth --out benchmarks/results/synth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.peers import driver
+from pet.synth import SYNTHESIZERS, Curator, Discretization
+from pet.synth.domain import Domain
+from pet.workloads import Workload, breast_cancer, cohort, lung
+
+DELTA = 1e-6
+EPSILONS = (0.5, 1.0, 5.0)
+METHODS = ("mst", "aim")
+TRIPLES = 30
+"""3-way marginals in the fixed sample (all of them when a data set has fewer)."""
+TIMEOUT_S = 600.0
+DATA_DIR = Path("benchmarks/.data")
+
+DATASETS: dict[str, Callable[[], Workload]] = {
+    "breast_cancer": lambda: breast_cancer(1),
+    "lung": lambda: lung(1),
+    "cohort-100k": lambda: cohort(100_000, 1, 0, directory=DATA_DIR / "synth-100k", reuse=True),
+    "cohort-1m": lambda: cohort(1_000_000, 1, 0, directory=DATA_DIR / "synth-1m", reuse=True),
+}
+"""Each data set as one data holder's table (central DP: the peers' setting)."""
+
+
+def codes_of(workload: Workload) -> tuple[Discretization, np.ndarray]:
+    """The public discretization of a workload and its real rows' levels."""
+    discretization = Discretization.of(workload.schema)
+    table = next(iter(workload.tables.values()))
+    frames = [discretization.encode(chunk) for chunk in _frames(table)]
+    return discretization, np.concatenate(frames)
+
+
+def _frames(table: Any) -> Any:
+    """A table's rows as DataFrames, a chunk at a time (tables larger than memory)."""
+    for chunk in table.chunks(table.schema.names):
+        yield pd.DataFrame({name: chunk.columns[name] for name in table.schema.names})
+
+
+def fidelity(real: np.ndarray, synthetic: np.ndarray, domain: Domain) -> dict[str, float]:
+    """Average TVD of all 2-way marginals and of the fixed sample of 3-way marginals."""
+    indices = range(len(domain))
+    pairs = list(combinations(indices, 2))
+    triples = list(combinations(indices, 3))
+    rng = np.random.default_rng(0)
+    if len(triples) > TRIPLES:
+        triples = [triples[i] for i in sorted(rng.choice(len(triples), TRIPLES, replace=False))]
+    return {"tvd2": _tvd(real, synthetic, pairs, domain),
+            "tvd3": _tvd(real, synthetic, triples, domain)}
+
+
+def _tvd(real: np.ndarray, synthetic: np.ndarray, cliques: list[tuple[int, ...]],
+         domain: Domain) -> float:
+    distances = []
+    for clique in cliques:
+        shape = tuple(domain.sizes[i] for i in clique)
+        p, q = (np.bincount(np.ravel_multi_index(rows[:, clique].T, shape),
+                            minlength=int(np.prod(shape))) / len(rows)
+                for rows in (real, synthetic))
+        distances.append(0.5 * np.abs(p - q).sum())
+    return float(np.mean(distances))
+
+
+def pet_cell(dataset: str, method: str, epsilon: float, seed: int) -> dict[str, Any]:
+    """One pet cell in a fresh worker process (its peak memory is its own)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_pet_worker, (dataset, method, epsilon, seed))
+
+
+def _pet_worker(dataset: str, method: str, epsilon: float, seed: int) -> dict[str, Any]:
+    workload = DATASETS[dataset]()
+    discretization, real = codes_of(workload)
+    with tempfile.TemporaryDirectory() as folder:
+        (site,) = workload.sites(ledgers=Path(folder))
+        site.ledger.set_budget(site.dataset, epsilon, DELTA)
+        start = time.perf_counter()
+        with Curator(site, discretization, epsilon=epsilon, delta=DELTA) as measurer:
+            fit = SYNTHESIZERS[method]().fit(measurer)
+        fitted = time.perf_counter()
+        synthetic = fit.model.sample(len(real), seed)
+        sampled = time.perf_counter()
+    return {"status": "ok", "fit_s": fitted - start, "sample_s": sampled - fitted,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rho": fit.rho, **fidelity(real, synthetic, discretization.domain())}
+
+
+def peer_cell(peer: str, method: str, dataset: str, epsilon: float, seed: int,
+              work: Path, *, resample: bool = False) -> dict[str, Any]:
+    """One peer cell through the peer driver, scored on the same real levels."""
+    discretization, real = _cached_codes(dataset, work)
+    domain = discretization.domain()
+    stats = driver.run(peer, method, str(work / f"{dataset}.csv"),
+                       dict(zip(domain.attributes, domain.sizes, strict=True)),
+                       epsilon=epsilon, delta=DELTA, seed=seed, rows=len(real),
+                       resample=resample, timeout_s=TIMEOUT_S,
+                       workdir=work / f"{peer}-{method}-{dataset}-{epsilon:g}")
+    if stats.get("status") == "ok":
+        outputs = {"": "synthetic.csv", "resampled": "synthetic-resampled.csv"}
+        for label, name in outputs.items():
+            path = Path(stats["workdir"]) / name
+            if path.exists():
+                synthetic = pd.read_csv(path).to_numpy(dtype=np.int64)
+                scores = fidelity(real, synthetic, domain)
+                stats |= {f"{k}_{label}" if label else k: v for k, v in scores.items()}
+    return stats
+
+
+_CODES: dict[str, tuple[Discretization, np.ndarray]] = {}
+
+
+def _cached_codes(dataset: str, work: Path) -> tuple[Discretization, np.ndarray]:
+    """A data set's levels, computed once per run and written where the peers read them."""
+    if dataset not in _CODES:
+        discretization, real = codes_of(DATASETS[dataset]())
+        frame = pd.DataFrame(real, columns=list(discretization.schema.names))
+        frame.to_csv(work / f"{dataset}.csv", index=False)
+        _CODES[dataset] = discretization, real
+    return _CODES[dataset]
+
+
+def cells(datasets: list[str], peers: list[str]) -> list[dict[str, Any]]:
+    """The matrix: every data set × method × ε, for pet and each peer."""
+    return [{"impl": impl, "dataset": d, "method": m, "epsilon": e}
+            for d in datasets for m in METHODS for e in EPSILONS
+            for impl in ("pet", *peers)]
+
+
+def run(out: Path, datasets: list[str], peers: list[str], seed: int = 0) -> Path:
+    """Run (or resume) the matrix into `out/cells.jsonl`; returns that file."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "cells.jsonl"
+    done = {_key(json.loads(line)) for line in log.read_text().splitlines()} \
+        if log.exists() else set()
+    work = Path(tempfile.mkdtemp(prefix="pet-synth-bench-"))
+    for cell in cells(datasets, peers):
+        if _key(cell) in done:
+            continue
+        if cell["impl"] == "pet":
+            stats = pet_cell(cell["dataset"], cell["method"], cell["epsilon"], seed)
+        else:
+            stats = peer_cell(cell["impl"], cell["method"], cell["dataset"], cell["epsilon"],
+                              seed, work, resample=cell["impl"] == "smartnoise")
+        with log.open("a") as f:
+            f.write(json.dumps({**cell, **_kept(stats)}) + "\n")
+        print(json.dumps({**cell, **{k: stats.get(k) for k in (
+            "status", "fit_s", "tvd2", "tvd3", "peak_rss_mb")}}), flush=True)
+    return log
+
+
+def _key(cell: dict[str, Any]) -> tuple:
+    return cell["impl"], cell["dataset"], cell["method"], cell["epsilon"]
+
+
+def _kept(stats: dict[str, Any]) -> dict[str, Any]:
+    """What a cell keeps of its stats: numbers, status, versions, the tail of an error."""
+    keep = ("status", "fit_s", "sample_s", "resample_s", "peak_rss_mb", "rho", "tvd2",
+            "tvd3", "tvd2_resampled", "tvd3_resampled", "versions", "stderr_tail", "error",
+            "wall_s", "timeout_s")
+    return {k: stats[k] for k in keep if k in stats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synth"))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--peers", nargs="*", default=list(driver.PEERS))
+    args = parser.parse_args(argv)
+    run(args.out, args.datasets, args.peers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""A noisy marginal: the only thing the estimator sees of the data.
+
+Marginals are measured elsewhere, through pet's DP backends; what arrives here is
+already a privacy-protected release, so everything downstream is post-processing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pet.errors import ArgumentError
+from pet.synth.domain import Clique, Domain
+
+
+@dataclass(frozen=True)
+class NoisyMarginal:
+    """Noisy counts of a clique's cells, flat in C order over the clique's attributes in the
+    clique's order; `sigma` is the standard deviation of the Gaussian noise on each cell
+    (0: an exact, noiseless count)."""
+
+    clique: Clique
+    values: np.ndarray
+    sigma: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clique, str):
+            raise ArgumentError(
+                f"NoisyMarginal.clique: write ({self.clique!r},) for a one-way marginal")
+        clique = tuple(self.clique)
+        if not all(isinstance(a, str) for a in clique):
+            raise ArgumentError(f"NoisyMarginal.clique: {clique!r} must hold attribute names")
+        if len(set(clique)) != len(clique):
+            raise ArgumentError(f"NoisyMarginal.clique: {clique} names an attribute twice")
+        values = np.array(self.values, dtype=np.float64)
+        if values.ndim != 1:
+            raise ArgumentError(
+                f"NoisyMarginal.values of {clique}: expected a flat array, got shape "
+                f"{values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ArgumentError(f"NoisyMarginal.values of {clique}: NaN or infinite counts")
+        values.flags.writeable = False
+        sigma = float(self.sigma)
+        if not math.isfinite(sigma) or sigma < 0:
+            raise ArgumentError(
+                f"NoisyMarginal.sigma of {clique}: {self.sigma!r}; must be finite and ≥ 0")
+        object.__setattr__(self, "clique", clique)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "sigma", sigma)
+
+    def check(self, domain: Domain) -> None:
+        """Raise ArgumentError unless the clique is in `domain` and the length fits it."""
+        expected = domain.size(self.clique)
+        if self.values.size != expected:
+            cells = " × ".join(map(str, domain.shape(self.clique))) or "the total"
+            raise ArgumentError(
+                f"NoisyMarginal.values of {self.clique}: {self.values.size} counts, but the "
+                f"clique has {expected} cells ({cells})")

@@ -1,0 +1,154 @@
+"""The synthesis service, hosted by the coordinator: a DP synthesizer fitted across the site
+servers under `mpc+dp`, and its synthetic rows streamed back in chunks.
+
+Each measurement and selection is a `Marginals` release through the sites, who charge the
+fit's (ε, δ) to their own ledgers once and refuse any release past the ρ it affords; the
+MPC parties reveal only noisy counts. The coordinator keeps the fitted model (it holds no
+rows and no exact counts) for the analyst to sample from. `he+dp` is not offered here:
+its every measurement would need the analyst's secret key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pyarrow as pa
+
+from pet.backends import Backend
+from pet.errors import ArgumentError
+from pet.mechanisms import check_privacy, rho_of
+from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card
+from pet.synth.discretize import DEFAULT_BINS, Discretization
+from pet.synth.measure import Spend
+from services import convert
+from services.jobs import Post, deadline_of, streamed
+from services.pb import common_pb2, synthesis_pb2, synthesis_pb2_grpc
+from services.security import bearer_token
+from services.status import CallError, handled_stream
+
+if TYPE_CHECKING:
+    from services.coordinator import CoordinatorService
+
+BACKEND = "mpc+dp"
+CHUNK_ROWS = 10_000
+"""Rows per streamed chunk unless the analyst asks for another number."""
+MAX_ROWS = 10**8
+
+
+class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
+    """Fit jobs over the coordinator's sites, and the fits they made, by id."""
+
+    def __init__(self, coordinator: CoordinatorService) -> None:
+        self.coordinator = coordinator
+        self.fits: dict[str, tuple[Fit, Release]] = {}
+        self._lock = threading.Lock()
+
+    @handled_stream
+    def Fit(self, request: synthesis_pb2.FitRequest,
+            context: grpc.ServicerContext) -> Iterator[synthesis_pb2.FitProgress]:
+        _check_fit(request)
+        analyst = self.coordinator.config.analyst(
+            bearer_token(context.invocation_metadata()) or "") or ""
+        deadline = deadline_of(context, math.inf)
+
+        def work(post: Post) -> synthesis_pb2.FitProgress:
+            fit = self._fit(request, analyst, deadline, post)
+            name = uuid.uuid4().hex
+            release = Release(tuple(p.name for p in self.coordinator.peers), BACKEND, 0, 0)
+            with self._lock:
+                self.fits[name] = (fit, release)
+            return synthesis_pb2.FitProgress(fitted=synthesis_pb2.Fitted(
+                fit=name, method=fit.method, rho=fit.rho, measurements=len(fit.measurements)))
+
+        yield from streamed(work, context, name="pet-fit")
+
+    @handled_stream
+    def Sample(self, request: synthesis_pb2.SampleRequest,
+               context: grpc.ServicerContext) -> Iterator[synthesis_pb2.SampleChunk]:
+        with self._lock:
+            found = self.fits.get(request.fit)
+        if found is None:
+            raise CallError(grpc.StatusCode.NOT_FOUND, f"no fit {request.fit!r} here; fit one "
+                                                       "first (Synthesis.Fit)")
+        if not 1 <= request.rows <= MAX_ROWS:
+            raise ArgumentError(f"rows must lie in [1, {MAX_ROWS}], got {request.rows}")
+        if request.chunk_rows < 0:
+            raise ArgumentError(f"chunk_rows must be >= 0, got {request.chunk_rows}")
+        fit, made = found
+        table = fit.sample(int(request.rows), seed=int(request.seed))
+        step = request.chunk_rows or CHUNK_ROWS
+        release = Release(made.sites, made.backend, int(request.seed), int(request.rows))
+        for start in range(0, len(table), step):
+            part = table.iloc[start:start + step]
+            last = start + step >= len(table)
+            yield synthesis_pb2.SampleChunk(
+                arrow=_arrow(part), rows=len(part), last=last,
+                card_json=json.dumps(card(fit, release)) if last else "")
+
+    def _fit(self, request: synthesis_pb2.FitRequest, analyst: str, deadline: float,
+             post: Post) -> Fit:
+        coordinator = self.coordinator
+        federation = coordinator.federation(deadline)
+        if BACKEND not in federation.backends:
+            raise CallError(grpc.StatusCode.PERMISSION_DENIED,
+                            f"not every site takes part in {BACKEND} studies")
+        discretization = Discretization.of(federation.schema, bins=request.bins or DEFAULT_BINS)
+        total = rho_of(request.epsilon, request.delta)
+        with coordinator.mpc_lock:
+            parties = coordinator.mpc_parties(deadline)
+
+            def opener(backend: Backend) -> Any:
+                spec = convert.backend_message(backend.name, {
+                    "epsilon": request.epsilon, "delta": request.delta,
+                    "rho": getattr(backend, "rho", None)})
+                return coordinator.study(backend, spec, federation, analyst, deadline,
+                                         parties.session)
+
+            steps: list[Spend] = []
+
+            def progress(spend: Spend) -> None:
+                steps.append(spend)
+                post(synthesis_pb2.FitProgress(step=_step(len(steps), spend, steps, total)))
+
+            with Federation([], discretization, backend=BACKEND, epsilon=request.epsilon,
+                            delta=request.delta, opener=opener, progress=progress,
+                            parties=parties) as measurer:
+                return SYNTHESIZERS[request.method]().fit(measurer)
+
+
+def _check_fit(request: synthesis_pb2.FitRequest) -> None:
+    """Refuse a fit request that names an unknown method or backend, or a bad budget."""
+    if request.method not in SYNTHESIZERS:
+        raise ArgumentError(f"unknown synthesizer {request.method!r}; choose one of "
+                            f"{sorted(SYNTHESIZERS)}")
+    if request.backend not in ("", BACKEND):
+        raise ArgumentError(f"the synthesis service measures under {BACKEND} only, not "
+                            f"{request.backend!r}: under he+dp every measurement would need "
+                            "the analyst's secret key")
+    check_privacy(request.epsilon, request.delta)
+    if request.delta == 0:
+        raise ArgumentError("a synthesizer's zCDP budget needs delta > 0")
+    if request.bins < 0:
+        raise ArgumentError(f"bins must be >= 0, got {request.bins}")
+
+
+def _step(index: int, spend: Spend, steps: list[Spend], total: float) -> synthesis_pb2.Step:
+    groups = common_pb2.Groups(items=[common_pb2.Texts(items=list(c)) for c in spend.cliques])
+    return synthesis_pb2.Step(index=index, step=spend.step, cliques=groups, rho=spend.rho,
+                              rho_spent=sum(s.rho for s in steps), rho_total=total)
+
+
+def _arrow(frame: Any) -> bytes:
+    """One chunk of rows as an Arrow IPC stream (keeps each column's type)."""
+    sink = io.BytesIO()
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue()

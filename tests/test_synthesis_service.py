@@ -1,0 +1,88 @@
+"""The synthesis service over real gRPC on loopback: a fit across three site servers under
+mpc+dp with its progress, every site's ledger charged once, rows streamed in chunks with
+their data card, and bad requests refused with status codes that say why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pet.client import Client, RemoteError
+from pet.ledger import Ledger
+from pet.mechanisms import rho_of
+from pet.workloads import Workload
+from services.local import LocalFederation
+
+EPSILON, DELTA = 1.0, 1e-6
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    folder = tmp_path_factory.mktemp("synthesis")
+    with LocalFederation(folder, deadline_s=120, site_options={
+            "budget": {"epsilon": 1.5, "delta": 1e-5}}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(federation: LocalFederation) -> Iterator[Client]:
+    with federation.client() as connected:
+        yield connected
+
+
+def _ledger(federation: LocalFederation, site: str) -> Ledger:
+    return Ledger(Path(federation.directory) / site / "ledger.sqlite")
+
+
+def test_a_fit_across_the_sites_reports_every_step_and_charges_each_site_once(
+        client: Client, federation: LocalFederation, lung3: Workload) -> None:
+    steps = []
+    fit = client.synthesize("mst", epsilon=EPSILON, delta=DELTA, bins=8,
+                            progress=steps.append)
+    d = len(lung3.schema.columns)
+    assert [s.step for s in steps] == ["measure"] + ["select"] * (d - 1) + ["measure"]
+    assert [s.index for s in steps] == list(range(1, d + 2))
+    assert steps[-1].rho_spent == pytest.approx(fit.rho) and fit.rho <= rho_of(EPSILON, DELTA)
+    assert steps[-1].rho_total == pytest.approx(rho_of(EPSILON, DELTA))
+    for site in federation.names:
+        budget = _ledger(federation, site).budget(site)
+        assert (budget.spent_epsilon, budget.spent_delta, budget.releases) == (EPSILON, DELTA, 1)
+    rows = fit.sample(2500, seed=3, chunk_rows=1000)
+    assert len(rows) == 2500 and list(rows.columns) == list(lung3.schema.names)
+    lung3.schema.validate(rows)  # every value inside the schema's bounds and categories
+    assert fit.card["backend"] == "mpc+dp" and fit.card["sites"] == federation.names
+    assert fit.card["rows"] == 2500 and fit.card["seed"] == 3
+    assert sum(s["rho"] for s in fit.card["privacy"]["itemised"]) == pytest.approx(fit.rho)
+    assert rows.equals(fit.sample(2500, seed=3))  # the same seed, the same rows
+
+
+def test_a_fit_the_budget_cannot_pay_is_resource_exhausted(client: Client) -> None:
+    with pytest.raises(RemoteError) as refused:
+        client.synthesize("mst", epsilon=1.0, delta=DELTA)  # 1.5 - 1.0 left after the first
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"method": "gan", "epsilon": 1.0}, "unknown synthesizer 'gan'"),
+    ({"method": "aim", "epsilon": -1.0}, "epsilon must be a finite number > 0"),
+    ({"method": "aim", "epsilon": 1.0, "delta": 0.0}, "needs delta > 0"),
+])
+def test_bad_fit_requests_are_invalid_arguments(client: Client, options: dict,
+                                                words: str) -> None:
+    with pytest.raises(RemoteError) as refused:
+        client.synthesize(**options)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in str(refused.value)
+
+
+def test_sampling_an_unknown_fit_is_not_found(client: Client) -> None:
+    from pet.client import RemoteFit
+    from services.pb import synthesis_pb2
+
+    ghost = RemoteFit(client, synthesis_pb2.Fitted(fit="no-such-fit"))
+    with pytest.raises(RemoteError) as refused:
+        ghost.sample(10)
+    assert refused.value.code == grpc.StatusCode.NOT_FOUND
