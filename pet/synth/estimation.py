@@ -34,6 +34,8 @@ _ARMIJO = 0.5
 """A step is taken when it achieves this fraction of the decrease its linearisation promises."""
 _GROWTH = 1.002
 """Growth of the step size after each step taken, once the first refusal has set its scale."""
+_FLOOR = 1e-4
+"""Cells measured at or below zero start at this fraction of their clique's mean cell."""
 
 
 def estimate(domain: Domain, marginals: Sequence[NoisyMarginal], *,
@@ -44,9 +46,10 @@ def estimate(domain: Domain, marginals: Sequence[NoisyMarginal], *,
     L2 loss, after `iterations` mirror-descent steps (each one belief propagation).
 
     `model` warm-starts from an earlier fit over the same domain: its potentials carry over
-    exactly and its cliques stay in the model. `total` is the number of records, estimated
-    from the measurements when None. `callback(iteration, loss)` follows progress. Raises
-    ArgumentError for bad input, or when a junction-tree clique would exceed `max_cells`.
+    exactly, its cliques stay in the model, and each newly measured clique starts fitted.
+    `total` is the number of records, estimated from the measurements when None.
+    `callback(iteration, loss)` follows progress. Raises ArgumentError for bad input, or
+    when a junction-tree clique would exceed `max_cells`.
     """
     marginals = _checked(domain, marginals)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -57,7 +60,7 @@ def estimate(domain: Domain, marginals: Sequence[NoisyMarginal], *,
     measured = [m.clique for m in marginals] + (list(model.cliques) if model else [])
     cliques = maximal([domain.ordered(c) for c in measured])
     tree = junction_tree(domain, cliques, max_cells=max_cells)
-    theta = (_carried(domain, cliques, model) if model is not None
+    theta = (_carried(domain, cliques, model, marginals) if model is not None
              else _from_measurements(tree, cliques, marginals))
     theta = _mirror_descent(_Loss(tree, cliques, marginals, total), theta,
                             iterations=iterations, callback=callback)
@@ -93,44 +96,62 @@ def _checked_total(total: float) -> float:
     return value
 
 
-def _carried(domain: Domain, cliques: list[Clique], model: Model) -> list[np.ndarray]:
-    """The warm-start model's potentials, each added into the clique holding it (new
-    cliques start at zero), which reproduces the earlier model's distribution exactly."""
+def _carried(domain: Domain, cliques: list[Clique], model: Model,
+             marginals: list[NoisyMarginal]) -> list[np.ndarray]:
+    """The warm-start model's potentials, each added into the clique holding it. A clique
+    measured now that no clique of the model holds then takes one step of iterative
+    proportional fitting (Deming & Stephan 1940), the log-ratio of its measured to its
+    modelled distribution: alone, it makes the model fit that measurement exactly."""
     theta = [np.zeros(domain.shape(c)) for c in cliques]
     for clique, values in zip(model.cliques, model.potentials, strict=True):
         k = _holder(domain, cliques, clique)
         theta[k] = theta[k] + Factor(domain.project(clique), values).broadcast(
             domain.project(cliques[k]))
+    fresh = maximal([c for c in (domain.ordered(m.clique) for m in marginals)
+                     if not any(set(c) <= set(old) for old in model.cliques)])
+    for clique in fresh:
+        measured = _log_distribution(_pooled(domain, clique, marginals))
+        if measured is None:
+            continue
+        modelled = np.log(np.maximum(model.project(clique), np.finfo(np.float64).tiny))
+        ratio = measured - modelled - logsumexp(measured - modelled, tuple(range(len(clique))))
+        k = _holder(domain, cliques, clique)
+        theta[k] = theta[k] + ratio.reshape(domain.embedded_shape(clique, cliques[k]))
     return theta
 
 
 def _from_measurements(tree: JunctionTree, cliques: list[Clique],
                        marginals: list[NoisyMarginal]) -> list[np.ndarray]:
-    """A cold start near the optimum: a clique measured as it stands in the junction tree
-    starts as the log of its measured distribution (pooled, clipped at zero, plus one
-    count) given its separator, so a consistent tree of measurements is fitted at once;
-    any other clique starts at zero. The fit converges to the same optimum from anywhere."""
+    """A cold start near the optimum: a clique that stands as it is in the junction tree
+    starts as the log of its measured distribution given its separator, so a consistent
+    tree of measurements is fitted at once; other cliques start at zero. Only the start
+    changes, not the loss."""
     domain = tree.domain
     theta = []
     for clique in cliques:
         i = tree.containing(clique)
-        counts = _pooled(domain, clique, marginals)
-        if tree.cliques[i] != clique or counts is None:
+        log = _log_distribution(_pooled(domain, clique, marginals))
+        if tree.cliques[i] != clique or log is None:
             theta.append(np.zeros(domain.shape(clique)))
             continue
-        log = np.log(np.maximum(counts, 0.0) + 1.0)
-        sep = tree.separator(i)
-        theta.append(log - logsumexp(log, tuple(n for n, a in enumerate(clique) if a not in sep),
-                                     keepdims=True))
+        away = tuple(n for n, a in enumerate(clique) if a not in tree.separator(i))
+        theta.append(log - logsumexp(log, away, keepdims=True))
     return theta
 
 
-def _pooled(domain: Domain, clique: Clique, marginals: list[NoisyMarginal]) -> np.ndarray | None:
-    """The inverse-variance weighted mean of the measurements of exactly `clique` (domain
-    order), or the mean of its exact ones; None when it is not measured."""
-    same = [m for m in marginals if domain.ordered(m.clique) == clique]
-    if not same:
+def _log_distribution(counts: np.ndarray) -> np.ndarray | None:
+    """Log of noisy counts read as a distribution: clipped at zero and floored at a small
+    fraction of the mean cell, unnormalised; None when no count is positive."""
+    counts = np.maximum(counts, 0.0)
+    if not counts.any():
         return None
+    return np.log(counts + _FLOOR * counts.mean())
+
+
+def _pooled(domain: Domain, clique: Clique, marginals: list[NoisyMarginal]) -> np.ndarray:
+    """The inverse-variance weighted mean of the measurements of exactly `clique` (domain
+    order), or the mean of its exact ones."""
+    same = [m for m in marginals if domain.ordered(m.clique) == clique]
     used = [m for m in same if m.sigma == 0] or same
     weights = [1.0 if m.sigma == 0 else 1.0 / m.sigma**2 for m in used]
     pooled = sum(w * _in_domain_order(domain, m) for w, m in zip(weights, used, strict=True))

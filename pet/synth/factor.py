@@ -17,7 +17,7 @@ from pet.synth.domain import Clique, Domain
 _LOWEST = np.finfo(np.float64).min
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: factors compare by identity
 class Factor:
     """A log-potential: `values[i, j, …]` is the log-value of the cell whose codes are
     i, j, … for `domain.attributes` in order."""
@@ -32,11 +32,6 @@ class Factor:
                 f"Factor.values: shape {values.shape} does not fit the attributes "
                 f"{self.domain.attributes} of sizes {self.domain.sizes}")
         object.__setattr__(self, "values", values)
-
-    @classmethod
-    def zeros(cls, domain: Domain) -> Factor:
-        """The constant potential (log 1 everywhere)."""
-        return cls(domain, np.zeros(domain.sizes))
 
     @property
     def attributes(self) -> Clique:
@@ -54,10 +49,6 @@ class Factor:
         inside = [a for a in domain.attributes if a in self.domain]
         values = self.values.transpose([self.domain.index(a) for a in inside])
         return values.reshape(domain.embedded_shape(inside, domain.attributes))
-
-    def expand(self, domain: Domain) -> Factor:
-        """The same potential over a larger domain (constant along the new attributes)."""
-        return Factor(domain, np.broadcast_to(self.broadcast(domain), domain.sizes))
 
     def transpose(self, attributes: Iterable[str]) -> Factor:
         """The same potential with its axes in the order of `attributes`."""
@@ -79,15 +70,6 @@ class Factor:
         keep = tuple(a for a in self.attributes if a not in gone)
         axes = tuple(i for i, a in enumerate(self.attributes) if a in gone)
         return Factor(self.domain.project(keep), logsumexp(self.values, axes))
-
-    def project(self, clique: Iterable[str]) -> Factor:
-        """The potential summed down to the clique's attributes, in the clique's order."""
-        clique = self.domain.check(clique)
-        return self.marginalize(a for a in self.attributes if a not in clique).transpose(clique)
-
-    def logsumexp(self) -> float:
-        """The log of the sum of all the potential's values (its log-normalizer)."""
-        return float(logsumexp(self.values, tuple(range(self.values.ndim))))
 
 
 def logsumexp(values: np.ndarray, axes: tuple[int, ...], *, keepdims: bool = False) -> np.ndarray:

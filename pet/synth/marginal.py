@@ -15,7 +15,7 @@ from pet.errors import ArgumentError
 from pet.synth.domain import Clique, Domain
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: measurements compare by identity
 class NoisyMarginal:
     """Noisy counts of a clique's cells, flat in C order over the clique's attributes in the
     clique's order; `sigma` is the standard deviation of the Gaussian noise on each cell

@@ -100,6 +100,18 @@ class Measurer(ABC):
         return [NoisyMarginal(c, np.ravel(v), sigma)
                 for c, v in zip(query.cliques, result.value, strict=True)]
 
+    exact_selection: bool = False
+    """Whether `select` scores exact errors (the exponential mechanism at a curator);
+    otherwise selection scores noisy counts, and a method that selects many times may
+    instead release every candidate once with the whole selection budget (`noisy`)."""
+
+    def noisy(self, cliques: Sequence[Clique], rho: float) -> list[np.ndarray]:
+        """Noisy counts of the cliques for selection to score (one ρ-zCDP release,
+        itemised as a selection)."""
+        released = self._release(cliques, rho)
+        self._spent(Spend("select", tuple(cliques), rho))
+        return [m.values for m in released]
+
     @abstractmethod
     def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
         """Index of the candidate with (privately) the highest score, spending ρ; one row
@@ -150,6 +162,8 @@ class Curator(Measurer):
                          request=request)
         self._exact: dict[Clique, np.ndarray] = {}
 
+    exact_selection = True
+
     def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
         site = self.sites[0]
         query = self._query(candidates.cliques)
@@ -183,9 +197,7 @@ class Federation(Measurer):
                          request=request, opener=opener, progress=progress, **options)
 
     def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
-        noisy = self._release(candidates.cliques, rho)
-        self._spent(Spend("select", candidates.cliques, rho))
-        return int(np.argmax(candidates.scores([m.values for m in noisy])))
+        return int(np.argmax(candidates.scores(self.noisy(candidates.cliques, rho))))
 
 
 def expected_error(sigma: float, cells: int) -> float:

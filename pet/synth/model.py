@@ -22,7 +22,7 @@ _RESOLUTION = 2**32
 """Probabilities are drawn at 2⁻³² resolution (integer keys keep sampling exact in int64)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: models compare by identity
 class Model:
     """A Markov random field over `domain`, p(x) ∝ exp(Σ_c potentials[c](x_c)), scaled to
     `total` records. Each log-potential is over a clique of `cliques` (domain order) that
@@ -88,22 +88,24 @@ class Model:
         its top belief times each other clique's conditional given its separator."""
         nodes, top = self._subtree(ordered)
         factors = []
-        for i in nodes:
-            inside = self.tree.cliques[i]
-            log = self.beliefs.log[i]
-            if i != top:
-                away = tuple(n for n, a in enumerate(inside) if a not in self.tree.separator(i))
-                given = logsumexp(log, away, keepdims=True)
-                with np.errstate(invalid="ignore"):
+        # Cells of probability zero have log-belief -inf: their conditionals stay -inf.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for i in nodes:
+                inside = self.tree.cliques[i]
+                log = self.beliefs.log[i]
+                if i != top:
+                    away = tuple(n for n, a in enumerate(inside)
+                                 if a not in self.tree.separator(i))
+                    given = logsumexp(log, away, keepdims=True)
                     log = np.where(np.isfinite(given), log - given, -np.inf)
-            factors.append(Factor(self.domain.project(inside), log))
-        gone = {a for f in factors for a in f.attributes} - set(ordered)
-        while gone:
-            a = min(sorted(gone), key=functools.partial(_cells_touched, factors))
-            touching = [f for f in factors if a in f.domain]
-            factors = [f for f in factors if a not in f.domain]
-            factors.append(functools.reduce(Factor.__add__, touching).marginalize((a,)))
-            gone.remove(a)
+                factors.append(Factor(self.domain.project(inside), log))
+            gone = {a for f in factors for a in f.attributes} - set(ordered)
+            while gone:
+                a = min(sorted(gone), key=functools.partial(_cells_touched, factors))
+                touching = [f for f in factors if a in f.domain]
+                factors = [f for f in factors if a not in f.domain]
+                factors.append(functools.reduce(Factor.__add__, touching).marginalize((a,)))
+                gone.remove(a)
         return functools.reduce(Factor.__add__, factors).transpose(ordered).values
 
     def _subtree(self, ordered: Clique) -> tuple[list[int], int]:
@@ -131,23 +133,21 @@ class Model:
         if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 0:
             raise ArgumentError(f"n_rows={n_rows!r}; must be an integer ≥ 0")
         rng = np.random.default_rng(seed)
-        codes = np.zeros((int(n_rows), len(self.domain)), dtype=np.int64)
+        # One contiguous array per attribute: gathering separator codes stays cheap.
+        columns: dict[str, np.ndarray] = {}
         for i in self.tree.order:
             inside = self.tree.cliques[i]
             sep = self.tree.separator(i)
             new = tuple(a for a in inside if a not in sep)
-            axes = [inside.index(a) for a in sep + new]
-            table = self.beliefs.prob[i].transpose(axes).reshape(
-                self.domain.size(sep), self.domain.size(new))
-            if sep:
-                given = np.ravel_multi_index(
-                    codes[:, [self.domain.index(a) for a in sep]].T, self.domain.shape(sep))
-            else:
-                given = np.zeros(len(codes), dtype=np.int64)
-            drawn = _draw(table, given, rng)
-            codes[:, [self.domain.index(a) for a in new]] = np.stack(
-                np.unravel_index(drawn, self.domain.shape(new)), axis=1)
-        return codes
+            table = self.beliefs.prob[i].transpose([inside.index(a) for a in sep + new])
+            table = table.reshape(self.domain.size(sep), self.domain.size(new))
+            given = (np.ravel_multi_index([columns[a] for a in sep], self.domain.shape(sep))
+                     if sep else np.zeros(int(n_rows), dtype=np.int64))
+            drawn = np.unravel_index(_draw(table, given, rng), self.domain.shape(new))
+            columns.update(zip(new, drawn, strict=True))
+        stacked = np.stack([columns[a] for a in self.domain.attributes]).astype(np.int64,
+                                                                                copy=False)
+        return np.ascontiguousarray(stacked.T)
 
 
 def _cells_touched(factors: list[Factor], name: str) -> int:

@@ -3,7 +3,7 @@ NIST Contest: A scalable and general approach to differentially private syntheti
 JPC 2021).
 
 The budget ρ splits in thirds: every 1-way marginal measured at once; the tree's d − 1
-edges chosen one at a time (by the exponential mechanism, each an edge that joins two
+edges chosen (by the exponential mechanism, one edge at a time among those that join two
 components, scored by how badly the 1-way model gets that pair); the chosen 2-way
 marginals measured at once. The model fitted to both sets of measurements is sampled.
 """
@@ -35,19 +35,34 @@ class MST(Synthesizer):
         return estimate(domain, measured, iterations=self.iterations, model=model), measured
 
     def _tree(self, measurer: Measurer, model: Model, rho: float) -> list[Clique]:
-        """Kruskal's algorithm with each edge picked privately among those that join two
-        components, by the 1-way model's L1 error on the pair (sensitivity 1)."""
+        """Kruskal's algorithm over the pairs, scored by how badly the 1-way model gets
+        each (its L1 error, sensitivity 1). A curator picks each edge by the exponential
+        mechanism among those that join two components; a federation, which cannot,
+        releases every pair once with the whole selection budget and picks on those
+        noisy errors (post-processing)."""
         domain = measurer.domain
-        component = {a: i for i, a in enumerate(domain.attributes)}
         every = pairs(domain)
         current = dict(zip(every, model_marginals(model, every), strict=True))
+        rounds = len(domain) - 1
+
+        def scored(cliques: list[Clique]) -> Candidates:
+            return Candidates(tuple(cliques), tuple(current[p] for p in cliques),
+                              np.ones(len(cliques)), np.zeros(len(cliques)))
+
+        if measurer.exact_selection:
+            def pick(joining: list[Clique]) -> Clique:
+                return joining[measurer.select(scored(joining), rho / rounds, sensitivity=1.0)]
+        else:
+            noisy = dict(zip(every, scored(every).scores(measurer.noisy(every, rho)),
+                             strict=True))
+
+            def pick(joining: list[Clique]) -> Clique:
+                return max(joining, key=noisy.__getitem__)
+
+        component = {a: i for i, a in enumerate(domain.attributes)}
         chosen: list[Clique] = []
-        for _ in range(len(domain) - 1):
-            joining = [p for p in every if component[p[0]] != component[p[1]]]
-            candidates = Candidates(tuple(joining), tuple(current[p] for p in joining),
-                                    np.ones(len(joining)), np.zeros(len(joining)))
-            edge = joining[measurer.select(candidates, rho / (len(domain) - 1),
-                                           sensitivity=1.0)]
+        for _ in range(rounds):
+            edge = pick([p for p in every if component[p[0]] != component[p[1]]])
             chosen.append(edge)
             merged, absorbed = component[edge[0]], component[edge[1]]
             component = {a: merged if c == absorbed else c for a, c in component.items()}
