@@ -53,14 +53,8 @@ def codes_of(workload: Workload) -> tuple[Discretization, np.ndarray]:
     """The public discretization of a workload and its real rows' levels."""
     discretization = Discretization.of(workload.schema)
     table = next(iter(workload.tables.values()))
-    frames = [discretization.encode(chunk) for chunk in _frames(table)]
-    return discretization, np.concatenate(frames)
-
-
-def _frames(table: Any) -> Any:
-    """A table's rows as DataFrames, a chunk at a time (tables larger than memory)."""
-    for chunk in table.chunks(table.schema.names):
-        yield pd.DataFrame({name: chunk.columns[name] for name in table.schema.names})
+    chunks = table.chunks(workload.schema.names)  # a chunk at a time: larger than memory
+    return discretization, np.concatenate([discretization.levels(c.columns) for c in chunks])
 
 
 def fidelity(real: np.ndarray, synthetic: np.ndarray, domain: Domain) -> dict[str, float]:

@@ -208,10 +208,14 @@ class Ledger(DurableFile):
 
     def spent_rho(self, request: str, dataset: str) -> float:
         """The ρ a request's releases have spent on one dataset."""
+        return sum(self.spends(request, dataset))
+
+    def spends(self, request: str, dataset: str) -> list[float]:
+        """The ρ of each of a request's releases on one dataset, oldest first."""
         with self.connection() as db:
-            row = db.execute("SELECT COALESCE(SUM(rho), 0) FROM spends WHERE request = ? AND "
-                             "dataset = ?", (request, dataset)).fetchone()
-        return row[0] / RHO_SCALE
+            rows = db.execute("SELECT rho FROM spends WHERE request = ? AND dataset = ? "
+                              "ORDER BY id", (request, dataset)).fetchall()
+        return [r[0] / RHO_SCALE for r in rows]
 
     def _check_room(self, db: sqlite3.Connection, dataset: str, cost_e: int, cost_d: int,
                     request: str) -> None:

@@ -207,14 +207,20 @@ class SiteService(site_pb2_grpc.SiteServicer):
         this site's ledger charged for the request (first round only), and the outcome."""
         ledger = self.site.ledger
         assert ledger is not None
-        epsilon, delta = ledger.charged(request.request) if request.round <= 1 else (0.0, 0.0)
+        first = request.round <= 1
+        detail = f"round {max(request.round, 1)}"
+        if request.backend.HasField("rho"):  # one of many releases of a charged request
+            spends = ledger.spends(request.request, self.site.dataset)
+            first = len(spends) == 1
+            detail += f"; ρ={request.backend.rho:g} spent, {sum(spends):g} by the request"
+        epsilon, delta = ledger.charged(request.request) if first else (0.0, 0.0)
         outcome = ("answered" if error is None else
                    "refused" if isinstance(error, PetError) else "failed")
         self.audit.record(analyst=request.analyst or "(unknown)",
                           request=request.request or "(none)", query=query,
                           backend=request.backend.name or "(none)", epsilon=epsilon,
                           delta=delta, outcome=outcome,
-                          detail=f"round {max(request.round, 1)}" if error is None else str(error))
+                          detail=detail if error is None else str(error))
 
 
 def serve(config_path: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pet.audit import AuditLog
 from pet.client import Client, RemoteError
 from pet.ledger import Ledger
 from pet.mechanisms import rho_of
@@ -53,6 +54,10 @@ def test_a_fit_across_the_sites_reports_every_step_and_charges_each_site_once(
     for site in federation.names:
         budget = _ledger(federation, site).budget(site)
         assert (budget.spent_epsilon, budget.spent_delta, budget.releases) == (EPSILON, DELTA, 1)
+        log = AuditLog(Path(federation.directory) / site / "audit.sqlite")
+        entries = [e for e in log.entries() if e.backend == "mpc+dp"]
+        assert len(entries) == len(steps) and all("ρ=" in e.detail for e in entries)
+        assert [e.epsilon for e in entries] == [EPSILON] + [0.0] * (len(steps) - 1)
     rows = fit.sample(2500, seed=3, chunk_rows=1000)
     assert len(rows) == 2500 and list(rows.columns) == list(lung3.schema.names)
     lung3.schema.validate(rows)  # every value inside the schema's bounds and categories

@@ -20,7 +20,7 @@ import numpy as np
 from pet.errors import QueryError
 from pet.layout import Block
 from pet.queries.base import Query, State, levels
-from pet.queries.tables import bin_index, check_edges
+from pet.queries.tables import bin_index, check_bins
 from pet.schema import Boolean, Categorical, Column, Schema
 
 
@@ -70,16 +70,7 @@ class Marginals(Query):
         for clique in self.cliques:
             if len(set(clique)) != len(clique):
                 raise QueryError(f"{self.describe()}: clique {list(clique)} repeats a column")
-        for name in self.inputs():
-            if isinstance(schema[name], Categorical | Boolean):
-                if name in self.bins:
-                    raise QueryError(f"{self.describe()}: {name!r} has public levels; "
-                                     "do not give it bins")
-            elif name in self.bins:
-                check_edges(self, schema, name, self.bins[name])
-            else:
-                raise QueryError(f"{self.describe()}: numeric column {name!r} needs public "
-                                 f"bin edges in bins")
+        check_bins(self, schema, self.inputs(), self.bins)
 
     def shape(self, schema: Schema, clique: Sequence[str]) -> tuple[int, ...]:
         """Levels of each column of a clique, in order."""
@@ -100,6 +91,12 @@ class Marginals(Query):
                     if level[clique[0]].size else np.zeros(0, np.int64))
             parts[f"m{i}"] = np.bincount(flat, minlength=int(np.prod(shape))).astype(np.float64)
         return parts
+
+    def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,
+                 error_bounds: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """The tables, even when the noisy n is below 1: a noisy count, not a subgroup
+        with no rows (the estimator weighs it like any other measurement)."""
+        return self.answer(self.layout(schema, state).split(total), schema, state)
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema,
                state: State) -> tuple[np.ndarray, ...]:

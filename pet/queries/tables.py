@@ -60,6 +60,22 @@ def check_edges(query: Query, schema: Schema, column: str, edges: Sequence[float
         )
 
 
+def check_bins(query: Query, schema: Schema, columns: Sequence[str],
+               bins: Mapping[str, Sequence[float]]) -> None:
+    """Categorical and boolean columns take no bins (they have public levels); every
+    numeric column needs public bin edges that cover its bounds."""
+    for name in columns:
+        if isinstance(schema[name], Categorical | Boolean):
+            if name in bins:
+                raise QueryError(f"{query.describe()}: {name!r} has public levels; "
+                                 "do not give it bins")
+        elif name in bins:
+            check_edges(query, schema, name, bins[name])
+        else:
+            raise QueryError(f"{query.describe()}: numeric column {name!r} needs public "
+                             f"bin edges, e.g. bins={{{name!r}: [...]}}")
+
+
 @dataclass(frozen=True)
 class Histogram(Query):
     """Counts of a numeric column in public bins; the answer is an array of counts."""
@@ -112,17 +128,7 @@ class Contingency(Query):
     def check(self, schema: Schema) -> None:
         if not self.columns:
             raise QueryError("Contingency needs at least one column")
-        for name in self.columns:
-            column = schema[name]
-            if isinstance(column, Categorical | Boolean):
-                if name in self.bins:
-                    raise QueryError(f"{self.describe()}: {name!r} has public levels; "
-                                     "do not give it bins")
-            elif name in self.bins:
-                check_edges(self, schema, name, self.bins[name])
-            else:
-                raise QueryError(f"{self.describe()}: numeric column {name!r} needs public "
-                                 f"bin edges, e.g. bins={{{name!r}: [...]}}")
+        check_bins(self, schema, self.columns, self.bins)
         stray = sorted(set(self.bins) - set(self.columns))
         if stray:
             raise QueryError(f"{self.describe()}: bins given for columns not in the table: "

@@ -63,8 +63,7 @@ class AIM(Synthesizer):
                 left *= 1 - 1e-7  # headroom for the ledgers' rounding up
                 sigma, epsilon = math.sqrt(1 / (2 * 0.9 * left)), math.sqrt(8 * 0.1 * left)
             cap = self.max_cells * (used + 1 / (2 * sigma**2) + epsilon**2 / 8) / rho
-            allowed = [c for c in candidates
-                       if _fits(domain, [m.clique for m in measured], c, cap)]
+            allowed = _fitting(domain, [m.clique for m in measured], candidates, cap)
             chosen = self._select(measurer, model, allowed, weights, sigma, epsilon)
             new = measurer.measure([chosen], 1 / (2 * sigma**2))
             measured += new
@@ -96,6 +95,17 @@ def closure(domain: Domain, workload: list[Clique]) -> tuple[list[Clique], dict[
                for s in combinations(c, k)}
     weights = {r: float(sum(len(set(r) & set(s)) for s in cliques)) for r in subsets}
     return sorted(subsets, key=lambda r: (len(r), r)), weights
+
+
+def _fitting(domain: Domain, measured: list[Clique], candidates: list[Clique],
+             cap: float) -> list[Clique]:
+    """The candidates whose measurement keeps the model's junction tree within `cap` cells;
+    one that lies inside a clique of the current tree leaves the tree as it is."""
+    cliques = list(dict.fromkeys(domain.ordered(c) for c in measured))
+    current = junction_tree(domain, cliques)
+    return [c for c in candidates
+            if (current.cells <= cap if current.find(c) is not None
+                else _fits(domain, cliques, c, cap))]
 
 
 def _fits(domain: Domain, measured: list[Clique], candidate: Clique, cap: float) -> bool:

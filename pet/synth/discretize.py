@@ -63,8 +63,11 @@ class Discretization:
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Levels of a table's rows (rows × columns, int64): for evaluating synthetic data
         against real data on the same public bins. The table is validated first."""
-        encoded = self.schema.encode(frame)
-        return np.column_stack([codes(encoded[c.name], c, self.edges.get(c.name))
+        return self.levels(self.schema.encode(frame))
+
+    def levels(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Levels of rows already encoded by the schema (a table's chunk)."""
+        return np.column_stack([codes(columns[c.name], c, self.edges.get(c.name))
                                 for c in self.schema.columns])
 
     def decode(self, levels: np.ndarray, *, seed: int) -> pd.DataFrame:
