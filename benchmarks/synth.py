@@ -37,7 +37,8 @@ EPSILONS = (0.5, 1.0, 5.0)
 METHODS = ("mst", "aim")
 TRIPLES = 30
 """3-way marginals in the fixed sample (all of them when a data set has fewer)."""
-TIMEOUT_S = 600.0
+TIMEOUT_S = 300.0
+"""A peer cell still running after this long is stopped and reported as a timeout."""
 DATA_DIR = Path("benchmarks/.data")
 
 DATASETS: dict[str, Callable[[], Workload]] = {
@@ -106,14 +107,15 @@ def _pet_worker(dataset: str, method: str, epsilon: float, seed: int) -> dict[st
 
 
 def peer_cell(peer: str, method: str, dataset: str, epsilon: float, seed: int,
-              work: Path, *, resample: bool = False) -> dict[str, Any]:
+              work: Path, *, resample: bool = True,
+              timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """One peer cell through the peer driver, scored on the same real levels."""
     discretization, real = _cached_codes(dataset, work)
     domain = discretization.domain()
     stats = driver.run(peer, method, str(work / f"{dataset}.csv"),
                        dict(zip(domain.attributes, domain.sizes, strict=True)),
                        epsilon=epsilon, delta=DELTA, seed=seed, rows=len(real),
-                       resample=resample, timeout_s=TIMEOUT_S,
+                       resample=resample, timeout_s=timeout_s,
                        workdir=work / f"{peer}-{method}-{dataset}-{epsilon:g}")
     if stats.get("status") == "ok":
         outputs = {"": "synthetic.csv", "resampled": "synthetic-resampled.csv"}
@@ -139,28 +141,31 @@ def _cached_codes(dataset: str, work: Path) -> tuple[Discretization, np.ndarray]
     return _CODES[dataset]
 
 
-def cells(datasets: list[str], peers: list[str]) -> list[dict[str, Any]]:
+def cells(datasets: list[str], peers: list[str], methods: list[str],
+          epsilons: list[float]) -> list[dict[str, Any]]:
     """The matrix: every data set × method × ε, for pet and each peer."""
     return [{"impl": impl, "dataset": d, "method": m, "epsilon": e}
-            for d in datasets for m in METHODS for e in EPSILONS
+            for d in datasets for m in methods for e in epsilons
             for impl in ("pet", *peers)]
 
 
-def run(out: Path, datasets: list[str], peers: list[str], seed: int = 0) -> Path:
-    """Run (or resume) the matrix into `out/cells.jsonl`; returns that file."""
+def run(out: Path, datasets: list[str], peers: list[str], *, methods: list[str],
+        epsilons: list[float], timeout_s: float = TIMEOUT_S, seed: int = 0) -> Path:
+    """Run (or resume) the matrix into `out/cells.jsonl`; returns that file. Peers sample
+    twice from one fitted model: as shipped, and re-sampled with true sampling."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "cells.jsonl"
     done = {_key(json.loads(line)) for line in log.read_text().splitlines()} \
         if log.exists() else set()
     work = Path(tempfile.mkdtemp(prefix="pet-synth-bench-"))
-    for cell in cells(datasets, peers):
+    for cell in cells(datasets, peers, methods, epsilons):
         if _key(cell) in done:
             continue
         if cell["impl"] == "pet":
             stats = pet_cell(cell["dataset"], cell["method"], cell["epsilon"], seed)
         else:
             stats = peer_cell(cell["impl"], cell["method"], cell["dataset"], cell["epsilon"],
-                              seed, work, resample=cell["impl"] == "smartnoise")
+                              seed, work, timeout_s=timeout_s)
         with log.open("a") as f:
             f.write(json.dumps({**cell, **_kept(stats)}) + "\n")
         print(json.dumps({**cell, **{k: stats.get(k) for k in (
@@ -185,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synth"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--peers", nargs="*", default=list(driver.PEERS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS))
+    parser.add_argument("--timeout-s", type=float, default=TIMEOUT_S)
     args = parser.parse_args(argv)
-    run(args.out, args.datasets, args.peers)
+    run(args.out, args.datasets, args.peers, methods=args.methods, epsilons=args.epsilons,
+        timeout_s=args.timeout_s)
     return 0
 
 

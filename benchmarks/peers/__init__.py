@@ -1,0 +1,1 @@
+"""Peers' MST and AIM synthesizers, run in their own environments (see README.md)."""
