@@ -173,6 +173,40 @@ def run(out: Path, datasets: list[str], peers: list[str], *, methods: list[str],
     return log
 
 
+def summary(log: Path) -> str:
+    """The results as a Markdown table: per data set, method and ε, each implementation's
+    times, memory and fidelity (peers also re-sampled from the same fitted model), and how
+    many times faster pet fits than the fastest peer that finished."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = ["| data | method | ε | implementation | fit | sample | peak memory | 2-way TVD "
+             "| 3-way TVD | pet faster by |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["method"], row["epsilon"]), []).append(row)
+    for (dataset, method, epsilon), group in groups.items():
+        ok = [r for r in group if r.get("status") == "ok"]
+        pet = next((r for r in ok if r["impl"] == "pet"), None)
+        peers = [r["fit_s"] for r in ok if r["impl"] != "pet"]
+        speedup = f"{min(peers) / pet['fit_s']:.0f}×" if pet and peers else "—"
+        for row in group:
+            lines += _rows(dataset, method, epsilon, row, speedup if row is pet else "")
+    return "\n".join(lines) + "\n"
+
+
+def _rows(dataset: str, method: str, epsilon: float, row: dict[str, Any],
+          speedup: str) -> list[str]:
+    head = f"| {dataset} | {method} | {epsilon:g} | {row['impl']}"
+    if row.get("status") != "ok":
+        limit = f" after {row['timeout_s']:.0f} s" if row.get("status") == "timeout" else ""
+        return [f"{head} | {row.get('status')}{limit} | | | | | |"]
+    lines = [f"{head} | {row['fit_s']:.1f} s | {row['sample_s']:.2f} s | "
+             f"{row['peak_rss_mb']:,.0f} MB | {row['tvd2']:.3f} | {row['tvd3']:.3f} | {speedup} |"]
+    if "tvd2_resampled" in row:
+        lines.append(f"{head}, re-sampled | | {row.get('resample_s', 0):.2f} s | | "
+                     f"{row['tvd2_resampled']:.3f} | {row['tvd3_resampled']:.3f} | |")
+    return lines
+
+
 def _key(cell: dict[str, Any]) -> tuple:
     return cell["impl"], cell["dataset"], cell["method"], cell["epsilon"]
 
@@ -194,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS))
     parser.add_argument("--timeout-s", type=float, default=TIMEOUT_S)
     args = parser.parse_args(argv)
-    run(args.out, args.datasets, args.peers, methods=args.methods, epsilons=args.epsilons,
-        timeout_s=args.timeout_s)
+    log = run(args.out, args.datasets, args.peers, methods=args.methods,
+              epsilons=args.epsilons, timeout_s=args.timeout_s)
+    (args.out / "summary.md").write_text(summary(log))
     return 0
 
 

@@ -5,9 +5,11 @@ ledgers, and the data card. The estimator itself is tested in test_synth_estimat
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import opendp.prelude as dp
 import pandas as pd
 import pytest
 from scipy import stats
@@ -22,10 +24,12 @@ from pet.synth import load, save
 from pet.synth.aim import AIM, closure
 from pet.synth.card import Release, card, markdown
 from pet.synth.discretize import Discretization
-from pet.synth.measure import Curator, Federation
+from pet.synth.domain import Clique
+from pet.synth.marginal import NoisyMarginal
+from pet.synth.measure import Candidates, Curator, Federation, Measurer
 from pet.synth.mst import MST
 from pet.synth.mwem import MWEM
-from pet.synth.synthesizer import Synthesizer
+from pet.synth.synthesizer import Fit, Synthesizer
 from pet.workloads import Workload, cohort, lung
 
 BUDGET = (50.0, 1e-3)
@@ -218,3 +222,53 @@ def test_the_command_line_fits_and_samples_with_a_data_card(tmp_path: Path) -> N
     assert data["backend"] == "he+dp" and data["sites"] == ["site-1", "site-2", "site-3"]
     assert data["method"] == "mwem" and data["privacy"]["charged"]["epsilon"] == 2.0
     assert (out.parent / "card.md").read_text().startswith("# Data card: synthetic lung")
+
+
+class Recording(Federation):
+    """A federation that keeps the noisy releases its selections scored."""
+
+    selections: list[list[np.ndarray]]
+
+    def noisy(self, cliques: Sequence[Clique], rho: float) -> list[np.ndarray]:
+        released = super().noisy(cliques, rho)
+        self.selections = [*getattr(self, "selections", []), released]
+        return released
+
+
+class Replay(Measurer):
+    """A measurer that hands back another fit's noisy releases in order, touching no data."""
+
+    def __init__(self, fit: Fit, selections: list[list[np.ndarray]],
+                 discretization: Discretization) -> None:
+        super().__init__([], discretization, backend="he+dp", epsilon=fit.epsilon,
+                         delta=fit.delta, opener=lambda backend: None)
+        self.selections, self.measured = iter(selections), iter(fit.measurements)
+
+    def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
+        return [next(self.measured) for _ in cliques]
+
+    def noisy(self, cliques: Sequence[Clique], rho: float) -> list[np.ndarray]:
+        return next(self.selections)
+
+    def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
+        raise AssertionError("a federation's MST selects on one release")
+
+
+def test_the_federated_fit_is_the_model_of_its_noisy_marginals_alone(tmp_path: Path) -> None:
+    workload = lung(3)
+    discretization = Discretization.of(workload.schema, bins=6)
+    with Recording(_sites(workload, tmp_path), discretization, backend="he+dp", epsilon=2.0,
+                   delta=1e-6) as measurer:
+        federated = MST(iterations=300).fit(measurer)
+    replayed = MST(iterations=300).fit(Replay(federated, measurer.selections, discretization))
+    for clique in [("age", "sex"), ("time", "dead"), ("ph_ecog", "wt_loss", "sex")]:
+        assert np.allclose(replayed.model.project(clique), federated.model.project(clique),
+                           rtol=1e-12, atol=1e-9)
+    # Every measurement's noise is what OpenDP's Gaussian map says its ρ buys.
+    for spend, marginal in zip([s for s in federated.spends if s.step == "measure"],
+                               [federated.measurements[0], federated.measurements[-1]],
+                               strict=True):
+        l2 = np.sqrt(len(spend.cliques) + 1)
+        gaussian = dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+                                      dp.l2_distance(T=float), scale=marginal.sigma)
+        assert gaussian.map(l2) == pytest.approx(spend.rho, rel=1e-6)
