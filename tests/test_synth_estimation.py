@@ -17,6 +17,7 @@ from scipy import stats
 from pet.errors import ArgumentError
 from pet.synth import Domain, Model, NoisyMarginal, estimate
 from pet.synth.estimation import estimate_total
+from pet.synth.factor import Broadcast, Summation
 from pet.synth.junction_tree import elimination_order, junction_tree
 
 NAMES = ("a", "b", "c", "d", "e")
@@ -200,6 +201,71 @@ def test_junction_tree_over_max_cells_names_the_clique():
     cycle = [NoisyMarginal(c, np.ones(16), 1.0) for c in [("x", "y"), ("y", "z"), ("z", "x")]]
     with pytest.raises(ArgumentError, match=r"\('x', 'y', 'z'\).*64 cells"):
         estimate(domain, cycle, max_cells=50)
+
+
+@pytest.mark.parametrize("shape", [(16, 2, 16, 16, 2, 2, 2), (5, 1, 7, 2), (64, 3, 2, 200), (3,)])
+def test_planned_sums_and_broadcasts_match_numpy(shape):
+    rng = np.random.default_rng(11)
+    values = rng.random(shape)
+    for r in range(len(shape) + 1):
+        for axes in itertools.combinations(range(len(shape)), r):
+            sums = np.add.reduce(values, axis=axes, keepdims=True)
+            np.testing.assert_allclose(Summation(shape, axes)(values), sums, rtol=1e-12)
+            piece = rng.random(sums.shape)
+            spread = Broadcast(shape, sums.shape)
+            np.testing.assert_allclose(spread.apply(np.add, values, piece), values + piece)
+            into = values.copy()
+            spread.apply(np.multiply, into, piece, out=into)
+            np.testing.assert_allclose(into, values * piece)
+
+
+def _random_model(rng: np.random.Generator, scale: float) -> Model:
+    """A model on a small domain whose cliques make a tree of triangles, with Gaussian
+    log-potentials of standard deviation `scale`."""
+    domain = Domain(tuple("abcdefg"), (3, 2, 4, 2, 3, 2, 5))
+    cliques = [("a", "b", "c"), ("b", "c", "d"), ("c", "d", "e"), ("c", "f"), ("e", "g"),
+               ("a", "b"), ("d",)]
+    tree = junction_tree(domain, cliques)
+    return Model(domain, tree, tuple(cliques),
+                 tuple(scale * rng.standard_normal(domain.shape(c)) for c in cliques), 1e4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_calibrated_beliefs_are_the_joint_marginals(scale):
+    """Peaked potentials (scale 300) leave some separator values hundreds of nats below
+    their clique's maximum, the case where each value is shifted by its own maximum."""
+    model = _random_model(np.random.default_rng(3), scale)
+    joint = _joint(model)
+    tree = model.tree
+    potentials = tree.collector(model.cliques)(model.potentials)
+    beliefs = tree.calibrate(potentials)
+    for clique, prob, log in zip(tree.cliques, beliefs.prob, beliefs.log, strict=True):
+        expected = _marginal_of(joint, model.domain, clique) / model.total
+        np.testing.assert_allclose(prob, expected, rtol=1e-9, atol=1e-300)
+        shown = expected > 1e-250
+        np.testing.assert_allclose(log[shown], np.log(expected[shown]), rtol=1e-9, atol=1e-9)
+    buffers = [np.full(p.shape, np.nan) for p in beliefs.prob]
+    for fast, prob in zip(tree.probabilities(potentials, buffers), beliefs.prob, strict=True):
+        np.testing.assert_allclose(fast, prob, rtol=1e-12, atol=1e-300)
+    for pair in itertools.combinations(model.domain.attributes, 2):
+        np.testing.assert_allclose(model.project(pair), _marginal_of(joint, model.domain, pair),
+                                   rtol=1e-9, atol=1e-290, err_msg=str(pair))
+
+
+def test_projecting_beliefs_is_the_adjoint_of_collecting_potentials():
+    """⟨collect(θ), p⟩ = Σ_k ⟨θ_k, project(p)_k⟩: the two walk the same nests both ways."""
+    rng = np.random.default_rng(5)
+    model = _random_model(rng, 1.0)
+    tree, domain = model.tree, model.domain
+    cliques = [domain.ordered(c) for c in itertools.combinations(domain.attributes, 2)
+               if tree.find(c) is not None] + list(model.cliques)
+    theta = [rng.standard_normal(domain.shape(c)) for c in cliques]
+    prob = [rng.random(domain.shape(c)) for c in tree.cliques]
+    left = sum(float(np.vdot(a, b)) for a, b in zip(tree.collector(cliques)(theta), prob,
+                                                      strict=True))
+    right = sum(float(np.vdot(a, b)) for a, b in zip(theta, tree.projector(cliques)(prob),
+                                                       strict=True))
+    assert left == pytest.approx(right, rel=1e-12)
 
 
 # --- (1) noiseless tree -------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 
 from pet.errors import ArgumentError
 from pet.synth.domain import Clique, Domain
-from pet.synth.factor import Factor, logsumexp
+from pet.synth.factor import Factor, Summation, logsumexp
 from pet.synth.junction_tree import MAX_CELLS, JunctionTree, junction_tree, maximal
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.model import Model
@@ -181,20 +181,28 @@ class _Loss:
         domain = tree.domain
         self.tree, self.total = tree, total
         self.collect = tree.collector(cliques)
+        # Each step's potentials and beliefs are used up within it: two sets of arrays
+        # over the tree's cliques serve every step.
+        self.buffers = [[np.empty(domain.shape(c)) for c in tree.cliques] for _ in range(2)]
         positive = [m.sigma for m in marginals if m.sigma > 0]
         floor = NOISELESS_SIGMA * min(positive) if positive else 1.0
-        self.reads: list[tuple[int, tuple[int, ...]]] = []
+        ordered = [domain.ordered(m.clique) for m in marginals]
+        holders = [_holder(domain, cliques, c) for c in ordered]
+        # The tree's beliefs are summed once onto each potential's clique that holds a
+        # measurement; each measured clique is then summed from that small marginal.
+        held = list(dict.fromkeys(holders))
+        self.project = tree.projector([cliques[k] for k in held])
+        distinct = list(dict.fromkeys(zip(holders, ordered, strict=True)))
+        self.reads = [(held.index(k), Summation(domain.shape(cliques[k]), tuple(
+            n for n, a in enumerate(cliques[k]) if a not in clique)))
+            for k, clique in distinct]
+        self.read_of = [distinct.index(pair) for pair in zip(holders, ordered, strict=True)]
         self.writes: list[list[tuple[slice, tuple[int, ...]]]] = [[] for _ in cliques]
         values, weights, start = [], [], 0
-        for m in marginals:
-            ordered = domain.ordered(m.clique)
-            k = _holder(domain, cliques, ordered)
-            i = tree.containing(cliques[k])
-            self.reads.append((i, tuple(n for n, a in enumerate(tree.cliques[i])
-                                        if a not in ordered)))
+        for k, clique, m in zip(holders, ordered, marginals, strict=True):
             part = slice(start, start + m.values.size)
             start = part.stop
-            self.writes[k].append((part, domain.embedded_shape(ordered, cliques[k])))
+            self.writes[k].append((part, domain.embedded_shape(clique, cliques[k])))
             values.append(_in_domain_order(domain, m).ravel())
             weights.append(1.0 / (m.sigma or floor))
         self.y = np.concatenate(values)
@@ -206,10 +214,10 @@ class _Loss:
 
     def marginals(self, theta: Sequence[np.ndarray]) -> np.ndarray:
         """The model's counts at the measured cells, for potentials `theta`."""
-        prob = self.tree.calibrate(self.collect(theta)).prob
-        parts = [np.add.reduce(prob[i], axis=axes).ravel() if axes else prob[i].ravel()
-                 for i, axes in self.reads]
-        return self.total * np.concatenate(parts)
+        collected = self.collect(theta, self.buffers[0])
+        held = self.project(self.tree.probabilities(collected, self.buffers[1]))
+        distinct = [total(held[h]) for h, total in self.reads]
+        return self.total * np.concatenate([distinct[d].ravel() for d in self.read_of])
 
     def value(self, mu: np.ndarray) -> float:
         """Σ_i ‖M_i(μ) − y_i‖² / σ_i."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from pet.errors import ArgumentError
 from pet.synth.domain import Clique, Domain
-from pet.synth.factor import Factor, logsumexp
+from pet.synth.factor import Factor, Summation, logsumexp
 from pet.synth.junction_tree import Beliefs, JunctionTree
 
 _RESOLUTION = 2**32
@@ -79,8 +79,9 @@ class Model:
             prob = np.exp(self._eliminate(ordered))
         else:
             inside = self.tree.cliques[i]
-            prob = np.add.reduce(self.beliefs.prob[i],
-                                 axis=tuple(n for n, a in enumerate(inside) if a not in ordered))
+            away = tuple(n for n, a in enumerate(inside) if a not in ordered)
+            prob = Summation(self.domain.shape(inside), away)(self.beliefs.prob[i]).reshape(
+                self.domain.shape(ordered))
         return self.total * prob.transpose([ordered.index(a) for a in clique])
 
     def _eliminate(self, ordered: Clique) -> np.ndarray:
