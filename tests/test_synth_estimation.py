@@ -454,6 +454,24 @@ def test_warm_start_reaches_a_lower_loss_sooner(shape):
     assert warm[19] < cold[19]
 
 
+STAR = (("c", "a"), ("c", "b"), ("c", "d"), ("c", "e"))
+
+
+def test_warm_start_with_many_noisy_cliques_at_once_is_no_worse_than_cold():
+    """A tree of noisy pairs added at once to a 1-way model (MST's second estimate): the
+    hub's margin must not be corrected once per edge."""
+    rng = np.random.default_rng(5)
+    domain = Domain(NAMES, (6, 6, 8, 6, 6))
+    table = _tree_table(rng, domain, STAR, 300)
+    one_way = _measure(table, domain, [(a,) for a in NAMES], 8.0, rng)
+    every = [*one_way, *_measure(table, domain, STAR, 8.0, rng)]
+    earlier = estimate(domain, one_way, iterations=300)
+    cold = _losses(domain, every, iterations=50)
+    warm = _losses(domain, every, iterations=50, model=earlier)
+    assert warm[0] <= cold[0]
+    assert warm[-1] <= 1.01 * cold[-1]
+
+
 def test_warm_start_needs_the_same_domain():
     domain = Domain(("x",), (2,))
     model = estimate(domain, [NoisyMarginal(("x",), np.array([1.0, 2.0]), 1.0)], iterations=5)

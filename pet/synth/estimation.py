@@ -101,7 +101,11 @@ def _carried(domain: Domain, cliques: list[Clique], model: Model,
     """The warm-start model's potentials, each added into the clique holding it. A clique
     measured now that no clique of the model holds then takes one step of iterative
     proportional fitting (Deming & Stephan 1940), the log-ratio of its measured to its
-    modelled distribution: alone, it makes the model fit that measurement exactly."""
+    modelled distribution: alone, it makes the model fit that measurement exactly. Of
+    several such cliques, each after the first takes the ratio of its distribution given
+    the attributes the earlier ones already set, so no attribute's margin is corrected
+    twice (a tree of noisy pairs would otherwise raise a hub's noisy margin to the power
+    of its degree)."""
     theta = [np.zeros(domain.shape(c)) for c in cliques]
     for clique, values in zip(model.cliques, model.potentials, strict=True):
         k = _holder(domain, cliques, clique)
@@ -109,15 +113,27 @@ def _carried(domain: Domain, cliques: list[Clique], model: Model,
             domain.project(cliques[k]))
     fresh = maximal([c for c in (domain.ordered(m.clique) for m in marginals)
                      if not any(set(c) <= set(old) for old in model.cliques)])
+    fitted: set[str] = set()
     for clique in fresh:
         measured = _log_distribution(_pooled(domain, clique, marginals))
         if measured is None:
             continue
         modelled = np.log(np.maximum(model.project(clique), np.finfo(np.float64).tiny))
-        ratio = measured - modelled - logsumexp(measured - modelled, tuple(range(len(clique))))
+        given = tuple(n for n, a in enumerate(clique) if a not in fitted)
+        ratio = _given(measured, given) - _given(modelled, given)
+        ratio = ratio - logsumexp(ratio, tuple(range(len(clique))))
         k = _holder(domain, cliques, clique)
         theta[k] = theta[k] + ratio.reshape(domain.embedded_shape(clique, cliques[k]))
+        fitted.update(clique)
     return theta
+
+
+def _given(log: np.ndarray, free: tuple[int, ...]) -> np.ndarray:
+    """A log distribution conditioned on its axes other than `free` (all when every axis
+    is free, where it is left as it is: the ratio is normalised afterwards)."""
+    if len(free) == log.ndim:
+        return log
+    return log - logsumexp(log, free, keepdims=True)
 
 
 def _from_measurements(tree: JunctionTree, cliques: list[Clique],
