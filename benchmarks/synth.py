@@ -1,10 +1,11 @@
 """Synthesizers side by side: pet's MST and AIM against OpenDP's (`opendp[mbi]`) and
 smartnoise-synth's on the same discretized data, in one run.
 
-Every cell fits one synthesizer to one data set at one ε (δ = 10⁻⁶), samples as many rows
-as the data has, and records the fit and sample time, the peak memory of its process, and
-the average total variation distance (TVD) of all 2-way marginals and of a fixed sample
-of 3-way marginals against the real data. pet runs in a fresh worker process of its own
+Every cell fits one synthesizer to one data set at one ε (δ = 10⁻⁶), `--repeats` times
+(each run draws fresh noise), samples as many rows as the data has, and records the fit
+and sample time, the peak memory of its process, and the average total variation
+distance (TVD) of all 2-way marginals and of a fixed sample of 3-way marginals against
+the real data. pet runs in a fresh worker process of its own
 environment; each peer in its own (built by `benchmarks/peers/setup.sh`), given the very
 codes pet's public discretization makes of the real rows.
 
@@ -99,7 +100,9 @@ def _pet_worker(dataset: str, method: str, epsilon: float, seed: int) -> dict[st
         with Curator(site, discretization, epsilon=epsilon, delta=DELTA) as measurer:
             fit = SYNTHESIZERS[method]().fit(measurer)
         fitted = time.perf_counter()
-        synthetic = fit.model.sample(len(real), seed)
+        # On the levels the real rows are scored on: MST's merged levels expanded again.
+        synthetic = fit.discretization.expand(fit.model.sample(len(real), seed),
+                                              np.random.default_rng(seed))
         sampled = time.perf_counter()
     return {"status": "ok", "fit_s": fitted - start, "sample_s": sampled - fitted,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -141,26 +144,28 @@ def _cached_codes(dataset: str, work: Path) -> tuple[Discretization, np.ndarray]
     return _CODES[dataset]
 
 
-def cells(datasets: list[str], peers: list[str], methods: list[str],
-          epsilons: list[float]) -> list[dict[str, Any]]:
-    """The matrix: every data set × method × ε, for pet and each peer."""
-    return [{"impl": impl, "dataset": d, "method": m, "epsilon": e}
-            for d in datasets for m in methods for e in epsilons
-            for impl in ("pet", *peers)]
+def cells(datasets: list[str], impls: list[str], methods: list[str],
+          epsilons: list[float], repeats: int) -> list[dict[str, Any]]:
+    """The matrix: every data set × method × ε × repeat, for each implementation."""
+    return [{"impl": impl, "dataset": d, "method": m, "epsilon": e, "repeat": r}
+            for d in datasets for m in methods for e in epsilons for r in range(repeats)
+            for impl in impls]
 
 
-def run(out: Path, datasets: list[str], peers: list[str], *, methods: list[str],
-        epsilons: list[float], timeout_s: float = TIMEOUT_S, seed: int = 0) -> Path:
-    """Run (or resume) the matrix into `out/cells.jsonl`; returns that file. Peers sample
-    twice from one fitted model: as shipped, and re-sampled with true sampling."""
+def run(out: Path, datasets: list[str], impls: list[str], *, methods: list[str],
+        epsilons: list[float], repeats: int = 1, timeout_s: float = TIMEOUT_S) -> Path:
+    """Run (or resume) the matrix into `out/cells.jsonl`; returns that file. A repeat's
+    index is its seed. Peers sample twice from one fitted model: as shipped, and
+    re-sampled with true sampling."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "cells.jsonl"
     done = {_key(json.loads(line)) for line in log.read_text().splitlines()} \
         if log.exists() else set()
     work = Path(tempfile.mkdtemp(prefix="pet-synth-bench-"))
-    for cell in cells(datasets, peers, methods, epsilons):
+    for cell in cells(datasets, impls, methods, epsilons, repeats):
         if _key(cell) in done:
             continue
+        seed = cell["repeat"]
         if cell["impl"] == "pet":
             stats = pet_cell(cell["dataset"], cell["method"], cell["epsilon"], seed)
         else:
@@ -175,40 +180,58 @@ def run(out: Path, datasets: list[str], peers: list[str], *, methods: list[str],
 
 def summary(log: Path) -> str:
     """The results as a Markdown table: per data set, method and ε, each implementation's
-    times, memory and fidelity (peers also re-sampled from the same fitted model), and how
-    many times faster pet fits than the fastest peer that finished."""
+    median times and memory and its mean fidelity over the repeats (± their standard
+    deviation; peers also re-sampled from the same fitted model), and how many times
+    faster pet fits than the fastest peer that finished."""
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    lines = ["| data | method | ε | implementation | fit | sample | peak memory | 2-way TVD "
-             "| 3-way TVD | pet faster by |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    lines = ["| data | method | ε | implementation | runs | fit | sample | peak memory "
+             "| 2-way TVD | 3-way TVD | pet faster by |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["method"], row["epsilon"]), []).append(row)
-    for (dataset, method, epsilon), group in groups.items():
-        ok = [r for r in group if r.get("status") == "ok"]
-        pet = next((r for r in ok if r["impl"] == "pet"), None)
-        peers = [r["fit_s"] for r in ok if r["impl"] != "pet"]
-        speedup = f"{min(peers) / pet['fit_s']:.0f}×" if pet and peers else "—"
-        for row in group:
-            lines += _rows(dataset, method, epsilon, row, speedup if row is pet else "")
+        cell = groups.setdefault((row["dataset"], row["method"], row["epsilon"]), {})
+        cell.setdefault(row["impl"], []).append(row)
+    for (dataset, method, epsilon), by_impl in groups.items():
+        fits = {impl: float(np.median([r["fit_s"] for r in runs if r.get("status") == "ok"]))
+                for impl, runs in by_impl.items()
+                if any(r.get("status") == "ok" for r in runs)}
+        peers = [t for impl, t in fits.items() if impl != "pet"]
+        speedup = f"{min(peers) / fits['pet']:.0f}×" if "pet" in fits and peers else "—"
+        for impl, runs in by_impl.items():
+            lines += _rows(f"| {dataset} | {method} | {epsilon:g} | {impl}", runs,
+                           speedup if impl == "pet" else "")
     return "\n".join(lines) + "\n"
 
 
-def _rows(dataset: str, method: str, epsilon: float, row: dict[str, Any],
-          speedup: str) -> list[str]:
-    head = f"| {dataset} | {method} | {epsilon:g} | {row['impl']}"
-    if row.get("status") != "ok":
+def _rows(head: str, runs: list[dict[str, Any]], speedup: str) -> list[str]:
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        row = runs[0]
         limit = f" after {row['timeout_s']:.0f} s" if row.get("status") == "timeout" else ""
-        return [f"{head} | {row.get('status')}{limit} | | | | | |"]
-    lines = [f"{head} | {row['fit_s']:.1f} s | {row['sample_s']:.2f} s | "
-             f"{row['peak_rss_mb']:,.0f} MB | {row['tvd2']:.3f} | {row['tvd3']:.3f} | {speedup} |"]
-    if "tvd2_resampled" in row:
-        lines.append(f"{head}, re-sampled | | {row.get('resample_s', 0):.2f} s | | "
-                     f"{row['tvd2_resampled']:.3f} | {row['tvd3_resampled']:.3f} | |")
+        return [f"{head} | {len(runs)} | {row.get('status')}{limit} | | | | | |"]
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in ok]))
+
+    lines = [f"{head} | {len(ok)} | {median('fit_s'):.1f} s | {median('sample_s'):.2f} s | "
+             f"{median('peak_rss_mb'):,.0f} MB | {_mean(ok, 'tvd2')} | {_mean(ok, 'tvd3')} | "
+             f"{speedup} |"]
+    if all("tvd2_resampled" in r for r in ok):
+        lines.append(f"{head}, re-sampled | {len(ok)} | | "
+                     f"{float(np.median([r.get('resample_s', 0) for r in ok])):.2f} s | | "
+                     f"{_mean(ok, 'tvd2_resampled')} | {_mean(ok, 'tvd3_resampled')} | |")
     return lines
 
 
+def _mean(runs: list[dict[str, Any]], key: str) -> str:
+    """The mean of a score over the runs, ± their standard deviation when there are more."""
+    values = np.array([r[key] for r in runs])
+    spread = f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else ""
+    return f"{values.mean():.3f}{spread}"
+
+
 def _key(cell: dict[str, Any]) -> tuple:
-    return cell["impl"], cell["dataset"], cell["method"], cell["epsilon"]
+    return cell["impl"], cell["dataset"], cell["method"], cell["epsilon"], cell["repeat"]
 
 
 def _kept(stats: dict[str, Any]) -> dict[str, Any]:
@@ -223,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synth"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--peers", nargs="*", default=list(driver.PEERS))
+    parser.add_argument("--impls", nargs="+", default=["pet", *driver.PEERS],
+                        choices=["pet", *driver.PEERS])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS))
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--timeout-s", type=float, default=TIMEOUT_S)
     args = parser.parse_args(argv)
-    log = run(args.out, args.datasets, args.peers, methods=args.methods,
-              epsilons=args.epsilons, timeout_s=args.timeout_s)
+    log = run(args.out, args.datasets, args.impls, methods=args.methods,
+              epsilons=args.epsilons, repeats=args.repeats, timeout_s=args.timeout_s)
     (args.out / "summary.md").write_text(summary(log))
     return 0
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.cli import add_arguments, run
+from pet.connection import add_connection, client_of
 from pet.errors import PetError
 from pet.synth.commands import add_arguments as add_synth
 from pet.synth.commands import run as run_synth
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     query = commands.add_parser("query", help="ask the federation a question")
     query.add_argument("query", nargs="+", help='e.g. \'Mean("age", where="sex == \\"female\\"")\'')
-    _connection(query)
+    add_connection(query)
     query.add_argument("--backend", default="plaintext")
     query.add_argument("--epsilon", type=float, help="DP backends: ε per round")
     query.add_argument("--delta", type=float, help="DP backends: δ per round")
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("dataset", nargs="?", help="a dataset (default: show all)")
     budget.add_argument("--set", nargs=2, type=float, metavar=("EPSILON", "DELTA"),
                         help="configure the dataset's total budget (ledger file only)")
-    _connection(budget, required=False)
+    add_connection(budget, required=False)
     _json(budget)
 
     audit = commands.add_parser("audit", help="show a site's audit log")
@@ -82,27 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connection(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--coordinator", required=required, metavar="ADDRESS",
-                        help="the coordinator, e.g. 127.0.0.1:50050")
-    parser.add_argument("--ca", help="the federation's CA certificate (PEM)")
-    parser.add_argument("--token-file", help="file holding the analyst's bearer token "
-                                             "(default: $PET_TOKEN)")
-
-
 def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from pet.client import Client
-
-    token = (Path(args.token_file).read_text().strip() if args.token_file
-             else os.environ.get("PET_TOKEN"))
-    if not token or not args.ca:
-        raise PetError("--ca and a token (--token-file or $PET_TOKEN) are needed to reach "
-                       "the coordinator")
-    return Client(args.coordinator, token=token, ca=args.ca)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -137,7 +118,7 @@ def _query(args: argparse.Namespace) -> int:
     query = parse(" ".join(args.query))
     options = {k: v for k, v in (("epsilon", args.epsilon), ("delta", args.delta))
                if v is not None}
-    with _client(args) as client, client.study(args.backend, **options) as study:
+    with client_of(args) as client, client.study(args.backend, **options) as study:
         result = study.run(query)
     if args.json:
         print(codec.dumps(result_fields(result), indent=2))
@@ -158,7 +139,7 @@ def _budget(args: argparse.Namespace) -> int:
     from pet.report import table
 
     if args.coordinator:
-        with _client(args) as client:
+        with client_of(args) as client:
             budgets = client.budgets(args.ledger or "")
     else:
         if not args.ledger:

@@ -83,6 +83,83 @@ def test_marginals_count_missing_values_as_a_level(lung1: Workload) -> None:
     assert query.layout(lung1.schema).l2 == pytest.approx(np.sqrt(len(cliques) + 1))
 
 
+def test_marginals_count_merged_levels_as_one(lung1: Workload) -> None:
+    discretization = Discretization.of(lung1.schema, bins=6)
+    edges = {c: discretization.edges[c] for c in ("age", "ph_ecog")}
+    # ph_ecog: 0, 1 | 2, 3, 4 and missing merged; age: bins 0-2 merged, the rest kept.
+    merged = {"ph_ecog": (0, 1, 2, 2, 2, 2), "age": (0, 0, 0, 1, 2, 3)}
+    query = Marginals((("ph_ecog", "age"),), edges, merged)
+    query.check(lung1.schema)
+    parts = query.layout(lung1.schema).split(lung1.sites()[0].partial(query))
+    (counts,) = query.answer(parts, lung1.schema, None)
+    full = _crosstab(lung1.pooled(), discretization, ("ph_ecog", "age"), (6, 6))
+    expected = np.zeros((3, 4))
+    np.add.at(expected, np.ix_(merged["ph_ecog"], merged["age"]), full)
+    assert counts.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(("merged", "message"), [
+    ({"ph_ecog": (0, 1, 1)}, "map 3 levels, but it has 6"),
+    ({"ph_ecog": (0, 2, 2, 2, 2, 2)}, "must use every level from 0 to 2"),
+    ({"ph_ecog": (0, 0.5, 1, 1, 1, 1)}, "must be whole numbers"),
+    ({"sex": (0, 0)}, "columns in no clique: \\['sex'\\]"),
+])
+def test_marginals_refuse_a_bad_merge(lung1: Workload, merged: dict, message: str) -> None:
+    edges = {"ph_ecog": Discretization.of(lung1.schema).edges["ph_ecog"]}
+    with pytest.raises(PetError, match=message):
+        Marginals((("ph_ecog",),), edges, merged).check(lung1.schema)
+
+
+def test_merged_levels_sample_back_among_the_levels_they_hold(lung1: Workload) -> None:
+    discretization = Discretization.of(lung1.schema, bins=6).merging(
+        {"age": (0, 0, 0, 1, 2, 3), "ph_ecog": (0, 1, 2, 2, 2, 2)})
+    assert discretization.merging({"age": (0, 0, 1, 1)}).merged["age"] == (0, 0, 0, 0, 1, 1)
+    domain = discretization.domain()
+    assert domain.shape(("age", "ph_ecog")) == (4, 3)
+    levels = np.zeros((6000, len(domain)), dtype=np.int64)
+    values = discretization.decode(levels, seed=1)
+    age = values["age"]
+    lower, _ = lung1.schema["age"].bounds()
+    assert age.between(lower, discretization.edges["age"][3]).all()
+    # Each of the three merged age bins is drawn about equally often (chi-square test).
+    bins = np.digitize(age, discretization.edges["age"][1:3])
+    assert stats.chisquare(np.bincount(bins, minlength=3)).pvalue > 1e-6
+    assert set(values["ph_ecog"].dropna()) == {0}
+    assert np.array_equal(discretization.encode(values)[:, domain.index("age")],
+                          levels[:, domain.index("age")])
+
+
+def test_mst_merges_rare_levels_and_measures_pairs_on_them(lung1: Workload, tmp_path: Path) -> None:
+    with Curator(_sites(lung1, tmp_path)[0], Discretization.of(lung1.schema), epsilon=2.0,
+                 delta=1e-6) as measurer:
+        fit = MST(iterations=200).fit(measurer)
+    merged = fit.discretization.merged
+    assert merged, "lung at ε = 2 has rare levels"
+    for m in fit.measurements:
+        if len(m.clique) == 1 and m.clique[0] in merged:
+            rare = sum(1 for v in merged[m.clique[0]] if v == max(merged[m.clique[0]]))
+            assert m.values.size == max(merged[m.clique[0]]) + 1
+            assert m.scale.tolist() == [1.0] * (m.values.size - 1) + [pytest.approx(
+                np.sqrt(rare))]
+            assert m.values[-1] < 3 * m.sigma * rare  # each merged level was under 3σ
+    two_way = [m for m in fit.measurements if len(m.clique) == 2]
+    for m in two_way:
+        assert m.values.size == fit.model.domain.size(m.clique)
+    rows = fit.sample(400, seed=2)
+    assert len(rows) == 400
+    for column in lung1.schema.columns:
+        if column.kind in ("integer", "continuous", "time_to_event"):
+            lower, upper = column.bounds()
+            assert rows[column.name].dropna().between(lower, upper).all(), column.name
+
+
+def test_a_noisy_marginal_needs_one_positive_scale_per_cell() -> None:
+    with pytest.raises(PetError, match="one finite factor > 0 per cell"):
+        NoisyMarginal(("a",), np.array([1.0, 2.0]), 1.0, np.array([1.0]))
+    with pytest.raises(PetError, match="one finite factor > 0 per cell"):
+        NoisyMarginal(("a",), np.array([1.0, 2.0]), 1.0, np.array([1.0, 0.0]))
+
+
 def test_marginals_are_released_only_under_dp(lung1: Workload) -> None:
     query = Marginals((("sex",),))
     with pytest.raises(PetError, match="only be released under a DP backend"):
@@ -225,9 +302,16 @@ def test_the_command_line_fits_and_samples_with_a_data_card(tmp_path: Path) -> N
 
 
 class Recording(Federation):
-    """A federation that keeps the noisy releases its selections scored."""
+    """A federation that keeps its noisy releases: those its selections scored, and its
+    measurements as released (before any post-processing)."""
 
     selections: list[list[np.ndarray]]
+    released: list[NoisyMarginal]
+
+    def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
+        measured = super().measure(cliques, rho)
+        self.released = [*getattr(self, "released", []), *measured]
+        return measured
 
     def noisy(self, cliques: Sequence[Clique], rho: float) -> list[np.ndarray]:
         released = super().noisy(cliques, rho)
@@ -238,11 +322,10 @@ class Recording(Federation):
 class Replay(Measurer):
     """A measurer that hands back another fit's noisy releases in order, touching no data."""
 
-    def __init__(self, fit: Fit, selections: list[list[np.ndarray]],
-                 discretization: Discretization) -> None:
+    def __init__(self, fit: Fit, recorded: Recording, discretization: Discretization) -> None:
         super().__init__([], discretization, backend="he+dp", epsilon=fit.epsilon,
                          delta=fit.delta, opener=lambda backend: None)
-        self.selections, self.measured = iter(selections), iter(fit.measurements)
+        self.selections, self.measured = iter(recorded.selections), iter(recorded.released)
 
     def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
         return [next(self.measured) for _ in cliques]
@@ -260,7 +343,9 @@ def test_the_federated_fit_is_the_model_of_its_noisy_marginals_alone(tmp_path: P
     with Recording(_sites(workload, tmp_path), discretization, backend="he+dp", epsilon=2.0,
                    delta=1e-6) as measurer:
         federated = MST(iterations=300).fit(measurer)
-    replayed = MST(iterations=300).fit(Replay(federated, measurer.selections, discretization))
+    replayed = MST(iterations=300).fit(Replay(federated, measurer, discretization))
+    assert federated.discretization.merged, "no level was rare: the replay tests less"
+    assert replayed.discretization == federated.discretization
     for clique in [("age", "sex"), ("time", "dead"), ("ph_ecog", "wt_loss", "sex")]:
         assert np.allclose(replayed.model.project(clique), federated.model.project(clique),
                            rtol=1e-12, atol=1e-9)

@@ -4,10 +4,12 @@ their data card, and bad requests refused with status codes that say why."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pandas as pd
 import pytest
 
 from pet.audit import AuditLog
@@ -94,3 +96,32 @@ def test_sampling_an_unknown_fit_is_not_found(client: Client) -> None:
     with pytest.raises(RemoteError) as refused:
         ghost.sample(10)
     assert refused.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
+        federation: LocalFederation, lung3: Workload, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pet.cli import main
+
+    token = tmp_path / "token"
+    token.write_text(federation.token)
+    connection = ["--ca", str(federation.certs.ca), "--token-file", str(token)]
+    fitted = tmp_path / "fit"
+    assert main(["synth", "fit", "--coordinator", federation.address, "--method", "mst",
+                 "--epsilon", "0.4", "--bins", "6", "--out", str(fitted), *connection]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("measure: ρ") == 2 and "select: ρ" in printed  # progress, per step
+    out = tmp_path / "release" / "synthetic.parquet"
+    assert main(["synth", "sample", str(fitted), "--rows", "300", "--seed", "4",
+                 "--out", str(out), *connection]) == 0
+    rows = pd.read_parquet(out)
+    assert len(rows) == 300 and list(rows.columns) == list(lung3.schema.names)
+    lung3.schema.validate(rows)
+    data = json.loads((out.parent / "card.json").read_text())
+    assert data["backend"] == "mpc+dp" and data["sites"] == federation.names
+    assert data["privacy"]["charged"]["epsilon"] == 0.4 and data["rows"] == 300
+    for site in federation.names:  # 1.0 by the first fit, 0.4 by this one
+        assert _ledger(federation, site).budget(site).spent_epsilon == pytest.approx(1.4)
+    assert main(["synth", "sample", str(fitted), "--rows", "5", "--out",
+                 str(tmp_path / "again.csv")]) == 1  # no token: a clear refusal
+    assert "--ca and a token" in capsys.readouterr().err

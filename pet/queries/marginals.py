@@ -6,7 +6,9 @@ column), so every marginal counts every row of the subgroup and they all agree o
 and the noisy counts come back raw — neither rounded nor clipped at zero — because the
 estimator that consumes them weighs unbiased measurements against each other. Each row
 adds 1 to one cell of every table: with k tables one row moves the vector by √(k + 1) in
-L2 (the noisy n comes with it, a measurement of the total).
+L2 (the noisy n comes with it, a measurement of the total). A column's levels may be
+merged by a public map (a synthesizer merges the levels an earlier DP release showed to
+be rare), so its tables count on fewer, larger cells.
 """
 
 from __future__ import annotations
@@ -42,15 +44,30 @@ def codes(values: np.ndarray, column: Column, edges: Sequence[float] | None) -> 
     return np.where(missing, level_count(column, edges) - 1, level)
 
 
+def merge_map(name: str, mapping: Sequence[float]) -> tuple[int, ...]:
+    """A map of a column's levels onto merged ones as whole numbers (each level's new
+    level), which must together cover 0, 1, …, k − 1. Raises QueryError naming the fault."""
+    if not len(mapping) or any(float(v) != int(v) or v < 0 for v in mapping):
+        raise QueryError(f"merged levels of {name!r}: {list(mapping)} must be whole "
+                         "numbers >= 0, one per level")
+    whole = tuple(int(v) for v in mapping)
+    if set(whole) != set(range(max(whole) + 1)):
+        raise QueryError(f"merged levels of {name!r}: {list(whole)} must use every level "
+                         f"from 0 to {max(whole)}")
+    return whole
+
+
 @dataclass(frozen=True)
 class Marginals(Query):
     """Counts of every combination of levels, for each clique of columns; numeric columns
     on the public bin edges in `bins`. Only DP backends may release it (a site refuses it
     under any other: exact k-way tables of small cells are what disclosure control
-    forbids). The answer is one array per clique, an axis per column."""
+    forbids). `merged` maps a column's levels onto fewer (each level's new level). The
+    answer is one array per clique, an axis per column."""
 
     cliques: tuple[tuple[str, ...], ...]
     bins: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    merged: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     requires_dp: ClassVar[bool] = True
     keeps_missing: ClassVar[bool] = True
@@ -60,6 +77,8 @@ class Marginals(Query):
         object.__setattr__(self, "cliques", tuple(tuple(c) for c in self.cliques))
         object.__setattr__(self, "bins", {k: tuple(float(e) for e in v)
                                           for k, v in dict(self.bins).items()})
+        object.__setattr__(self, "merged", {k: merge_map(k, v)
+                                            for k, v in dict(self.merged).items()})
 
     def inputs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c for clique in self.cliques for c in clique))
@@ -71,10 +90,20 @@ class Marginals(Query):
             if len(set(clique)) != len(clique):
                 raise QueryError(f"{self.describe()}: clique {list(clique)} repeats a column")
         check_bins(self, schema, self.inputs(), self.bins)
+        stray = sorted(set(self.merged) - set(self.inputs()))
+        if stray:
+            raise QueryError(f"{self.describe()}: merged levels given for columns in no "
+                             f"clique: {stray}")
+        for name, mapping in self.merged.items():
+            levels = level_count(schema[name], self.bins.get(name))
+            if len(mapping) != levels:
+                raise QueryError(f"{self.describe()}: merged levels of {name!r} map "
+                                 f"{len(mapping)} levels, but it has {levels}")
 
     def shape(self, schema: Schema, clique: Sequence[str]) -> tuple[int, ...]:
-        """Levels of each column of a clique, in order."""
-        return tuple(level_count(schema[c], self.bins.get(c)) for c in clique)
+        """Levels of each column of a clique (after merging), in order."""
+        return tuple(max(self.merged[c]) + 1 if c in self.merged
+                     else level_count(schema[c], self.bins.get(c)) for c in clique)
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
         # Real sums, not integer counts: DP backends then leave their noise unrounded.
@@ -84,6 +113,8 @@ class Marginals(Query):
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
         level = {c: codes(data[c], schema[c], self.bins.get(c)) for c in self.inputs()}
+        for c, mapping in self.merged.items():
+            level[c] = np.asarray(mapping, dtype=np.int64)[level[c]]
         parts = {}
         for i, clique in enumerate(self.cliques):
             shape = self.shape(schema, clique)

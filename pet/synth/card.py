@@ -47,6 +47,7 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
         "backend": release.backend,
         "schema": fit.discretization.schema.to_dict(),
         "bins": {name: list(edges) for name, edges in fit.discretization.edges.items()},
+        "merged": {name: list(m) for name, m in fit.discretization.merged.items()},
         "seed": release.seed,
         "rows": release.rows,
         "versions": {"python": platform.python_version(), **_versions()},
@@ -83,6 +84,11 @@ def markdown(data: dict[str, Any]) -> str:
     for column in data["schema"]["columns"]:
         bins = data["bins"].get(column["name"])
         where = f"{len(bins) - 1} bins on [{bins[0]:g}, {bins[-1]:g}]" if bins else "its levels"
+        merged = data["merged"].get(column["name"])
+        if merged:
+            rare = [level for level, new in enumerate(merged) if new == max(merged)]
+            where += (f"; levels {', '.join(map(str, rare))} merged, being rare in the "
+                      "noisy 1-way counts, and sampled back uniformly among them")
         lines.append(f"- `{column['name']}` ({column['type']}): {where}")
     if data["evaluation"]:
         lines += ["", f"Evaluation: see [{data['evaluation']}]({data['evaluation']})"]

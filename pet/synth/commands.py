@@ -1,12 +1,18 @@
-"""`pet synth fit|sample`: fit a DP synthesizer to a workload's or a file's rows, and
-sample a synthetic table with its data card from a saved fit."""
+"""`pet synth fit|sample`: fit a DP synthesizer to a workload's or a file's rows, or
+across a running federation through its coordinator, and sample a synthetic table with
+its data card from that fit."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
+
+from pet.connection import add_connection, client_of
+from pet.errors import PetError
 from pet.ledger import Ledger
 from pet.schema import Schema
 from pet.site import Site
@@ -24,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = fitting.add_mutually_exclusive_group(required=True)
     data.add_argument("--workload", choices=sorted(WORKLOADS))
     data.add_argument("--data", help="one data holder's table (CSV or Parquet)")
+    data.add_argument("--coordinator", metavar="ADDRESS",
+                      help="fit across a running federation's sites (under mpc+dp); the "
+                           "fit stays at the coordinator")
+    add_connection(fitting, address=False)
     fitting.add_argument("--schema", help="the table's schema (YAML or JSON), with --data")
     fitting.add_argument("--sites", type=int, default=1,
                          help="split a workload over this many sites (default 1: central DP)")
@@ -41,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--rows", type=int, required=True)
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
+    add_connection(sampling, address=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,8 +59,14 @@ def run(args: argparse.Namespace) -> int:
     return _fit(args) if args.step == "fit" else _sample(args)
 
 
+REMOTE = "remote.json"
+"""What a fit folder holds for a fit kept at a coordinator: its address and the fit's id."""
+
+
 def _fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.coordinator:
+        return _fit_remote(args, out)
     ledgers = Path(args.ledgers) if args.ledgers else out / "ledgers"
     ledgers.mkdir(parents=True, exist_ok=True)
     sites = _sites(args, ledgers)
@@ -81,18 +98,57 @@ def _sites(args: argparse.Namespace, ledgers: Path) -> list[Site]:
     return workload.sites(ledgers=ledgers)
 
 
+def _fit_remote(args: argparse.Namespace, out: Path) -> int:
+    """A fit across the coordinator's sites: its progress printed, its id kept in `out`."""
+    def report(step: Any) -> None:
+        print(f"  {step.step}: ρ {step.rho:.4g} (spent {step.rho_spent:.4g} of "
+              f"{step.rho_total:.4g})", flush=True)
+
+    with client_of(args) as client:
+        remote = client.synthesize(args.method, epsilon=args.epsilon, delta=args.delta,
+                                   bins=args.bins, progress=report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REMOTE).write_text(json.dumps({"coordinator": args.coordinator, "fit": remote.id,
+                                          "method": remote.method, "rho": remote.rho,
+                                          "measurements": remote.measurements}) + "\n")
+    print(f"{remote.method}: ρ = {remote.rho:.6g} spent of (ε = {args.epsilon:g}, "
+          f"δ = {args.delta:g}) charged at every site; {remote.measurements} marginals "
+          f"measured; kept at {args.coordinator} as {remote.id} (noted in {out / REMOTE})")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
-    fitted = load(args.fit)
-    who = json.loads((Path(args.fit) / "sites.json").read_text())
-    table = fitted.sample(args.rows, seed=args.seed)
     out = Path(args.out)
+    table, data = _drawn(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         table.to_parquet(out, index=False)
     else:
         table.to_csv(out, index=False)
-    data = card(fitted, Release(tuple(who["sites"]), who["backend"], args.seed, args.rows))
     as_json, as_markdown = write(data, out.parent if out.parent != Path() else Path.cwd())
     print(f"{args.rows} synthetic rows in {out}; data card in {as_json} and {as_markdown}")
     return 0
 
+
+
+def _drawn(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The sampled rows and their data card, from a saved fit or the coordinator's."""
+    folder = Path(args.fit)
+    if (folder / REMOTE).exists():
+        from pet.client import RemoteFit
+        from services.pb import synthesis_pb2
+
+        kept = json.loads((folder / REMOTE).read_text())
+        with client_of(args, kept["coordinator"]) as client:
+            remote = RemoteFit(client, synthesis_pb2.Fitted(
+                fit=kept["fit"], method=kept["method"], rho=kept["rho"],
+                measurements=kept["measurements"]))
+            table = remote.sample(args.rows, seed=args.seed)
+        if remote.card is None:
+            raise PetError("the coordinator sent no data card with the rows")
+        return table, remote.card
+    fitted = load(folder)
+    who = json.loads((folder / "sites.json").read_text())
+    table = fitted.sample(args.rows, seed=args.seed)
+    return table, card(fitted, Release(tuple(who["sites"]), who["backend"], args.seed,
+                                       args.rows))

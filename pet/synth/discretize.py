@@ -3,20 +3,22 @@
 Bins come from the schema's public bounds only, never from data: a whole-number column
 with a short range gets one level per value, any other numeric column equal-width bins;
 categorical and boolean columns keep their levels; a nullable column gets one more
-level for missing values. Sampling maps levels back to values inside each bin's public
+level for missing values. A synthesizer may merge a column's levels by a public map
+(MST merges those a DP release showed to be rare); a merged level samples back to one of
+its levels uniformly. Sampling maps levels back to values inside each bin's public
 bounds, so no synthetic value ever leaves the schema's range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from pet.errors import ArgumentError
-from pet.queries.marginals import codes, level_count
+from pet.queries.marginals import codes, level_count, merge_map
 from pet.schema import Boolean, Categorical, Column, Integer, Schema
 from pet.synth.domain import Domain
 
@@ -26,10 +28,12 @@ DEFAULT_BINS = 16
 
 @dataclass(frozen=True)
 class Discretization:
-    """Each numeric column's public bin edges (categorical and boolean columns need none)."""
+    """Each numeric column's public bin edges (categorical and boolean columns need none),
+    and each merged column's map of its levels onto the merged ones."""
 
     schema: Schema
     edges: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    merged: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, column in zip(self.schema.names, self.schema.columns, strict=True):
@@ -38,6 +42,14 @@ class Discretization:
         stray = sorted(set(self.edges) - set(self.schema.names))
         if stray:
             raise ArgumentError(f"bin edges given for columns not in the schema: {stray}")
+        for name, mapping in self.merged.items():
+            if name not in self.schema.names:
+                raise ArgumentError(f"merged levels given for {name!r}, not in the schema")
+            levels = self._levels(name)
+            if len(merge_map(name, mapping)) != levels:
+                raise ArgumentError(f"merged levels of {name!r} map {len(mapping)} levels, "
+                                    f"but it has {levels}")
+        object.__setattr__(self, "merged", {k: merge_map(k, v) for k, v in self.merged.items()})
 
     @classmethod
     def of(cls, schema: Schema, *, bins: int | Mapping[str, int] = DEFAULT_BINS) -> Discretization:
@@ -55,10 +67,26 @@ class Discretization:
             edges[column.name] = _edges(column, count)
         return cls(schema, edges)
 
+    def merging(self, maps: Mapping[str, Sequence[int]]) -> Discretization:
+        """This discretization with some columns' current levels merged by `maps`."""
+        merged = dict(self.merged)
+        for name, mapping in maps.items():
+            levels = self.domain().size((name,))
+            if len(mapping) != levels:
+                raise ArgumentError(f"merged levels of {name!r} map {len(mapping)} levels, "
+                                    f"but it has {levels}")
+            merged[name] = tuple(int(mapping[v]) for v in self.merged.get(name, range(levels)))
+        return Discretization(self.schema, self.edges, merged)
+
     def domain(self) -> Domain:
-        """The discretized domain: one attribute per column, its number of levels."""
-        return Domain(self.schema.names, tuple(level_count(c, self.edges.get(c.name))
-                                               for c in self.schema.columns))
+        """The discretized domain: one attribute per column, its number of (merged) levels."""
+        return Domain(self.schema.names, tuple(
+            max(self.merged[n]) + 1 if n in self.merged else self._levels(n)
+            for n in self.schema.names))
+
+    def _levels(self, name: str) -> int:
+        """A column's levels before merging."""
+        return level_count(self.schema[name], self.edges.get(name))
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Levels of a table's rows (rows × columns, int64): for evaluating synthetic data
@@ -67,14 +95,37 @@ class Discretization:
 
     def levels(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Levels of rows already encoded by the schema (a table's chunk)."""
-        return np.column_stack([codes(columns[c.name], c, self.edges.get(c.name))
+        return np.column_stack([self._merge(c.name, codes(columns[c.name], c,
+                                                          self.edges.get(c.name)))
                                 for c in self.schema.columns])
 
+    def _merge(self, name: str, level: np.ndarray) -> np.ndarray:
+        if name not in self.merged:
+            return level
+        return np.asarray(self.merged[name], dtype=np.int64)[level]
+
+    def expand(self, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Levels of the merged domain (rows × columns) back on the unmerged one: each
+        merged level becomes one of the levels it holds, uniformly (post-processing)."""
+        out = np.array(levels, dtype=np.int64)
+        for j, name in enumerate(self.schema.names):
+            if name not in self.merged:
+                continue
+            mapping = np.asarray(self.merged[name])
+            order = np.argsort(mapping, kind="stable")  # the original levels, grouped
+            sizes = np.bincount(mapping)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            pick = np.floor(rng.random(len(out)) * sizes[out[:, j]]).astype(np.int64)
+            out[:, j] = order[starts[out[:, j]] + pick]
+        return out
+
     def decode(self, levels: np.ndarray, *, seed: int) -> pd.DataFrame:
-        """Values for sampled levels: the category, or a value drawn uniformly inside the
-        bin's public bounds (a whole number for integer columns), missing for the missing
-        level. The draw is post-processing of a DP model, so numpy's generator serves."""
+        """Values for sampled levels (of the merged domain): the category, or a value drawn
+        uniformly inside the bin's public bounds (a whole number for integer columns),
+        missing for the missing level. The draw is post-processing of a DP model, so
+        numpy's generator serves."""
         rng = np.random.default_rng(seed)
+        levels = self.expand(levels, rng)
         columns = {}
         for j, column in enumerate(self.schema.columns):
             columns[column.name] = self._values(column, levels[:, j], rng)

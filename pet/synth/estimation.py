@@ -1,8 +1,9 @@
 """Fitting a graphical model to noisy marginals (Private-PGM: McKenna, Sheldon & Miklau,
 "Graphical-model based estimation and inference for differential privacy", ICML 2019).
 
-The estimate minimises Σ_i ‖M_i(μ) − y_i‖² / σ_i over the marginals μ of a Markov random
-field, by entropic mirror descent on its log-potentials (the paper's Algorithm 1) with
+The estimate minimises Σ_c (M(μ)_c − y_c)² / σ_c² over the measured cells c (each weighed
+by the inverse variance of its noise, as in the paper's code) and the marginals μ of a
+Markov random field, by entropic mirror descent on its log-potentials (the paper's Algorithm 1) with
 Armijo backtracking, accelerated by restarted momentum, from a start read off the
 measurements. Marginals come from belief propagation over a junction tree, so memory and
 time scale with the tree's cliques, never with the full domain.
@@ -73,7 +74,7 @@ def estimate_total(marginals: Sequence[NoisyMarginal]) -> float:
     exact = [float(m.values.sum()) for m in marginals if m.sigma == 0]
     if exact:
         return max(1.0, sum(exact) / len(exact))
-    precision = np.array([1.0 / (m.sigma**2 * m.values.size) for m in marginals])
+    precision = np.array([1.0 / (m.sd**2).sum() for m in marginals])
     sums = np.array([m.values.sum() for m in marginals])
     return max(1.0, float(precision @ sums / precision.sum()))
 
@@ -166,18 +167,22 @@ def _log_distribution(counts: np.ndarray) -> np.ndarray | None:
 
 def _pooled(domain: Domain, clique: Clique, marginals: list[NoisyMarginal]) -> np.ndarray:
     """The inverse-variance weighted mean of the measurements of exactly `clique` (domain
-    order), or the mean of its exact ones."""
+    order), cell by cell, or the mean of its exact ones."""
     same = [m for m in marginals if domain.ordered(m.clique) == clique]
     used = [m for m in same if m.sigma == 0] or same
-    weights = [1.0 if m.sigma == 0 else 1.0 / m.sigma**2 for m in used]
+    weights = [_in_domain_order(domain, m, np.ones(m.values.size) if m.sigma == 0
+                                else 1.0 / m.sd**2) for m in used]
     pooled = sum(w * _in_domain_order(domain, m) for w, m in zip(weights, used, strict=True))
     return pooled / sum(weights)
 
 
-def _in_domain_order(domain: Domain, m: NoisyMarginal) -> np.ndarray:
-    """A measurement's values as an array with axes in domain order."""
+def _in_domain_order(domain: Domain, m: NoisyMarginal,
+                     cells: np.ndarray | None = None) -> np.ndarray:
+    """A measurement's values (or other `cells` of its clique, flat in its order) as an
+    array with axes in domain order."""
     ordered = domain.ordered(m.clique)
-    return m.values.reshape(domain.shape(m.clique)).transpose(
+    cells = m.values if cells is None else cells
+    return cells.reshape(domain.shape(m.clique)).transpose(
         [m.clique.index(a) for a in ordered])
 
 
@@ -220,13 +225,15 @@ class _Loss:
             start = part.stop
             self.writes[k].append((part, domain.embedded_shape(clique, cliques[k])))
             values.append(_in_domain_order(domain, m).ravel())
-            weights.append(1.0 / (m.sigma or floor))
+            sd = m.sd if m.sigma else np.full(m.values.size, floor)
+            weights.append(_in_domain_order(domain, m, 1.0 / sd**2).ravel())
         self.y = np.concatenate(values)
-        self.w = np.repeat(weights, [m.values.size for m in marginals])
-        # In the probabilities the loss is 2·total²·Σ_i 1/σ_i-smooth for the ℓ1 norm (the
-        # entropy's geometry), so 1 / (2·total·Σ_i 1/σ_i) is a step on count gradients
-        # that cannot overshoot (Beck & Teboulle 2003): the line search starts there.
-        self.safe_step = 1.0 / (2.0 * total * float(sum(weights)))
+        self.w = np.concatenate(weights)
+        # In the probabilities the loss is 2·total²·Σ_i 1/σ_i²-smooth for the ℓ1 norm (the
+        # entropy's geometry; σ_i the smallest sd of measurement i), so 1 / (2·total·Σ_i
+        # 1/σ_i²) is a step on count gradients that cannot overshoot (Beck & Teboulle
+        # 2003): the line search starts there.
+        self.safe_step = 1.0 / (2.0 * total * float(sum(w.max() for w in weights)))
 
     def marginals(self, theta: Sequence[np.ndarray]) -> np.ndarray:
         """The model's counts at the measured cells, for potentials `theta`."""
@@ -236,7 +243,7 @@ class _Loss:
         return self.total * np.concatenate([distinct[d].ravel() for d in self.read_of])
 
     def value(self, mu: np.ndarray) -> float:
-        """Σ_i ‖M_i(μ) − y_i‖² / σ_i."""
+        """Σ_c (M(μ)_c − y_c)² / σ_c²."""
         r = mu - self.y
         return float((self.w * r) @ r)
 

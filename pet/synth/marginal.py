@@ -19,11 +19,13 @@ from pet.synth.domain import Clique, Domain
 class NoisyMarginal:
     """Noisy counts of a clique's cells, flat in C order over the clique's attributes in the
     clique's order; `sigma` is the standard deviation of the Gaussian noise on each cell
-    (0: an exact, noiseless count)."""
+    (0: an exact, noiseless count), times the cell's `scale` where one is given (√k for a
+    cell that adds up k cells measured at σ)."""
 
     clique: Clique
     values: np.ndarray
     sigma: float
+    scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.clique, str):
@@ -46,9 +48,21 @@ class NoisyMarginal:
         if not math.isfinite(sigma) or sigma < 0:
             raise ArgumentError(
                 f"NoisyMarginal.sigma of {clique}: {self.sigma!r}; must be finite and ≥ 0")
+        if self.scale is not None:
+            scale = np.array(self.scale, dtype=np.float64)
+            if scale.shape != values.shape or not np.all(np.isfinite(scale) & (scale > 0)):
+                raise ArgumentError(f"NoisyMarginal.scale of {clique}: one finite factor > 0 "
+                                    f"per cell ({values.size}), got {self.scale!r}")
+            scale.flags.writeable = False
+            object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "clique", clique)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "sigma", sigma)
+
+    @property
+    def sd(self) -> np.ndarray:
+        """The noise's standard deviation on each cell."""
+        return self.sigma * (np.ones(self.values.size) if self.scale is None else self.scale)
 
     def check(self, domain: Domain) -> None:
         """Raise ArgumentError unless the clique is in `domain` and the length fits it."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +117,12 @@ class Measurer(ABC):
         """Index of the candidate with (privately) the highest score, spending ρ; one row
         moves each score by at most `sensitivity`."""
 
+    def merge(self, maps: Mapping[str, Sequence[int]]) -> None:
+        """Measure from now on with some columns' levels merged by public `maps` (each
+        level's new level), chosen from earlier releases alone."""
+        self.discretization = self.discretization.merging(maps)
+        self.domain = self.discretization.domain()
+
     def close(self) -> None:
         """End every backend session the measurements opened."""
         for study in self._studies.values():
@@ -140,7 +146,8 @@ class Measurer(ABC):
             self.domain.check(clique)
         used = {c for clique in cliques for c in clique}
         return Marginals(tuple(cliques), {c: e for c, e in self.discretization.edges.items()
-                                          if c in used})
+                                          if c in used},
+                         {c: m for c, m in self.discretization.merged.items() if c in used})
 
     def _study(self, rho: float) -> Study:
         """One study per distinct ρ (a backend's noise is fixed when it is made), kept open
@@ -172,6 +179,10 @@ class Curator(Measurer):
         self._spent(Spend("select", query.cliques, rho))
         truth = self._counts(candidates.cliques)
         return noisy_max(candidates.scores(truth), sensitivity, rho)
+
+    def merge(self, maps: Mapping[str, Sequence[int]]) -> None:
+        super().merge(maps)
+        self._exact.clear()  # counted on the levels before the merge
 
     def _counts(self, cliques: Sequence[Clique]) -> list[np.ndarray]:
         """Exact marginals at the site, each computed once per fit (selection rounds ask

@@ -6,9 +6,16 @@ The budget ρ splits in thirds: every 1-way marginal measured at once; the tree'
 edges chosen (by the exponential mechanism, one edge at a time among those that join two
 components, scored by how badly the 1-way model gets that pair); the chosen 2-way
 marginals measured at once. The model fitted to both sets of measurements is sampled.
+
+Between the first and second step, as the paper does, each column's levels whose noisy
+count is under 3σ are merged into one (post-processing of the 1-way release): on small
+tables most cells of a 16-bin column hold noise alone, and the pairs then count on the
+levels that carry signal.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -19,15 +26,26 @@ from pet.synth.measure import Candidates, Measurer
 from pet.synth.model import Model
 from pet.synth.synthesizer import Synthesizer, model_marginals, pairs
 
+RARE = 3.0
+"""A level whose noisy 1-way count is below this many noise sds is merged with its column's
+other rare levels."""
+
 
 class MST(Synthesizer):
-    """1-way marginals, a spanning tree of 2-way marginals, each third of the budget."""
+    """1-way marginals, a spanning tree of 2-way marginals, each third of the budget;
+    rare levels merged unless `compress` is False."""
 
     name = "mst"
 
+    def __init__(self, *, iterations: int = 1000, compress: bool = True) -> None:
+        super().__init__(iterations=iterations)
+        self.compress = compress
+
     def run(self, measurer: Measurer, rho: float) -> tuple[Model, list[NoisyMarginal]]:
+        one_way = measurer.measure([(a,) for a in measurer.domain.attributes], rho / 3)
+        if self.compress:
+            one_way = compressed(measurer, one_way)
         domain = measurer.domain
-        one_way = measurer.measure([(a,) for a in domain.attributes], rho / 3)
         model = estimate(domain, one_way, iterations=self.iterations)
         tree = self._tree(measurer, model, rho / 3) if len(domain) > 1 else []
         two_way = measurer.measure(tree, rho / 3) if tree else []
@@ -67,3 +85,26 @@ class MST(Synthesizer):
             merged, absorbed = component[edge[0]], component[edge[1]]
             component = {a: merged if c == absorbed else c for a, c in component.items()}
         return chosen
+
+
+def compressed(measurer: Measurer, one_way: list[NoisyMarginal]) -> list[NoisyMarginal]:
+    """Merge each column's rare levels (noisy count under RARE·σ) into one last level, for
+    the measurer's later releases; the 1-way measurements on the merged levels: kept cells
+    as measured, the merged cell the sum of the rare ones (noise sd √k·σ for k of them).
+    A column keeps its levels when fewer than two would stand out: merged into one or two
+    levels it would sample back nearly uniform over its range, where the noisy counts
+    below 3σ still say where its mass lies."""
+    maps, out = {}, []
+    for m in one_way:
+        rare = m.values < RARE * m.sigma
+        kept = int((~rare).sum())
+        if rare.sum() < 2 or kept < 2:
+            out.append(m)
+            continue
+        maps[m.clique[0]] = tuple(np.where(rare, kept, np.cumsum(~rare) - 1).tolist())
+        values = np.append(m.values[~rare], m.values[rare].sum())
+        scale = np.append(np.ones(kept), math.sqrt(rare.sum()))
+        out.append(NoisyMarginal(m.clique, values, m.sigma, scale))
+    if maps:
+        measurer.merge(maps)
+    return out

@@ -1,6 +1,6 @@
-"""A fit on disk: `fit.json` (method, privacy, discretization, measurements' cliques and
-noise, the model's cliques) and `fit.npz` (the arrays), so that sampling can happen
-later, elsewhere, without the sites."""
+"""A fit on disk: `fit.json` (method, privacy, discretization and merged levels,
+measurements' cliques and noise, the model's cliques) and `fit.npz` (the arrays), so
+that sampling can happen later, elsewhere, without the sites."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def save(fit: Fit, folder: str | Path) -> Path:
         "method": fit.method, "epsilon": fit.epsilon, "delta": fit.delta,
         "schema": fit.discretization.schema.to_dict(),
         "bins": {k: list(v) for k, v in fit.discretization.edges.items()},
+        "merged": {k: list(v) for k, v in fit.discretization.merged.items()},
         "cliques": [list(c) for c in model.cliques], "total": model.total,
         "measurements": [{"clique": list(m.clique), "sigma": m.sigma}
                          for m in fit.measurements],
@@ -37,6 +38,8 @@ def save(fit: Fit, folder: str | Path) -> Path:
     (folder / "fit.json").write_text(json.dumps(described, indent=1) + "\n")
     arrays = {f"potential{i}": p for i, p in enumerate(model.potentials)}
     arrays |= {f"measured{i}": m.values for i, m in enumerate(fit.measurements)}
+    arrays |= {f"scale{i}": m.scale for i, m in enumerate(fit.measurements)
+               if m.scale is not None}
     np.savez_compressed(folder / "fit.npz", **arrays)
     return folder
 
@@ -51,13 +54,15 @@ def load(folder: str | Path) -> Fit:
         raise PetError(f"{folder} holds no saved fit ({missing.filename} is missing); "
                        "make one with `pet synth fit`") from None
     discretization = Discretization(Schema.from_dict(described["schema"]),
-                                    {k: tuple(v) for k, v in described["bins"].items()})
+                                    {k: tuple(v) for k, v in described["bins"].items()},
+                                    {k: tuple(v) for k, v in described["merged"].items()})
     domain = discretization.domain()
     cliques = [tuple(c) for c in described["cliques"]]
     model = Model(domain, junction_tree(domain, cliques), tuple(cliques),
                   tuple(arrays[f"potential{i}"] for i in range(len(cliques))),
                   described["total"])
-    measured = tuple(NoisyMarginal(tuple(m["clique"]), arrays[f"measured{i}"], m["sigma"])
+    measured = tuple(NoisyMarginal(tuple(m["clique"]), arrays[f"measured{i}"], m["sigma"],
+                                   arrays.get(f"scale{i}"))
                      for i, m in enumerate(described["measurements"]))
     spends = tuple(Spend(s["step"], tuple(tuple(c) for c in s["cliques"]), s["rho"])
                    for s in described["spends"])
