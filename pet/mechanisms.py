@@ -9,6 +9,7 @@ Laplace noise for pure ε-DP (δ = 0), Gaussian noise under ρ-zCDP otherwise, r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -87,8 +88,7 @@ def calibrate_rho(layout: Layout, rho: float, delta: float) -> Mechanism:
     """The least Gaussian noise that makes one release of the layout ρ-zCDP (OpenDP's
     search on its own zCDP map); its ε is what that ρ alone implies at δ."""
     check_rho(rho)
-    scale = dp.binary_search_param(lambda s: _measurement("gaussian", layout.size, s),
-                                   d_in=layout.l2, d_out=rho)
+    scale = least_scale(lambda s: _measurement("gaussian", layout.size, s), layout.l2, rho)
     exact = _measurement("gaussian", layout.size, scale).map(layout.l2)
     return Mechanism("gaussian", scale, layout.l2, layout.size, epsilon_of(exact, delta),
                      delta, exact)
@@ -131,8 +131,21 @@ def noisy_max(scores: np.ndarray, sensitivity: float, rho: float) -> int:
         return dp.m.make_noisy_max(domain, dp.linf_distance(T=float),
                                    dp.zero_concentrated_divergence(), scale=s)
 
-    scale = dp.binary_search_param(selection, d_in=float(sensitivity), d_out=rho)
+    scale = least_scale(selection, float(sensitivity), rho)
     return int(selection(scale)(np.asarray(scores, dtype=np.float64).tolist()))
+
+
+def least_scale(make: Callable[[float], dp.Measurement], d_in: float, d_out: float) -> float:
+    """The least noise scale at which `make(scale)` maps `d_in` within `d_out`, for a zCDP
+    map that falls as 1/scale² (Gaussian noise, Gumbel noisy max): read off OpenDP's map
+    at scale 1, confirmed on its map at the answer and nudged past its rounding; OpenDP's
+    binary search should that fail. One map instead of a search's forty: a fit calibrates
+    a release per round."""
+    scale = math.sqrt(make(1.0).map(d_in) / d_out)
+    for nudge in (0.0, 1e-14, 1e-12, 1e-10):
+        if make(scale * (1 + nudge)).map(d_in) <= d_out:
+            return scale * (1 + nudge)
+    return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out))
 
 
 def release_mechanism(layout: Layout, epsilon: float, delta: float,

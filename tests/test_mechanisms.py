@@ -13,7 +13,14 @@ import pytest
 
 from pet.errors import PetError
 from pet.layout import Block, Layout
-from pet.mechanisms import calibrate, calibrate_rho, epsilon_of, noisy_max, rho_of
+from pet.mechanisms import (
+    calibrate,
+    calibrate_rho,
+    epsilon_of,
+    least_scale,
+    noisy_max,
+    rho_of,
+)
 from pet.queries import Contingency, Covariance, Histogram, Mean
 from pet.workloads.base import packaged_schema
 
@@ -91,6 +98,25 @@ def test_a_rho_release_has_the_gaussian_scale_of_its_closed_form(rho: float) -> 
     assert mechanism.scale == pytest.approx(layout.l2 / math.sqrt(2 * rho), rel=1e-6)
     assert mechanism.rho <= rho and mechanism.epsilon == pytest.approx(epsilon_of(rho, 1e-6),
                                                                        rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "noisy max"])
+@pytest.mark.parametrize(("d_in", "rho"), [(1.0, 1e-4), (3.0, 0.05), (0.5, 7.0)])
+def test_the_least_scale_is_what_openDPs_binary_search_finds(kind: str, d_in: float,
+                                                             rho: float) -> None:
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=3)
+    if kind == "gaussian":
+        def make(s: float) -> dp.Measurement:
+            return dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=s)
+    else:
+        def make(s: float) -> dp.Measurement:
+            return dp.m.make_noisy_max(domain, dp.linf_distance(T=float),
+                                       dp.zero_concentrated_divergence(), scale=s)
+    scale = least_scale(make, d_in, rho)
+    assert make(scale).map(d_in) <= rho
+    searched = dp.binary_search_param(make, d_in=d_in, d_out=rho)
+    assert scale == pytest.approx(searched, rel=1e-9)
+    assert make(scale * (1 - 1e-9)).map(d_in) > rho  # any less noise would spend more
 
 
 def test_noisy_max_prefers_the_best_score_as_the_exponential_mechanism_does() -> None:

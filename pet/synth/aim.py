@@ -5,8 +5,9 @@ Data", VLDB 2022, Algorithm 1).
 It measures every 1-way marginal, then, round by round, selects (exponential mechanism)
 the clique of the workload's downward closure whose model marginal is worst relative to
 the noise of measuring it, measures it, and re-fits the model from the last one (warm
-start). A round whose measurement barely moved the model doubles the next round's
-budget; the last round spends what is left. Candidates are limited to those that keep
+start). A round whose measurement barely moved the model halves the next rounds' noise
+and doubles their selection's ε (four times the ρ of each); the last round spends what
+is left. Candidates are limited to those that keep
 the model's junction tree within a size that grows with the budget spent.
 """
 
@@ -72,7 +73,7 @@ class AIM(Synthesizer):
             model = estimate(domain, measured, iterations=self.round_iterations, model=model)
             moved = np.abs(np.ravel(model.project(chosen)) - before).sum()
             if moved <= expected_error(new[0].sigma, domain.size(chosen)):
-                sigma, epsilon = sigma / math.sqrt(2), 2 * epsilon
+                sigma, epsilon = sigma / 2, 2 * epsilon  # each part's ρ times 4
         return estimate(domain, measured, iterations=self.iterations, model=model), measured
 
     def _select(self, measurer: Measurer, model: Model, allowed: list[Clique],
