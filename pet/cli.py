@@ -13,6 +13,8 @@ from typing import Any
 from benchmarks.cli import add_arguments, run
 from pet.connection import add_connection, client_of
 from pet.errors import PetError
+from pet.evaluate.commands import add_arguments as add_evaluate
+from pet.evaluate.commands import run as run_evaluate
 from pet.synth.commands import add_arguments as add_synth
 from pet.synth.commands import run as run_synth
 
@@ -74,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_synth(commands.add_parser("synth", help="fit a DP synthesizer (fit) or sample a "
                                                 "synthetic table with its data card (sample)"))
+
+    add_evaluate(commands.add_parser("evaluate", help="evaluate a synthetic table: fidelity, "
+                                                      "utility, privacy; writes a report"))
 
     health = commands.add_parser("health", help="check that a server is SERVING")
     health.add_argument("address")
@@ -203,7 +208,8 @@ def _health(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _demo, "bench": run, "serve": _serve, "certs": _certs, "query": _query,
-            "budget": _budget, "audit": _audit, "health": _health, "synth": run_synth}
+            "budget": _budget, "audit": _audit, "health": _health, "synth": run_synth,
+            "evaluate": run_evaluate}
 
 
 if __name__ == "__main__":

@@ -78,14 +78,16 @@ class SiteAddress:
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
-    """The coordinator: where it listens, its sites, the analysts' token digests, and the
-    deadline of every call it makes to a site."""
+    """The coordinator: where it listens, its sites, the analysts' token digests, the
+    deadline of every call it makes to a site, and the folder where its synthesis service
+    keeps fitted models across restarts (None: in memory only)."""
 
     listen: str
     tls: Tls
     analysts: dict[str, str]
     sites: tuple[SiteAddress, ...]
     deadline_s: float
+    fits: Path | None = None
 
     def analyst(self, token: str) -> str | None:
         """The analyst whose bearer token this is, if any (compared as SHA-256 digests)."""
@@ -128,6 +130,7 @@ def read_coordinator(path: str | Path) -> CoordinatorConfig:
         analysts={str(name): str(entry["token_sha256"]) for name, entry in analysts.items()},
         sites=tuple(SiteAddress(str(s["name"]), str(s["address"])) for s in sites),
         deadline_s=float(spec.get("deadline_s", 120.0)),
+        fits=Path(_text(spec, "fits", path)) if "fits" in spec else None,
     )
 
 

@@ -84,6 +84,7 @@ class LocalFederation:
         self.configs["coordinator"] = self._write("coordinator.yaml", {
             "listen": f"{HOST}:{self.ports['coordinator']}", "tls": self._tls("coordinator"),
             "analysts": "analysts.yaml", "deadline_s": deadline_s,
+            "fits": str(self.directory / "coordinator" / "fits"),
             "sites": [{"name": n, "address": f"{HOST}:{self.ports[n]}"} for n in self.names]})
 
     @property

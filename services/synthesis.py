@@ -4,7 +4,8 @@ servers under `mpc+dp`, and its synthetic rows streamed back in chunks.
 Each measurement and selection is a `Marginals` release through the sites, who charge the
 fit's (ε, δ) to their own ledgers once and refuse any release past the ρ it affords; the
 MPC parties reveal only noisy counts. The coordinator keeps the fitted model (it holds no
-rows and no exact counts) for the analyst to sample from. `he+dp` is not offered here:
+rows and no exact counts) for the analyst to sample from, on disk too when its
+configuration names a folder for fits, so a restart loses none. `he+dp` is not offered here:
 its every measurement would need the analyst's secret key.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ import pyarrow as pa
 from pet.backends import Backend
 from pet.errors import ArgumentError
 from pet.mechanisms import check_privacy, rho_of
-from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card
+from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card, load, save
 from pet.synth.discretize import DEFAULT_BINS, Discretization
 from pet.synth.measure import Spend
 from services import convert
@@ -40,6 +43,10 @@ BACKEND = "mpc+dp"
 CHUNK_ROWS = 10_000
 """Rows per streamed chunk unless the analyst asks for another number."""
 MAX_ROWS = 10**8
+FIT_ID = re.compile(r"[0-9a-f]{32}")
+"""A fit's id: 32 hex digits (never a path)."""
+RELEASE = "release.json"
+"""Beside a kept fit: the sites and backend that measured it."""
 
 
 class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
@@ -61,9 +68,8 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
         def work(post: Post) -> synthesis_pb2.FitProgress:
             fit = self._fit(request, analyst, deadline, post)
             name = uuid.uuid4().hex
-            release = Release(tuple(p.name for p in self.coordinator.peers), BACKEND, 0, 0)
-            with self._lock:
-                self.fits[name] = (fit, release)
+            self._keep(name, fit, Release(tuple(p.name for p in self.coordinator.peers),
+                                          BACKEND, 0, 0))
             return synthesis_pb2.FitProgress(fitted=synthesis_pb2.Fitted(
                 fit=name, method=fit.method, rho=fit.rho, measurements=len(fit.measurements)))
 
@@ -72,8 +78,7 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
     @handled_stream
     def Sample(self, request: synthesis_pb2.SampleRequest,
                context: grpc.ServicerContext) -> Iterator[synthesis_pb2.SampleChunk]:
-        with self._lock:
-            found = self.fits.get(request.fit)
+        found = self._found(request.fit)
         if found is None:
             raise CallError(grpc.StatusCode.NOT_FOUND, f"no fit {request.fit!r} here; fit one "
                                                        "first (Synthesis.Fit)")
@@ -91,6 +96,33 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
             yield synthesis_pb2.SampleChunk(
                 arrow=_arrow(part), rows=len(part), last=last,
                 card_json=json.dumps(card(fit, release)) if last else "")
+
+    def _keep(self, name: str, fit: Fit, release: Release) -> None:
+        """Keep a fit by its id: in memory, and in the fits folder if there is one (written
+        beside it, then moved into place, so a crash leaves no half-written fit)."""
+        folder = self.coordinator.config.fits
+        if folder is not None:
+            partial = save(fit, folder / f".{name}.partial")
+            (partial / RELEASE).write_text(json.dumps({"sites": list(release.sites),
+                                                       "backend": release.backend}) + "\n")
+            os.replace(partial, folder / name)
+        with self._lock:
+            self.fits[name] = (fit, release)
+
+    def _found(self, name: str) -> tuple[Fit, Release] | None:
+        """The fit of that id, from memory or the fits folder; None if there is none."""
+        with self._lock:
+            found = self.fits.get(name)
+        folder = self.coordinator.config.fits
+        if found is not None or folder is None or not FIT_ID.fullmatch(name):
+            return found
+        if not (folder / name / RELEASE).exists():
+            return None
+        made = json.loads((folder / name / RELEASE).read_text())
+        found = load(folder / name), Release(tuple(made["sites"]), made["backend"], 0, 0)
+        with self._lock:
+            self.fits[name] = found
+        return found
 
     def _fit(self, request: synthesis_pb2.FitRequest, analyst: str, deadline: float,
              post: Post) -> Fit:

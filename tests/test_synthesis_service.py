@@ -1,6 +1,7 @@
 """The synthesis service over real gRPC on loopback: a fit across three site servers under
 mpc+dp with its progress, every site's ledger charged once, rows streamed in chunks with
-their data card, and bad requests refused with status codes that say why."""
+their data card, fits kept across a coordinator restart, and bad requests refused with
+status codes that say why."""
 
 from __future__ import annotations
 
@@ -122,6 +123,14 @@ def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
     assert data["privacy"]["charged"]["epsilon"] == 0.4 and data["rows"] == 300
     for site in federation.names:  # 1.0 by the first fit, 0.4 by this one
         assert _ledger(federation, site).budget(site).spent_epsilon == pytest.approx(1.4)
+    # The coordinator keeps its fits on disk: after a restart the same fit samples the
+    # same rows.
+    federation.stop_server("coordinator")
+    federation.start_server("coordinator")
+    again = tmp_path / "after-restart" / "synthetic.parquet"
+    assert main(["synth", "sample", str(fitted), "--rows", "300", "--seed", "4",
+                 "--out", str(again), *connection]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(again), rows)
     assert main(["synth", "sample", str(fitted), "--rows", "5", "--out",
                  str(tmp_path / "again.csv")]) == 1  # no token: a clear refusal
     assert "--ca and a token" in capsys.readouterr().err

@@ -91,7 +91,10 @@ def markdown(data: dict[str, Any]) -> str:
                       "noisy 1-way counts, and sampled back uniformly among them")
         lines.append(f"- `{column['name']}` ({column['type']}): {where}")
     if data["evaluation"]:
-        lines += ["", f"Evaluation: see [{data['evaluation']}]({data['evaluation']})"]
+        found = data["evaluation"]
+        lines += ["", "## Evaluation", "", "| pillar | verdict | numbers |", "|---|---|---|"]
+        lines += [f"| {v['pillar']} | {v['grade']} | {v['numbers']} |" for v in found["verdicts"]]
+        lines += ["", f"The full report: [{found['report']}]({found['report']})"]
     return "\n".join(lines) + "\n"
 
 
