@@ -136,14 +136,16 @@ def _utility_verdict(found: Utility | None) -> Verdict:
 
 def _privacy_verdict(found: Privacy) -> Verdict:
     worst = max(found.risks, key=lambda r: r.interval[1])
-    high = found.mia_advantage > 0.2 or found.dcr_excess > 0.4 or any(
+    beyond_chance = found.mia_advantage > found.mia_chance
+    high = (beyond_chance and found.mia_advantage > 0.2) or found.dcr_excess > 0.4 or any(
         r.interval[0] > 0.1 for r in found.risks)
-    elevated = found.mia_advantage > 0.1 or found.dcr_excess > 0.2 or any(
-        r.risk > 0.05 for r in found.risks)
+    elevated = beyond_chance or found.dcr_excess > 0.2 or any(
+        r.significant and r.risk > 0.05 for r in found.risks)
     grade = "high risk" if high else "elevated risk" if elevated else "low risk"
     low, up = worst.interval
     return Verdict("Privacy", grade,
-                   f"membership advantage {found.mia_advantage:.2f}; "
+                   f"membership advantage {found.mia_advantage:.2f} (chance: up to "
+                   f"{found.mia_chance:.2f}); "
                    f"{found.closer_to_train:.0%} of synthetic rows nearer a training row "
                    f"({found.expected_closer:.0%} expected); "
                    f"worst attack {worst.attack} risk {worst.risk:.2f} [{low:.2f}, {up:.2f}]",

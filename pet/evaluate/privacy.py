@@ -16,9 +16,9 @@ the holdout it achieves by learning the population, not the people.
 - Singling out, linkability and attribute inference, following Giomi et al., "A Unified
   Framework for Quantifying Privacy Risk in Synthetic Data" (PETS 2023), the method of
   the anonymeter package: each attack's success rate on training targets and on control
-  targets, the risk (train − control) / (1 − control) with a 95% interval from the Wilson
-  interval of the training rate, and a baseline attacker who guesses at random (an attack
-  no better than it has learnt nothing).
+  targets, the risk (train − control) / (1 − control) with a 95% interval from both
+  rates' Wilson intervals (Newcombe's method), and a baseline attacker who guesses at
+  random (an attack no better than it has learnt nothing).
 """
 
 # The anonymeter package would pin numpy below 2 and pyarrow 21 against pet's pins, so
@@ -89,9 +89,21 @@ class Risk:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The risk at the ends of the training rate's 95% interval."""
-        low, high = self.train.interval()
-        return _risk(low, self.control.rate), _risk(high, self.control.rate)
+        """A 95% interval of the risk: Newcombe's interval for the difference of the two
+        rates (from each one's Wilson interval, so the control's own sampling error
+        counts too), divided by 1 − control."""
+        (p, (l1, u1)), (q, (l2, u2)) = ((r.rate, r.interval()) for r in (self.train,
+                                                                       self.control))
+        low = p - q - np.hypot(p - l1, u2 - q)
+        high = p - q + np.hypot(u1 - p, q - l2)
+        scale = 1 - q if q < 1 else 1.0
+        return max(0.0, low / scale), min(1.0, max(0.0, high / scale))
+
+    @property
+    def significant(self) -> bool:
+        """Whether the training targets were attacked more successfully than the control
+        ones, beyond chance (the interval's lower end above 0)."""
+        return self.interval[0] > 0
 
     @property
     def better_than_random(self) -> bool:
@@ -115,6 +127,9 @@ class Privacy:
     mia_advantage: float
     mia_roc: tuple[np.ndarray, np.ndarray]
     risks: tuple[Risk, ...]
+    mia_chance: float
+    """The advantage that chance alone exceeds 5% of the time with these many candidates
+    (the two-sample Kolmogorov–Smirnov critical value: the advantage is that statistic)."""
 
     @property
     def closer_to_train(self) -> float:
@@ -133,7 +148,8 @@ class Privacy:
         out = {"closer_to_train": self.closer_to_train, "dcr_excess": self.dcr_excess,
                "dcr_train_median": float(np.median(self.dcr_train)),
                "dcr_holdout_median": float(np.median(self.dcr_holdout)),
-               "mia_auc": self.mia_auc, "mia_advantage": self.mia_advantage}
+               "mia_auc": self.mia_auc, "mia_advantage": self.mia_advantage,
+               "mia_chance": self.mia_chance}
         for risk in self.risks:
             out[f"{risk.attack} risk"] = risk.risk
         out["max_risk_high"] = max((r.interval[1] for r in self.risks), default=0.0)
@@ -170,7 +186,13 @@ def privacy(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
              _inference(schema, secret or schema.names[-1], members, controls, released, rng))
     expected = len(near[0]) / (len(near[0]) + len(near[1]))
     return Privacy(dcr_train, dcr_holdout, expected, float(roc_auc_score(labels, score)),
-                   float(np.max(tpr - fpr)), (fpr, tpr), risks)
+                   float(np.max(tpr - fpr)), (fpr, tpr), risks, _chance(count))
+
+
+def _chance(count: int) -> float:
+    """The 95% critical value of the two-sample KS statistic for `count` against `count`
+    (asymptotic: 1.358·√(2 / count))."""
+    return float(stats.kstwobign.ppf(0.95) * np.sqrt(2 / count))
 
 
 def _nearest(points: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -134,7 +134,8 @@ def _privacy_section(evaluation: Evaluation, figures: dict[str, str]) -> list[st
              f"a table drawn from the population would show {found.expected_closer:.0%} "
              f"(excess {found.dcr_excess:.2f}; a copy scores 1).", "",
              f"Membership inference (nearest synthetic row): AUC {found.mia_auc:.3f}, "
-             f"attacker's advantage {found.mia_advantage:.3f} (0 = no better than a coin).",
+             f"attacker's advantage {found.mia_advantage:.3f} (0 = no better than a coin; "
+             f"chance alone exceeds {found.mia_chance:.3f} one time in 20).",
              "", "Attacks after Giomi et al. (PETS 2023), on training targets and on holdout "
              "targets as control; risk = (train − control) / (1 − control):", "",
              "| attack | what | success on train | on control | at random | risk [95%] |",

@@ -117,15 +117,18 @@ def _classifier(train: pd.DataFrame, holdout: pd.DataFrame, features: Features,
     """Gradient-boosted trees (scikit-learn) fitted to `train`, scored on `holdout`."""
     y_train = _labels(train, features.schema, target)
     y_test = _labels(holdout, features.schema, target)
-    if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
-        raise ArgumentError(f"{target!r} takes one value only in the training or holdout "
-                            "rows: no classifier can be scored on it")
-    model = HistGradientBoostingClassifier(random_state=seed)
-    # One OpenMP thread: its threads spin-wait, and on a machine whose cores are busy
-    # (a server, a benchmark) they slow a small fit a hundredfold.
-    with threadpool_limits(limits=1, user_api="openmp"):
-        model.fit(features.matrix(train), y_train)
-        p = model.predict_proba(features.matrix(holdout))[:, 1]
+    if len(np.unique(y_test)) < 2:
+        raise ArgumentError(f"{target!r} takes one value only in the holdout rows: no "
+                            "classifier can be scored on it")
+    if len(np.unique(y_train)) < 2:  # a table with one outcome teaches that outcome alone
+        p = np.full(len(y_test), float(y_train[0]))
+    else:
+        model = HistGradientBoostingClassifier(random_state=seed)
+        # One OpenMP thread: its threads spin-wait, and on a machine whose cores are busy
+        # (a server, a benchmark) they slow a small fit a hundredfold.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            model.fit(features.matrix(train), y_train)
+            p = model.predict_proba(features.matrix(holdout))[:, 1]
     observed, predicted = calibration_curve(y_test, p, n_bins=CALIBRATION_BINS)
     return Classifier(float(roc_auc_score(y_test, p)), float(accuracy_score(y_test, p >= 0.5)),
                       float(brier_score_loss(y_test, p)), _calibration_error(y_test, p),
