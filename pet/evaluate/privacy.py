@@ -196,14 +196,20 @@ def _chance(count: int) -> float:
 
 
 def _nearest(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """For each query row, the L1 distance to its nearest point (scikit-learn)."""
-    index = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(points)
-    return index.kneighbors(queries)[0][:, 0]
+    """For each query row, the L1 distance to its nearest point."""
+    return _neighbours(points, queries)[0]
 
 
 def _nearest_index(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    index = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(points)
-    return index.kneighbors(queries)[1][:, 0]
+    """For each query row, the index of its nearest point in L1."""
+    return _neighbours(points, queries)[1]
+
+
+def _neighbours(points: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query row's nearest point in L1 (scikit-learn): distance and index."""
+    distances, indices = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(
+        points).kneighbors(queries)
+    return distances[:, 0], indices[:, 0]
 
 
 # --- singling out ---------------------------------------------------------------------

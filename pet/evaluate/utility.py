@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from pet.disclosure import DisclosurePolicy
 from pet.errors import ArgumentError, PetError
 from pet.evaluate.features import Features
-from pet.queries import LogisticRegression
+from pet.queries import LogisticFit, LogisticRegression
 from pet.schema import Boolean, Schema, TimeToEvent
 from pet.site import Site
 from pet.study import Study
@@ -93,7 +93,7 @@ def utility(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
     every numeric and boolean column but the target and follow-up times)."""
     if not isinstance(schema[target], Boolean):
         raise ArgumentError(f"the utility target {target!r} must be a boolean column")
-    features = Features(schema).without(target, *_follow_up(schema, target))
+    features = Features(schema).without(target, *_follow_up(schema))
     terms = tuple(covariates) if covariates is not None else _default_terms(schema, features)
     trained = {name: _classifier(frame, holdout, features, target, seed)
                for name, frame in (("real", train), ("synthetic", synthetic))}
@@ -102,7 +102,7 @@ def utility(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
                    _survival(train, synthetic, schema))
 
 
-def _follow_up(schema: Schema, target: str) -> list[str]:
+def _follow_up(schema: Schema) -> list[str]:
     """Follow-up times: not known at baseline, so no predictor of the outcome."""
     return [c.name for c in schema.columns if isinstance(c, TimeToEvent)]
 
@@ -118,8 +118,9 @@ def _classifier(train: pd.DataFrame, holdout: pd.DataFrame, features: Features,
     y_train = _labels(train, features.schema, target)
     y_test = _labels(holdout, features.schema, target)
     if len(np.unique(y_test)) < 2:
-        raise ArgumentError(f"{target!r} takes one value only in the holdout rows: no "
-                            "classifier can be scored on it")
+        raise ArgumentError(f"{target!r} takes one value only in the {len(y_test)} holdout "
+                            "rows: no classifier can be scored on it; hold out more rows or "
+                            "name another target")
     if len(np.unique(y_train)) < 2:  # a table with one outcome teaches that outcome alone
         p = np.full(len(y_test), float(y_train[0]))
     else:
@@ -175,7 +176,10 @@ def _coefficients(train: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, 
     return table, ""
 
 
-def _fitted(frame: pd.DataFrame, schema: Schema, target: str, terms: tuple[str, ...]):
+def _fitted(frame: pd.DataFrame, schema: Schema, target: str,
+            terms: tuple[str, ...]) -> LogisticFit:
+    """pet's plaintext logistic regression on one table (no disclosure limits: the table
+    never leaves this process)."""
     site = Site("table", FrameTable(frame, schema), policy=DisclosurePolicy(min_cell=1,
                                                                             max_parameter_ratio=1))
     return Study([site]).run(LogisticRegression(target, terms)).value

@@ -57,6 +57,11 @@ def merge_map(name: str, mapping: Sequence[float]) -> tuple[int, ...]:
     return whole
 
 
+def merged(level: np.ndarray, mapping: Sequence[int]) -> np.ndarray:
+    """Levels carried through a merge map (each level's new level)."""
+    return np.asarray(mapping, dtype=np.int64)[level]
+
+
 @dataclass(frozen=True)
 class Marginals(Query):
     """Counts of every combination of levels, for each clique of columns; numeric columns
@@ -114,7 +119,7 @@ class Marginals(Query):
                    state: State) -> dict[str, np.ndarray]:
         level = {c: codes(data[c], schema[c], self.bins.get(c)) for c in self.inputs()}
         for c, mapping in self.merged.items():
-            level[c] = np.asarray(mapping, dtype=np.int64)[level[c]]
+            level[c] = merged(level[c], mapping)
         parts = {}
         for i, clique in enumerate(self.cliques):
             shape = self.shape(schema, clique)

@@ -7,8 +7,8 @@ the clique of the workload's downward closure whose model marginal is worst rela
 the noise of measuring it, measures it, and re-fits the model from the last one (warm
 start). A round whose measurement barely moved the model halves the next rounds' noise
 and doubles their selection's ε (four times the ρ of each); the last round spends what
-is left. Candidates are limited to those that keep
-the model's junction tree within a size that grows with the budget spent.
+is left. Candidates are limited to those that keep the model's junction tree within a
+size that grows with the budget spent.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pet.errors import ArgumentError
-from pet.queries.marginals import codes, level_count, merge_map
+from pet.queries.marginals import codes, level_count, merge_map, merged
 from pet.schema import Boolean, Categorical, Column, Integer, Schema
 from pet.synth.domain import Domain
 
@@ -42,14 +42,14 @@ class Discretization:
         stray = sorted(set(self.edges) - set(self.schema.names))
         if stray:
             raise ArgumentError(f"bin edges given for columns not in the schema: {stray}")
+        object.__setattr__(self, "merged", {k: merge_map(k, v) for k, v in self.merged.items()})
         for name, mapping in self.merged.items():
             if name not in self.schema.names:
                 raise ArgumentError(f"merged levels given for {name!r}, not in the schema")
             levels = self._levels(name)
-            if len(merge_map(name, mapping)) != levels:
+            if len(mapping) != levels:
                 raise ArgumentError(f"merged levels of {name!r} map {len(mapping)} levels, "
                                     f"but it has {levels}")
-        object.__setattr__(self, "merged", {k: merge_map(k, v) for k, v in self.merged.items()})
 
     @classmethod
     def of(cls, schema: Schema, *, bins: int | Mapping[str, int] = DEFAULT_BINS) -> Discretization:
@@ -69,14 +69,14 @@ class Discretization:
 
     def merging(self, maps: Mapping[str, Sequence[int]]) -> Discretization:
         """This discretization with some columns' current levels merged by `maps`."""
-        merged = dict(self.merged)
+        composed = dict(self.merged)
         for name, mapping in maps.items():
             levels = self.domain().size((name,))
             if len(mapping) != levels:
                 raise ArgumentError(f"merged levels of {name!r} map {len(mapping)} levels, "
                                     f"but it has {levels}")
-            merged[name] = tuple(int(mapping[v]) for v in self.merged.get(name, range(levels)))
-        return Discretization(self.schema, self.edges, merged)
+            composed[name] = tuple(int(mapping[v]) for v in self.merged.get(name, range(levels)))
+        return Discretization(self.schema, self.edges, composed)
 
     def domain(self) -> Domain:
         """The discretized domain: one attribute per column, its number of (merged) levels."""
@@ -100,9 +100,7 @@ class Discretization:
                                 for c in self.schema.columns])
 
     def _merge(self, name: str, level: np.ndarray) -> np.ndarray:
-        if name not in self.merged:
-            return level
-        return np.asarray(self.merged[name], dtype=np.int64)[level]
+        return merged(level, self.merged[name]) if name in self.merged else level
 
     def expand(self, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Levels of the merged domain (rows × columns) back on the unmerged one: each

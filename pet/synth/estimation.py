@@ -3,10 +3,10 @@
 
 The estimate minimises Σ_c (M(μ)_c − y_c)² / σ_c² over the measured cells c (each weighed
 by the inverse variance of its noise, as in the paper's code) and the marginals μ of a
-Markov random field, by entropic mirror descent on its log-potentials (the paper's Algorithm 1) with
-Armijo backtracking, accelerated by restarted momentum, from a start read off the
-measurements. Marginals come from belief propagation over a junction tree, so memory and
-time scale with the tree's cliques, never with the full domain.
+Markov random field, by entropic mirror descent on its log-potentials (the paper's
+Algorithm 1) with Armijo backtracking, accelerated by restarted momentum, from a start
+read off the measurements. Marginals come from belief propagation over a junction tree,
+so memory and time scale with the tree's cliques, never with the full domain.
 """
 
 # pet carries its own estimator rather than depending on one: Private-PGM (mbi) is not on
