@@ -12,7 +12,9 @@ that the whole chain was rewritten: keep the latest digest somewhere else to det
 
 Writers take SQLite's write lock at the start of the transaction (BEGIN IMMEDIATE) and
 read the previous digest inside it, so threads and processes appending together keep one
-unbroken chain; WAL mode with synchronous=FULL makes an entry whose call returned durable.
+unbroken chain; synchronous=FULL makes an entry whose call returned durable. `append_in`
+appends inside a caller's transaction that has this log attached, so that a charged
+release and its entry commit together (`pet.releases`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -97,6 +100,15 @@ class AuditLog(DurableFile):
                epsilon: float = 0.0, delta: float = 0.0, outcome: str,
                detail: str = "") -> AuditEntry:
         """Append one entry, chained to the last one in the same transaction."""
+        with self.transaction() as db:
+            return self.append_in(db, analyst=analyst, request=request, query=query,
+                                  backend=backend, epsilon=epsilon, delta=delta,
+                                  outcome=outcome, detail=detail)
+
+    def append_in(self, db: sqlite3.Connection, *, analyst: str, request: str, query: str,
+                  backend: str, epsilon: float = 0.0, delta: float = 0.0, outcome: str,
+                  detail: str = "") -> AuditEntry:
+        """`record` inside the caller's transaction (on this log, or with it attached)."""
         texts = {"analyst": analyst, "request": request, "query": query, "backend": backend}
         for name, value in texts.items():
             if not isinstance(value, str) or not value.strip():
@@ -106,15 +118,13 @@ class AuditLog(DurableFile):
         if not isinstance(detail, str):
             raise AuditError(f"detail must be a string (may be empty), got {detail!r}")
         amounts = {"epsilon": _amount(epsilon, "epsilon"), "delta": _amount(delta, "delta")}
-        with self.transaction() as db:
-            last = db.execute("SELECT idx, digest FROM entries ORDER BY idx DESC LIMIT 1"
-                              ).fetchone()
-            index, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            draft = AuditEntry(index=index, at=_now(), **texts, **amounts, outcome=outcome,
-                               detail=detail, digest="")
-            entry = replace(draft, digest=chain_digest(previous, draft))
-            db.execute(f"INSERT INTO entries ({_COLUMNS}) VALUES "
-                       f"({', '.join('?' * len(fields(AuditEntry)))})", astuple(entry))
+        last = db.execute("SELECT idx, digest FROM entries ORDER BY idx DESC LIMIT 1").fetchone()
+        index, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        draft = AuditEntry(index=index, at=_now(), **texts, **amounts, outcome=outcome,
+                           detail=detail, digest="")
+        entry = replace(draft, digest=chain_digest(previous, draft))
+        db.execute(f"INSERT INTO entries ({_COLUMNS}) VALUES "
+                   f"({', '.join('?' * len(fields(AuditEntry)))})", astuple(entry))
         return entry
 
     def entries(self, *, analyst: str | None = None, since: str | None = None,

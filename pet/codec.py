@@ -39,12 +39,17 @@ def dumps(value: Any, *, indent: int | None = None) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """The value a JSON text encodes; raises CodecError for anything else."""
+    """The value a JSON text encodes; raises CodecError for anything else, nesting too
+    deep to read included."""
     try:
         data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise CodecError(f"not JSON: {exc}") from None
-    return decode(data)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise CodecError(f"not JSON: {type(exc).__name__}: {exc}") from None
+    try:
+        return decode(data)
+    except (RecursionError, MemoryError) as exc:
+        raise CodecError(f"a message too deeply nested or too large to decode "
+                         f"({type(exc).__name__})") from None
 
 
 def encode(value: Any) -> Any:
@@ -123,7 +128,7 @@ def _array(data: dict[str, Any]) -> np.ndarray:
         values = np.array(data["__array__"], dtype=object if dtype.startswith("float")
                           else dtype)
         array = values.astype(dtype).reshape(_expect(data, "shape", list))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise CodecError(f"bad array: {exc}") from None
     return array
 

@@ -1,5 +1,5 @@
 """A SQLite file that keeps every write whose call returned, shared by threads and
-processes: the storage under each site's privacy ledger and audit log."""
+processes: the storage under each site's privacy ledger, release store and audit log."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from pathlib import Path
 
 
 class DurableFile:
-    """One SQLite file in WAL mode with `synchronous=FULL` (a write that returned survives
-    a kill -9); every operation opens its own connection, so any thread or process may
-    use it, and writes take the write lock first (BEGIN IMMEDIATE)."""
+    """One SQLite file with a rollback journal and `synchronous=FULL` (a write that
+    returned survives a kill -9 and a power cut); every operation opens its own
+    connection, so any thread or process may use it, and writes take the write lock
+    first (BEGIN IMMEDIATE).
+
+    The rollback journal (not WAL) is what lets one transaction span two files — a
+    site's ledger and its audit log (`transaction(attach=...)`) — atomically: SQLite
+    commits attached databases through a super-journal, all or none, even when the
+    process is killed mid-commit; in WAL mode each file would commit on its own."""
 
     def __init__(self, path: str | Path, schema: str, *, timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_mode=DELETE")
             db.executescript(schema)
 
     @contextmanager
@@ -34,10 +40,14 @@ class DurableFile:
             db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, attach: DurableFile | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the write lock from its start; rolled back on
-        any error, so a refused or failed write records nothing."""
+        any error, so a refused or failed write records nothing. With `attach`, that
+        other file's tables join the same transaction (unless it is this very file)."""
         with self.connection() as db:
+            if attach is not None and attach.path.resolve() != self.path.resolve():
+                db.execute("ATTACH DATABASE ? AS attached", (str(attach.path),))
+                db.execute("PRAGMA attached.synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db

@@ -5,8 +5,10 @@ A release is charged **before** its result leaves, in one transaction that check
 is left and records the charge; a request that would overspend fails and records
 nothing. Writers take SQLite's write lock at the start of the transaction (BEGIN
 IMMEDIATE), so concurrent requests from threads or processes are serialised and never
-overspend together; the database runs in WAL mode with synchronous=FULL, so a charge
-whose call returned survives a kill -9 of the process (and a power cut).
+overspend together; with synchronous=FULL a charge whose call returned survives a kill -9
+of the process (and a power cut). `charge_in` and `spend_in` run inside a caller's
+transaction, so that a site's release store can commit a charge, the release it pays for
+and its audit entry together (`pet.releases`).
 
 Amounts are kept as integers — ε in units of 10^-12, δ in units of 10^-18 — so that
 sums are exact: a charge is rounded up and a budget down, never in the analyst's
@@ -132,19 +134,24 @@ class Ledger(DurableFile):
                query: str, request: str | None = None) -> list[Charge]:
         """Charge (ε, δ) to every dataset a release touches, all or none, before the
         release leaves. A request id already charged is not charged again (a retry)."""
-        names = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets))
-        if not names:
-            raise BudgetError("a charge must name at least one dataset")
-        cost_e, cost_d = _units(epsilon, "epsilon", up=True), _units(delta, "delta", up=True)
+        names = _names(datasets)
         request = request or uuid.uuid4().hex
         with self.transaction() as db:
-            for dataset in names:
-                self._check_room(db, dataset, cost_e, cost_d, request)
-            at = _now()
-            db.executemany("INSERT OR IGNORE INTO charges (request, dataset, epsilon, delta, "
-                           "query, at) VALUES (?, ?, ?, ?, ?, ?)",
-                           [(request, d, cost_e, cost_d, query, at) for d in names])
+            self.charge_in(db, names, epsilon, delta, query=query, request=request)
         return [c for c in self.charges(names) if c.request == request]
+
+    def charge_in(self, db: sqlite3.Connection, datasets: str | Iterable[str], epsilon: float,
+                  delta: float = 0.0, *, query: str, request: str) -> bool:
+        """`charge` inside the caller's transaction on this ledger; whether the request was
+        charged now (False: it had been charged this same amount before)."""
+        names = _names(datasets)
+        cost_e, cost_d = _units(epsilon, "epsilon", up=True), _units(delta, "delta", up=True)
+        fresh = [self._check_room(db, dataset, cost_e, cost_d, request) for dataset in names]
+        at = _now()
+        db.executemany("INSERT OR IGNORE INTO charges (request, dataset, epsilon, delta, "
+                       "query, at) VALUES (?, ?, ?, ?, ?, ?)",
+                       [(request, d, cost_e, cost_d, query, at) for d in names])
+        return any(fresh)
 
     def budget(self, dataset: str) -> Budget:
         """The dataset's budget and spending."""
@@ -185,25 +192,30 @@ class Ledger(DurableFile):
         """Record one ρ-zCDP release of an already charged request against every dataset it
         touches, all or none, refusing one that would take the request's releases past
         the `allowed` ρ its charge affords. Returns the ρ the request has spent since."""
-        names = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets))
+        with self.transaction() as db:
+            return self.spend_in(db, datasets, request, rho, allowed=allowed, query=query)
+
+    def spend_in(self, db: sqlite3.Connection, datasets: str | Iterable[str], request: str,
+                 rho: float, *, allowed: float, query: str) -> float:
+        """`spend` inside the caller's transaction on this ledger."""
+        names = _names(datasets)
         cost, limit = _units(rho, "rho", up=True), _units(allowed, "rho", up=False)
         spent = 0
-        with self.transaction() as db:
-            for dataset in names:
-                if db.execute("SELECT 1 FROM charges WHERE request = ? AND dataset = ?",
-                              (request, dataset)).fetchone() is None:
-                    raise BudgetError(f"request {request!r} has not been charged to dataset "
-                                      f"{dataset!r}; charge its (ε, δ) before it spends ρ")
-                spent = db.execute("SELECT COALESCE(SUM(rho), 0) FROM spends WHERE request = ? "
-                                   "AND dataset = ?", (request, dataset)).fetchone()[0]
-                if spent + cost > limit:
-                    raise BudgetError(
-                        f"request {request!r} cannot spend ρ={cost / RHO_SCALE:g} more on "
-                        f"dataset {dataset!r}: it has spent {spent / RHO_SCALE:g} of the "
-                        f"ρ={limit / RHO_SCALE:g} its charge affords; nothing was spent")
-            at = _now()
-            db.executemany("INSERT INTO spends (request, dataset, rho, query, at) VALUES "
-                           "(?, ?, ?, ?, ?)", [(request, d, cost, query, at) for d in names])
+        for dataset in names:
+            if db.execute("SELECT 1 FROM charges WHERE request = ? AND dataset = ?",
+                          (request, dataset)).fetchone() is None:
+                raise BudgetError(f"request {request!r} has not been charged to dataset "
+                                  f"{dataset!r}; charge its (ε, δ) before it spends ρ")
+            spent = db.execute("SELECT COALESCE(SUM(rho), 0) FROM spends WHERE request = ? "
+                               "AND dataset = ?", (request, dataset)).fetchone()[0]
+            if spent + cost > limit:
+                raise BudgetError(
+                    f"request {request!r} cannot spend ρ={cost / RHO_SCALE:g} more on "
+                    f"dataset {dataset!r}: it has spent {spent / RHO_SCALE:g} of the "
+                    f"ρ={limit / RHO_SCALE:g} its charge affords; nothing was spent")
+        at = _now()
+        db.executemany("INSERT INTO spends (request, dataset, rho, query, at) VALUES "
+                       "(?, ?, ?, ?, ?)", [(request, d, cost, query, at) for d in names])
         return (spent + cost) / RHO_SCALE
 
     def spent_rho(self, request: str, dataset: str) -> float:
@@ -218,7 +230,8 @@ class Ledger(DurableFile):
         return [r[0] / RHO_SCALE for r in rows]
 
     def _check_room(self, db: sqlite3.Connection, dataset: str, cost_e: int, cost_d: int,
-                    request: str) -> None:
+                    request: str) -> bool:
+        """Refuse a charge the dataset cannot pay; False for a request already charged."""
         row = db.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?",
                          (dataset,)).fetchone()
         if row is None:
@@ -229,7 +242,7 @@ class Ledger(DurableFile):
             if tuple(earlier) != (cost_e, cost_d):
                 raise BudgetError(f"request {request!r} was already charged a different "
                                   f"amount to dataset {dataset!r}")
-            return
+            return False
         spent_e, spent_d, _ = _spent(db, dataset)
         if spent_e + cost_e > row[0] or spent_d + cost_d > row[1]:
             raise BudgetError(
@@ -238,6 +251,15 @@ class Ledger(DurableFile):
                 f"{(row[0] - spent_e) / EPSILON_SCALE:g} of ε={row[0] / EPSILON_SCALE:g} and "
                 f"{(row[1] - spent_d) / DELTA_SCALE:g} of δ={row[1] / DELTA_SCALE:g} remain; "
                 "nothing was charged")
+        return True
+
+
+def _names(datasets: str | Iterable[str]) -> list[str]:
+    """The datasets a charge names, once each; at least one."""
+    names = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets))
+    if not names:
+        raise BudgetError("a charge must name at least one dataset")
+    return names
 
 
 def _spent(db: sqlite3.Connection, dataset: str) -> tuple[int, int, int]:

@@ -23,6 +23,11 @@ dp.enable_features("contrib")
 
 CONFIDENCE = 0.95
 """The coverage of the accuracy intervals every DP result carries."""
+MAX_EPSILON = 1e4
+"""The largest ε (and ρ) a release may ask for. Past ε ≈ 50 the bound e^ε on how much one
+row can shift any outcome's odds already protects nothing; 10^4 still lets benchmarks
+approach the noiseless answer, while keeping every noise scale a normal float (ε = 1e308
+would ask OpenDP for a scale of 1e-308, below which floats lose their precision)."""
 POST_PROCESSING = ("answers post-processed for consistency at no privacy cost: whole "
                    "non-negative counts, histograms and tables adding up to the noisy n, "
                    "survival monotone in [0, 1], positive semi-definite covariance")
@@ -116,9 +121,10 @@ def epsilon_of(rho: float, delta: float) -> float:
 
 
 def check_rho(rho: float) -> None:
-    """Refuse a ρ that is not a finite positive number."""
-    if not (isinstance(rho, int | float) and math.isfinite(rho) and rho > 0):
-        raise ArgumentError(f"rho must be a finite number > 0, got {rho!r}")
+    """Refuse a ρ that is not a positive number up to MAX_EPSILON (ρ-zCDP implies
+    ε ≥ ρ, so a larger ρ guarantees nothing an allowed ε would not)."""
+    if not (isinstance(rho, int | float) and 0 < rho <= MAX_EPSILON):
+        raise ArgumentError(f"rho must be a number in (0, {MAX_EPSILON:g}], got {rho!r}")
 
 
 def noisy_max(scores: np.ndarray, sensitivity: float, rho: float) -> int:
@@ -177,9 +183,10 @@ def whole_counts(total: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 def check_privacy(epsilon: float, delta: float) -> None:
-    """Refuse an ε that is not a finite positive number, or a δ outside [0, 1)."""
-    if not (isinstance(epsilon, int | float) and np.isfinite(epsilon) and epsilon > 0):
-        raise ArgumentError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    """Refuse an ε outside (0, MAX_EPSILON], or a δ outside [0, 1)."""
+    if not (isinstance(epsilon, int | float) and 0 < epsilon <= MAX_EPSILON):
+        raise ArgumentError(f"epsilon must be a number in (0, {MAX_EPSILON:g}], got "
+                            f"{epsilon!r}")
     if not (isinstance(delta, int | float) and 0 <= delta < 1):
         raise ArgumentError(f"delta must lie in [0, 1), got {delta!r}")
 

@@ -2,47 +2,59 @@
 
 The site is the only place rows are read. It answers a query round with the message its
 backend makes of its partial vector, after checking the partial against its own
-disclosure policy, so nothing leaves a site that its policy forbids.
+disclosure policy, so nothing leaves a site that its policy forbids. A DP release is
+bound to what was asked, charged, stored and audited in one transaction before it
+leaves (`pet.releases`): a retry gets the stored release, never a new draw.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
+from pet.audit import AuditLog
 from pet.backends.base import Backend
 from pet.disclosure import DisclosurePolicy
 from pet.errors import PetError
 from pet.ledger import Ledger
 from pet.mechanisms import rho_of
 from pet.queries.base import Query, State
+from pet.releases import Ask, Payment, Release, Releases
 from pet.schema import Schema
+from pet.subsets import SubsetControl
 from pet.table import Table
 
 
 @dataclass(frozen=True)
 class Contribution:
-    """What one site sends for one round, and what it cost the site to make it."""
+    """What one site sends for one round, and what it cost the site to make it;
+    `audited` when the site's audit log already holds the entry that reports it."""
 
     site: str
     message: bytes
     local_s: float
     protect_s: float
+    audited: bool = False
 
 
 class Site:
     """A data holder with one table, validated against the study's public schema."""
 
     def __init__(self, name: str, table: Table, *, policy: DisclosurePolicy | None = None,
-                 ledger: Ledger | None = None, dataset: str | None = None) -> None:
+                 ledger: Ledger | None = None, dataset: str | None = None,
+                 audit: AuditLog | None = None, subsets: SubsetControl | None = None) -> None:
         self.name = name
         self.table = table
         self.policy = policy or DisclosurePolicy()
         self.ledger = ledger
         self.dataset = dataset or name
+        self.audit = audit
+        self.releases = Releases(ledger, audit) if ledger is not None else None
+        self.subsets = subsets
 
     @property
     def schema(self) -> Schema:
@@ -57,44 +69,111 @@ class Site:
         return partial
 
     def contribute(self, query: Query, state: State, backend: Backend, *,
-                   request: str | None = None) -> Contribution:
-        """The message this site sends for one round under `backend`. Under a DP backend
-        the release is charged to the site's ledger first (see `charge`)."""
+                   request: str | None = None, round: int = 1,
+                   ask: Ask | None = None) -> Contribution:
+        """The message this site sends for round `round` of a request under `backend`.
+        Under a DP backend the release is charged to the site's ledger, stored and audited
+        before it leaves (`ask` says who asks and in which session; by default a local
+        one)."""
         if query.requires_dp and not backend.differentially_private:
             raise PetError(f"{query.describe()} may only be released under a DP backend "
                            f"(dp, he+dp, mpc+dp), not {backend.name}")
+        if backend.differentially_private:
+            ask = ask or Ask(request or uuid.uuid4().hex, _session(backend), round=round)
+            return self._release(query, state, backend, ask)
         start = time.perf_counter()
         partial = self.partial(query, state)
-        if backend.differentially_private:
-            self.charge(query, backend, request or uuid.uuid4().hex)
+        self.admit_subgroup(query, ask.request if ask else request)
         computed = time.perf_counter()
         message = backend.protect(partial, query.layout(self.schema, state))
         return Contribution(self.name, message, computed - start,
                             time.perf_counter() - computed)
 
+    def admit_subgroup(self, query: Query, request: str | None) -> None:
+        """Subset control (`pet.subsets`) for an exact (non-DP) answer: refuse a subgroup
+        whose answer would difference one answered before, and record it before the
+        partial leaves. DP answers skip it: their noise is what protects them."""
+        if self.subsets is not None:
+            self.subsets.admit(self.dataset, query.where, self.table,
+                               minimum=self.policy.min_cell, request=request, site=self.name)
+
     def charge(self, query: Query, backend: Backend, request: str) -> None:
         """Charge the query's whole cost — every round it may take, up front — to this
-        site's ledger, before anything leaves; a later round of the same request is not
-        charged again, and a refusal stops the query before any release."""
+        site's ledger; a later round of the same request is not charged again, and a
+        refusal stops the query before any release."""
+        ledger = self._ledger(query)
+        with ledger.transaction() as db:
+            self._payment(query, backend, request)(db)
+
+    def _release(self, query: Query, state: State, backend: Backend, ask: Ask) -> Contribution:
+        """A DP release: the stored one if this exact release was made before, else a new
+        draw, sent only once it is charged, stored and audited together."""
+        self._ledger(query)
+        assert self.releases is not None
+        release = Release.of(ask, self.dataset, query, state, getattr(backend, "rho", None))
+        stored = self.releases.stored(release)
+        if stored is not None:
+            self._audit_retry(ask, query, backend, release)
+            return Contribution(self.name, stored, 0.0, 0.0, audited=self.audit is not None)
+        start = time.perf_counter()
+        partial = self.partial(query, state)
+        computed = time.perf_counter()
+        message = backend.protect(partial, query.layout(self.schema, state))
+        protected = time.perf_counter()
+        sent = self.releases.commit(release, message,
+                                    self._payment(query, backend, ask.request), ask=ask,
+                                    query=query.describe(), backend=backend.name)
+        return Contribution(self.name, sent, computed - start, protected - computed,
+                            audited=self.audit is not None)
+
+    def _ledger(self, query: Query) -> Ledger:
+        """The ledger a DP release is charged to; refuses what no DP release may be."""
         if query.releases_records:
             raise PetError(f"{query.describe()} releases a record's own value, which no DP "
                            "mechanism covers; ask for grid Quantiles under DP")
         if self.ledger is None:
             raise PetError(f"site {self.name!r} keeps no privacy ledger; DP releases need "
                            "one (Site(..., ledger=Ledger(path)))")
+        return self.ledger
+
+    def _payment(self, query: Query, backend: Backend, request: str) -> Payment:
+        """How a release of the query is paid for: its whole (ε, δ) over every round it may
+        take, once per request; or, for one of many Gaussian releases of a request charged
+        (ε, δ) once, ρ from what that charge affords (zCDP composition)."""
+        ledger, dataset = self._ledger(query), self.dataset
         epsilon, delta = backend.cost()
         rounds = query.max_rounds
         rho = getattr(backend, "rho", None)
-        if rho is None:
-            self.ledger.charge(self.dataset, epsilon * rounds, min(delta * rounds, 1.0),
-                               query=query.describe(), request=request)
-            return
-        # One of many Gaussian releases of a request charged its whole (ε, δ) once: each
-        # spends ρ from what that charge affords (zCDP composition).
-        self.ledger.charge(self.dataset, epsilon, delta, query=f"zCDP budget of {request}",
-                           request=request)
-        self.ledger.spend(self.dataset, request, rho * rounds, allowed=rho_of(epsilon, delta),
-                          query=query.describe())
+
+        def pay(db: sqlite3.Connection) -> tuple[float, float, str]:
+            if rho is None:
+                cost = epsilon * rounds, min(delta * rounds, 1.0)
+                fresh = ledger.charge_in(db, dataset, *cost, query=query.describe(),
+                                         request=request)
+                return (*cost, "") if fresh else (0.0, 0.0, "")
+            fresh = ledger.charge_in(db, dataset, epsilon, delta,
+                                     query=f"zCDP budget of {request}", request=request)
+            spent = ledger.spend_in(db, dataset, request, rho * rounds,
+                                    allowed=rho_of(epsilon, delta), query=query.describe())
+            note = f"ρ={rho * rounds:g} spent, {spent:g} by the request; "
+            return (epsilon, delta, note) if fresh else (0.0, 0.0, note)
+
+        return pay
+
+    def _audit_retry(self, ask: Ask, query: Query, backend: Backend, release: Release) -> None:
+        """Report a retry answered with the stored release (it costs nothing more)."""
+        if self.audit is not None:
+            self.audit.record(analyst=ask.analyst, request=ask.request,
+                              query=query.describe(), backend=backend.name,
+                              outcome="answered",
+                              detail=f"round {ask.round}; retry answered with the stored "
+                                     f"release {release.digest[:16]}, no new draw")
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={self.table.n_rows})"
+
+
+def _session(backend: Backend) -> str:
+    """The public session of a backend used in this process: its name and (ε, δ)."""
+    epsilon, delta = backend.cost()
+    return f"{backend.name} ε={epsilon!r} δ={delta!r}"

@@ -43,6 +43,9 @@ class Study:
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.parallel = parallel
         """Ask every site at once (sites that are servers elsewhere) instead of in turn."""
+        self._asked: dict[str, int] = {}
+        """Rounds asked so far under each request id the caller shares between runs: each
+        release of a request is numbered, so a site tells a new release from a retry."""
         self.backend.open(len(self.sites))
 
     def close(self) -> None:
@@ -67,10 +70,14 @@ class Study:
         comm_rounds = 0
         timings = {"combine": 0.0, "reveal": 0.0}
         state = query.initial_state(self.schema)
+        shared = request is not None
         request = request or uuid.uuid4().hex  # one ledger charge per site for all rounds
         for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
             layout = query.layout(self.schema, state)
-            contributions = self._contributions(query, state, request)
+            asked = self._asked.get(request, 0) + 1
+            if shared:
+                self._asked[request] = asked
+            contributions = self._contributions(query, state, request, asked)
             for c in contributions:
                 local[c.site] += c.local_s
                 protect[c.site] += c.protect_s
@@ -104,10 +111,11 @@ class Study:
             comm_rounds=comm_rounds,
         )
 
-    def _contributions(self, query: Query, state: State, request: str) -> list[Contribution]:
-        """Every site's contribution to one round, in site order."""
+    def _contributions(self, query: Query, state: State, request: str,
+                       round: int) -> list[Contribution]:
+        """Every site's contribution to one round of a request, in site order."""
         def ask(site: Site) -> Contribution:
-            return site.contribute(query, state, self.backend, request=request)
+            return site.contribute(query, state, self.backend, request=request, round=round)
 
         if not self.parallel or len(self.sites) == 1:
             return [ask(site) for site in self.sites]

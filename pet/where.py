@@ -2,19 +2,23 @@
 
 A filter is parsed with Python's own parser into a small, safe expression tree (only
 comparisons of a column with constants, `in`, `and`, `or`, `not`): nothing is evaluated
-as Python code. Its text is public, like the rest of the query.
+as Python code. Its text is public, like the rest of the query. Before it is parsed its
+length and nesting are checked against public limits (`pet.limits`), so no filter can
+make parsing or evaluation run out of stack or memory.
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pet.errors import QueryError, SchemaError
+from pet.limits import DEFAULT_LIMITS, RequestLimits, check_where_text
 from pet.schema import Categorical, Schema
 
 _COMPARE: dict[type[ast.cmpop], Callable[[np.ndarray, float], np.ndarray]] = {
@@ -25,28 +29,48 @@ _COMPARE: dict[type[ast.cmpop], Callable[[np.ndarray, float], np.ndarray]] = {
 
 @dataclass(frozen=True)
 class Where:
-    """A public row filter; `mask` selects the rows of a chunk that belong to the subgroup."""
+    """A public row filter; `mask` selects the rows of a chunk that belong to the subgroup.
+
+    `limits` bound the text's length and nesting (a server passes its own; the defaults
+    otherwise): a text beyond them is a `FilterLimitError`, a `QueryError`."""
 
     text: str
+    limits: RequestLimits = field(default=DEFAULT_LIMITS, kw_only=True, repr=False,
+                                  compare=False)
     columns: tuple[str, ...] = field(init=False)
     _tree: ast.expr = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        try:
-            tree = ast.parse(self.text, mode="eval").body
-        except SyntaxError as exc:
-            raise QueryError(f"cannot parse filter {self.text!r}: {exc.msg}") from None
+        check_where_text(self.text, self.limits)
+        with _bounded(self.text):
+            try:
+                tree = ast.parse(self.text, mode="eval").body
+            except SyntaxError as exc:
+                raise QueryError(f"cannot parse filter {self.text!r}: {exc.msg}") from None
+            names = _names(tree, self.text)
         object.__setattr__(self, "_tree", tree)
-        object.__setattr__(self, "columns", tuple(sorted(_names(tree, self.text))))
+        object.__setattr__(self, "columns", tuple(sorted(names)))
 
     def check(self, schema: Schema) -> None:
         """Fail unless every column exists and every constant fits its column."""
-        self.mask(schema, {name: np.zeros(0) for name in self.columns})
+        with _bounded(self.text):
+            self.mask(schema, {name: np.zeros(0) for name in self.columns})
 
     def mask(self, schema: Schema, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Boolean mask of the rows that satisfy the filter (missing values never do)."""
         known = ~np.logical_or.reduce([np.isnan(columns[c]) for c in self.columns])
         return _evaluate(self._tree, schema, columns, self.text) & known
+
+
+@contextmanager
+def _bounded(text: str) -> Iterator[None]:
+    """Turn running out of stack or memory while parsing or checking a filter into the
+    filter's fault (QueryError): only its text, within its limits, is being read."""
+    try:
+        yield
+    except (RecursionError, MemoryError) as exc:
+        raise QueryError(f"the filter of {len(text)} characters is too complex to read "
+                         f"({type(exc).__name__}); simplify it") from None
 
 
 def _names(node: ast.AST, text: str) -> set[str]:

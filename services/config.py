@@ -15,6 +15,7 @@ import yaml
 
 from pet.disclosure import DisclosurePolicy
 from pet.errors import PetError
+from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.table import Table, open_table
 from pet.workloads import load, packaged_schema
 
@@ -52,6 +53,11 @@ class SiteConfig:
     policy: DisclosurePolicy
     allow_plaintext: bool
     mpc_host: str
+    federation: tuple[str, ...] = ()
+    """The sites this site federates with (itself included), from its own configuration:
+    distributed DP sizes this site's noise share by their number."""
+    limits: RequestLimits = DEFAULT_LIMITS
+    """The most one request may ask of this site (`limits:`)."""
 
     def table(self) -> Table:
         """The site's table: a part of a packaged workload, or a file with a schema."""
@@ -88,6 +94,13 @@ class CoordinatorConfig:
     sites: tuple[SiteAddress, ...]
     deadline_s: float
     fits: Path | None = None
+    run_deadline_s: float = 600.0
+    """The longest a study run or a synthesizer fit may take when the analyst sets no
+    shorter deadline."""
+    runs_per_analyst: int = 4
+    """Runs and fits one analyst may have under way at once."""
+    limits: RequestLimits = DEFAULT_LIMITS
+    """The most one request may ask of the coordinator (`limits:`)."""
 
     def analyst(self, token: str) -> str | None:
         """The analyst whose bearer token this is, if any (compared as SHA-256 digests)."""
@@ -114,6 +127,8 @@ def read_site(path: str | Path) -> SiteConfig:
                                     disclosure.get("max_parameter_ratio", 0.33))),
         allow_plaintext=bool(spec.get("allow_plaintext", True)),
         mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
+        federation=_federation(spec, path),
+        limits=_limits(spec, path),
     )
 
 
@@ -131,7 +146,38 @@ def read_coordinator(path: str | Path) -> CoordinatorConfig:
         sites=tuple(SiteAddress(str(s["name"]), str(s["address"])) for s in sites),
         deadline_s=float(spec.get("deadline_s", 120.0)),
         fits=Path(_text(spec, "fits", path)) if "fits" in spec else None,
+        run_deadline_s=_positive(spec, "run_deadline_s", 600.0, path),
+        runs_per_analyst=int(_positive(spec, "runs_per_analyst", 4, path)),
+        limits=_limits(spec, path),
     )
+
+
+def _federation(spec: dict[str, Any], path: str | Path) -> tuple[str, ...]:
+    """The site names of `federation` (optional): distinct texts, this site among them."""
+    names = spec.get("federation") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{path}: 'federation' must list the names of the federation's "
+                          "sites, this one included")
+    if len(set(names)) != len(names) or (names and spec.get("name") not in names):
+        raise ConfigError(f"{path}: 'federation' must name each site once, this site "
+                          f"({spec.get('name')!r}) included; got {names}")
+    return tuple(names)
+
+
+def _limits(spec: dict[str, Any], path: str | Path) -> RequestLimits:
+    """The optional `limits:` section (defaults for what it leaves out)."""
+    try:
+        return RequestLimits.from_mapping(spec.get("limits"))
+    except PetError as error:
+        raise ConfigError(f"{path}: limits: {error}") from None
+
+
+def _positive(spec: dict[str, Any], key: str, default: float, path: str | Path) -> float:
+    """An optional number > 0."""
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{path}: {key!r} must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def _read(path: str | Path) -> dict[str, Any]:

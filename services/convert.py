@@ -7,6 +7,7 @@ message becomes a `QueryError` (INVALID_ARGUMENT) that names the field, never a 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from collections.abc import Mapping
@@ -18,10 +19,12 @@ from pet import codec
 from pet.backends import BACKENDS
 from pet.backends.base import Privacy
 from pet.errors import PetError, QueryError
+from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.queries import QUERIES
 from pet.queries.base import Query
 from pet.result import Result, SiteReport
 from pet.schema import Schema
+from pet.where import Where
 from services.pb import common_pb2 as pb
 
 
@@ -35,14 +38,16 @@ def query_message(query: Query) -> pb.Query:
     return message
 
 
-def query_of(message: pb.Query) -> Query:
-    """The query a message asks for; QueryError names what is wrong with it."""
+def query_of(message: pb.Query, limits: RequestLimits = DEFAULT_LIMITS) -> Query:
+    """The query a message asks for, its filter read within `limits` (the server's); a
+    QueryError names what is wrong with it."""
     cls = QUERIES.get(message.kind)
     if cls is None:
         raise QueryError(f"unknown query kind {message.kind!r}; choose one of {sorted(QUERIES)}")
+    where = Where(message.where, limits=limits) if message.where else None
     arguments = {name: _value_of(value, name) for name, value in message.arguments.items()}
     try:
-        return cls(**arguments, where=message.where or None)
+        return cls(**arguments, where=where)
     except (TypeError, ValueError) as exc:
         raise QueryError(f"{message.kind}: {exc}") from None
 
@@ -58,24 +63,54 @@ def backend_message(name: str, options: Mapping[str, Any]) -> pb.Backend:
     return message
 
 
+SESSION_RANGES = {"max_rows_per_site": (1, 10**10), "max_sites": (1, 10**4)}
+"""The session limits a request may set: generous (DESIGN's scale is 100 sites of 10^8
+rows) but finite; within them HE and MPC still refuse, by name, sizes that would leave
+their moduli or fixed-point scales too little precision."""
+WIRE_OPTIONS = frozenset({"epsilon", "delta", "rho", "public_context", *SESSION_RANGES})
+"""The backend options a Backend message can set."""
+
+
 def backend_options(message: pb.Backend) -> dict[str, Any]:
     """The keyword options that build the described backend (the analyst's public context
-    included, never a secret); unset fields keep the backend's defaults."""
-    if message.name not in BACKENDS:
+    included, never a secret); unset fields keep the backend's defaults. An option the
+    backend does not take, or a session limit outside SESSION_RANGES, is a QueryError."""
+    cls = BACKENDS.get(message.name)
+    if cls is None:
         raise QueryError(f"unknown backend {message.name!r}; choose one of {sorted(BACKENDS)}")
     options: dict[str, Any] = {}
-    if BACKENDS[message.name].differentially_private:
+    if cls.differentially_private:
         options.update({field: getattr(message, field) for field in ("epsilon", "delta", "rho")
                         if message.HasField(field)})
-    if message.max_rows_per_site:
-        options["max_rows_per_site"] = message.max_rows_per_site
-    if message.max_sites:
-        options["max_sites"] = message.max_sites
-    if message.name in ("he", "he+dp"):
+    for field, (low, high) in SESSION_RANGES.items():
+        value = getattr(message, field)
+        if not value:  # unset: the backend's default
+            continue
+        if not low <= value <= high:
+            raise QueryError(f"backend {field} must lie in [{low}, {high}], got {value}")
+        options[field] = value
+    taken = backend_keywords(cls)
+    if "public_context" in taken:
         if not message.public_context:
             raise QueryError(f"{message.name} needs the analyst's public context")
         options["public_context"] = message.public_context
+    stray = sorted(set(options) - taken)
+    if stray:
+        raise QueryError(f"backend {message.name!r} takes no option {', '.join(stray)}; it "
+                         f"takes {sorted(taken & WIRE_OPTIONS) or 'none'}")
     return options
+
+
+def backend_keywords(cls: type) -> set[str]:
+    """The keyword options a backend class's constructor takes; a backend that passes
+    `**options` on to an `inner` backend takes that one's too."""
+    parameters = inspect.signature(cls).parameters.values()
+    names = {p.name for p in parameters
+             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    inner = getattr(cls, "inner", None)
+    if inner is not None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        names |= backend_keywords(inner)
+    return names
 
 
 def schema_json(schema: Schema) -> str:
@@ -87,7 +122,7 @@ def schema_of(text: str) -> Schema:
     """A schema from its JSON form."""
     try:
         return Schema.from_dict(json.loads(text))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PetError(f"not a schema: {exc}") from None
 
 

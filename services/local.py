@@ -53,12 +53,14 @@ class LocalFederation:
     setting; by default the lung workload at three sites), each its own process.
 
     `site_options` are written into every site's configuration (e.g. budget, disclosure,
-    allow_plaintext); `per_site` adds options for named sites only.
+    allow_plaintext); `per_site` adds options for named sites only; `coordinator_options`
+    go into the coordinator's (e.g. runs_per_analyst).
     """
 
     def __init__(self, directory: str | Path, data: Mapping[str, dict[str, Any]] | None = None,
                  *, deadline_s: float = 120.0, site_options: dict[str, Any] | None = None,
                  per_site: dict[str, dict[str, Any]] | None = None,
+                 coordinator_options: dict[str, Any] | None = None,
                  startup_timeout_s: float = 120.0) -> None:
         self.directory = Path(directory)
         data = data or workload_data("lung", 3)
@@ -76,7 +78,7 @@ class LocalFederation:
                     "tls": self._tls(name), "coordinator": "coordinator", "data": data[name],
                     "ledger": str(self.directory / name / "ledger.sqlite"),
                     "audit": str(self.directory / name / "audit.sqlite"),
-                    "mpc": {"host": HOST},
+                    "mpc": {"host": HOST}, "federation": self.names,
                     **(site_options or {}), **(per_site or {}).get(name, {})}
             self.configs[name] = self._write(f"{name}.yaml", spec)
         self._write("analysts.yaml", {ANALYST: {
@@ -85,7 +87,8 @@ class LocalFederation:
             "listen": f"{HOST}:{self.ports['coordinator']}", "tls": self._tls("coordinator"),
             "analysts": "analysts.yaml", "deadline_s": deadline_s,
             "fits": str(self.directory / "coordinator" / "fits"),
-            "sites": [{"name": n, "address": f"{HOST}:{self.ports[n]}"} for n in self.names]})
+            "sites": [{"name": n, "address": f"{HOST}:{self.ports[n]}"} for n in self.names],
+            **(coordinator_options or {})})
 
     @property
     def address(self) -> str:

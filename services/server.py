@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pet.limits import DEFAULT_LIMITS
+
 MAX_WORKERS = 64
 """Threads serving calls at once; more calls wait their turn instead of being refused."""
 
@@ -29,13 +31,15 @@ class Hosted:
 
 
 def start(listen: str, credentials: grpc.ServerCredentials, services: Sequence[Hosted], *,
-          interceptors: Sequence[grpc.ServerInterceptor] = ()) -> tuple[grpc.Server, int]:
+          interceptors: Sequence[grpc.ServerInterceptor] = (),
+          max_request_bytes: int = DEFAULT_LIMITS.request_bytes) -> tuple[grpc.Server, int]:
     """A started server on `listen` with the given services, health checking reporting
     SERVING for each, and reflection. Returns the server and the port it bound (useful
-    with port 0)."""
+    with port 0). gRPC refuses a request message over `max_request_bytes` before it is
+    parsed (RESOURCE_EXHAUSTED)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS),
                          interceptors=list(interceptors),
-                         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+                         options=[("grpc.max_receive_message_length", max_request_bytes)])
     for hosted in services:
         hosted.add(hosted.servicer, server)
     checker = health.HealthServicer()
@@ -54,10 +58,12 @@ def start(listen: str, credentials: grpc.ServerCredentials, services: Sequence[H
 
 def run(listen: str, credentials: grpc.ServerCredentials, services: Sequence[Hosted], *,
         banner: Callable[[int], str], on_stop: Callable[[], Any],
-        interceptors: Sequence[grpc.ServerInterceptor] = ()) -> None:
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        max_request_bytes: int = DEFAULT_LIMITS.request_bytes) -> None:
     """Start a server as `start` does, print its banner, and serve until SIGTERM or SIGINT
     (then `on_stop` releases what the servicers hold)."""
-    server, port = start(listen, credentials, services, interceptors=interceptors)
+    server, port = start(listen, credentials, services, interceptors=interceptors,
+                         max_request_bytes=max_request_bytes)
     print(banner(port), flush=True)
     serve_until_stopped(server, on_stop)
 

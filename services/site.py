@@ -10,6 +10,7 @@ hands it to its own MPC party, sending the coordinator only a token for it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import uuid
@@ -22,15 +23,19 @@ import grpc
 from pet import codec
 from pet.audit import AuditLog
 from pet.backends import BACKENDS, Backend, get_backend
-from pet.errors import PetError
+from pet.errors import PetError, QueryError
 from pet.ledger import Ledger
+from pet.limits import check_query, check_round
 from pet.mpc.parties import Party, PartyConfig, PartyError, free_port
 from pet.mpc.programs import PROGRAMS
+from pet.queries.base import Query
+from pet.releases import Ask
 from pet.site import Site
+from pet.subsets import SubsetControl
 from services import convert, server
 from services.config import SiteConfig, read_site
 from services.pb import common_pb2, site_pb2, site_pb2_grpc
-from services.security import require_peer, server_credentials
+from services.security import peer_name, require_peer, server_credentials
 from services.status import CallError, handled, handled_stream
 
 log = logging.getLogger("pet.services.site")
@@ -70,10 +75,11 @@ class SiteService(site_pb2_grpc.SiteServicer):
     def __init__(self, config: SiteConfig, *, party: PartyConfig | None = None) -> None:
         self.config = config
         ledger = Ledger(config.ledger)
-        self.site = Site(config.name, config.table(), policy=config.policy, ledger=ledger)
+        self.audit = AuditLog(config.audit)
+        self.site = Site(config.name, config.table(), policy=config.policy, ledger=ledger,
+                         audit=self.audit, subsets=SubsetControl(config.ledger))
         if config.budget and not any(b.dataset == self.site.dataset for b in ledger.budgets()):
             ledger.set_budget(self.site.dataset, *config.budget)
-        self.audit = AuditLog(config.audit)
         self.party_config = party or PartyConfig()
         self.seats: dict[str, Seat] = {}
         self._seats_lock = threading.Lock()
@@ -93,25 +99,33 @@ class SiteService(site_pb2_grpc.SiteServicer):
     def Contribute(self, request: site_pb2.ContributeRequest,
                    context: grpc.ServicerContext) -> Iterator[site_pb2.ContributePiece]:
         name, query_text = request.backend.name, request.query.kind
+        caller = self._caller(context, request)
         try:
             require_peer(context, self.config.coordinator)
             if name not in self.backends:
                 raise CallError(grpc.StatusCode.PERMISSION_DENIED,
                                 f"site {self.site.name!r} does not take part in {name!r} "
                                 f"studies; it allows {self.backends}")
-            query = convert.query_of(request.query)
+            limits = self.config.limits
+            query = convert.query_of(request.query, limits)
             query_text = query.describe()
-            query.validate(self.site.schema)
+            check_query(query, self.site.schema, limits)
             state = codec.loads(request.state_json or "null")
-            backend = self._backend(request.backend.SerializeToString(), request.n_sites)
-            contribution = self.site.contribute(query, state, backend, request=request.request)
+            self._check_round(request, query)
+            check_round(query, self.site.schema, state, limits)
+            backend = self._backend(request.backend.SerializeToString(deterministic=True),
+                                    request.n_sites)
+            ask = Ask(request.request or uuid.uuid4().hex, session=_session(request.backend),
+                      analyst=caller, round=request.round or 1)
+            contribution = self.site.contribute(query, state, backend, ask=ask)
             message = contribution.message
             if name in SHARED_INPUT:
                 message = self._seat(request.mpc_session).keep(message)
         except Exception as error:
-            self._record(request, query_text, error)
+            self._record(request, caller, query_text, error)
             raise
-        self._record(request, query_text, None)
+        if not contribution.audited:
+            self._record(request, caller, query_text, None)
         for start in range(0, len(message), PIECE_BYTES):
             yield site_pb2.ContributePiece(data=message[start:start + PIECE_BYTES])
         yield site_pb2.ContributePiece(done=site_pb2.ContributeDone(
@@ -168,11 +182,18 @@ class SiteService(site_pb2_grpc.SiteServicer):
         require_peer(context, self.config.coordinator)
         ledger = self.site.ledger
         assert ledger is not None
-        budgets = [ledger.budget(request.dataset)] if request.dataset else ledger.budgets()
+        known = ledger.budgets()
+        if request.dataset:
+            known = [b for b in known if b.dataset == request.dataset]
+            if not known:
+                raise CallError(grpc.StatusCode.NOT_FOUND,
+                                f"site {self.site.name!r} keeps no budget for dataset "
+                                f"{request.dataset[:100]!r}; its datasets are "
+                                f"{[b.dataset for b in ledger.budgets()]}")
         return common_pb2.BudgetReply(budgets=[common_pb2.Budget(
             site=self.site.name, dataset=b.dataset, epsilon=b.epsilon, delta=b.delta,
             spent_epsilon=b.spent_epsilon, spent_delta=b.spent_delta, releases=b.releases)
-            for b in budgets])
+            for b in known])
 
     def close(self) -> None:
         """Stop every MPC party this site runs."""
@@ -181,12 +202,47 @@ class SiteService(site_pb2_grpc.SiteServicer):
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one server object lives as long as its cache
     def _backend(self, spec: bytes, n_sites: int) -> Backend:
-        """The site's side of a described backend (HE contexts are loaded once per key)."""
+        """The site's side of a described backend (HE contexts are loaded once per key).
+        Under distributed DP the site's noise share is calibrated for the federation of
+        its own configuration, never for a number of sites a request claims."""
         message = common_pb2.Backend.FromString(spec)
         options = convert.backend_options(message)
-        if BACKENDS[message.name].differentially_private and message.name != "dp":
-            options["sites"] = n_sites
+        if BACKENDS[message.name].shares_noise:
+            options["sites"] = self._federation_size(n_sites)
         return get_backend(message.name, **options)
+
+    def _federation_size(self, claimed: int) -> int:
+        """The number of sites this site's configuration says it federates with; refuses a
+        request that claims another."""
+        federation = self.config.federation
+        if not federation:
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"site {self.site.name!r} has no 'federation' list of sites in "
+                            "its configuration, which distributed DP needs to size its "
+                            "noise share; its operator must add one")
+        if claimed != len(federation):
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"the request says the federation has {claimed} sites; site "
+                            f"{self.site.name!r} federates with {len(federation)} "
+                            f"({', '.join(federation)}) and sizes its noise share for them")
+        return len(federation)
+
+    @staticmethod
+    def _check_round(request: site_pb2.ContributeRequest, query: Query) -> None:
+        """Refuse a round outside the query's public number of rounds (a request that makes
+        many releases numbers them instead, each paid for by its ρ)."""
+        last = None if request.backend.HasField("rho") else query.max_rounds
+        if request.round < 0 or (last is not None and request.round > last):
+            raise QueryError(f"round {request.round} is outside the rounds 1..{last} that "
+                             f"{query.describe()} may take")
+
+    def _caller(self, context: grpc.ServicerContext, request: Any) -> str:
+        """Who the audit log names as asking: the analyst the coordinator vouches for, or
+        the authenticated peer itself when it is not the coordinator."""
+        peer = peer_name(context)
+        if peer == self.config.coordinator:
+            return request.analyst[:200] or "(unknown analyst)"
+        return f"(certificate {peer!r})" if peer else "(no certificate)"
 
     def _seat(self, session: str) -> Seat:
         seat = self.seats.get(session)
@@ -201,26 +257,26 @@ class SiteService(site_pb2_grpc.SiteServicer):
         if seat is not None:
             seat.party.stop()
 
-    def _record(self, request: site_pb2.ContributeRequest, query: str,
+    def _record(self, request: site_pb2.ContributeRequest, caller: str, query: str,
                 error: Exception | None) -> None:
-        """One audit entry per request round: who asked what, under which backend, what
-        this site's ledger charged for the request (first round only), and the outcome."""
-        ledger = self.site.ledger
-        assert ledger is not None
-        first = request.round <= 1
-        detail = f"round {max(request.round, 1)}"
-        if request.backend.HasField("rho"):  # one of many releases of a charged request
-            spends = ledger.spends(request.request, self.site.dataset)
-            first = len(spends) == 1
-            detail += f"; ρ={request.backend.rho:g} spent, {sum(spends):g} by the request"
-        epsilon, delta = ledger.charged(request.request) if first else (0.0, 0.0)
+        """One audit entry for a request round that cost nothing: an answer of an exact
+        backend, or a refusal (DP releases are audited with their charge)."""
         outcome = ("answered" if error is None else
                    "refused" if isinstance(error, PetError) else "failed")
-        self.audit.record(analyst=request.analyst or "(unknown)",
-                          request=request.request or "(none)", query=query,
-                          backend=request.backend.name or "(none)", epsilon=epsilon,
-                          delta=delta, outcome=outcome,
-                          detail=detail if error is None else str(error))
+        detail = f"round {request.round or 1}" if error is None else str(error)
+        self.audit.record(analyst=caller, request=request.request[:200] or "(none)",
+                          query=query[:500] or "(none)",
+                          backend=request.backend.name[:50] or "(none)",
+                          outcome=outcome, detail=detail[:1000])
+
+
+def _session(spec: common_pb2.Backend) -> str:
+    """The canonical text of a backend session: its wire form without the ρ of one
+    release, as a digest (an HE session's public context is part of it)."""
+    session = common_pb2.Backend()
+    session.CopyFrom(spec)
+    session.ClearField("rho")
+    return hashlib.sha256(session.SerializeToString(deterministic=True)).hexdigest()
 
 
 def serve(config_path: str) -> None:
@@ -234,4 +290,4 @@ def serve(config_path: str) -> None:
                banner=lambda port: f"site {config.name!r} serving on port {port} "
                                    f"({service.site.table.n_rows} rows, backends "
                                    f"{service.backends})",
-               on_stop=service.close)
+               on_stop=service.close, max_request_bytes=config.limits.request_bytes)

@@ -17,7 +17,9 @@ import grpc
 from pet.codec import CodecError
 from pet.errors import DisclosureError, PetError, QueryError, SchemaError
 from pet.ledger import BudgetError
+from pet.limits import FilterLimitError, LimitError
 from pet.mpc.parties import PartyError
+from pet.releases import ReleaseError
 
 log = logging.getLogger("pet.services")
 
@@ -31,9 +33,16 @@ class CallError(PetError):
         self.code = code
 
 
+MAX_MESSAGE = 300
+"""Characters of an error message a caller is told: the start of a longer one is kept, so
+that no echo of a large request can exceed a client's metadata limit."""
+
 CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (BudgetError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FilterLimitError, grpc.StatusCode.INVALID_ARGUMENT),
+    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DisclosureError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ReleaseError, grpc.StatusCode.ALREADY_EXISTS),
     (PartyError, grpc.StatusCode.UNAVAILABLE),
     (QueryError, grpc.StatusCode.INVALID_ARGUMENT),
     (SchemaError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -41,9 +50,12 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (PetError, grpc.StatusCode.FAILED_PRECONDITION),
 )
-"""Most specific first: an exhausted budget, a disclosure refusal, an MPC party gone, a
-malformed query or option (pet's ValueErrors); any other refusal means the request cannot
-run in this state."""
+"""Most specific first: an exhausted budget, a filter beyond its limits (malformed), a
+request beyond a size limit, a disclosure refusal, a request id already used for another
+release, an MPC party gone, a malformed query or
+option (pet's ValueErrors); any other refusal means the request cannot run in this state.
+RecursionError and MemoryError stay INTERNAL: parsing a request turns them into its own
+errors, so elsewhere they are bugs."""
 
 
 def code_of(error: Exception) -> grpc.StatusCode:
@@ -55,11 +67,19 @@ def code_of(error: Exception) -> grpc.StatusCode:
 
 
 def message_of(error: Exception) -> str:
-    """What the caller is told: pet's own message, or a generic one for a bug (logged)."""
+    """What the caller is told: pet's own message, or a generic one for a bug (logged);
+    clipped to MAX_MESSAGE characters."""
     if isinstance(error, PetError):
-        return str(error)
+        return clipped(str(error))
     log.exception("unexpected error", exc_info=error)
     return f"internal error ({type(error).__name__}); the server logged it and goes on serving"
+
+
+def clipped(message: str) -> str:
+    """The message, or its first MAX_MESSAGE characters with an ellipsis and its length."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE]}… ({len(message)} characters)"
 
 
 F = TypeVar("F", bound=Callable[..., Any])

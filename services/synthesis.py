@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -31,13 +30,12 @@ from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card, load, save
 from pet.synth.discretize import DEFAULT_BINS, Discretization
 from pet.synth.measure import Spend
 from services import convert
-from services.jobs import Post, deadline_of, streamed
+from services.config import CoordinatorConfig
+from services.jobs import Post, Runs, deadline_of, streamed
 from services.pb import common_pb2, synthesis_pb2, synthesis_pb2_grpc
+from services.remote import Sites
 from services.security import bearer_token
 from services.status import CallError, handled_stream
-
-if TYPE_CHECKING:
-    from services.coordinator import CoordinatorService
 
 BACKEND = "mpc+dp"
 CHUNK_ROWS = 10_000
@@ -52,8 +50,8 @@ RELEASE = "release.json"
 class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
     """Fit jobs over the coordinator's sites, and the fits they made, by id."""
 
-    def __init__(self, coordinator: CoordinatorService) -> None:
-        self.coordinator = coordinator
+    def __init__(self, config: CoordinatorConfig, sites: Sites, runs: Runs) -> None:
+        self.config, self.sites, self.runs = config, sites, runs
         self.fits: dict[str, tuple[Fit, Release]] = {}
         self._lock = threading.Lock()
 
@@ -61,19 +59,19 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
     def Fit(self, request: synthesis_pb2.FitRequest,
             context: grpc.ServicerContext) -> Iterator[synthesis_pb2.FitProgress]:
         _check_fit(request)
-        analyst = self.coordinator.config.analyst(
-            bearer_token(context.invocation_metadata()) or "") or ""
-        deadline = deadline_of(context, math.inf)
+        analyst = self.config.analyst(bearer_token(context.invocation_metadata()) or "") or ""
+        deadline = deadline_of(context, self.config.run_deadline_s)
 
         def work(post: Post) -> synthesis_pb2.FitProgress:
-            fit = self._fit(request, analyst, deadline, post)
+            with self.runs.admitted(analyst):  # held until the work ends, not the call
+                fit = self._fit(request, analyst, deadline, post)
             name = uuid.uuid4().hex
-            self._keep(name, fit, Release(tuple(p.name for p in self.coordinator.peers),
-                                          BACKEND, 0, 0))
+            self._keep(name, fit, Release(self.sites.names, BACKEND, 0, 0))
             return synthesis_pb2.FitProgress(fitted=synthesis_pb2.Fitted(
                 fit=name, method=fit.method, rho=fit.rho, measurements=len(fit.measurements)))
 
-        yield from streamed(work, context, name="pet-fit")
+        yield from streamed(work, context, name="pet-fit", deadline=deadline,
+                            limit="run_deadline_s")
 
     @handled_stream
     def Sample(self, request: synthesis_pb2.SampleRequest,
@@ -100,7 +98,7 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
     def _keep(self, name: str, fit: Fit, release: Release) -> None:
         """Keep a fit by its id: in memory, and in the fits folder if there is one (written
         beside it, then moved into place, so a crash leaves no half-written fit)."""
-        folder = self.coordinator.config.fits
+        folder = self.config.fits
         if folder is not None:
             partial = save(fit, folder / f".{name}.partial")
             (partial / RELEASE).write_text(json.dumps({"sites": list(release.sites),
@@ -113,7 +111,7 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
         """The fit of that id, from memory or the fits folder; None if there is none."""
         with self._lock:
             found = self.fits.get(name)
-        folder = self.coordinator.config.fits
+        folder = self.config.fits
         if found is not None or folder is None or not FIT_ID.fullmatch(name):
             return found
         if not (folder / name / RELEASE).exists():
@@ -126,22 +124,19 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
 
     def _fit(self, request: synthesis_pb2.FitRequest, analyst: str, deadline: float,
              post: Post) -> Fit:
-        coordinator = self.coordinator
-        federation = coordinator.federation(deadline)
-        if BACKEND not in federation.backends:
+        agreement = self.sites.agreement(deadline)
+        if BACKEND not in agreement.backends:
             raise CallError(grpc.StatusCode.PERMISSION_DENIED,
                             f"not every site takes part in {BACKEND} studies")
-        discretization = Discretization.of(federation.schema, bins=request.bins or DEFAULT_BINS)
+        discretization = Discretization.of(agreement.schema, bins=request.bins or DEFAULT_BINS)
         total = rho_of(request.epsilon, request.delta)
-        with coordinator.mpc_lock:
-            parties = coordinator.mpc_parties(deadline)
+        with self.sites.mpc.held() as parties:
 
             def opener(backend: Backend) -> Any:
                 spec = convert.backend_message(backend.name, {
                     "epsilon": request.epsilon, "delta": request.delta,
                     "rho": getattr(backend, "rho", None)})
-                return coordinator.study(backend, spec, federation, analyst, deadline,
-                                         parties.session)
+                return self.sites.study(backend, spec, analyst, deadline, parties.session)
 
             steps: list[Spend] = []
 

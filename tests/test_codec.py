@@ -71,3 +71,12 @@ def test_anything_else_is_refused(text: str) -> None:
 def test_unknown_objects_cannot_be_encoded() -> None:
     with pytest.raises(CodecError, match="cannot be encoded"):
         dumps(object())
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 600 + "]" * 600,  # JSON reads it; decoding recurses twice as deep
+    '{"__array__": [99999999999999999999999], "dtype": "int64", "shape": [1]}',
+])
+def test_deep_or_overflowing_messages_are_codec_errors(text: str) -> None:
+    with pytest.raises(CodecError):
+        loads(text)

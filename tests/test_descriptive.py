@@ -7,18 +7,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pet.backends import Backend, LocalDP, Plaintext
+from pet.backends.base import Conclusion
+from pet.errors import QueryError
 from pet.queries import (
     Contingency,
     Correlation,
     Count,
     Covariance,
     Histogram,
+    LinearRegression,
     Mean,
     Quantiles,
+    Query,
     StdDev,
     Sum,
     Variance,
 )
+from pet.schema import Schema
 from pet.workloads import Workload
 from tests.conftest import NO_CELL_LIMIT
 
@@ -124,3 +130,84 @@ def test_covariance_uses_complete_cases(lung3: Workload) -> None:
     result = run(lung3, Covariance(columns))
     np.testing.assert_allclose(result.value, pooled.cov().to_numpy(), rtol=1e-10)
     assert result.n == len(pooled)
+
+
+def test_a_constant_column_has_no_correlation_as_in_pandas(lung3: Workload) -> None:
+    columns = ["age", "dead", "wt_loss"]
+    pooled = lung3.pooled()
+    expected = pooled[pooled.dead == 1][columns].dropna().corr().to_numpy()
+    value = run(lung3, Correlation(tuple(columns), where="dead == 1")).value
+    np.testing.assert_allclose(value, expected, rtol=1e-10, equal_nan=True)
+
+
+def conclude(backend: Backend, query: Query, schema: Schema, vector: object) -> Conclusion:
+    """The answer a backend gives when the sites' summed partials come to `vector` (for DP,
+    the noisy sum itself: its noise is already in it)."""
+    layout = query.layout(schema)
+    message = np.asarray(vector, dtype="<f8").tobytes()
+    combined = backend.combine([message], layout)
+    return backend.conclude(query, schema, None, combined, layout)
+
+
+def test_a_noisy_count_below_zero_is_answered_zero_with_its_guarantee(lung3: Workload) -> None:
+    conclusion = conclude(LocalDP(epsilon=0.1, delta=0.0), Count(where="age > 80"),
+                          lung3.schema, [-2.6, 0.0])
+    assert conclusion.outcome == 0.0
+    assert conclusion.privacy.epsilon == 0.1 and conclusion.error_bound > 0
+    with pytest.raises(QueryError, match="no complete rows matched"):
+        conclude(Plaintext(), Count(where="age > 80"), lung3.schema, [0.0, 0.0])
+
+
+def nan(shape: tuple[int, ...]) -> np.ndarray:
+    return np.full(shape, np.nan)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    (Mean("age"), None),  # the midpoint of the public bounds, below
+    (Variance("age"), np.nan),
+    (StdDev("age"), np.nan),
+    (Covariance(("age", "wt_loss")), nan((2, 2))),
+    (Correlation(("age", "wt_loss")), nan((2, 2))),
+])
+def test_statistics_that_divide_by_a_noisy_n_of_zero_are_answered(
+        lung3: Workload, query: Query, expected: object) -> None:
+    schema = lung3.schema
+    vector = np.zeros(query.layout(schema).size)
+    vector[0] = -3.0  # the noisy n; every sum is noise about zero
+    value = conclude(LocalDP(epsilon=0.5, delta=0.0), query, schema, vector).outcome
+    lower, upper = schema["age"].bounds()
+    np.testing.assert_array_equal(value, (lower + upper) / 2 if expected is None else expected)
+    vector[0] = 0.0
+    with pytest.raises(QueryError, match="no complete rows matched"):
+        conclude(Plaintext(), query, schema, vector)
+
+
+def test_a_regression_on_a_noisy_n_too_small_has_nan_coefficients(lung3: Workload) -> None:
+    query = LinearRegression("wt_loss", ("age", "sex"))
+    vector = np.zeros(query.layout(lung3.schema).size)
+    vector[0] = 2.0  # fewer noisy rows than the three parameters
+    fit = conclude(LocalDP(epsilon=0.5, delta=0.0), query, lung3.schema, vector).outcome
+    assert fit.names == ("intercept", "age", "sex[female]") and fit.n == 2
+    assert np.isnan(fit.coef).all() and np.isnan(fit.se).all()
+    with pytest.raises(QueryError, match="2 rows cannot fit 3 parameters"):
+        conclude(Plaintext(), query, lung3.schema, vector)
+
+
+def test_a_noisy_mean_stays_within_the_public_bounds(lung3: Workload) -> None:
+    query = Mean("age")
+    lower, upper = lung3.schema["age"].bounds()
+    for noisy_sum, bound in ((40.0, upper), (-40.0, lower)):  # |Σ scaled| > n = 4
+        value = conclude(LocalDP(epsilon=0.5, delta=0.0), query, lung3.schema,
+                         [4.0, 0.0, noisy_sum]).outcome
+        assert value == bound
+    exact = conclude(Plaintext(), query, lung3.schema, [4.0, 0.0, 2.0]).outcome
+    assert exact == pytest.approx(lower + (upper - lower) * 0.75)
+
+
+def test_variance_of_one_noisy_row_is_nan_but_of_one_exact_row_an_error(
+        lung3: Workload) -> None:
+    vector = [1.0, 0.0, 0.5, 0.25]
+    assert np.isnan(conclude(LocalDP(epsilon=0.5, delta=0.0), Variance("age"), lung3.schema,
+                             vector).outcome)
+    with pytest.raises(QueryError, match="at least 2 rows"):
+        conclude(Plaintext(), Variance("age"), lung3.schema, vector)

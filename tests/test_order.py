@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pet.errors import QueryError
 from pet.queries import ExactQuantiles
-from pet.queries.order import from_key, keys
+from pet.queries.order import Interval, from_key, keys
 from pet.schema import Continuous, Integer, Schema
 from pet.site import Site
 from pet.study import Study
@@ -51,3 +52,22 @@ def test_negative_tied_and_tiny_values_split_over_sites() -> None:
         result = Study(sites).run(ExactQuantiles(column, PROBS, branching=8))
         want = np.quantile(frame[column], PROBS, method="inverted_cdf")
         np.testing.assert_array_equal(result.value, want)
+
+
+def test_a_round_state_from_a_peer_is_checked_before_it_is_used(lung3: Workload) -> None:
+    query = ExactQuantiles("age", (0.25, 0.5), branching=16)
+    schema = lung3.schema
+    first = query.initial_state(schema)
+    sites = lung3.sites(NO_CELL_LIMIT)
+    narrowed = Interval(1, (first.lo[0] + 5, first.lo[1]), (first.lo[0] + 9, first.hi[1]))
+    assert sites[0].partial(query, narrowed).shape == (query.layout(schema, narrowed).size,)
+    bad = [None, "null", {"lo": 1}, Interval(0, first.lo[:1], first.hi[:1]),
+           Interval(0, (first.lo[0] - 1, first.lo[1]), first.hi),
+           Interval(0, (first.hi[0], first.lo[1]), (first.lo[0], first.hi[1])),
+           Interval(0, (1.5, first.lo[1]), first.hi), Interval(-1, first.lo, first.hi),
+           Interval(query.max_rounds, first.lo, first.hi)]
+    for state in bad:
+        with pytest.raises(QueryError, match="ExactQuantiles"):
+            sites[0].partial(query, state)
+        with pytest.raises(QueryError, match="ExactQuantiles"):
+            query.finalize(np.zeros(query.layout(schema, first).size), schema, state)

@@ -49,10 +49,12 @@ DEADLINE_S = 60
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    """Three lung sites without cell suppression (answers compare with pooled data)."""
+    """Three lung sites without cell suppression (answers compare with pooled data); the
+    one analyst token stands for the hundred concurrent analysts of a test below."""
     folder = tmp_path_factory.mktemp("federation")
     with LocalFederation(folder, deadline_s=DEADLINE_S, site_options={
-            "budget": BUDGET, "disclosure": {"min_cell": 1}}) as running:
+            "budget": BUDGET, "disclosure": {"min_cell": 1}},
+            coordinator_options={"runs_per_analyst": 100}) as running:
         yield running
 
 

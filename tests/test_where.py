@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pet.errors import QueryError
+from pet.limits import RequestLimits, nesting
 from pet.queries import Count
 from pet.where import Where
 from pet.workloads import Workload
@@ -53,3 +54,38 @@ def test_missing_values_never_satisfy_a_filter(lung3: Workload) -> None:
     result = lung3.study(policy=NO_CELL_LIMIT).run(Count(where="not ph_ecog == 1"))
     assert result.missing == {"ph_ecog": 1}
     assert result.value == (lung3.pooled().ph_ecog != 1).sum() - 1
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    ("age > 1", 0),
+    ("not age > 1", 1),
+    ("not not age > 1", 2),
+    ("not (age > 1 and not sex == 'male')", 3),
+    ("not age > 1 and not age < 0", 1),
+    ("ph_ecog not in [1, 2]", 1),
+    ("age in [-1, -2, -3]", 2),
+    ("age > 1 - -2", 1),
+    ("sex == 'not (((('", 0),
+])
+def test_nesting_is_counted_on_the_text(text: str, depth: int) -> None:
+    assert nesting(text) == depth
+
+
+@pytest.mark.parametrize(("text", "limit"), [
+    ("not " * 5000 + "age > 0", "filter_chars=4096"),
+    ("age > 1 or " * 500_000 + "age > 2", "filter_chars=4096"),
+    ("not " * 33 + "age > 0", "filter_depth=32"),
+    ("age > " + "-" * 4000 + "1", "filter_depth=32"),
+    ("age in " + "[" * 90 + "1" + "]" * 90, "filter_depth=32"),
+])
+def test_long_or_deep_filters_are_refused_before_parsing(text: str, limit: str) -> None:
+    with pytest.raises(QueryError, match=limit) as refused:
+        Count(where=text)
+    assert len(str(refused.value)) < 200  # the text is never echoed
+
+
+def test_a_server_may_allow_longer_filters_within_the_ceilings() -> None:
+    text = "not " * 90 + "age > 0"
+    assert Where(text, limits=RequestLimits(filter_depth=100)).columns == ("age",)
+    with pytest.raises(QueryError, match="filter_depth=32"):
+        Where(text)

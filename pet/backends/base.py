@@ -111,6 +111,9 @@ class Backend(ABC):
     name: ClassVar[str]
     differentially_private: ClassVar[bool] = False
     """Whether the backend adds DP noise (and so takes an ε, and costs privacy budget)."""
+    shares_noise: ClassVar[bool] = False
+    """Whether each site adds only its share of one central noise, sized by the number of
+    sites (a site must then know its federation from its own configuration)."""
 
     startup_s: float = 0.0
     """Seconds spent setting the session up (keys, party processes), paid once."""

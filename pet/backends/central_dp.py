@@ -39,6 +39,7 @@ class CentralDP(Backend):
     """Sites add Gaussian noise shares, then the inner backend sums under encryption."""
 
     differentially_private = True
+    shares_noise = True
     inner: ClassVar[type[Backend]]
 
     def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, rho: float | None = None,

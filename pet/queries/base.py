@@ -11,7 +11,7 @@ column, rows of the subgroup whose value was missing and so could not be used).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -74,6 +74,25 @@ class Query(ABC):
     def check(self, schema: Schema) -> None:  # noqa: B027 - optional hook, no-op by default
         """Fail early with a clear error when the query does not fit the schema."""
 
+    def check_state(self, schema: Schema, state: State) -> None:
+        """Fail unless `state` is one this query can be in: a peer sends it, so a wrong
+        type or shape must be refused (QueryError) before it is used. A single-round
+        query has no state; iterative queries override this."""
+        if state is not None:
+            raise QueryError(f"{self.describe()} takes one round and no state; got a "
+                             f"{type(state).__name__}")
+
+    def min_rows(self, schema: Schema) -> int:
+        """Fewest rows the statistic can be estimated from; below it a noisy n gets
+        `undetermined`'s answer (an exact n is left to `answer`, which says why)."""
+        return 0
+
+    def undetermined(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> Any:
+        """The answer when a noisy n is below `min_rows`: post-processing of a release that
+        was charged and so must reach the analyst. By default the usual answer (counts,
+        tables and curves need no rows); statistics that divide by n say what they answer."""
+        return self.answer(parts, schema, state)
+
     def initial_state(self, schema: Schema) -> State:
         """State of the first round; None for single-round queries."""
         return None
@@ -109,7 +128,9 @@ class Query(ABC):
         self.check(schema)
 
     def layout(self, schema: Schema, state: State = None) -> Layout:
-        """The public layout of one round's vector."""
+        """The public layout of one round's vector (its state checked first); it holds
+        only the blocks' sizes, so it is as cheap for 2^40 elements as for 2."""
+        self.check_state(schema, state)
         k = len(self.missing_columns())
         head = (Block.counts("n", 1), Block.counts("missing", k, per_row=k, cells=False))
         return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema))
@@ -125,13 +146,22 @@ class Query(ABC):
     def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,
                  error_bounds: np.ndarray | None = None) -> Any:
         """The answer, or `Next(state)`, from the aggregated vector and the backend's
-        per-element error bounds (zero when exact)."""
+        per-element error bounds (zero when exact).
+
+        An exact n below 1 means no row matched: an error. An inexact n (its error bound
+        positive: a DP release, charged before it left the sites, or CKKS sums too large
+        to round back) is never refused but post-processed: an n clipped to 0 counts
+        nothing, and a statistic that needs more rows than it answers `undetermined`."""
         layout = self.layout(schema, state)
         parts = layout.split(total)
-        if parts["n"][0] < 1:
-            raise QueryError(f"{self.describe()}: no complete rows matched at any site")
         bounds = np.zeros(layout.size) if error_bounds is None else error_bounds
-        return self.conclude(parts, layout.split(bounds), schema, state)
+        errors = layout.split(bounds)
+        n, noisy = parts["n"][0], bool(errors["n"][0] > 0)
+        if n < 1 and not noisy:
+            raise QueryError(f"{self.describe()}: no complete rows matched at any site")
+        if noisy and n < self.min_rows(schema):
+            return self.undetermined(parts, schema, state)
+        return self.conclude(parts, errors, schema, state)
 
     def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
                  schema: Schema, state: State) -> Any:
@@ -174,11 +204,21 @@ class Query(ABC):
 
 
 def _text(value: object) -> str:
-    """A query argument as written in its description; long tuples are elided."""
+    """A query argument as written in its description; long tuples and mappings are
+    elided, so that a description (and every error quoting it) stays short."""
     if isinstance(value, tuple):
-        items = [_text(v) for v in value]
-        return "[" + ", ".join(items if len(items) <= 6 else [*items[:2], "…", items[-1]]) + "]"
+        shown = value if len(value) <= 6 else (value[0], value[1], "…", value[-1])
+        return "[" + ", ".join(_text(v) for v in shown) + "]"
+    if isinstance(value, Mapping):
+        keys = list(value)
+        items = [f"{k}: {_text(value[k])}" for k in keys[:3]]
+        return "{" + ", ".join(items if len(keys) <= 3 else [*items, "…"]) + "}"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def whole(value: object) -> bool:
+    """Whether a value from a peer is a whole number (an int, not a bool)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def scale(column: Column, values: np.ndarray) -> np.ndarray:

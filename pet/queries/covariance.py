@@ -19,10 +19,18 @@ from pet.queries.base import (
 )
 from pet.schema import Schema
 
+CONSTANT = 1e-6
+"""Standard deviation, as a fraction of a column's public half-range, below which the
+column is taken as constant: on values scaled to [-1, 1] rounding leaves a variance near
+1e-16, a spread near 1e-8, so a spread this small is rounding, not data."""
+
 
 @dataclass(frozen=True)
 class Covariance(Query):
-    """Sample covariance matrix (n - 1 denominator) of numeric columns, in their units."""
+    """Sample covariance matrix (n - 1 denominator) of numeric columns, in their units.
+
+    An exact n below 2 is refused; a noisy n below 2 (a charged DP release) is answered
+    with a matrix of NaN, as numpy answers fewer than two rows: nothing is estimable."""
 
     columns: tuple[str, ...]
 
@@ -37,6 +45,13 @@ class Covariance(Query):
         if len(self.columns) < 2 or len(set(self.columns)) != len(self.columns):
             raise QueryError(f"{self.describe()}: needs at least two distinct columns")
         require_numeric(self, schema, self.columns)
+
+    def min_rows(self, schema: Schema) -> int:
+        return 2
+
+    def undetermined(self, parts: dict[str, np.ndarray], schema: Schema,
+                     state: State) -> np.ndarray:
+        return np.full((len(self.columns),) * 2, np.nan)
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
         d = len(self.columns)
@@ -63,15 +78,15 @@ class Covariance(Query):
 
 @dataclass(frozen=True)
 class Correlation(Covariance):
-    """Pearson correlation matrix of numeric columns."""
+    """Pearson correlation matrix of numeric columns.
+
+    A column without spread (constant, or under DP buried in noise) has no correlation:
+    its row and column are NaN, as pandas answers, and the rest stands. Its spread counts
+    as none below CONSTANT of its public half-range, where rounding alone can leave it."""
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
         covariance = super().answer(parts, schema, state)
-        variance = np.diag(covariance)
-        if np.any(~(variance > 0)):
-            constant = [c for c, v in zip(self.columns, variance, strict=True) if not v > 0]
-            raise QueryError(f"{self.describe()}: column(s) {constant} have no positive "
-                             "variance (constant, or under DP buried in noise); their "
-                             "correlation is undefined")
-        std = np.sqrt(variance)
-        return np.clip(covariance / np.outer(std, std), -1.0, 1.0)
+        half = np.array([affine(schema[c])[1] for c in self.columns])
+        std = np.sqrt(np.diag(covariance))
+        spread = np.where(std > CONSTANT * half, std, np.nan)
+        return np.clip(covariance / np.outer(spread, spread), -1.0, 1.0)

@@ -15,7 +15,8 @@ from pet.schema import Schema
 
 @dataclass(frozen=True)
 class Count(Query):
-    """Number of rows in the (optionally filtered) subgroup."""
+    """Number of rows in the (optionally filtered) subgroup; a noisy count below zero is
+    answered as 0 (post-processing)."""
 
     def inputs(self) -> tuple[str, ...]:
         return ()
@@ -28,7 +29,7 @@ class Count(Query):
         return {}
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
-        return float(parts["n"][0])
+        return max(float(parts["n"][0]), 0.0)
 
 
 @dataclass(frozen=True)
@@ -78,15 +79,36 @@ class Sum(Moments):
 
 @dataclass(frozen=True)
 class Mean(Sum):
-    """Mean of a column over the subgroup."""
+    """Mean of a column over the subgroup, always within the column's public bounds.
+
+    Under DP the noisy mean is clipped to the bounds, and a noisy n below 1 says nothing
+    about the values: the answer is then the bounds' midpoint, whose honest interval is
+    the whole public range (post-processing; the release was charged either way)."""
+
+    def min_rows(self, schema: Schema) -> int:
+        return 1
+
+    def undetermined(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
+        return affine(schema[self.column])[0]
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
-        return super().answer(parts, schema, state) / float(parts["n"][0])
+        center, half = affine(schema[self.column])
+        return float(center + half * np.clip(parts["sum"][0] / parts["n"][0], -1.0, 1.0))
 
 
 @dataclass(frozen=True)
 class Variance(Moments):
-    """Sample variance (n - 1 in the denominator) of a column over the subgroup."""
+    """Sample variance (n - 1 in the denominator) of a column over the subgroup.
+
+    An exact n below 2 is refused; a noisy n below 2 (a charged DP release) is answered
+    NaN, as numpy and pandas answer the sample variance of fewer than two values: no
+    spread can be estimated from it, only bounded by the column's public range."""
+
+    def min_rows(self, schema: Schema) -> int:
+        return 2
+
+    def undetermined(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
+        return math.nan
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
         n, _, variance = self.moments(parts, schema)

@@ -13,6 +13,7 @@ be rare), so its tables count on fewer, larger cells.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -112,7 +113,7 @@ class Marginals(Query):
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
         # Real sums, not integer counts: DP backends then leave their noise unrounded.
-        return tuple(Block(f"m{i}", int(np.prod(self.shape(schema, clique))), 1.0, 1.0, 1.0)
+        return tuple(Block(f"m{i}", math.prod(self.shape(schema, clique)), 1.0, 1.0, 1.0)
                      for i, clique in enumerate(self.cliques))
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
@@ -125,7 +126,7 @@ class Marginals(Query):
             shape = self.shape(schema, clique)
             flat = (np.ravel_multi_index([level[c] for c in clique], shape)
                     if level[clique[0]].size else np.zeros(0, np.int64))
-            parts[f"m{i}"] = np.bincount(flat, minlength=int(np.prod(shape))).astype(np.float64)
+            parts[f"m{i}"] = np.bincount(flat, minlength=math.prod(shape)).astype(np.float64)
         return parts
 
     def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,

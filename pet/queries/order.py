@@ -21,7 +21,7 @@ import numpy as np
 
 from pet.errors import QueryError
 from pet.layout import Block
-from pet.queries.base import Next, Query, State, require_numeric
+from pet.queries.base import Next, Query, State, require_numeric, whole
 from pet.queries.tables import rank
 from pet.schema import Schema
 
@@ -81,6 +81,25 @@ class ExactQuantiles(Query):
         lower, upper = schema[self.column].bounds()
         lo, hi = int(keys(np.array([lower]))[0]) - 1, int(keys(np.array([upper]))[0])
         return Interval(0, (lo,) * len(self.probs), (hi,) * len(self.probs))
+
+    def check_state(self, schema: Schema, state: State) -> None:
+        """An Interval of an iteration before `max_rounds` whose (lo, hi], one per
+        probability, are whole keys inside the first round's interval."""
+        if not isinstance(state, Interval):
+            raise QueryError(f"{self.describe()}: a round's state must be an Interval, got "
+                             f"{type(state).__name__}")
+        if not (whole(state.iteration) and 0 <= state.iteration < self.max_rounds):
+            raise QueryError(f"{self.describe()}: the state's iteration must be a whole number "
+                             f"in [0, {self.max_rounds})")
+        if not (isinstance(state.lo, tuple | list) and isinstance(state.hi, tuple | list)
+                and len(state.lo) == len(state.hi) == len(self.probs)):
+            raise QueryError(f"{self.describe()}: the state's lo and hi must hold one key per "
+                             f"probability ({len(self.probs)})")
+        first = self.initial_state(schema)
+        if not all(whole(lo) and whole(hi) and first.lo[0] <= lo <= hi <= first.hi[0]
+                   for lo, hi in zip(state.lo, state.hi, strict=True)):
+            raise QueryError(f"{self.describe()}: the state's intervals must be whole keys with "
+                             f"{first.lo[0]} <= lo <= hi <= {first.hi[0]}")
 
     def thresholds(self, state: Interval) -> np.ndarray:
         """Per probability, `branching` − 1 increasing keys splitting (lo, hi]; an interval

@@ -17,7 +17,15 @@ from scipy import special
 
 from pet.errors import QueryError
 from pet.layout import Block
-from pet.queries.base import Next, Query, State, affine, from_upper_triangle, gram_upper
+from pet.queries.base import (
+    Next,
+    Query,
+    State,
+    affine,
+    from_upper_triangle,
+    gram_upper,
+    whole,
+)
 from pet.schema import Boolean, Categorical, Schema
 
 LOG_FLOOR = float(np.log(1e-12))
@@ -175,6 +183,17 @@ class Regression(Query):
     def parameters(self, schema: Schema) -> int:
         return self.design(schema).size
 
+    def min_rows(self, schema: Schema) -> int:
+        """A fit needs more rows than parameters; a noisy n short of that is answered with
+        NaN coefficients (`undetermined`), an exact one refused by `answer`."""
+        return self.design(schema).size + 1
+
+    def unknown(self, schema: Schema) -> tuple[tuple[str, ...], np.ndarray]:
+        """The terms' names and NaN for each: the coefficients of a fit that a noisy n too
+        small for the model cannot determine."""
+        names = self.design(schema).names
+        return names, np.full(len(names), np.nan)
+
     def solve(self, matrix: np.ndarray, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Solution and inverse of a symmetric system, or a clear error when it is singular."""
         if np.linalg.cond(matrix) > 1e12:
@@ -205,6 +224,12 @@ class LinearRegression(Regression):
         p = self.design(schema).size
         return (Block.sums("xtx", p * (p + 1) // 2), Block.sums("xty", p),
                 Block.sums("yty", 1))
+
+    def undetermined(self, parts: dict[str, np.ndarray], schema: Schema,
+                     state: State) -> LinearFit:
+        names, nan = self.unknown(schema)
+        return LinearFit(names, nan, nan.copy(), max(round(parts["n"][0]), 0), r2=np.nan,
+                         adj_r2=np.nan, sigma=np.nan, dof=0)
 
     def _outcome_scaling(self, schema: Schema) -> tuple[float, float]:
         return _scaling(schema[self.outcome], self.intercept)
@@ -280,6 +305,29 @@ class LogisticRegression(Regression):
 
     def initial_state(self, schema: Schema) -> LogisticState:
         return LogisticState(0, (0.0,) * self.design(schema).size)
+
+    def check_state(self, schema: Schema, state: State) -> None:
+        """A LogisticState of an iteration before `max_iter`, with one finite coefficient
+        per term of the design."""
+        p = self.design(schema).size
+        if not isinstance(state, LogisticState):
+            raise QueryError(f"{self.describe()}: a round's state must be a LogisticState, "
+                             f"got {type(state).__name__}")
+        if not (whole(state.iteration) and 0 <= state.iteration < self.max_iter):
+            raise QueryError(f"{self.describe()}: the state's iteration must be a whole "
+                             f"number in [0, {self.max_iter})")
+        beta = state.beta
+        if not (isinstance(beta, tuple | list) and len(beta) == p and all(
+                isinstance(b, int | float) and not isinstance(b, bool) and np.isfinite(b)
+                for b in beta)):
+            raise QueryError(f"{self.describe()}: the state's beta must be {p} finite numbers")
+
+    def undetermined(self, parts: dict[str, np.ndarray], schema: Schema,
+                     state: State) -> LogisticFit:
+        names, nan = self.unknown(schema)
+        return LogisticFit(names, nan, nan.copy(), max(round(parts["n"][0]), 0),
+                           log_likelihood=np.nan, iterations=state.iteration + 1,
+                           converged=False)
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
         p = self.design(schema).size

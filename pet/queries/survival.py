@@ -67,13 +67,22 @@ class KaplanMeier(Query):
                              f"of the schema whose event column is {self.event!r}")
         if not 0 < self.confidence < 1:
             raise QueryError(f"{self.describe()}: confidence must lie in (0, 1)")
-        times = self.times(schema)
         upper = schema[self.time].bounds()[1]
-        if len(times) < 1 or np.any(np.diff(times) <= 0) or times[0] <= 0:
+        if isinstance(self.grid, int):  # equal steps over (0, upper], checked unmade
+            ends, increasing = (upper / max(self.grid, 1), upper), upper > 0
+        else:
+            times = np.asarray(self.grid)
+            ends = (times[0], times[-1]) if len(times) else (0.0, 0.0)
+            increasing = not np.any(np.diff(times) <= 0)
+        if self.steps() < 1 or not increasing or ends[0] <= 0:
             raise QueryError(f"{self.describe()}: grid times must be positive and increasing")
-        if times[-1] < upper:
-            raise QueryError(f"{self.describe()}: the grid ends at {times[-1]:g} but must reach "
+        if ends[1] < upper:
+            raise QueryError(f"{self.describe()}: the grid ends at {ends[1]:g} but must reach "
                              f"the schema's upper bound {upper:g} of {self.time!r}")
+
+    def steps(self) -> int:
+        """Number of grid times, known without making the grid."""
+        return self.grid if isinstance(self.grid, int) else len(self.grid)
 
     def times(self, schema: Schema) -> np.ndarray:
         """The public grid."""
@@ -83,8 +92,7 @@ class KaplanMeier(Query):
         return np.asarray(self.grid)
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
-        k = len(self.times(schema))
-        return (Block.counts("events", k), Block.counts("removed", k))
+        return (Block.counts("events", self.steps()), Block.counts("removed", self.steps()))
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:

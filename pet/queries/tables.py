@@ -140,7 +140,7 @@ class Contingency(Query):
                      for c in self.columns)
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
-        return (Block.counts("counts", int(np.prod(self.shape(schema)))),)
+        return (Block.counts("counts", math.prod(self.shape(schema))),)
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
@@ -148,7 +148,7 @@ class Contingency(Query):
                  else data[c].astype(np.int64) for c in self.columns]
         shape = self.shape(schema)
         flat = np.ravel_multi_index(codes, shape) if codes[0].size else np.zeros(0, np.int64)
-        counts = np.bincount(flat, minlength=int(np.prod(shape)))
+        counts = np.bincount(flat, minlength=math.prod(shape))
         return {"counts": counts.astype(np.float64)}
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:

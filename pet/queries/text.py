@@ -20,6 +20,8 @@ def parse(text: str, queries: dict[str, type[Query]]) -> Query:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as exc:
         raise QueryError(f"cannot read the query {text!r}: {exc.msg}") from None
+    except (RecursionError, MemoryError) as exc:
+        raise QueryError(f"cannot read the query ({type(exc).__name__}: {exc})") from None
     if not isinstance(tree, ast.Call) or not isinstance(tree.func, ast.Name):
         raise QueryError(f"write a query as a call, e.g. Mean(\"age\"); got {text!r}")
     cls = queries.get(tree.func.id)
@@ -29,7 +31,7 @@ def parse(text: str, queries: dict[str, type[Query]]) -> Query:
         args = [_literal(a) for a in tree.args]
         kwargs = {k.arg: _literal(k.value) for k in tree.keywords if k.arg is not None}
         return cls(*args, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError, MemoryError) as exc:
         raise QueryError(f"{tree.func.id}: {exc}") from None
 
 

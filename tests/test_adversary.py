@@ -1,0 +1,327 @@
+"""Attacks on a site's guarantees, against real servers on loopback: a hostile peer that
+holds the coordinator's certificate and talks to the sites directly, and an analyst
+with a valid token. Each attack is refused or harmless."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from pet.audit import AuditLog
+from pet.backends.he import HE
+from pet.client import RemoteError
+from pet.ledger import Ledger
+from pet.queries import Contingency, Count, ExactQuantiles, Marginals, Mean
+from pet.workloads import Workload
+from services.config import Tls
+from services.convert import backend_message, query_message
+from services.local import LocalFederation
+from services.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, site_pb2, site_pb2_grpc
+from services.security import analyst_channel, peer_channel
+
+BUDGET = {"epsilon": 20.0, "delta": 1e-4}
+RUN_DEADLINE_S = 8
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """Three lung sites with disclosure control (minimum 3), a budget, one run at a time
+    per analyst and a short run deadline."""
+    folder = tmp_path_factory.mktemp("adversary")
+    with LocalFederation(folder, site_options={"budget": BUDGET},
+                         coordinator_options={"runs_per_analyst": 1,
+                                              "run_deadline_s": RUN_DEADLINE_S}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def hostile(federation: LocalFederation) -> Iterator[site_pb2_grpc.SiteStub]:
+    """site-1 as a dishonest coordinator reaches it: with the coordinator's certificate."""
+    tls = Tls(federation.certs.cert("coordinator"), federation.certs.key("coordinator"),
+              federation.certs.ca)
+    with peer_channel(f"127.0.0.1:{federation.ports['site-1']}", tls) as channel:
+        yield site_pb2_grpc.SiteStub(channel)
+
+
+def _ask(stub: site_pb2_grpc.SiteStub, request: site_pb2.ContributeRequest) -> bytes:
+    """A site's message for one contribution, its pieces joined."""
+    pieces = list(stub.Contribute(request, timeout=60))
+    assert pieces[-1].WhichOneof("kind") == "done"
+    return b"".join(p.data for p in pieces[:-1])
+
+
+def _dp_count(request: str, where: str | None = None,
+              **fields: object) -> site_pb2.ContributeRequest:
+    return site_pb2.ContributeRequest(
+        request=request, analyst="mallory", query=query_message(Count(where=where)),
+        state_json="null", backend=backend_message("dp", {"epsilon": 1.0, "delta": 0.0}),
+        n_sites=3, **{"round": 1, **fields})
+
+
+def _ledger(federation: LocalFederation, site: str = "site-1") -> Ledger:
+    return Ledger(federation.directory / site / "ledger.sqlite")
+
+
+def _audit(federation: LocalFederation, site: str = "site-1") -> AuditLog:
+    return AuditLog(federation.directory / site / "audit.sqlite")
+
+
+def _refused(call: object, code: grpc.StatusCode) -> str:
+    """The details of a call that must fail with `code`."""
+    with pytest.raises(grpc.RpcError) as refused:
+        call()  # type: ignore[operator]
+    assert refused.value.code() == code, refused.value.details()
+    return refused.value.details()
+
+
+def test_a_replayed_request_id_gets_the_stored_release_and_pays_once(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    ledger, audit = _ledger(federation), _audit(federation)
+    before, logged = ledger.budget("site-1").spent_epsilon, len(audit.entries())
+    answers = {_ask(hostile, _dp_count("replayed")) for _ in range(20)}
+    assert len(answers) == 1  # one draw, byte for byte: averaging removes no noise
+    assert ledger.budget("site-1").spent_epsilon == pytest.approx(before + 1.0)
+    entries = audit.entries()[logged:]
+    assert len(entries) == 20 and [e.epsilon for e in entries] == [1.0] + [0.0] * 19
+    assert all(e.analyst == "mallory" and e.outcome == "answered" for e in entries)
+
+
+@pytest.mark.parametrize("change", [
+    {"where": "age > 50"},                                    # another filter
+    {"backend": backend_message("dp", {"epsilon": 2.0, "delta": 0.0})},  # another ε
+    {"query": query_message(Mean("age"))},                    # another statistic
+])
+def test_any_other_request_under_a_used_id_is_refused(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub,
+        change: dict[str, object]) -> None:
+    request = f"bound-{sorted(change)}"
+    _ask(hostile, _dp_count(request))
+    spent = _ledger(federation).budget("site-1").spent_epsilon
+    other = _dp_count(request, where=change.pop("where", None))  # type: ignore[arg-type]
+    for name, value in change.items():
+        getattr(other, name).CopyFrom(value)
+    details = _refused(lambda: _ask(hostile, other), grpc.StatusCode.ALREADY_EXISTS)
+    assert "a retry must ask exactly" in details or "buys one release" in details
+    assert _ledger(federation).budget("site-1").spent_epsilon == spent
+    assert _audit(federation).entries()[-1].outcome == "refused"
+
+
+def test_a_stored_release_survives_a_restart_of_the_site(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    first = _ask(hostile, _dp_count("across-a-restart"))
+    federation.stop_server("site-1", kill=True)
+    federation.start_server("site-1")
+    assert _ask(hostile, _dp_count("across-a-restart")) == first
+
+
+def test_a_fit_s_releases_are_new_draws_only_when_new_and_paid_by_rho(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    """A request charged once for many releases (a synthesizer's fit): a repeated release
+    is the stored one; a new one spends ρ, refused past what the charge affords."""
+    spec = backend_message("dp", {"epsilon": 1.0, "delta": 1e-6, "rho": 0.01})
+    query = query_message(Marginals((("sex",),)))
+
+    def release(number: int) -> site_pb2.ContributeRequest:
+        return site_pb2.ContributeRequest(request="fit", analyst="mallory", query=query,
+                                          state_json="null", backend=spec, n_sites=3,
+                                          round=number)
+
+    assert _ask(hostile, release(1)) == _ask(hostile, release(1))
+    assert _ask(hostile, release(2)) != _ask(hostile, release(1))
+    assert _ledger(federation).spent_rho("fit", "site-1") == pytest.approx(0.02)
+    for number in range(3, 100):
+        try:
+            _ask(hostile, release(number))
+        except grpc.RpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            break
+    else:
+        pytest.fail("the fit's releases were never refused")
+    assert _ledger(federation).budget("site-1").spent_epsilon <= BUDGET["epsilon"]
+
+
+def test_the_number_of_sites_comes_from_the_site_s_configuration(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    he = HE()
+    spec = backend_message("he+dp", {"epsilon": 1.0, "delta": 1e-6,
+                                      "public_context": he.public_context})
+    ask = site_pb2.ContributeRequest(request="many-sites", analyst="mallory",
+                                     query=query_message(Count()), state_json="null",
+                                     backend=spec, n_sites=2147483647, round=1)
+    details = _refused(lambda: _ask(hostile, ask), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "federates with 3" in details
+    ask.n_sites, ask.request = 3, "three-sites"
+    assert _ask(hostile, ask)  # the configured federation is answered
+
+
+def test_the_audited_cost_is_the_ledger_s_never_the_round_field(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    spent = _ledger(federation).budget("site-1").spent_epsilon
+    details = _refused(lambda: _ask(hostile, _dp_count("far-round", round=2147483647)),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    assert "outside the rounds 1..1" in details
+    assert _ledger(federation).budget("site-1").spent_epsilon == spent
+    _ask(hostile, _dp_count("ledger-cost"))
+    charged = {c.request: c.epsilon for c in _ledger(federation).charges("site-1")}
+    audited = [e for e in _audit(federation).entries() if e.request == "ledger-cost"]
+    assert [e.epsilon for e in audited] == [charged["ledger-cost"]] == [1.0]
+
+
+def test_a_refused_caller_is_recorded_by_its_certificate(federation: LocalFederation) -> None:
+    tls = Tls(federation.certs.cert("site-2"), federation.certs.key("site-2"),
+              federation.certs.ca)
+    with peer_channel(f"127.0.0.1:{federation.ports['site-1']}", tls) as channel:
+        stub = site_pb2_grpc.SiteStub(channel)
+        _refused(lambda: _ask(stub, _dp_count("impostor")), grpc.StatusCode.PERMISSION_DENIED)
+    last = _audit(federation).entries()[-1]
+    assert last.outcome == "refused" and last.analyst == "(certificate 'site-2')"
+
+
+def test_bad_options_and_states_are_invalid_arguments(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    negative = _dp_count("negative-rows")
+    negative.backend.CopyFrom(common_pb2.Backend(name="plaintext", max_rows_per_site=-1))
+    _refused(lambda: _ask(hostile, negative), grpc.StatusCode.INVALID_ARGUMENT)
+    quantiles = site_pb2.ContributeRequest(
+        request="null-state", query=query_message(ExactQuantiles("age", (0.5,))),
+        state_json="null", backend=common_pb2.Backend(name="plaintext"), n_sites=3, round=2)
+    _refused(lambda: _ask(hostile, quantiles), grpc.StatusCode.INVALID_ARGUMENT)
+    huge = _dp_count("huge-epsilon")
+    huge.backend.epsilon = 1e308
+    _refused(lambda: _ask(hostile, huge), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_a_budget_of_an_unknown_dataset_is_not_found(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    _refused(lambda: hostile.Budget(common_pb2.BudgetRequest(dataset="nobody"), timeout=10),
+             grpc.StatusCode.NOT_FOUND)
+    with federation.client() as client:
+        assert [b.site for b in client.budgets("site-2")] == ["site-2"]
+        with pytest.raises(RemoteError) as refused:
+            client.budgets("nobody")
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_status_message_never_echoes_a_huge_field(federation: LocalFederation) -> None:
+    start = coordinator_pb2.Start(query=common_pb2.Query(kind="x" * 1_000_000),
+                                  backend=common_pb2.Backend(name="plaintext"))
+    with analyst_channel(federation.address, federation.certs.ca.read_bytes(),
+                         federation.token) as channel:
+        details = _refused(lambda: list(coordinator_pb2_grpc.CoordinatorStub(channel).Run(
+            iter([coordinator_pb2.RunRequest(start=start)]), timeout=30)),
+            grpc.StatusCode.INVALID_ARGUMENT)
+    assert len(details) <= 400
+
+
+def test_a_charged_dp_count_always_reaches_the_analyst(federation: LocalFederation) -> None:
+    """True count 0: the noisy sum is at or below zero in about half of the releases,
+    which used to be charged and then refused as 'no complete rows'."""
+    with federation.client() as client, client.study("dp", epsilon=0.5, delta=0.0) as study:
+        answers = [study.run(Count(where="age > 99")).value for _ in range(10)]
+    assert all(isinstance(a, int | float) and a >= 0 for a in answers)
+
+
+def test_differencing_around_the_minimum_is_refused(federation: LocalFederation,
+                                                     lung3: Workload) -> None:
+    ages = lung3.pooled().age.value_counts()
+    site1 = lung3.tables["site-1"].to_frame().age.value_counts()
+    rare = next(int(a) for a in sorted(site1.index) if site1[a] < 3 and ages[a] < 3 and a < 80)
+    with federation.client() as client, client.study("plaintext") as study:
+        wide = study.run(Count(where=f"age >= {rare}")).value
+        assert wide == int((lung3.pooled().age >= rare).sum())
+        with pytest.raises(RemoteError) as refused:
+            study.run(Count(where=f"age > {rare}"))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_one_analyst_runs_one_study_at_a_time_and_a_held_run_ends_at_its_deadline(
+        federation: LocalFederation) -> None:
+    """An analyst who never answers a Reveal holds its run open; its next run is refused
+    until the coordinator's run deadline ends the held one."""
+    he = HE()
+    spec = backend_message("he", {"public_context": he.public_context})
+    start = coordinator_pb2.RunRequest(start=coordinator_pb2.Start(
+        query=query_message(Count()), backend=spec))
+    silence: queue.Queue = queue.Queue()
+
+    def requests() -> Iterator[coordinator_pb2.RunRequest]:
+        yield start
+        silence.get()  # never answers the Reveal
+
+    with analyst_channel(federation.address, federation.certs.ca.read_bytes(),
+                         federation.token) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        held = stub.Run(requests(), timeout=600)
+        assert next(held).WhichOneof("kind") == "reveal"
+        with federation.client() as client, pytest.raises(RemoteError) as refused:
+            client.study("plaintext").run(Count())
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.RpcError) as ended:
+            list(held)
+        silence.put(None)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "run_deadline_s" in ended.value.details()  # the coordinator's, not the call's
+        with federation.client() as client:
+            assert client.study("plaintext").run(Count()).value == 228
+
+
+def _edges(lower: float, upper: float, count: int) -> tuple[float, ...]:
+    return tuple(lower + (upper - lower) * k / count for k in range(count + 1))
+
+
+HUGE_TABLE = Contingency(("age", "meal_cal", "wt_loss", "time", "ph_karno"), bins={
+    "age": _edges(18, 100, 400), "meal_cal": _edges(0, 4000, 400),
+    "wt_loss": _edges(-50, 100, 400), "time": _edges(0, 1100, 400),
+    "ph_karno": _edges(0, 100, 400)})
+"""400^5 ≈ 10^13 cells: a vector no server should try to allocate."""
+
+
+def _count_where(text: str) -> common_pb2.Query:
+    return common_pb2.Query(kind="Count", where=text)
+
+
+@pytest.mark.parametrize(("query", "code", "words"), [
+    (query_message(HUGE_TABLE), grpc.StatusCode.RESOURCE_EXHAUSTED, "cells"),
+    (_count_where("not " * 5000 + "age > 0"), grpc.StatusCode.INVALID_ARGUMENT,
+     "filter_chars"),
+    (_count_where("not " * 40 + "age > 0"), grpc.StatusCode.INVALID_ARGUMENT, "filter_depth"),
+    (_count_where("(" * 60 + "age > 0" + ")" * 60), grpc.StatusCode.INVALID_ARGUMENT,
+     "filter_depth"),
+    (_count_where(" or ".join(["age > 1"] * 100_000)), grpc.StatusCode.INVALID_ARGUMENT,
+     "filter_chars"),
+])
+def test_one_request_cannot_exhaust_a_server(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub, query: common_pb2.Query,
+        code: grpc.StatusCode, words: str) -> None:
+    """Refused before any work, at the coordinator and at a site asked directly."""
+    start = coordinator_pb2.Start(query=query, backend=common_pb2.Backend(name="plaintext"))
+    with analyst_channel(federation.address, federation.certs.ca.read_bytes(),
+                         federation.token) as channel:
+        assert words in _refused(lambda: list(coordinator_pb2_grpc.CoordinatorStub(
+            channel).Run(iter([coordinator_pb2.RunRequest(start=start)]), timeout=30)), code)
+    ask = site_pb2.ContributeRequest(request="huge", query=query, state_json="null",
+                                     n_sites=3, round=1,
+                                     backend=common_pb2.Backend(name="plaintext"))
+    assert words in _refused(lambda: _ask(hostile, ask), code)
+
+
+def test_a_message_over_the_request_limit_is_refused_unread(
+        federation: LocalFederation) -> None:
+    start = coordinator_pb2.Start(query=query_message(Count()),
+                                  backend=common_pb2.Backend(name="plaintext"))
+    start.query.where = "age > 0 " + " " * 5_000_000
+    with analyst_channel(federation.address, federation.certs.ca.read_bytes(),
+                         federation.token) as channel:
+        _refused(lambda: list(coordinator_pb2_grpc.CoordinatorStub(channel).Run(
+            iter([coordinator_pb2.RunRequest(start=start)]), timeout=30)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_the_services_keep_serving_after_the_attacks(federation: LocalFederation) -> None:
+    with federation.client() as client:
+        assert client.study("plaintext").run(Count()).value == 228
+    for name in federation.names:
+        assert _audit(federation, name).verify() > 0
