@@ -28,7 +28,7 @@ from dataclasses import asdict, astuple, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pet.durable import DurableFile
+from pet.durable import DurableFile, now
 from pet.errors import PetError
 
 OUTCOMES = ("answered", "refused", "failed")
@@ -120,7 +120,7 @@ class AuditLog(DurableFile):
         amounts = {"epsilon": _amount(epsilon, "epsilon"), "delta": _amount(delta, "delta")}
         last = db.execute("SELECT idx, digest FROM entries ORDER BY idx DESC LIMIT 1").fetchone()
         index, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        draft = AuditEntry(index=index, at=_now(), **texts, **amounts, outcome=outcome,
+        draft = AuditEntry(index=index, at=now(), **texts, **amounts, outcome=outcome,
                            detail=detail, digest="")
         entry = replace(draft, digest=chain_digest(previous, draft))
         db.execute(f"INSERT INTO entries ({_COLUMNS}) VALUES "
@@ -223,7 +223,3 @@ def _utc(since: str) -> str:
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")

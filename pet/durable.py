@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -55,3 +56,8 @@ class DurableFile:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+
+def now() -> str:
+    """The current time as stored in every durable file: ISO 8601 in UTC, to the µs."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")

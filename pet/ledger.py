@@ -28,11 +28,10 @@ import sqlite3
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
-from pet.durable import DurableFile
+from pet.durable import DurableFile, now
 from pet.errors import PetError
 
 EPSILON_SCALE = 10**12
@@ -127,7 +126,7 @@ class Ledger(DurableFile):
                     f"δ={spent_d / DELTA_SCALE:g}; its budget cannot be set below that")
             db.execute("INSERT INTO budgets VALUES (?, ?, ?, ?) ON CONFLICT (dataset) DO "
                        "UPDATE SET epsilon = excluded.epsilon, delta = excluded.delta, "
-                       "updated = excluded.updated", (dataset, total_e, total_d, _now()))
+                       "updated = excluded.updated", (dataset, total_e, total_d, now()))
         return self.budget(dataset)
 
     def charge(self, datasets: str | Iterable[str], epsilon: float, delta: float = 0.0, *,
@@ -147,7 +146,7 @@ class Ledger(DurableFile):
         names = _names(datasets)
         cost_e, cost_d = _units(epsilon, "epsilon", up=True), _units(delta, "delta", up=True)
         fresh = [self._check_room(db, dataset, cost_e, cost_d, request) for dataset in names]
-        at = _now()
+        at = now()
         db.executemany("INSERT OR IGNORE INTO charges (request, dataset, epsilon, delta, "
                        "query, at) VALUES (?, ?, ?, ?, ?, ?)",
                        [(request, d, cost_e, cost_d, query, at) for d in names])
@@ -213,7 +212,7 @@ class Ledger(DurableFile):
                     f"request {request!r} cannot spend ρ={cost / RHO_SCALE:g} more on "
                     f"dataset {dataset!r}: it has spent {spent / RHO_SCALE:g} of the "
                     f"ρ={limit / RHO_SCALE:g} its charge affords; nothing was spent")
-        at = _now()
+        at = now()
         db.executemany("INSERT INTO spends (request, dataset, rho, query, at) VALUES "
                        "(?, ?, ?, ?, ?)", [(request, d, cost, query, at) for d in names])
         return (spent + cost) / RHO_SCALE
@@ -287,7 +286,3 @@ def _no_budget(dataset: str) -> str:
     return (f"no privacy budget is configured for dataset {dataset!r}; the site must set "
             "one (Ledger.set_budget, or `pet budget LEDGER DATASET --set EPSILON DELTA`)"
             " before any DP release")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")

@@ -27,6 +27,7 @@ from typing import Any
 
 from pet import codec
 from pet.audit import AuditLog
+from pet.durable import now
 from pet.errors import PetError
 from pet.ledger import Ledger
 
@@ -124,10 +125,9 @@ class Releases:
             db.execute("INSERT OR IGNORE INTO bindings VALUES (?, ?, ?)",
                        (release.request, release.dataset, release.binding))
             epsilon, delta, note = pay(db)
-            db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, "
-                       "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)",
                        (release.request, release.dataset, release.slot, release.digest,
-                        message))
+                        message, now()))
             if self.audit is not None:
                 self.audit.append_in(db, analyst=ask.analyst, request=ask.request,
                                      query=query, backend=backend, epsilon=epsilon,

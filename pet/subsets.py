@@ -46,12 +46,11 @@ import ast
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from pet.durable import DurableFile
+from pet.durable import DurableFile, now
 from pet.errors import ArgumentError, DisclosureError
 from pet.table import Table
 from pet.where import Where
@@ -136,7 +135,7 @@ class SubsetControl(DurableFile):
                 _judge(table, subgroup, later, minimum, site)
             db.execute("INSERT INTO subgroups (dataset, subgroup, request, at) VALUES "
                        "(?, ?, ?, ?)", (dataset, subgroup.text, request,
-                                         datetime.now(UTC).isoformat(timespec="microseconds")))
+                                         now()))
 
     def answered(self, dataset: str) -> list[Subgroup]:
         """The subgroups of `dataset` answered so far, oldest first."""

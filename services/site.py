@@ -45,6 +45,11 @@ PIECE_BYTES = 1 << 20
 
 SHARED_INPUT = ("mpc", "mpc+dp")
 """Backends whose protected input stays at the site, for its own MPC party."""
+MAX_SEATS = 4
+"""MPC sessions a site sits in at once: each is a party process, so a peer may not start
+them without end."""
+MAX_KEPT = 64
+"""Inputs a site keeps for its party in one session before the party takes them."""
 
 
 @dataclass
@@ -57,6 +62,10 @@ class Seat:
 
     def keep(self, message: bytes) -> bytes:
         """Keep a protected input for the party; the token that names it."""
+        if len(self.inputs) >= MAX_KEPT:
+            raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"this site already keeps {MAX_KEPT} inputs its MPC party has not "
+                            "taken; run the session's programs first")
         token = uuid.uuid4().hex.encode()
         self.inputs[token] = message
         return token
@@ -146,6 +155,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
             if request.session in self.seats:
                 raise CallError(grpc.StatusCode.ALREADY_EXISTS,
                                 f"this site already sits in MPC session {request.session!r}")
+            if len(self.seats) >= MAX_SEATS:
+                raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"this site already sits in {MAX_SEATS} MPC sessions, its "
+                                "limit; end one (LeaveMpc) first")
             self.seats[request.session] = Seat(Party(request.rank, request.world, address, port))
         return site_pb2.JoinMpcReply(address=address, port=port)
 
