@@ -221,6 +221,18 @@ def whole(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def check_iteration(query: Query, state: State, kind: type, rounds: int) -> None:
+    """Refuse a round's state from a peer unless it is a `kind` whose `iteration` is a
+    whole number in [0, rounds)."""
+    if not isinstance(state, kind):
+        raise QueryError(f"{query.describe()}: a round's state must be a {kind.__name__}, "
+                         f"got {type(state).__name__}")
+    iteration = state.iteration  # type: ignore[attr-defined]
+    if not (whole(iteration) and 0 <= iteration < rounds):
+        raise QueryError(f"{query.describe()}: the state's iteration must be a whole number "
+                         f"in [0, {rounds})")
+
+
 def scale(column: Column, values: np.ndarray) -> np.ndarray:
     """Map a column's values from its public bounds onto [-1, 1].
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from pet.errors import QueryError
 from pet.layout import Block
-from pet.queries.base import Next, Query, State, require_numeric, whole
+from pet.queries.base import Next, Query, State, check_iteration, require_numeric, whole
 from pet.queries.tables import rank
 from pet.schema import Schema
 
@@ -85,12 +85,7 @@ class ExactQuantiles(Query):
     def check_state(self, schema: Schema, state: State) -> None:
         """An Interval of an iteration before `max_rounds` whose (lo, hi], one per
         probability, are whole keys inside the first round's interval."""
-        if not isinstance(state, Interval):
-            raise QueryError(f"{self.describe()}: a round's state must be an Interval, got "
-                             f"{type(state).__name__}")
-        if not (whole(state.iteration) and 0 <= state.iteration < self.max_rounds):
-            raise QueryError(f"{self.describe()}: the state's iteration must be a whole number "
-                             f"in [0, {self.max_rounds})")
+        check_iteration(self, state, Interval, self.max_rounds)
         if not (isinstance(state.lo, tuple | list) and isinstance(state.hi, tuple | list)
                 and len(state.lo) == len(state.hi) == len(self.probs)):
             raise QueryError(f"{self.describe()}: the state's lo and hi must hold one key per "

@@ -22,9 +22,9 @@ from pet.queries.base import (
     Query,
     State,
     affine,
+    check_iteration,
     from_upper_triangle,
     gram_upper,
-    whole,
 )
 from pet.schema import Boolean, Categorical, Schema
 
@@ -310,12 +310,7 @@ class LogisticRegression(Regression):
         """A LogisticState of an iteration before `max_iter`, with one finite coefficient
         per term of the design."""
         p = self.design(schema).size
-        if not isinstance(state, LogisticState):
-            raise QueryError(f"{self.describe()}: a round's state must be a LogisticState, "
-                             f"got {type(state).__name__}")
-        if not (whole(state.iteration) and 0 <= state.iteration < self.max_iter):
-            raise QueryError(f"{self.describe()}: the state's iteration must be a whole "
-                             f"number in [0, {self.max_iter})")
+        check_iteration(self, state, LogisticState, self.max_iter)
         beta = state.beta
         if not (isinstance(beta, tuple | list) and len(beta) == p and all(
                 isinstance(b, int | float) and not isinstance(b, bool) and np.isfinite(b)
