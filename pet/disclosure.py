@@ -14,6 +14,7 @@ import numpy as np
 
 from pet.errors import DisclosureError
 from pet.layout import Layout
+from pet.queries.base import Query, State
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class DisclosurePolicy:
 
     min_cell: int = 3
     max_parameter_ratio: float = 0.33
+    max_steering: float = 30.0
+    """The largest coefficient (on the scaled design) a peer-chosen round state may carry:
+    a sharper one could weigh a single row against all others (an honest fit beyond it
+    has separated data, whose coefficients are not meaningful anyway)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_cell, int) or self.min_cell < 1:
@@ -30,6 +35,28 @@ class DisclosurePolicy:
         if not 0 < self.max_parameter_ratio <= 1:
             raise ValueError("max_parameter_ratio must lie in (0, 1], got "
                              f"{self.max_parameter_ratio!r}")
+        if not self.max_steering > 0:
+            raise ValueError(f"max_steering must be > 0, got {self.max_steering!r}")
+
+    def check_request(self, query: Query, state: State, *, inside_mpc: bool,
+                      site: str) -> None:
+        """Before any row is read, refuse what would disclose records whatever the data:
+        a query whose partial is a fine histogram unless finalized inside MPC, and a
+        round state that could single rows out by weight. Off with min_cell 1."""
+        if self.min_cell <= 1:
+            return
+        if query.secure_only and not inside_mpc:
+            raise DisclosureError(
+                f"{query.describe()} counts rows at thresholds a peer chooses, a histogram "
+                "down to single records; this site answers it only under mpc",
+                site=site, limit=self.min_cell)
+        steering = query.steering(state)
+        if steering > self.max_steering:
+            raise DisclosureError(
+                f"the round's coefficients reach {steering:.3g} on the scaled design, beyond "
+                f"this site's {self.max_steering:g}: such weights single out rows (for an "
+                "honest fit, the data separate the outcome)", site=site,
+                limit=self.max_steering)
 
     def check(self, partial: np.ndarray, layout: Layout, *, site: str) -> None:
         """Raise DisclosureError if the site's partial vector would disclose too much."""

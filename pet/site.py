@@ -63,10 +63,15 @@ class Site:
 
     def partial(self, query: Query, state: State = None) -> np.ndarray:
         """The site's plaintext partial vector for one round, checked for disclosure."""
-        layout = query.layout(self.schema, state)
-        partial = query.local(self.table.chunks(query.used_columns()), self.schema, state)
-        self.policy.check(partial, layout, site=self.name)
+        partial = self._local(query, state)
+        self.policy.check(partial, query.layout(self.schema, state), site=self.name)
         return partial
+
+    def _local(self, query: Query, state: State) -> np.ndarray:
+        """The partial vector, unchecked: only a DP release, whose noise protects it, may
+        leave without the disclosure checks (a refusal would answer a question about the
+        rows without any noise or charge)."""
+        return query.local(self.table.chunks(query.used_columns()), self.schema, state)
 
     def contribute(self, query: Query, state: State, backend: Backend, *,
                    request: str | None = None, round: int = 1,
@@ -81,6 +86,8 @@ class Site:
         if backend.differentially_private:
             ask = ask or Ask(request or uuid.uuid4().hex, _session(backend), round=round)
             return self._release(query, state, backend, ask)
+        self.policy.check_request(query, state, inside_mpc=backend.finalizes_inside,
+                                  site=self.name)
         start = time.perf_counter()
         partial = self.partial(query, state)
         self.admit_subgroup(query, ask.request if ask else request)
@@ -116,7 +123,7 @@ class Site:
             self._audit_retry(ask, query, backend, release)
             return Contribution(self.name, stored, 0.0, 0.0, audited=self.audit is not None)
         start = time.perf_counter()
-        partial = self.partial(query, state)
+        partial = self._local(query, state)
         computed = time.perf_counter()
         message = backend.protect(partial, query.layout(self.schema, state))
         protected = time.perf_counter()

@@ -124,7 +124,8 @@ def read_site(path: str | Path) -> SiteConfig:
         budget=(float(budget["epsilon"]), float(budget.get("delta", 0.0))) if budget else None,
         policy=DisclosurePolicy(min_cell=int(disclosure.get("min_cell", 3)),
                                 max_parameter_ratio=float(
-                                    disclosure.get("max_parameter_ratio", 0.33))),
+                                    disclosure.get("max_parameter_ratio", 0.33)),
+                                max_steering=float(disclosure.get("max_steering", 30.0))),
         allow_plaintext=bool(spec.get("allow_plaintext", True)),
         mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
         federation=_federation(spec, path),

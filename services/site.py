@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,7 +28,6 @@ from pet.errors import PetError, QueryError
 from pet.ledger import Ledger
 from pet.limits import check_query, check_round
 from pet.mpc.parties import Party, PartyConfig, PartyError, free_port
-from pet.mpc.programs import PROGRAMS
 from pet.queries.base import Query
 from pet.releases import Ask
 from pet.site import Site
@@ -50,6 +50,11 @@ MAX_SEATS = 4
 them without end."""
 MAX_KEPT = 64
 """Inputs a site keeps for its party in one session before the party takes them."""
+SERVED_PROGRAMS = ("share_sum", "reveal_sum", "secure")
+"""The MPC programs a site's party runs for the coordinator (the others are tests')."""
+ID = re.compile(r"[A-Za-z0-9._:-]{0,128}")
+"""Request ids and session names: short and plain, since each is stored with every
+release and audit entry."""
 
 
 @dataclass
@@ -115,6 +120,9 @@ class SiteService(site_pb2_grpc.SiteServicer):
                 raise CallError(grpc.StatusCode.PERMISSION_DENIED,
                                 f"site {self.site.name!r} does not take part in {name!r} "
                                 f"studies; it allows {self.backends}")
+            _check_ids(request.request, request.mpc_session)
+            if name in SHARED_INPUT:
+                self._seat(request.mpc_session)  # before anything is charged
             limits = self.config.limits
             query = convert.query_of(request.query, limits)
             query_text = query.describe()
@@ -166,9 +174,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
     def RunProgram(self, request: site_pb2.ProgramRequest,
                    context: grpc.ServicerContext) -> site_pb2.ProgramReply:
         require_peer(context, self.config.coordinator)
-        if request.program not in PROGRAMS:
+        if request.program not in SERVED_PROGRAMS:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"unknown MPC program {request.program!r}")
+                            f"unknown MPC program {request.program[:100]!r}; a site runs "
+                            f"{list(SERVED_PROGRAMS)}")
         seat = self._seat(request.session)
         public = codec.loads(request.public_json or "null")
         with seat.lock:
@@ -281,6 +290,14 @@ class SiteService(site_pb2_grpc.SiteServicer):
                           query=query[:500] or "(none)",
                           backend=request.backend.name[:50] or "(none)",
                           outcome=outcome, detail=detail[:1000])
+
+
+def _check_ids(*names: str) -> None:
+    """Refuse a request id or session name that is not short and plain."""
+    for name in names:
+        if not ID.fullmatch(name):
+            raise QueryError(f"request ids and session names are at most 128 letters, digits "
+                             f"and . _ : -; got {len(name)} characters")
 
 
 def _session(spec: common_pb2.Backend) -> str:

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from pet import codec
 from pet.audit import AuditLog
 from pet.backends.he import HE
 from pet.client import RemoteError
 from pet.ledger import Ledger
-from pet.queries import Contingency, Count, ExactQuantiles, Marginals, Mean
+from pet.queries import Contingency, Count, ExactQuantiles, LogisticRegression, Marginals, Mean
+from pet.queries.regression import LogisticState
 from pet.workloads import Workload
 from services.config import Tls
 from services.convert import backend_message, query_message
@@ -97,7 +99,7 @@ def test_a_replayed_request_id_gets_the_stored_release_and_pays_once(
 def test_any_other_request_under_a_used_id_is_refused(
         federation: LocalFederation, hostile: site_pb2_grpc.SiteStub,
         change: dict[str, object]) -> None:
-    request = f"bound-{sorted(change)}"
+    request = "bound-" + "-".join(sorted(change))
     _ask(hostile, _dp_count(request))
     spent = _ledger(federation).budget("site-1").spent_epsilon
     other = _dp_count(request, where=change.pop("where", None))  # type: ignore[arg-type]
@@ -318,6 +320,84 @@ def test_a_message_over_the_request_limit_is_refused_unread(
         _refused(lambda: list(coordinator_pb2_grpc.CoordinatorStub(channel).Run(
             iter([coordinator_pb2.RunRequest(start=start)]), timeout=30)),
             grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _rare_age(lung3: Workload, site: str = "site-1") -> int:
+    """An age that one or two of the site's patients have."""
+    ages = lung3.tables[site].to_frame().age.value_counts()
+    return next(int(a) for a in sorted(ages.index) if ages[a] < 3)
+
+
+def test_a_dp_site_answers_no_question_for_free(federation: LocalFederation,
+                                                 lung3: Workload) -> None:
+    """Under DP neither disclosure control nor a session limit refuses on the rows' say:
+    a refusal would answer without noise or charge (here: the outcome of one patient, or
+    whether a count exceeds a chosen number)."""
+    rare = _rare_age(lung3)
+    spent = _ledger(federation).budget("site-1").spent_epsilon
+    with federation.client() as client:
+        for outcome in ("True", "False"):
+            study = client.study("dp", epsilon=0.1, delta=0.0)
+            assert study.run(Count(where=f"age == {rare} and dead == {outcome}")).value >= 0
+        for limit in (1, 10**6):
+            study = client.study("dp", epsilon=0.1, delta=0.0, max_rows_per_site=limit)
+            assert study.run(Count(where="age >= 60")).value >= 0
+    assert _ledger(federation).budget("site-1").spent_epsilon == pytest.approx(spent + 0.4)
+
+
+def test_a_chosen_round_state_cannot_single_out_a_patient(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    """A logistic round whose coefficients weigh one age against all others (e^-60 apart)
+    would hand over that patient's row; the site refuses such a state."""
+    query = LogisticRegression("dead", ("age", "sex", "ph_ecog"))
+    sharp = LogisticState(1, (-2460.0 * 0.35, 2460.0, 0.0, 0.0))
+    ask = site_pb2.ContributeRequest(request="steered", query=query_message(query),
+                                     state_json=codec.dumps(sharp), n_sites=3, round=2,
+                                     backend=common_pb2.Backend(name="plaintext"))
+    assert "single out rows" in _refused(lambda: _ask(hostile, ask),
+                                         grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def test_exact_quantiles_are_answered_only_inside_mpc(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    """Counts at thresholds a peer chooses are a histogram down to single patients."""
+    ask = site_pb2.ContributeRequest(
+        request="histogram", query=query_message(ExactQuantiles("age", (0.5,), 4096)),
+        state_json="null", n_sites=3, round=1, backend=common_pb2.Backend(name="plaintext"))
+    ask.state_json = codec.dumps(ExactQuantiles("age", (0.5,), 4096).initial_state(
+        _schema(federation)))
+    assert "only under mpc" in _refused(lambda: _ask(hostile, ask),
+                                        grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def _schema(federation: LocalFederation) -> object:
+    with federation.client() as client:
+        return client.schema
+
+
+@pytest.mark.parametrize(("field", "value"), [("request", "r" * 10_000),
+                                               ("mpc_session", "../../etc")])
+def test_ids_are_short_and_plain(hostile: site_pb2_grpc.SiteStub, field: str,
+                                 value: str) -> None:
+    ask = _dp_count("plain")
+    setattr(ask, field, value)
+    _refused(lambda: _ask(hostile, ask), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_an_input_for_no_mpc_session_is_refused_before_any_charge(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    spent = _ledger(federation).budget("site-1").spent_epsilon
+    ask = site_pb2.ContributeRequest(
+        request="no-session", query=query_message(Count()), state_json="null", n_sites=3,
+        round=1, mpc_session="nowhere",
+        backend=backend_message("mpc+dp", {"epsilon": 1.0, "delta": 1e-6}))
+    _refused(lambda: _ask(hostile, ask), grpc.StatusCode.FAILED_PRECONDITION)
+    assert _ledger(federation).budget("site-1").spent_epsilon == spent
+
+
+def test_a_site_runs_only_the_programs_it_serves(hostile: site_pb2_grpc.SiteStub) -> None:
+    _refused(lambda: hostile.RunProgram(site_pb2.ProgramRequest(session="s", program="check"),
+                                        timeout=10), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def test_the_services_keep_serving_after_the_attacks(federation: LocalFederation) -> None:

@@ -56,9 +56,7 @@ class Limits:
     def check(self, partial: np.ndarray, layout: Layout) -> None:
         """Refuse a partial of the wrong size, or larger than one row's bound times
         max_rows_per_site."""
-        if np.shape(partial) != (layout.size,):
-            raise PetError(f"a partial of shape {np.shape(partial)} does not fit the query's "
-                           f"layout of {layout.size} elements")
+        self._check_shape(partial, layout)
         over = np.abs(partial) > layout.bounds() * self.max_rows_per_site
         if np.any(over):
             raise PetError(
@@ -66,6 +64,21 @@ class Limits:
                 f"max_rows_per_site={self.max_rows_per_site} allows; start the session "
                 "with a larger limit"
             )
+
+    def clamp(self, partial: np.ndarray, layout: Layout) -> np.ndarray:
+        """The partial clipped into what max_rows_per_site allows. DP backends clamp
+        instead of refusing: a refusal that depends on the rows would answer a question
+        about them for free, while clipping changes no sum by more than one row would
+        (its sensitivity stays that of the layout)."""
+        self._check_shape(partial, layout)
+        limit = layout.bounds() * self.max_rows_per_site
+        return np.clip(partial, -limit, limit)
+
+    @staticmethod
+    def _check_shape(partial: np.ndarray, layout: Layout) -> None:
+        if np.shape(partial) != (layout.size,):
+            raise PetError(f"a partial of shape {np.shape(partial)} does not fit the query's "
+                           f"layout of {layout.size} elements")
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,9 @@ class Backend(ABC):
     name: ClassVar[str]
     differentially_private: ClassVar[bool] = False
     """Whether the backend adds DP noise (and so takes an ε, and costs privacy budget)."""
+    finalizes_inside: ClassVar[bool] = False
+    """Whether the answers of secure-only queries are computed without revealing any sum
+    (MPC), so that a site may contribute to them."""
     shares_noise: ClassVar[bool] = False
     """Whether each site adds only its share of one central noise, sized by the number of
     sites (a site must then know its federation from its own configuration)."""

@@ -75,12 +75,15 @@ class CentralDP(Backend):
 
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
         """The partial plus this site's share of the noise, protected by the inner backend
-        (counts travel as real numbers: with noise they are no longer whole)."""
+        (counts travel as real numbers: with noise they are no longer whole). The partial
+        and the noisy partial are clamped to the session's limits, never refused: the
+        inner backend then has nothing left to refuse that depends on the rows."""
         if self.sites < 1:
             raise PetError(f"{self.name} must be opened with the number of sites first")
         mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
-        noisy = mechanism.share(self.sites).release(partial)
-        return self.backend.protect(noisy, _real(layout))
+        limits = self.backend.limits
+        noisy = mechanism.share(self.sites).release(limits.clamp(partial, layout))
+        return self.backend.protect(limits.clamp(noisy, layout), _real(layout))
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         return struct.pack("<I", self.sites) + self.backend.combine(messages, _real(layout))

@@ -46,10 +46,10 @@ class LocalDP(Backend):
         return self.epsilon, self.delta
 
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
-        """The site's partial with its mechanism's noise, drawn by OpenDP."""
-        self.limits.check(partial, layout)
+        """The site's partial, clamped to the session's limits, with its mechanism's noise,
+        drawn by OpenDP."""
         mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
-        return mechanism.release(partial).astype("<f8").tobytes()
+        return mechanism.release(self.limits.clamp(partial, layout)).astype("<f8").tobytes()
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         total = np.sum([decode(m, layout) for m in messages], axis=0)

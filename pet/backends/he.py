@@ -39,6 +39,9 @@ SIGMA = 3.2
 
 CONFIDENTIALITY = "sites' partials are encrypted; only the analyst decrypts, and only the sum"
 
+MAX_CONTEXT_BYTES = 1 << 20
+"""The largest public context a site loads: pet's own (ring degree 4096) is about 260 kB;
+a larger ring would multiply the work and bytes of every encryption a request asks for."""
 _MAGIC = b"PETHE1"
 _SCHEMES = {b"B": "bfv", b"C": "ckks"}
 
@@ -119,6 +122,10 @@ class PublicHE:
 
     def __init__(self, public_context: bytes, limits: Limits) -> None:
         self.limits = limits
+        if len(public_context) > MAX_CONTEXT_BYTES:
+            raise HEError(f"a public context of {len(public_context)} bytes is larger than the "
+                          f"{MAX_CONTEXT_BYTES} a site loads; pet's contexts use ring degree "
+                          f"{RING_DEGREE}")
         self.key_id = hashlib.sha256(public_context).digest()[:16]
         parts = _split(public_context)
         if len(parts) != 2:
@@ -264,10 +271,17 @@ def _public_bytes(context: Any) -> bytes:
 
 
 def _load_context(data: bytes) -> Any:
+    """A TenSEAL context of pet's ring degree (a peer's larger ring is refused: it would
+    cost every site many times the work and bytes of each encryption)."""
     try:
-        return ts.context_from(data)
+        context = ts.context_from(data)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise HEError(f"not a TenSEAL context: {exc}") from None
+    degree = context.data.seal_context().first_context_data().parms().poly_modulus_degree()
+    if degree != RING_DEGREE:
+        raise HEError(f"a public context of ring degree {degree}; pet's sessions use "
+                      f"{RING_DEGREE}")
+    return context
 
 
 def _join(parts: Sequence[bytes]) -> bytes:

@@ -56,6 +56,7 @@ class MPC(Backend):
     """Secure multiparty aggregation with CrypTen parties (one per site) and a dealer."""
 
     name = "mpc"
+    finalizes_inside = True
 
     def __init__(self, *, max_rows_per_site: int = 10**8, max_sites: int = 100,
                  parties: PartyConfig | PartySession | None = None) -> None:

@@ -44,6 +44,9 @@ class Query(ABC):
     """Whether the answer is a record's own value (no DP mechanism covers that)."""
     requires_dp: ClassVar[bool] = False
     """Whether only a DP backend may release the answer (sites refuse it otherwise)."""
+    secure_only: ClassVar[bool] = False
+    """Whether the site's partial discloses single records unless the answer is computed
+    inside MPC (so a site with disclosure control refuses it under other exact backends)."""
     keeps_missing: ClassVar[bool] = False
     """Whether rows with missing values are kept and counted as such by the query itself
     (its layout then has no `missing` counts)."""
@@ -101,6 +104,12 @@ class Query(ABC):
     def max_rounds(self) -> int:
         """Most rounds the query may take (known before it runs, so DP can charge up front)."""
         return 1
+
+    def steering(self, state: State) -> float:
+        """How sharply a round's public state can weigh one row against another (the
+        largest coefficient on the scaled design; 0 for queries whose rows count alike).
+        A peer chooses the state, so disclosure control bounds it."""
+        return 0.0
 
     def parameters(self, schema: Schema) -> int:
         """Number of model parameters fitted (checked against rows by disclosure control)."""

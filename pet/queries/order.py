@@ -58,6 +58,7 @@ class ExactQuantiles(Query):
     branching: int = 256
 
     releases_records: ClassVar[bool] = True
+    secure_only: ClassVar[bool] = True  # its counts at chosen thresholds are a histogram
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -306,6 +306,11 @@ class LogisticRegression(Regression):
     def initial_state(self, schema: Schema) -> LogisticState:
         return LogisticState(0, (0.0,) * self.design(schema).size)
 
+    def steering(self, state: State) -> float:
+        """The largest coefficient of the round: weights μ(1 − μ) of rows whose scaled
+        terms differ by d differ by a factor of at most e^(steering·d)."""
+        return float(np.max(np.abs(state.beta), initial=0.0)) if state is not None else 0.0
+
     def check_state(self, schema: Schema, state: State) -> None:
         """A LogisticState of an iteration before `max_iter`, with one finite coefficient
         per term of the design."""
