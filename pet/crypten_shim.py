@@ -1,25 +1,275 @@
-"""The one place pet imports CrypTen, behind the shim its 0.4.1 release needs.
+"""The one place pet imports CrypTen, and what pet changes in it.
 
-CrypTen 0.4.1 imports `torch.onnx._internal.registration` at import time, a module that
-current torch no longer has. CrypTen uses it only to convert ONNX models, which pet never
-does, so a stub module (with `registry = None`) is registered before the import.
+- CrypTen 0.4.1 imports `torch.onnx._internal.registration` at import time, a module that
+  current torch no longer has. CrypTen uses it only to convert ONNX models, which pet
+  never does, so a stub module (with `registry = None`) is registered before the import.
+- CrypTen's parties talk over torch.distributed, whose gloo transport here has no TLS
+  (torch rejects GLOO_DEVICE_TRANSPORT=TCP_TLS). `start_party` puts `TlsCommunicator` in
+  the place of CrypTen's communicator: the same calls, run by `pet.mpc.collectives` over
+  the session's mutually authenticated TLS connections, with rounds and bytes counted by
+  CrypTen's own bookkeeping.
+- CrypTen's trusted-third-party client and server exchange their seeds through
+  torch.distributed directly, and the server runs whatever function party 0 names.
+  `DealtClient` and `Dealer` exchange the seeds over the session's channel (the dealer
+  draws them from the operating system), and the dealer answers only CrypTen's five
+  dealer functions and Beaver operations, with arguments decoded by pet's own codec.
+
+Importing this module imports CrypTen, which takes about 2 s on top of torch, so only the
+party processes import it (see `pet.mpc.parties`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import sys
 import types
 from typing import Any
 
+import torch
+from torch.distributed import ReduceOp
+
+from pet.errors import PetError
+from pet.mpc.channel import ChannelError
+from pet.mpc.collectives import Collectives
+
 _STUB = "torch.onnx._internal.registration"
+if _STUB not in sys.modules:
+    _stub = types.ModuleType(_STUB)
+    _stub.registry = None  # type: ignore[attr-defined]
+    sys.modules[_STUB] = _stub
+
+import crypten  # noqa: E402
+import crypten.communicator as comm  # noqa: E402
+from crypten.communicator.communicator import Communicator, _logging  # noqa: E402
+from crypten.mpc.provider import ttp_provider  # noqa: E402
+
+BEAVER_OPS = frozenset({"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d",
+                        "conv_transpose2d"})
+"""The products CrypTen's Beaver protocol asks the dealer to deal triples for."""
+REQUEST_KEYS = frozenset({"function", "device", "args", "kwargs"})
 
 
 def load_crypten() -> Any:
-    """Import and return the `crypten` module, registering the ONNX stub first."""
-    if _STUB not in sys.modules:
-        stub = types.ModuleType(_STUB)
-        stub.registry = None  # type: ignore[attr-defined]
-        sys.modules[_STUB] = stub
-    import crypten
-
+    """The `crypten` module (imported behind the ONNX stub)."""
     return crypten
+
+
+def start_party(collectives: Collectives) -> Any | None:
+    """Join CrypTen's session over pet's channel, with the trusted-third-party provider,
+    counting rounds and bytes. A party gets the `crypten` module back; the dealer serves
+    Beaver triples until party 0 ends the session, then gets None."""
+    crypten.cfg.mpc.provider = "TTP"
+    crypten.cfg.communicator.verbose = True
+    TlsCommunicator.pending = collectives
+    comm.DistributedCommunicator = TlsCommunicator
+    ttp_provider.TTPClient._TTPClient__TTPClient = DealtClient
+    crypten.init()
+    if collectives.rank < collectives.parties:
+        return crypten
+    Dealer().serve()
+    crypten.uninit()
+    return None
+
+
+class TlsCommunicator(Communicator):
+    """CrypTen's communicator, run over pet's TLS channel by `Collectives`; CrypTen's
+    `_logging` counts each call's rounds and bytes as it does for its own."""
+
+    BYTES_PER_ELEMENT = 8
+    instance: TlsCommunicator | None = None
+    pending: Collectives | None = None
+    """The session's collectives, set by `start_party` before CrypTen initialises."""
+
+    def __init__(self, collectives: Collectives, init_ttp: bool) -> None:
+        self.collectives = collectives
+        self.rank = collectives.rank
+        self.main_group = collectives.main_group
+        self.ttp_group = collectives.ttp_group
+        self.ttp_comm_group = collectives.ttp_comm_group
+        self.ttp_initialized = init_ttp
+        self._name = f"rank{self.rank}"
+        self.reset_communication_stats()
+
+    @classmethod
+    def initialize(cls, rank: int, world_size: int, init_ttp: bool = False) -> None:
+        """Take the session `start_party` prepared (CrypTen's rank and world size
+        arguments are placeholders; the channel knows both)."""
+        if cls.pending is None:
+            raise PetError("pet's parties start CrypTen through pet.crypten_shim.start_party, "
+                           "which hands it the session's channel")
+        cls.instance, cls.pending = cls(cls.pending, init_ttp), None
+
+    @classmethod
+    def get(cls) -> TlsCommunicator | None:
+        return cls.instance
+
+    @classmethod
+    def is_initialized(cls) -> bool:
+        return cls.instance is not None
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Party 0 tells the dealer the session is over; every process closes its
+        connections."""
+        instance, cls.instance = cls.instance, None
+        if instance is None:
+            return
+        try:
+            if instance.rank == 0 and instance.ttp_initialized:
+                with contextlib.suppress(ChannelError):  # the dealer may have gone already
+                    instance.collectives.send_obj("terminate", instance.get_ttp_rank())
+        finally:
+            instance.collectives.close()
+
+    @_logging
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        self.collectives.send(tensor, dst)
+
+    @_logging
+    def recv(self, tensor: torch.Tensor, src: int | None = None) -> torch.Tensor:
+        return self.collectives.recv(tensor, self._source(src))
+
+    @_logging
+    def isend(self, tensor: torch.Tensor, dst: int) -> Any:
+        return self.collectives.isend(tensor, dst)
+
+    @_logging
+    def irecv(self, tensor: torch.Tensor, src: int | None = None) -> Any:
+        return self.collectives.irecv(tensor, self._source(src))
+
+    @_logging
+    def scatter(self, scatter_list: Any, src: int, size: Any = None,
+                device: Any = None) -> torch.Tensor:
+        return self.collectives.scatter(scatter_list, src, size, device)
+
+    @_logging
+    def reduce(self, input: Any, dst: int, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        return self.collectives.reduce(input, dst, op, batched)
+
+    @_logging
+    def all_reduce(self, input: Any, op: Any = ReduceOp.SUM, batched: bool = False) -> Any:
+        return self.collectives.all_reduce(input, op, batched)
+
+    @_logging
+    def gather(self, tensor: torch.Tensor, dst: int) -> list[Any]:
+        return self.collectives.gather(tensor, dst)
+
+    @_logging
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return self.collectives.all_gather(tensor)
+
+    @_logging
+    def broadcast(self, input: Any, src: int, group: Any = None, batched: bool = False) -> Any:
+        return self.collectives.broadcast(input, src, group, batched)
+
+    @_logging
+    def barrier(self) -> None:
+        self.collectives.barrier()
+
+    @_logging
+    def send_obj(self, obj: Any, dst: int, group: Any = None) -> None:
+        self.collectives.send_obj(obj, dst, group)
+
+    @_logging
+    def recv_obj(self, src: int, group: Any = None) -> Any:
+        return self.collectives.recv_obj(src, group)
+
+    @_logging
+    def broadcast_obj(self, obj: Any, src: int, group: Any = None) -> Any:
+        return self.collectives.broadcast_obj(obj, src, group)
+
+    def get_world_size(self) -> int:
+        """The number of parties (the dealer is not counted, as in CrypTen)."""
+        return self.collectives.parties
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_ttp_rank(self) -> int:
+        return self.collectives.parties
+
+    def set_name(self, name: str) -> None:
+        self._name = name
+
+    def get_name(self) -> str:
+        return self._name
+
+    def _source(self, src: int | None) -> int:
+        if src is None:
+            raise PetError(f"party {self.rank}: pet's channel receives from a named party "
+                           "only")
+        return src
+
+
+class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
+    """CrypTen's trusted-third-party client, taking its seed from the dealer over pet's
+    channel. CrypTen keeps the client class private to its `TTPClient` singleton;
+    `start_party` puts this subclass in its place."""
+
+    def _setup_generators(self) -> None:
+        collectives = comm.get().collectives
+        seed = collectives.recv(torch.empty(size=(), dtype=torch.long), collectives.parties)
+        collectives.barrier(collectives.ttp_group)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed.item())
+        self.generator_cuda = None
+        if torch.cuda.is_available():
+            self.generator_cuda = torch.Generator(device="cuda")
+            self.generator_cuda.manual_seed(seed.item())
+
+
+class Dealer(ttp_provider.TTPServer):
+    """CrypTen's trusted third party over pet's channel: one seed per party from the
+    operating system's randomness, then triples for party 0's requests until it ends the
+    session. Requests are checked before anything is computed."""
+
+    def __init__(self) -> None:  # CrypTen's own starts CrypTen and serves right away
+        self.collectives = comm.get().collectives
+        self.ttp_group = comm.get().ttp_group
+        self.comm_group = comm.get().ttp_comm_group
+        self.device = "cpu"
+        self._setup_generators()
+
+    def serve(self) -> None:
+        """Answer party 0's requests until it says "terminate"."""
+        me = self.collectives.parties
+        while True:
+            message = comm.get().recv_obj(0, self.ttp_group)
+            if message == "terminate":
+                return
+            function, args, kwargs = dealer_request(message)
+            self.device = message["device"]
+            result = getattr(self, function)(*args, **kwargs)
+            comm.get().send_obj(result.size(), 0, self.ttp_group)
+            comm.get().broadcast(result, me, self.comm_group)
+
+    def _setup_generators(self) -> None:
+        parties = self.collectives.parties
+        seeds = [secrets.randbits(64) - 2**63 for _ in range(parties)]
+        self.generators = [torch.Generator(device="cpu") for _ in range(parties)]
+        self.generators_cuda = [torch.Generator(device="cuda") if torch.cuda.is_available()
+                                else None for _ in range(parties)]
+        for party, seed in enumerate(seeds):
+            self.generators[party].manual_seed(seed)
+            if self.generators_cuda[party] is not None:
+                self.generators_cuda[party].manual_seed(seed)
+            self.collectives.send(torch.tensor(seed, dtype=torch.long), party)
+        self.collectives.barrier(self.collectives.ttp_group)
+
+
+def dealer_request(message: Any) -> tuple[str, tuple, dict]:
+    """A dealer request's function, arguments and keyword arguments, if it is one CrypTen
+    makes: one of its dealer functions, sizes as arguments, a Beaver operation."""
+    if not isinstance(message, dict) or set(message) != REQUEST_KEYS:
+        raise PetError(f"the dealer refuses party 0's message {message!r}: not a request "
+                       "for Beaver triples")
+    function, args, kwargs = message["function"], message["args"], message["kwargs"]
+    device = message["device"]
+    if (function not in ttp_provider.TTP_FUNCTIONS or not isinstance(args, tuple)
+            or not isinstance(kwargs, dict) or not (device is None or isinstance(device, str))
+            or (function == "additive" and (len(args) < 3 or args[2] not in BEAVER_OPS))):
+        raise PetError(f"the dealer refuses party 0's request {function!r} with arguments "
+                       f"{args!r}: it deals only {sorted(ttp_provider.TTP_FUNCTIONS)} for "
+                       f"the operations {sorted(BEAVER_OPS)}")
+    return function, args, kwargs

@@ -16,6 +16,8 @@ import yaml
 from pet.disclosure import DisclosurePolicy
 from pet.errors import PetError
 from pet.limits import DEFAULT_LIMITS, RequestLimits
+from pet.mpc.channel import TlsIdentity
+from pet.mpc.parties import DEFAULT_PORTS
 from pet.table import Table, open_table
 from pet.workloads import load, packaged_schema
 
@@ -37,6 +39,10 @@ class Tls:
         """Certificate, key and CA, as bytes."""
         return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
 
+    def identity(self) -> TlsIdentity:
+        """The same files as the identity of an MPC party (or the dealer)."""
+        return TlsIdentity(self.cert, self.key, self.ca)
+
 
 @dataclass(frozen=True)
 class SiteConfig:
@@ -53,6 +59,8 @@ class SiteConfig:
     policy: DisclosurePolicy
     allow_plaintext: bool
     mpc_host: str
+    mpc_ports: tuple[int, int] = DEFAULT_PORTS
+    """The ports this site's MPC party may listen on (it takes the first free one)."""
     federation: tuple[str, ...] = ()
     """The sites this site federates with (itself included), from its own configuration:
     distributed DP sizes this site's noise share by their number."""
@@ -128,6 +136,7 @@ def read_site(path: str | Path) -> SiteConfig:
                                 max_steering=float(disclosure.get("max_steering", 30.0))),
         allow_plaintext=bool(spec.get("allow_plaintext", True)),
         mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
+        mpc_ports=_ports(spec, path),
         federation=_federation(spec, path),
         limits=_limits(spec, path),
     )
@@ -163,6 +172,17 @@ def _federation(spec: dict[str, Any], path: str | Path) -> tuple[str, ...]:
         raise ConfigError(f"{path}: 'federation' must name each site once, this site "
                           f"({spec.get('name')!r}) included; got {names}")
     return tuple(names)
+
+
+def _ports(spec: dict[str, Any], path: str | Path) -> tuple[int, int]:
+    """`mpc: {ports: [low, high]}`, an inclusive range (default DEFAULT_PORTS)."""
+    ports = (spec.get("mpc") or {}).get("ports", list(DEFAULT_PORTS))
+    if not (isinstance(ports, list) and len(ports) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in ports)
+            and 1 <= ports[0] <= ports[1] <= 65535):
+        raise ConfigError(f"{path}: mpc.ports must be [low, high] with 1 <= low <= high <= "
+                          f"65535, got {ports!r}")
+    return ports[0], ports[1]
 
 
 def _limits(spec: dict[str, Any], path: str | Path) -> RequestLimits:

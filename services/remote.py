@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -131,15 +131,18 @@ class RemoteParties:
         self._pool = ThreadPoolExecutor(max_workers=self.n)
         self._dealer: Party | None = None
         self._ended = False
+        names = tuple(peer.name for peer in self._peers)
         try:
             first = self._call(0, "JoinMpc", site_pb2.JoinMpcRequest(
-                session=self.session, rank=0, world=self.n), config.timeout_s)
+                session=self.session, rank=0, world=self.n, parties=names), config.timeout_s)
             joins = [self._pool.submit(self._call, rank, "JoinMpc", site_pb2.JoinMpcRequest(
                 session=self.session, rank=rank, world=self.n, address=first.address,
-                port=first.port), config.timeout_s) for rank in range(1, self.n)]
+                port=first.port, parties=names), config.timeout_s)
+                for rank in range(1, self.n)]
             for join in joins:
                 join.result()
-            self._dealer = Party(self.n, self.n, first.address, first.port)
+            self._dealer = Party(self.n, self.n, replace(config, names=names),
+                                 (first.address, first.port))
         except PetError:
             self.close()
             raise
@@ -214,7 +217,8 @@ class Sites:
     def __init__(self, addresses: Sequence[SiteAddress], tls: Tls, *,
                  party: PartyConfig) -> None:
         self.peers = [SitePeer(s.name, s.address, tls) for s in addresses]
-        self.mpc = MpcSession(self.peers, party)
+        dealer = tls.identity()  # the dealer proves itself with the coordinator's certificate
+        self.mpc = MpcSession(self.peers, replace(party, tls=dealer, dealer=dealer.name()))
         self._agreement: Agreement | None = None
 
     @property

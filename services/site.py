@@ -16,7 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -27,7 +27,7 @@ from pet.backends import BACKENDS, Backend, get_backend
 from pet.errors import PetError, QueryError
 from pet.ledger import Ledger
 from pet.limits import check_query, check_round
-from pet.mpc.parties import Party, PartyConfig, PartyError, free_port
+from pet.mpc.parties import Party, PartyConfig, PartyError
 from pet.queries.base import Query
 from pet.releases import Ask
 from pet.site import Site
@@ -65,14 +65,15 @@ class Seat:
     inputs: dict[bytes, bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def keep(self, message: bytes) -> bytes:
-        """Keep a protected input for the party; the token that names it."""
+    def keep(self, message: bytes, asked: bytes) -> bytes:
+        """Keep a protected input for the party, after the digest of what was asked for it
+        (the parties compare digests before sharing); the token that names it."""
         if len(self.inputs) >= MAX_KEPT:
             raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"this site already keeps {MAX_KEPT} inputs its MPC party has not "
                             "taken; run the session's programs first")
         token = uuid.uuid4().hex.encode()
-        self.inputs[token] = message
+        self.inputs[token] = asked + message[len(asked):]
         return token
 
     def take(self, token: bytes) -> bytes:
@@ -137,7 +138,7 @@ class SiteService(site_pb2_grpc.SiteServicer):
             contribution = self.site.contribute(query, state, backend, ask=ask)
             message = contribution.message
             if name in SHARED_INPUT:
-                message = self._seat(request.mpc_session).keep(message)
+                message = self._seat(request.mpc_session).keep(message, _asked(request))
         except Exception as error:
             self._record(request, caller, query_text, error)
             raise
@@ -152,13 +153,12 @@ class SiteService(site_pb2_grpc.SiteServicer):
     def JoinMpc(self, request: site_pb2.JoinMpcRequest,
                 context: grpc.ServicerContext) -> site_pb2.JoinMpcReply:
         require_peer(context, self.config.coordinator)
-        if not 0 <= request.rank < request.world or request.world < 2:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"rank {request.rank} of a world of {request.world} parties")
-        address, port = request.address, request.port
-        if request.rank == 0:  # this site's party hosts the rendezvous
-            address = self.config.mpc_host
-            port = free_port(address)
+        _check_ids(request.session)
+        names = self._parties(request)
+        config = replace(self.party_config, host=self.config.mpc_host,
+                         ports=self.config.mpc_ports, tls=self.config.tls.identity(),
+                         names=names, dealer=self.config.coordinator)
+        rendezvous = (request.address, request.port) if request.rank else None  # 0 hosts it
         with self._seats_lock:
             if request.session in self.seats:
                 raise CallError(grpc.StatusCode.ALREADY_EXISTS,
@@ -167,8 +167,30 @@ class SiteService(site_pb2_grpc.SiteServicer):
                 raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this site already sits in {MAX_SEATS} MPC sessions, its "
                                 "limit; end one (LeaveMpc) first")
-            self.seats[request.session] = Seat(Party(request.rank, request.world, address, port))
-        return site_pb2.JoinMpcReply(address=address, port=port)
+            party = Party(request.rank, request.world, config, rendezvous)
+            self.seats[request.session] = Seat(party)
+        host, port = party.address or ("", 0)
+        return site_pb2.JoinMpcReply(address=host, port=port)
+
+    def _parties(self, request: site_pb2.JoinMpcRequest) -> tuple[str, ...]:
+        """The parties of a session, by rank: exactly the sites of this site's own
+        federation, this site at the rank it is asked to take; anything else is refused
+        (a session of fewer or other parties could open this site's input)."""
+        names = tuple(request.parties)
+        federation = self.config.federation
+        if not federation:
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"site {self.site.name!r} has no 'federation' list of sites in "
+                            "its configuration, which MPC sessions need; its operator must "
+                            "add one")
+        if (sorted(names) != sorted(federation) or request.world != len(names)
+                or not 0 <= request.rank < request.world or names[request.rank] != self.site.name):
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"an MPC session's parties must be the federation's sites "
+                            f"{list(federation)}, each once, with this site at the rank it "
+                            f"takes; the request names {list(names)[:10]} for rank "
+                            f"{request.rank} of {request.world}")
+        return names
 
     @handled
     def RunProgram(self, request: site_pb2.ProgramRequest,
@@ -178,6 +200,9 @@ class SiteService(site_pb2_grpc.SiteServicer):
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"unknown MPC program {request.program[:100]!r}; a site runs "
                             f"{list(SERVED_PROGRAMS)}")
+        if request.program == "share_sum" and not request.input:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                            "share_sum shares an input this site keeps: name it")
         seat = self._seat(request.session)
         public = codec.loads(request.public_json or "null")
         with seat.lock:
@@ -298,6 +323,15 @@ def _check_ids(*names: str) -> None:
         if not ID.fullmatch(name):
             raise QueryError(f"request ids and session names are at most 128 letters, digits "
                              f"and . _ : -; got {len(name)} characters")
+
+
+def _asked(request: site_pb2.ContributeRequest) -> bytes:
+    """The digest of the query round a contribution answers, the same at every site (the
+    backend session, the query, its state and round), which the MPC parties compare."""
+    parts = (request.backend.SerializeToString(deterministic=True),
+             request.query.SerializeToString(deterministic=True),
+             request.state_json.encode(), str(request.round).encode())
+    return hashlib.sha256(b"".join(len(p).to_bytes(8, "big") + p for p in parts)).digest()
 
 
 def _session(spec: common_pb2.Backend) -> str:

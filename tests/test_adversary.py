@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -15,6 +16,8 @@ from pet.audit import AuditLog
 from pet.backends.he import HE
 from pet.client import RemoteError
 from pet.ledger import Ledger
+from pet.mpc.channel import TlsIdentity
+from pet.mpc.parties import Party, PartyConfig
 from pet.queries import Contingency, Count, ExactQuantiles, LogisticRegression, Marginals, Mean
 from pet.queries.regression import LogisticState
 from pet.workloads import Workload
@@ -398,6 +401,60 @@ def test_an_input_for_no_mpc_session_is_refused_before_any_charge(
 def test_a_site_runs_only_the_programs_it_serves(hostile: site_pb2_grpc.SiteStub) -> None:
     _refused(lambda: hostile.RunProgram(site_pb2.ProgramRequest(session="s", program="check"),
                                         timeout=10), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _stubs(federation: LocalFederation) -> list[site_pb2_grpc.SiteStub]:
+    tls = Tls(federation.certs.cert("coordinator"), federation.certs.key("coordinator"),
+              federation.certs.ca)
+    return [site_pb2_grpc.SiteStub(peer_channel(f"127.0.0.1:{federation.ports[n]}", tls))
+            for n in federation.names]
+
+
+def test_a_site_joins_only_a_session_of_its_own_federation(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    for parties, world in ((("site-1", "site-2"), 2), (("site-1", "site-2", "mallory"), 3),
+                           (("site-2", "site-1", "site-3"), 3)):
+        join = site_pb2.JoinMpcRequest(session="rogue", rank=0, world=world, parties=parties)
+        _refused(lambda j=join: hostile.JoinMpc(j, timeout=30),
+                 grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def test_a_coordinator_cannot_reveal_one_site_s_partial_under_mpc(
+        federation: LocalFederation) -> None:
+    """The attack: site-1 contributes the real query, the others an empty subgroup of
+    another query, and the coordinator reveals the 'sum' — site-1's partial. The parties
+    compare what each input answers and share nothing."""
+    stubs, names = _stubs(federation), tuple(federation.names)
+    first = stubs[0].JoinMpc(site_pb2.JoinMpcRequest(session="mixed", rank=0, world=3,
+                                                     parties=names), timeout=60)
+    for rank in (1, 2):
+        stubs[rank].JoinMpc(site_pb2.JoinMpcRequest(
+            session="mixed", rank=rank, world=3, parties=names, address=first.address,
+            port=first.port), timeout=60)
+    tls = TlsIdentity(federation.certs.cert("coordinator"), federation.certs.key("coordinator"),
+                      federation.certs.ca)
+    dealer = Party(3, 3, PartyConfig(tls=tls, names=names, timeout_s=60),
+                   (first.address, first.port))
+    try:
+        asked = [Mean("age", where="sex == 'female'"), Mean("age", where="age < 19"),
+                 Mean("age", where="age < 19")]
+        tokens = [_ask(stub, site_pb2.ContributeRequest(
+            request=f"mixed-{rank}", query=query_message(query), state_json="null", n_sites=3,
+            round=1, mpc_session="mixed", backend=common_pb2.Backend(name="mpc")))
+            for rank, (stub, query) in enumerate(zip(stubs, asked, strict=True))]
+        public = codec.dumps({"scale": 2.0**20, "size": 4})
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            calls = [pool.submit(stub.RunProgram, site_pb2.ProgramRequest(
+                session="mixed", program="share_sum", input=token, public_json=public),
+                timeout=120) for stub, token in zip(stubs, tokens, strict=True)]
+            failures = [call.exception() for call in calls]
+        assert all(isinstance(f, grpc.RpcError) and f.code() == grpc.StatusCode.UNAVAILABLE
+                   for f in failures)  # no party revealed anything
+        assert any("answer another query" in f.details() for f in failures)  # type: ignore[union-attr]
+    finally:
+        dealer.stop()
+        for stub in stubs:
+            stub.LeaveMpc(site_pb2.LeaveMpcRequest(session="mixed"), timeout=30)
 
 
 def test_the_services_keep_serving_after_the_attacks(federation: LocalFederation) -> None:

@@ -3,9 +3,11 @@
 import ast
 from pathlib import Path
 
+import pytest
 import torch
 
-from pet.crypten_shim import load_crypten
+from pet.crypten_shim import dealer_request, load_crypten
+from pet.errors import PetError
 
 
 def test_crypten_imports_and_round_trips_a_secret_shared_tensor() -> None:
@@ -33,4 +35,16 @@ def test_the_shim_is_the_only_module_that_imports_crypten() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(n == "crypten" or n.startswith("crypten.") for n in names):
                 importers.append(path.relative_to(root).as_posix())
-    assert importers == ["pet/crypten_shim.py"]
+    assert sorted(set(importers)) == ["pet/crypten_shim.py"]
+
+
+def test_the_dealer_deals_only_what_cryptens_parties_ask_for() -> None:
+    request = {"function": "additive", "device": None, "kwargs": {},
+               "args": (torch.Size([2, 3]), torch.Size([2, 3]), "mul")}
+    assert dealer_request(request) == ("additive", request["args"], {})
+    refused = [{**request, "function": "__init__"},
+               {**request, "args": (torch.Size([2]), torch.Size([2]), "exp")},
+               {**request, "extra": 1}, "shutdown"]
+    for message in refused:
+        with pytest.raises(PetError, match="the dealer refuses party 0's"):
+            dealer_request(message)

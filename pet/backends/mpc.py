@@ -24,7 +24,7 @@ from pet.backends.base import Aggregate, Backend, Conclusion, Limits, Privacy
 from pet.errors import PetError, QueryError
 from pet.layout import Layout
 from pet.mpc.fixed_point import precision, scale_bits
-from pet.mpc.parties import Parties, PartyConfig, PartyError, PartySession
+from pet.mpc.parties import ASKED_BYTES, Parties, PartyConfig, PartyError, PartySession
 from pet.queries import (
     Correlation,
     Covariance,
@@ -92,16 +92,19 @@ class MPC(Backend):
 
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
         """The site's private input to its own party (never sent to the coordinator: a site
-        server keeps it and hands it to its party itself)."""
+        server keeps it and hands it to its party itself), after room for the digest of
+        the query round it answers: zeros on one host, where every input answers the same
+        round; a site server writes its own digest there."""
         self.limits.check(partial, layout)
-        return np.ascontiguousarray(partial, dtype="<f8").tobytes()
+        return bytes(ASKED_BYTES) + np.ascontiguousarray(partial, dtype="<f8").tobytes()
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         """Secret-share the sites' inputs among the parties and add the shares; the sum
         stays shared. The message records the scale and each site's bytes so far."""
         parties = self._session(len(messages))
         # Fewer than three sites: empty parties join, so that there are always three.
-        inputs = [*messages, *[bytes(8 * layout.size)] * (parties.n - len(messages))]
+        empty = bytes(ASKED_BYTES + 8 * layout.size)
+        inputs = [*messages, *[empty] * (parties.n - len(messages))]
         bits = scale_bits(layout, self.limits)
         outputs = parties.run("share_sum", inputs, {"scale": 2.0**bits, "size": layout.size})
         sent = [int(o["bytes"]) for o in outputs[:len(messages)]]
@@ -189,7 +192,8 @@ def _agree(answers: list[tuple[Any, float]]) -> bool:
     """Whether every copy's answer lies within the sum of the copies' bounds of the first,
     and a fit's standard errors and statistics (which no bound covers) agree closely."""
     first, bound = answers[0]
-    return all(np.all(np.abs(_numbers(a) - _numbers(first)) <= bound + b)
+    return all(type(a) is type(first)  # one copy converged and the other not: disagree
+               and np.all(np.abs(_numbers(a) - _numbers(first)) <= bound + b)
                and np.allclose(_statistics(a), _statistics(first), rtol=SPREAD_AGREEMENT,
                                atol=0.0)
                for a, b in answers[1:])

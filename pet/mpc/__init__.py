@@ -1,2 +1,3 @@
 """Secure multiparty computation: one CrypTen party process per site, a dealer process
-that holds no data, and the programs the parties run together."""
+that holds no data, the mutually authenticated TLS channel they talk over, and the
+programs the parties run together."""

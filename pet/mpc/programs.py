@@ -13,32 +13,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from pet.crypten_shim import load_crypten
 from pet.mpc import kernels
 from pet.mpc.fixed_point import precision as fixed_precision
+from pet.mpc.parties import ASKED_BYTES
 from pet.queries.tables import rank
-
-
-def start_crypten(*, dealer: bool) -> Any:
-    """Join the session with the trusted-third-party provider; the dealer serves Beaver
-    triples until the parties finish and then returns None."""
-    crypten = load_crypten()
-    crypten.cfg.mpc.provider = "TTP"
-    crypten.cfg.communicator.verbose = True  # count rounds and bytes
-    if dealer:
-        crypten.mpc.provider.TTPServer()  # serves requests until the parties finish
-        return None
-    crypten.init()
-    return crypten
 
 
 def share_sum(crypten: Any, rank: int, world: int, value: bytes,
               public: dict[str, Any], memory: dict[str, Any]) -> dict[str, int]:
     """Secret-share every party's vector and add the shares; the sum stays shared (in
-    `memory`) for the next program. `public["scale"]` is the fixed-point scale."""
+    `memory`) for the next program. `public["scale"]` is the fixed-point scale.
+
+    Each input carries, before its numbers, the digest of the query round it answers (its
+    site put it there); the parties compare digests first and share nothing unless all
+    answer the same round, so no one can add one site's partial to others' empty ones
+    and reveal it."""
     communicator = crypten.communicator.get()
     communicator.reset_communication_stats()
-    vector = np.frombuffer(value, dtype="<f8")
+    if len(value) < ASKED_BYTES:
+        raise ValueError(f"party {rank} was given no input to share")
+    asked = torch.from_numpy(np.frombuffer(value[:ASKED_BYTES], dtype=np.int64).copy())
+    answered = [int(r) for r, theirs in enumerate(communicator.all_gather(asked))
+                if not torch.equal(theirs, asked)]
+    if answered:
+        raise ValueError(f"the inputs of parties {answered} answer another query than party "
+                         f"{rank}'s; nothing was shared")
+    vector = np.frombuffer(value[ASKED_BYTES:], dtype="<f8")
     if vector.shape != (public["size"],):
         raise ValueError(f"party {rank}'s input has {vector.size} numbers; the layout has "
                          f"{public['size']}")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as pet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11pet/v1/site.proto\x12\x06pet.v1\x1a\x13pet/v1/common.proto\"\x15\n\x13\x44\x65scribeSiteRequest\"?\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\"\xbe\x01\n\x11\x43ontributeRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\x12\x0f\n\x07\x61nalyst\x18\x02 \x01(\t\x12\x1c\n\x05query\x18\x03 \x01(\x0b\x32\r.pet.v1.Query\x12\x12\n\nstate_json\x18\x04 \x01(\t\x12 \n\x07\x62\x61\x63kend\x18\x05 \x01(\x0b\x32\x0f.pet.v1.Backend\x12\x0f\n\x07n_sites\x18\x06 \x01(\x05\x12\x13\n\x0bmpc_session\x18\x07 \x01(\t\x12\r\n\x05round\x18\x08 \x01(\x05\"Q\n\x0f\x43ontributePiece\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12&\n\x04\x64one\x18\x02 \x01(\x0b\x32\x16.pet.v1.ContributeDoneH\x00\x42\x06\n\x04kind\"B\n\x0e\x43ontributeDone\x12\x0f\n\x07local_s\x18\x01 \x01(\x01\x12\x11\n\tprotect_s\x18\x02 \x01(\x01\x12\x0c\n\x04size\x18\x03 \x01(\x03\"]\n\x0eJoinMpcRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05world\x18\x03 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\x05\"-\n\x0cJoinMpcReply\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"V\n\x0eProgramRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\x0c\x12\x13\n\x0bpublic_json\x18\x04 \x01(\t\"#\n\x0cProgramReply\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\"\"\n\x0fLeaveMpcRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x0f\n\rLeaveMpcReply2\xec\x02\n\x04Site\x12\x39\n\x08\x44\x65scribe\x12\x1b.pet.v1.DescribeSiteRequest\x1a\x10.pet.v1.SiteInfo\x12\x42\n\nContribute\x12\x19.pet.v1.ContributeRequest\x1a\x17.pet.v1.ContributePiece0\x01\x12\x37\n\x07JoinMpc\x12\x16.pet.v1.JoinMpcRequest\x1a\x14.pet.v1.JoinMpcReply\x12:\n\nRunProgram\x12\x16.pet.v1.ProgramRequest\x1a\x14.pet.v1.ProgramReply\x12:\n\x08LeaveMpc\x12\x17.pet.v1.LeaveMpcRequest\x1a\x15.pet.v1.LeaveMpcReply\x12\x34\n\x06\x42udget\x12\x15.pet.v1.BudgetRequest\x1a\x13.pet.v1.BudgetReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11pet/v1/site.proto\x12\x06pet.v1\x1a\x13pet/v1/common.proto\"\x15\n\x13\x44\x65scribeSiteRequest\"?\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\"\xbe\x01\n\x11\x43ontributeRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\x12\x0f\n\x07\x61nalyst\x18\x02 \x01(\t\x12\x1c\n\x05query\x18\x03 \x01(\x0b\x32\r.pet.v1.Query\x12\x12\n\nstate_json\x18\x04 \x01(\t\x12 \n\x07\x62\x61\x63kend\x18\x05 \x01(\x0b\x32\x0f.pet.v1.Backend\x12\x0f\n\x07n_sites\x18\x06 \x01(\x05\x12\x13\n\x0bmpc_session\x18\x07 \x01(\t\x12\r\n\x05round\x18\x08 \x01(\x05\"Q\n\x0f\x43ontributePiece\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12&\n\x04\x64one\x18\x02 \x01(\x0b\x32\x16.pet.v1.ContributeDoneH\x00\x42\x06\n\x04kind\"B\n\x0e\x43ontributeDone\x12\x0f\n\x07local_s\x18\x01 \x01(\x01\x12\x11\n\tprotect_s\x18\x02 \x01(\x01\x12\x0c\n\x04size\x18\x03 \x01(\x03\"n\n\x0eJoinMpcRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05world\x18\x03 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\x05\x12\x0f\n\x07parties\x18\x06 \x03(\t\"-\n\x0cJoinMpcReply\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"V\n\x0eProgramRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\x0c\x12\x13\n\x0bpublic_json\x18\x04 \x01(\t\"#\n\x0cProgramReply\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\"\"\n\x0fLeaveMpcRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x0f\n\rLeaveMpcReply2\xec\x02\n\x04Site\x12\x39\n\x08\x44\x65scribe\x12\x1b.pet.v1.DescribeSiteRequest\x1a\x10.pet.v1.SiteInfo\x12\x42\n\nContribute\x12\x19.pet.v1.ContributeRequest\x1a\x17.pet.v1.ContributePiece0\x01\x12\x37\n\x07JoinMpc\x12\x16.pet.v1.JoinMpcRequest\x1a\x14.pet.v1.JoinMpcReply\x12:\n\nRunProgram\x12\x16.pet.v1.ProgramRequest\x1a\x14.pet.v1.ProgramReply\x12:\n\x08LeaveMpc\x12\x17.pet.v1.LeaveMpcRequest\x1a\x15.pet.v1.LeaveMpcReply\x12\x34\n\x06\x42udget\x12\x15.pet.v1.BudgetRequest\x1a\x13.pet.v1.BudgetReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,17 +43,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTRIBUTEDONE']._serialized_start=414
   _globals['_CONTRIBUTEDONE']._serialized_end=480
   _globals['_JOINMPCREQUEST']._serialized_start=482
-  _globals['_JOINMPCREQUEST']._serialized_end=575
-  _globals['_JOINMPCREPLY']._serialized_start=577
-  _globals['_JOINMPCREPLY']._serialized_end=622
-  _globals['_PROGRAMREQUEST']._serialized_start=624
-  _globals['_PROGRAMREQUEST']._serialized_end=710
-  _globals['_PROGRAMREPLY']._serialized_start=712
-  _globals['_PROGRAMREPLY']._serialized_end=747
-  _globals['_LEAVEMPCREQUEST']._serialized_start=749
-  _globals['_LEAVEMPCREQUEST']._serialized_end=783
-  _globals['_LEAVEMPCREPLY']._serialized_start=785
-  _globals['_LEAVEMPCREPLY']._serialized_end=800
-  _globals['_SITE']._serialized_start=803
-  _globals['_SITE']._serialized_end=1167
+  _globals['_JOINMPCREQUEST']._serialized_end=592
+  _globals['_JOINMPCREPLY']._serialized_start=594
+  _globals['_JOINMPCREPLY']._serialized_end=639
+  _globals['_PROGRAMREQUEST']._serialized_start=641
+  _globals['_PROGRAMREQUEST']._serialized_end=727
+  _globals['_PROGRAMREPLY']._serialized_start=729
+  _globals['_PROGRAMREPLY']._serialized_end=764
+  _globals['_LEAVEMPCREQUEST']._serialized_start=766
+  _globals['_LEAVEMPCREQUEST']._serialized_end=800
+  _globals['_LEAVEMPCREPLY']._serialized_start=802
+  _globals['_LEAVEMPCREPLY']._serialized_end=817
+  _globals['_SITE']._serialized_start=820
+  _globals['_SITE']._serialized_end=1184
 # @@protoc_insertion_point(module_scope)

@@ -60,18 +60,20 @@ class ContributeDone(_message.Message):
     def __init__(self, local_s: _Optional[float] = ..., protect_s: _Optional[float] = ..., size: _Optional[int] = ...) -> None: ...
 
 class JoinMpcRequest(_message.Message):
-    __slots__ = ("session", "rank", "world", "address", "port")
+    __slots__ = ("session", "rank", "world", "address", "port", "parties")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
     session: str
     rank: int
     world: int
     address: str
     port: int
-    def __init__(self, session: _Optional[str] = ..., rank: _Optional[int] = ..., world: _Optional[int] = ..., address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+    parties: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session: _Optional[str] = ..., rank: _Optional[int] = ..., world: _Optional[int] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., parties: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinMpcReply(_message.Message):
     __slots__ = ("address", "port")
