@@ -29,7 +29,7 @@ from pet import codec
 from pet.audit import AuditLog
 from pet.durable import now
 from pet.errors import PetError
-from pet.ledger import Ledger
+from pet.ledger import BudgetError, Ledger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bindings (
@@ -50,8 +50,17 @@ CREATE TABLE IF NOT EXISTS releases (
 """
 
 
+MAX_RELEASES = 10_000
+"""Releases one request may make (a synthesizer's fit makes hundreds): each is stored, so
+a request spending tiny amounts of ρ may not fill the site's disk."""
+
+
 class ReleaseError(PetError):
     """A request id already used for another release; nothing was released or charged."""
+
+
+class ReleasesExhausted(BudgetError):
+    """A request past `MAX_RELEASES`; nothing was released or charged."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,12 @@ class Releases:
             earlier = _lookup(db, release)
             if earlier is not None:
                 return earlier
+            made = db.execute("SELECT COUNT(*) FROM releases WHERE request = ? AND dataset = ?",
+                              (release.request, release.dataset)).fetchone()[0]
+            if made >= MAX_RELEASES:
+                raise ReleasesExhausted(f"request {release.request!r} has made {made} releases "
+                                        f"at dataset {release.dataset!r}, the most one request "
+                                        "may; start a new request")
             db.execute("INSERT OR IGNORE INTO bindings VALUES (?, ?, ?)",
                        (release.request, release.dataset, release.binding))
             epsilon, delta, note = pay(db)
