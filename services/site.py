@@ -52,6 +52,9 @@ MAX_KEPT = 64
 """Inputs a site keeps for its party in one session before the party takes them."""
 SERVED_PROGRAMS = ("share_sum", "reveal_sum", "secure")
 """The MPC programs a site's party runs for the coordinator (the others are tests')."""
+Programs = dict[str, dict[str, Any]]
+"""The programs that may run on a query round's shared sum, with their public parameters,
+as the site derives them from the query (`Backend.programs`)."""
 ID = re.compile(r"[A-Za-z0-9._:-]{0,128}")
 """Request ids and session names: short and plain, since each is stored with every
 release and audit entry."""
@@ -59,29 +62,45 @@ release and audit entry."""
 
 @dataclass
 class Seat:
-    """This site's place in one MPC session: its party and the inputs it keeps for it."""
+    """This site's place in one MPC session: its party, the inputs it keeps for it (each
+    with the programs that may finish its query round), and the programs that may finish
+    the round whose sum the parties hold now."""
 
     party: Party
-    inputs: dict[bytes, bytes] = field(default_factory=dict)
+    inputs: dict[bytes, tuple[bytes, Programs]] = field(default_factory=dict)
+    current: Programs = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def keep(self, message: bytes, asked: bytes) -> bytes:
+    def keep(self, message: bytes, asked: bytes, programs: Programs) -> bytes:
         """Keep a protected input for the party, after the digest of what was asked for it
-        (the parties compare digests before sharing); the token that names it."""
+        (the parties compare digests before sharing), with the programs its round may run;
+        the token that names it."""
         if len(self.inputs) >= MAX_KEPT:
             raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"this site already keeps {MAX_KEPT} inputs its MPC party has not "
                             "taken; run the session's programs first")
         token = uuid.uuid4().hex.encode()
-        self.inputs[token] = asked + message[len(asked):]
+        self.inputs[token] = asked + message[len(asked):], programs
         return token
 
-    def take(self, token: bytes) -> bytes:
-        """The input a token names (used once)."""
-        if token not in self.inputs:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
-                            "the input token names nothing this site keeps for the session")
-        return self.inputs.pop(token)
+    def program(self, name: str, token: bytes) -> tuple[bytes, dict[str, Any]]:
+        """The input and public parameters of a program this site runs: share_sum takes a
+        kept input (used once) and its round's parameters; any other program must be one
+        that finishes the round shared last, with that round's parameters. The
+        coordinator's parameters are never used: with another scale or head per party it
+        could reveal one site's partial, or sums a secure query keeps hidden."""
+        if name == "share_sum":
+            if token not in self.inputs:
+                raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "share_sum shares an input this site keeps: the token names "
+                                "none")
+            value, self.current = self.inputs.pop(token)
+            return value, self.current["share_sum"]
+        if name not in self.current:
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"{name} does not finish the query round this session's sum "
+                            f"answers (it may run {sorted(set(self.current) - {'share_sum'})})")
+        return b"", self.current[name]
 
 
 class SiteService(site_pb2_grpc.SiteServicer):
@@ -138,7 +157,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
             contribution = self.site.contribute(query, state, backend, ask=ask)
             message = contribution.message
             if name in SHARED_INPUT:
-                message = self._seat(request.mpc_session).keep(message, _asked(request))
+                message = self._seat(request.mpc_session).keep(
+                    message, _asked(request), backend.programs(query, self.site.schema, state))
         except Exception as error:
             self._record(request, caller, query_text, error)
             raise
@@ -163,6 +183,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
             if request.session in self.seats:
                 raise CallError(grpc.StatusCode.ALREADY_EXISTS,
                                 f"this site already sits in MPC session {request.session!r}")
+            for ended in [s for s, seat in self.seats.items() if not seat.party.alive]:
+                self.seats.pop(ended).party.kill()  # its session lost a member
             if len(self.seats) >= MAX_SEATS:
                 raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this site already sits in {MAX_SEATS} MPC sessions, its "
@@ -200,13 +222,9 @@ class SiteService(site_pb2_grpc.SiteServicer):
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"unknown MPC program {request.program[:100]!r}; a site runs "
                             f"{list(SERVED_PROGRAMS)}")
-        if request.program == "share_sum" and not request.input:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
-                            "share_sum shares an input this site keeps: name it")
         seat = self._seat(request.session)
-        public = codec.loads(request.public_json or "null")
         with seat.lock:
-            value = seat.take(request.input) if request.input else b""
+            value, public = seat.program(request.program, request.input)
             try:
                 seat.party.wait_started(self.party_config.startup_timeout_s)
                 output = seat.party.run(request.program, value, public,

@@ -4,6 +4,7 @@ with a valid token. Each attack is refused or harmless."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import pytest
 from pet import codec
 from pet.audit import AuditLog
 from pet.backends.he import HE
+from pet.backends.mpc import MPC
 from pet.client import RemoteError
 from pet.ledger import Ledger
 from pet.mpc.channel import TlsIdentity
@@ -419,42 +421,81 @@ def test_a_site_joins_only_a_session_of_its_own_federation(
                  grpc.StatusCode.FAILED_PRECONDITION)
 
 
-def test_a_coordinator_cannot_reveal_one_site_s_partial_under_mpc(
-        federation: LocalFederation) -> None:
-    """The attack: site-1 contributes the real query, the others an empty subgroup of
-    another query, and the coordinator reveals the 'sum' — site-1's partial. The parties
-    compare what each input answers and share nothing."""
+@contextlib.contextmanager
+def _session(federation: LocalFederation, name: str) -> Iterator[list[site_pb2_grpc.SiteStub]]:
+    """An MPC session at the three sites driven by a hostile coordinator, which runs the
+    dealer itself; every site leaves it at the end."""
     stubs, names = _stubs(federation), tuple(federation.names)
-    first = stubs[0].JoinMpc(site_pb2.JoinMpcRequest(session="mixed", rank=0, world=3,
+    first = stubs[0].JoinMpc(site_pb2.JoinMpcRequest(session=name, rank=0, world=3,
                                                      parties=names), timeout=60)
     for rank in (1, 2):
         stubs[rank].JoinMpc(site_pb2.JoinMpcRequest(
-            session="mixed", rank=rank, world=3, parties=names, address=first.address,
+            session=name, rank=rank, world=3, parties=names, address=first.address,
             port=first.port), timeout=60)
     tls = TlsIdentity(federation.certs.cert("coordinator"), federation.certs.key("coordinator"),
                       federation.certs.ca)
     dealer = Party(3, 3, PartyConfig(tls=tls, names=names, timeout_s=60),
                    (first.address, first.port))
     try:
-        asked = [Mean("age", where="sex == 'female'"), Mean("age", where="age < 19"),
-                 Mean("age", where="age < 19")]
-        tokens = [_ask(stub, site_pb2.ContributeRequest(
-            request=f"mixed-{rank}", query=query_message(query), state_json="null", n_sites=3,
-            round=1, mpc_session="mixed", backend=common_pb2.Backend(name="mpc")))
-            for rank, (stub, query) in enumerate(zip(stubs, asked, strict=True))]
-        public = codec.dumps({"scale": 2.0**20, "size": 4})
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            calls = [pool.submit(stub.RunProgram, site_pb2.ProgramRequest(
-                session="mixed", program="share_sum", input=token, public_json=public),
-                timeout=120) for stub, token in zip(stubs, tokens, strict=True)]
-            failures = [call.exception() for call in calls]
-        assert all(isinstance(f, grpc.RpcError) and f.code() == grpc.StatusCode.UNAVAILABLE
-                   for f in failures)  # no party revealed anything
-        assert any("answer another query" in f.details() for f in failures)  # type: ignore[union-attr]
+        yield stubs
     finally:
         dealer.stop()
         for stub in stubs:
-            stub.LeaveMpc(site_pb2.LeaveMpcRequest(session="mixed"), timeout=30)
+            stub.LeaveMpc(site_pb2.LeaveMpcRequest(session=name), timeout=30)
+
+
+def _run_everywhere(stubs: list[site_pb2_grpc.SiteStub], session: str, program: str,
+                    inputs: list[bytes], publics: list[dict[str, object]]) -> list[object]:
+    """One program at every site's party at once: each reply, or the error it ended with."""
+    with ThreadPoolExecutor(max_workers=len(stubs)) as pool:
+        calls = [pool.submit(stub.RunProgram, site_pb2.ProgramRequest(
+            session=session, program=program, input=value, public_json=codec.dumps(public)),
+            timeout=120) for stub, value, public in zip(stubs, inputs, publics, strict=True)]
+        return [call.exception() or call.result() for call in calls]
+
+
+def _inputs(stubs: list[site_pb2_grpc.SiteStub], session: str, queries: list[object],
+            backend: common_pb2.Backend) -> list[bytes]:
+    return [_ask(stub, site_pb2.ContributeRequest(
+        request=f"{session}-{rank}", query=query_message(query), state_json="null",
+        n_sites=3, round=1, mpc_session=session, backend=backend))
+        for rank, (stub, query) in enumerate(zip(stubs, queries, strict=True))]
+
+
+def test_a_coordinator_cannot_reveal_one_site_s_partial_under_mpc(
+        federation: LocalFederation) -> None:
+    """The attack: site-1 contributes the real query, the others an empty subgroup of
+    another query, and the coordinator reveals the 'sum' — site-1's partial. The parties
+    compare what each input answers and share nothing."""
+    with _session(federation, "mixed") as stubs:
+        asked = [Mean("age", where="sex == 'female'"), Mean("age", where="age < 19"),
+                 Mean("age", where="age < 19")]
+        tokens = _inputs(stubs, "mixed", asked, common_pb2.Backend(name="mpc"))
+        failures = _run_everywhere(stubs, "mixed", "share_sum", tokens, [{}] * 3)
+    assert all(isinstance(f, grpc.RpcError) and f.code() == grpc.StatusCode.UNAVAILABLE
+               for f in failures)  # no party revealed anything
+    assert any("answer another query" in f.details() for f in failures)  # type: ignore[union-attr]
+
+
+def test_the_coordinator_s_program_parameters_are_never_used(
+        federation: LocalFederation, lung3: Workload) -> None:
+    """With a scale of 0 at two parties, a revealed sum would be the third site's partial;
+    the sites use the parameters of the query they answer instead, and refuse to reveal
+    the sums of a query finalized inside MPC."""
+    with _session(federation, "scaled") as stubs:
+        tokens = _inputs(stubs, "scaled", [Count()] * 3, common_pb2.Backend(name="mpc"))
+        bogus = [{"scale": 2.0**20, "size": 1}, {"scale": 0.0, "size": 1},
+                 {"scale": 0.0, "size": 1}]
+        _run_everywhere(stubs, "scaled", "share_sum", tokens, bogus)
+        revealed = _run_everywhere(stubs, "scaled", "reveal_sum", [b""] * 3, [{}] * 3)
+        values = codec.loads(revealed[0].output_json)["values"]  # type: ignore[union-attr]
+        scale = MPC().share_public(Count().layout(lung3.schema))["scale"]
+        assert values[0] / scale == len(lung3.pooled())  # every site's count, not site-1's
+        tokens = _inputs(stubs, "scaled", [Mean("age")] * 3, common_pb2.Backend(name="mpc"))
+        _run_everywhere(stubs, "scaled", "share_sum", tokens, [{}] * 3)
+        refused = _run_everywhere(stubs, "scaled", "reveal_sum", [b""] * 3, [{}] * 3)
+    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.FAILED_PRECONDITION
+               for r in refused)
 
 
 def test_the_services_keep_serving_after_the_attacks(federation: LocalFederation) -> None:

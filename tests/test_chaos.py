@@ -83,3 +83,15 @@ def test_sigkill_under_load_leaves_ledgers_and_audit_logs_in_agreement(
                 paid[entry.request] = entry.epsilon
         assert paid == charges  # every charge audited, at the ledger's cost, and no more
         assert len(charges) >= answered  # every answer paid for at every site
+
+
+def test_a_coordinator_killed_again_and_again_leaves_no_mpc_session_behind(
+        federation: LocalFederation) -> None:
+    """Each killed coordinator leaves its sites' MPC parties without their dealer; they
+    end, and their seats are freed, so MPC keeps working past a site's four seats."""
+    for _ in range(6):
+        with federation.client(timeout_s=300) as client:
+            result = client.study("mpc").run(Mean("age"))
+        assert result.n == 228
+        federation.stop_server("coordinator", kill=True)
+        federation.start_server("coordinator")

@@ -467,3 +467,30 @@ def test_objects_travel_in_pets_own_encoding_and_nothing_else_is_read() -> None:
                     b'{"size": ["x"]}', b'{"tuple": [1], "list": [2]}'):
         with pytest.raises(ChannelError, match="party 0 sent an object pet does not accept"):
             decode(foreign, "party 0")
+
+
+def test_stalled_strangers_and_a_malformed_hello_do_not_stop_a_session(
+        federation: Certificates) -> None:
+    """Forty connections that never speak TLS, and party 2's own certificate sending a
+    hello nested 60 000 deep: party 0 greets connections side by side, refuses both kinds,
+    and the session forms with the real parties."""
+    first = Party(0, 3, config(federation, "site-a"))
+    assert first.address is not None
+    idle = [socket.create_connection(first.address, timeout=30) for _ in range(40)]
+    deep = b"[" * 60_000
+    raw = socket.create_connection(first.address, timeout=30)
+    link = client_context(identity(federation, "site-c")).wrap_socket(raw)
+    link.sendall(struct.pack("<Q", len(deep)) + deep)
+    session = Session([first, Party(1, 3, config(federation, "site-b"), first.address),
+                       Party(2, 3, config(federation, "site-c"), first.address),
+                       Party(3, 3, config(federation, "coordinator"), first.address)])
+    try:
+        for party in session.parties:
+            party.wait_started(120)
+        assert session.run("provider", [b""] * 3) == ["TrustedThirdParty"] * 3
+        assert link.recv(1 << 16) == b""  # the malformed hello was refused, unread
+    finally:
+        session.close()
+        link.close()
+        for connection in idle:
+            connection.close()

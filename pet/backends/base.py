@@ -161,6 +161,12 @@ class Backend(ABC):
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
         """At the analyst: recover the aggregate from the combined message."""
 
+    def programs(self, query: Any, schema: Any, state: Any) -> dict[str, dict[str, Any]]:
+        """The MPC programs a site's party runs for one round of the query, by name, with
+        their public parameters: a site derives them from the query it answers and runs
+        nothing else (none for backends without parties)."""
+        return {}
+
     def conclude(self, query: Any, schema: Any, state: Any, combined: bytes,
                  layout: Layout) -> Conclusion:
         """At the analyst: the round's outcome. By default the aggregate is revealed and

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -124,3 +124,9 @@ class MPCDP(CentralDP):
 
     name = "mpc+dp"
     inner = MPC
+
+    def programs(self, query: Any, schema: Any, state: Any) -> dict[str, dict[str, Any]]:
+        """share_sum of the noisy partials (counts as real sums), then reveal_sum."""
+        layout = _real(query.layout(schema, state))
+        return {"share_sum": self.backend.share_public(layout),  # type: ignore[attr-defined]
+                "reveal_sum": {}}

@@ -106,7 +106,7 @@ class MPC(Backend):
         empty = bytes(ASKED_BYTES + 8 * layout.size)
         inputs = [*messages, *[empty] * (parties.n - len(messages))]
         bits = scale_bits(layout, self.limits)
-        outputs = parties.run("share_sum", inputs, {"scale": 2.0**bits, "size": layout.size})
+        outputs = parties.run("share_sum", inputs, self.share_public(layout))
         sent = [int(o["bytes"]) for o in outputs[:len(messages)]]
         return struct.pack(f"<III{len(sent)}Q", bits, outputs[0]["rounds"], len(sent), *sent)
 
@@ -133,9 +133,7 @@ class MPC(Backend):
         if secure is None:
             return super().conclude(query, schema, state, combined, layout)
         bits, rounds, n_sites, sent = _unpack(combined)
-        head_size = 1 + layout.split(np.zeros(layout.size))["missing"].size
-        public = {"scale": 2.0**bits, "head": head_size, "kind": secure.kind, "min_rows": 1,
-                  **secure.public(query, schema, layout)}
+        public = self.secure_public(query, schema, layout)
         spent = np.array(sent)
         for _ in range(ATTEMPTS):
             outputs = self._run("secure", n_sites, public)
@@ -155,6 +153,27 @@ class MPC(Backend):
                                   tuple(spent.tolist()), rounds)
         raise PetError(f"{query.describe()}: the secure computation failed its consistency "
                        f"check {ATTEMPTS} times; no answer was released")
+
+    def programs(self, query: Any, schema: Schema, state: Any) -> dict[str, dict[str, Any]]:
+        """share_sum, then `secure` for the queries finalized inside MPC (never revealing
+        their sums) or `reveal_sum` for the others."""
+        layout = query.layout(schema, state)
+        if type(query) in SECURE:
+            return {"share_sum": self.share_public(layout),
+                    "secure": self.secure_public(query, schema, layout)}
+        return {"share_sum": self.share_public(layout), "reveal_sum": {}}
+
+    def share_public(self, layout: Layout) -> dict[str, Any]:
+        """share_sum's public parameters: the layout's fixed-point scale and size."""
+        return {"scale": 2.0**scale_bits(layout, self.limits), "size": layout.size}
+
+    def secure_public(self, query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+        """The `secure` program's public parameters: the scale, the head revealed first
+        (n and the missing counts), the kernel and its inputs."""
+        secure = SECURE[type(query)]
+        head_size = 1 + layout.split(np.zeros(layout.size))["missing"].size
+        return {**self.share_public(layout), "head": head_size, "kind": secure.kind,
+                "min_rows": 1, **secure.public(query, schema, layout)}
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)

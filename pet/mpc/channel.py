@@ -24,16 +24,17 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import queue
 import selectors
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pet.certs import role_of
 from pet.errors import PetError
@@ -47,10 +48,15 @@ CHUNK = 1 << 18
 MAX_HELLO = 1 << 16
 """The largest message a process accepts while the session forms (a hello, the list of
 addresses)."""
-HELLO_S = 10.0
+HELLO_S = 3.0
 """How long a process that connects may take to finish its TLS handshake and say who it
 is, before its connection is closed (a stalled stranger cannot hold up the session)."""
 BACKLOG = 64
+MAX_GREETING = 128
+"""Connections greeted at once while a session forms; more wait in the listener's queue
+until a greeting ends."""
+ACCEPT_POLL_S = 0.2
+"""How often the accepting process looks at the greetings that have finished."""
 
 log = logging.getLogger("pet.mpc.channel")
 
@@ -220,48 +226,71 @@ class _Meeting:
     def accept(self, listener: socket.socket,
                ranks: range) -> dict[int, tuple[str, int] | None]:
         """Accept the processes of `ranks`, each checked by its certificate; every other
-        connection is closed. Where each accepted process listens."""
+        connection is closed. Where each accepted process listens. Connections are greeted
+        side by side (at most MAX_GREETING at once, each for at most HELLO_S), so strangers
+        that connect and stall cannot hold up the processes that belong to the session."""
         addresses: dict[int, tuple[str, int] | None] = {}
         refused: list[str] = []
+        greeted: queue.Queue = queue.Queue()
+        slots = threading.BoundedSemaphore(MAX_GREETING)
+        listener.settimeout(ACCEPT_POLL_S)
         while len(addresses) < len(ranks):
-            listener.settimeout(self._left(refused, [r for r in ranks if r not in addresses],
-                                           listener))
-            try:
-                raw, origin = listener.accept()
-            except TimeoutError:
-                continue  # `_left` raises once the deadline has passed
-            try:
-                rank, where = self._greet(raw, ranks, addresses)
-            except (OSError, ChannelError, ValueError, KeyError, TypeError,
-                    IndexError) as error:  # whatever a stranger sends is refused
-                raw.close()
-                refused.append(f"{origin[0]}:{origin[1]} ({error})")
+            self._left(refused, [r for r in ranks if r not in addresses], listener)
+            if slots.acquire(timeout=ACCEPT_POLL_S):
+                try:
+                    raw, origin = listener.accept()
+                except TimeoutError:
+                    slots.release()
+                else:
+                    threading.Thread(target=self._greeting, daemon=True,
+                                     args=(raw, origin, ranks, greeted, slots),
+                                     name="pet-mpc-greeting").start()
+            while not greeted.empty():
+                origin, outcome = greeted.get()
+                if isinstance(outcome, tuple) and outcome[0] not in addresses:
+                    rank, where, link = outcome
+                    self.links[rank], addresses[rank] = link, where
+                    continue
+                if isinstance(outcome, tuple):
+                    outcome[2].close()
+                    outcome = ChannelError(f"rank {outcome[0]} has already joined")
+                refused.append(f"{origin[0]}:{origin[1]} ({outcome})")
                 log.warning("%s refused a connection from %s:%s: %s", self.me, origin[0],
-                            origin[1], error)
-                continue
-            addresses[rank] = where
+                            origin[1], outcome)
         return addresses
 
-    def _greet(self, raw: socket.socket, ranks: range,
-               joined: dict[int, Any]) -> tuple[int, tuple[str, int] | None]:
+    def _greeting(self, raw: socket.socket, origin: tuple[str, int], ranks: range,
+                  greeted: queue.Queue, slots: threading.BoundedSemaphore) -> None:
+        """Greet one connection in its own thread; its outcome goes to `greeted`."""
+        try:
+            greeted.put((origin, self._greet(raw, ranks)))
+        except Exception as error:  # whatever a stranger sends is refused
+            raw.close()
+            greeted.put((origin, error))
+        finally:
+            slots.release()
+
+    def _greet(self, raw: socket.socket,
+               ranks: range) -> tuple[int, tuple[str, int] | None, ssl.SSLSocket]:
         """The TLS handshake with a connecting process and its hello: its rank, if its
-        certificate names the process expected there and that rank is still free."""
+        certificate names the process expected there. The name is checked before a byte of
+        the hello is read, so a stranger's words are never parsed."""
         raw.settimeout(min(HELLO_S, max(self.deadline - time.monotonic(), 0.1)))
         link = self.server.wrap_socket(raw, server_side=True)
         try:
+            name = _peer_name(link)
+            expected = {self.names[r]: r for r in ranks}
+            if name not in expected:
+                raise ChannelError(f"its certificate names {name!r}, none of "
+                                   f"{sorted(expected)} expected here")
             hello = json.loads(_read(link, "its hello"))
             rank = hello["rank"]
-            if (type(rank) is not int or hello["world"] != self.world or rank not in ranks
-                    or rank in joined):
-                raise ChannelError(f"it claims rank {rank!r} of {hello['world']!r} processes")
-            name = _peer_name(link)
-            if name != self.names[rank]:
-                raise ChannelError(f"its certificate names {name!r}, not "
-                                   f"{describe(rank, self.names)}")
+            if rank != expected[name] or hello["world"] != self.world:
+                raise ChannelError(f"it claims rank {rank!r} of {hello['world']!r} processes "
+                                   f"with a certificate of {describe(expected[name], self.names)}")
             where = hello["listen"]
             address = (str(where[0]), int(where[1])) if where else None
-            self.links[rank] = link
-            return rank, address
+            return rank, address, link
         except BaseException:
             link.close()
             raise
@@ -337,6 +366,14 @@ class Channel:
             self._read(peer)
         self._wait(lambda: bool(frames), peer, "send")
         return frames.popleft()
+
+    def broken(self) -> bool:
+        """Whether a connection has closed, once what has arrived is read (without
+        waiting): a process whose session lost a member has nothing left to serve."""
+        for key, events in self._selector.select(0):
+            if events & selectors.EVENT_READ:
+                self._read(key.data)
+        return bool(self._closed)
 
     def close(self) -> None:
         """Close every connection."""

@@ -51,6 +51,8 @@ class PartyError(PetError):
     """An MPC party failed, stalled or died; the session was torn down."""
 
 
+IDLE_CHECK_S = 1.0
+"""How often an idle party checks that its session still has every member."""
 ASKED_BYTES = 32
 """A party's input to `share_sum` starts with this many bytes: the digest of the query
 round it answers, which the parties compare before sharing anything."""
@@ -306,8 +308,13 @@ def _party_main(rank: int, roster: tuple[str, ...], config: PartyConfig,
     from pet.mpc.programs import PROGRAMS
 
     pipe.send(("ok", None))
+    channel = crypten.communicator.get().collectives.channel
     memory: dict[str, Any] = {}  # shares kept between the programs of one query
     while True:
+        if not pipe.poll(IDLE_CHECK_S):
+            if channel.broken():  # a member left (a coordinator killed, say): end here too
+                break
+            continue
         message = pipe.recv()
         if message[0] == "stop":
             break
