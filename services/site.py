@@ -199,12 +199,7 @@ class SiteService(site_pb2_grpc.SiteServicer):
         federation, this site at the rank it is asked to take; anything else is refused
         (a session of fewer or other parties could open this site's input)."""
         names = tuple(request.parties)
-        federation = self.config.federation
-        if not federation:
-            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"site {self.site.name!r} has no 'federation' list of sites in "
-                            "its configuration, which MPC sessions need; its operator must "
-                            "add one")
+        federation = self._federation("MPC sessions need")
         if (sorted(names) != sorted(federation) or request.world != len(names)
                 or not 0 <= request.rank < request.world or names[request.rank] != self.site.name):
             raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -279,18 +274,22 @@ class SiteService(site_pb2_grpc.SiteServicer):
     def _federation_size(self, claimed: int) -> int:
         """The number of sites this site's configuration says it federates with; refuses a
         request that claims another."""
-        federation = self.config.federation
-        if not federation:
-            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"site {self.site.name!r} has no 'federation' list of sites in "
-                            "its configuration, which distributed DP needs to size its "
-                            "noise share; its operator must add one")
+        federation = self._federation("distributed DP needs to size its noise share")
         if claimed != len(federation):
             raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                             f"the request says the federation has {claimed} sites; site "
                             f"{self.site.name!r} federates with {len(federation)} "
                             f"({', '.join(federation)}) and sizes its noise share for them")
         return len(federation)
+
+    def _federation(self, need: str) -> tuple[str, ...]:
+        """The sites this site's configuration says it federates with; refused when the
+        configuration names none."""
+        if not self.config.federation:
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"site {self.site.name!r} has no 'federation' list of sites in "
+                            f"its configuration, which {need}; its operator must add one")
+        return self.config.federation
 
     @staticmethod
     def _check_round(request: site_pb2.ContributeRequest, query: Query) -> None:
