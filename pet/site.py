@@ -1,10 +1,12 @@
 """A site (data holder): its table and disclosure policy; it computes and protects partials.
 
 The site is the only place rows are read. It answers a query round with the message its
-backend makes of its partial vector, after checking the partial against its own
-disclosure policy, so nothing leaves a site that its policy forbids. A DP release is
-bound to what was asked, charged, stored and audited in one transaction before it
-leaves (`pet.releases`): a retry gets the stored release, never a new draw.
+backend makes of its partial vector. Under exact backends it first checks the request
+and the partial against its own disclosure policy and subset control, so nothing leaves
+that its policy forbids. Under DP backends the noise protects the rows and nothing is
+refused on their say; a DP release is bound to what was asked, charged, stored and
+audited in one transaction before it leaves (`pet.releases`): a retry gets the stored
+release, never a new draw.
 """
 
 from __future__ import annotations

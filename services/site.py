@@ -295,8 +295,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
     def _check_round(request: site_pb2.ContributeRequest, query: Query) -> None:
         """Refuse a round outside the query's public number of rounds (a request that makes
         many releases numbers them instead, each paid for by its ρ)."""
-        last = None if request.backend.HasField("rho") else query.max_rounds
-        if request.round < 0 or (last is not None and request.round > last):
+        if request.round < 0:
+            raise QueryError(f"round {request.round} is negative; rounds count from 1")
+        last = query.max_rounds
+        if not request.backend.HasField("rho") and request.round > last:
             raise QueryError(f"round {request.round} is outside the rounds 1..{last} that "
                              f"{query.describe()} may take")
 
