@@ -5,15 +5,16 @@ provider, run in a separate dealer process that holds no data (CrypTen's default
 trusted-first-party provider would let party 0 know every triple).
 
 The processes talk over mutually authenticated TLS 1.3 connections (`pet.mpc.channel`):
-each presents a certificate of the federation, and each checks that its peer's certificate
-names the process expected at that rank. torch.distributed's gloo transport, which CrypTen
-uses by default, has no TLS in the installed torch, so `pet.crypten_shim` runs CrypTen over
-pet's own communicator instead. Every session takes this one path, on one host too
-(`Parties` makes a throwaway federation for it). It is faster than gloo was on loopback:
-three parties running share_sum and secure programs (mean, variance, correlations) on 2
-cores made 330-510 rounds of communication a second over gloo and 1,650-1,750 over TLS, as
-one thread drives all of a process's connections and a collective is one exchange of
-messages; and one path is one path to test and to audit.
+each presents a certificate of the federation, and each checks that its peer's
+certificate names the process expected at that rank. torch.distributed's gloo transport,
+which CrypTen uses by default, has no TLS in the installed torch, so `pet.crypten_shim`
+runs CrypTen over pet's own communicator instead. Every session takes this one path, on
+one host too (`Parties` makes a throwaway federation for it). It is faster than gloo was
+on loopback: three parties running share_sum and secure programs (mean, variance,
+correlations) on 2 cores (interleaved runs, other work sharing the cores) made 330-510
+rounds of communication a second over gloo and 1,650-1,750 over TLS, as one thread
+drives all of a process's connections and a collective is one exchange of messages; and
+one path is one path to test and to audit.
 
 Where a party listens (an interface and a port range) and as whom (certificates and the
 names expected at every rank) come from `PartyConfig`, so the same code runs across hosts.
