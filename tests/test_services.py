@@ -172,7 +172,9 @@ def test_the_command_line_asks_the_federation_and_reads_a_site_s_files(
     assert asked.returncode == 0, asked.stderr
     answer = codec.loads(asked.stdout)
     pooled = lung3.pooled()
-    assert answer["value"] == pytest.approx(pooled.age[pooled.sex == "female"].mean(), rel=1e-6)
+    # CKKS noise is random: the answer lies within the bound it reports, a small one.
+    truth = pooled.age[pooled.sex == "female"].mean()
+    assert abs(answer["value"] - truth) <= answer["error_bound"] < 0.01
     assert answer["backend"] == "he" and answer["n"] == (pooled.sex == "female").sum()
     table = _pet("query", "Count()", *connect, token=federation.token)
     assert re.search(r"^Count\(\)\s+228\s+228\s", table.stdout, re.M), table.stdout
