@@ -159,12 +159,14 @@ def _budget(args: argparse.Namespace) -> int:
     rows = [{**({"site": b.site} if args.coordinator else {}), "dataset": b.dataset,
              "epsilon": b.epsilon, "spent_epsilon": b.spent_epsilon,
              "remaining_epsilon": max(b.epsilon - b.spent_epsilon, 0.0), "delta": b.delta,
-             "spent_delta": b.spent_delta, "releases": b.releases} for b in budgets]
+             "spent_delta": b.spent_delta, "releases": b.releases,
+             **({} if args.coordinator else {"rho": b.rho, "spent_rho": b.spent_rho})}
+            for b in budgets]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     names = {"epsilon": "ε", "spent_epsilon": "ε spent", "remaining_epsilon": "ε left",
-             "delta": "δ", "spent_delta": "δ spent"}
+             "delta": "δ", "spent_delta": "δ spent", "rho": "ρ", "spent_rho": "ρ spent"}
     headers = list(rows[0]) if rows else ["dataset"]
     print(table([[_cell(r[h]) for h in headers] for r in rows],
                 [names.get(h, h) for h in headers]))

@@ -201,7 +201,8 @@ class RemoteStudy:
         return coordinator_pb2.RunRequest(conclusion=coordinator_pb2.Conclusion(
             outcome_json=codec.dumps(conclusion.outcome),
             head=[float(h) for h in conclusion.head], error_bound=conclusion.error_bound,
-            guarantee=convert.guarantee_message(conclusion.privacy)))
+            guarantee=convert.guarantee_message(conclusion.privacy),
+            interval=convert.interval_message(conclusion.interval)))
 
 
 def _drain(outgoing: queue.Queue) -> Iterator[Any]:

@@ -26,7 +26,7 @@ from pet.queries import (
     Query,
     StdDev,
 )
-from pet.report import summarize, table
+from pet.report import table, with_interval
 from pet.result import Result, answer_vector
 
 QUESTIONS: tuple[Query, ...] = (
@@ -105,7 +105,7 @@ def _rows(results: dict[str, list[Result | PetError]]) -> list[list[str]]:
             if isinstance(answer, PetError):
                 rows.append([first, backend, f"REFUSED: {answer}", "", "", "", ""])
                 continue
-            rows.append([first, backend, summarize(answer.value),
+            rows.append([first, backend, with_interval(answer),
                          _error(answer, reference), f"{answer.latency_s * 1000:.0f}",
                          f"{answer.bytes_total:,}", _spent(answer, query)])
     return rows

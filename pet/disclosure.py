@@ -28,6 +28,11 @@ class DisclosurePolicy:
     """The largest coefficient (on the scaled design) a peer-chosen round state may carry:
     a sharper one could weigh a single row against all others (an honest fit beyond it
     has separated data, whose coefficients are not meaningful anyway)."""
+    min_cell_under_dp: bool = False
+    """Whether the cell rule also guards DP releases. Off by default: DP noise is what
+    protects a DP release, and a refusal that depends on the rows answers a question
+    about them without noise or charge; a site whose governance demands the rule anyway
+    turns it on, and small cells then refuse DP tables as they refuse exact ones."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_cell, int) or self.min_cell < 1:

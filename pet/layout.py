@@ -26,6 +26,8 @@ class Block:
     row adds 1 to one cell: bound = l1 = l2 = 1, whatever the number of cells).
     `integer` blocks hold exact whole numbers (counts); `cells` blocks are counts of
     people that output disclosure control checks against a site's minimum cell size.
+    `weight` is the block's public importance to the answer's error: a DP release splits
+    its privacy budget across blocks by it (`pet.mechanisms.plan`).
     """
 
     name: str
@@ -35,23 +37,27 @@ class Block:
     l2: float
     integer: bool = False
     cells: bool = False
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.size < 0:
             raise QueryError(f"block {self.name!r} cannot have {self.size} elements")
         if min(self.bound, self.l1, self.l2) < 0:
             raise QueryError(f"block {self.name!r}: bounds must be non-negative")
+        if not self.weight > 0:
+            raise QueryError(f"block {self.name!r}: its weight must be positive")
 
     @classmethod
-    def counts(cls, name: str, size: int, *, per_row: int = 1, cells: bool = True) -> Block:
+    def counts(cls, name: str, size: int, *, per_row: int = 1, cells: bool = True,
+               weight: float = 1.0) -> Block:
         """Counts where one row adds 1 to at most `per_row` of the elements."""
         return cls(name, size, 1.0, float(per_row), math.sqrt(per_row), integer=True,
-                   cells=cells)
+                   cells=cells, weight=weight)
 
     @classmethod
-    def sums(cls, name: str, size: int, *, bound: float = 1.0) -> Block:
+    def sums(cls, name: str, size: int, *, bound: float = 1.0, weight: float = 1.0) -> Block:
         """Sums where one row may add up to `bound` (in absolute value) to every element."""
-        return cls(name, size, bound, bound * size, bound * math.sqrt(size))
+        return cls(name, size, bound, bound * size, bound * math.sqrt(size), weight=weight)
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,21 @@ class Layout:
 
     `parameters` is the number of model parameters a regression fits from it (0 for
     descriptive statistics), which disclosure control compares with the row count.
+    `share` is the fraction of the query's privacy budget a DP release of this round
+    spends (1 for single-round queries; an iterative query splits it across its rounds).
     """
 
     blocks: tuple[Block, ...]
     parameters: int = 0
+    share: float = 1.0
 
     def __post_init__(self) -> None:
         names = [b.name for b in self.blocks]
         if len(set(names)) != len(names):
             raise QueryError(f"layout block names repeat: {names}")
+        if not 0 <= self.share <= 1:
+            raise QueryError(f"a round's share of the budget must lie in [0, 1], got "
+                             f"{self.share!r}")
 
     @property
     def size(self) -> int:

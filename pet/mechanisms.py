@@ -73,6 +73,100 @@ class Mechanism:
         return float(dp.gaussian_scale_to_accuracy(self.scale, alpha))
 
 
+@dataclass(frozen=True)
+class Noise:
+    """One release's noise over a whole layout: a mechanism per non-empty block, each drawn
+    by OpenDP on its own block. The blocks' guarantees compose (ρ adds under zCDP, ε under
+    pure DP) to the release's."""
+
+    mechanisms: tuple[Mechanism, ...]
+    sizes: tuple[int, ...]
+    """Every block's size, in layout order (0: an empty block, with no mechanism)."""
+    epsilon: float
+    delta: float
+    rho: float | None
+
+    @property
+    def kind(self) -> str:
+        """"laplace" or "gaussian", as every block's mechanism."""
+        return self.mechanisms[0].kind if self.mechanisms else "gaussian"
+
+    def release(self, vector: np.ndarray) -> np.ndarray:
+        """The vector with every block's noise, drawn by OpenDP."""
+        size = sum(self.sizes)
+        if vector.shape != (size,):
+            raise PetError(f"a vector of shape {vector.shape} does not fit a release of "
+                           f"{size} elements")
+        out, start = np.empty(size), 0
+        mechanisms = iter(self.mechanisms)
+        for length in self.sizes:
+            if length:
+                out[start:start + length] = next(mechanisms).release(vector[start:start + length])
+            start += length
+        return out
+
+    def share(self, parties: int) -> Noise:
+        """Each of `parties` independent shares of this Gaussian noise (`Mechanism.share`)."""
+        return replace(self, mechanisms=tuple(m.share(parties) for m in self.mechanisms))
+
+    def scales(self) -> np.ndarray:
+        """Per element, its mechanism's scale (σ, or the Laplace scale b)."""
+        return self._per_element(lambda m: m.scale)
+
+    def sd(self) -> np.ndarray:
+        """Per element, the standard deviation of its noise (b·√2 for Laplace)."""
+        factor = np.sqrt(2.0) if self.kind == "laplace" else 1.0
+        return self.scales() * factor
+
+    def accuracy(self, alpha: float = 1 - CONFIDENCE) -> np.ndarray:
+        """Per element, the half-width of the interval holding its noise with probability
+        1 − alpha."""
+        return self._per_element(lambda m: m.accuracy(alpha))
+
+    def _per_element(self, value: Callable[[Mechanism], float]) -> np.ndarray:
+        mechanisms = iter(self.mechanisms)
+        return np.concatenate([np.full(n, value(next(mechanisms)) if n else 0.0)
+                               for n in self.sizes] or [np.zeros(0)])
+
+
+@lru_cache(maxsize=512)
+def plan(layout: Layout, epsilon: float, delta: float, rho: float | None = None) -> Noise:
+    """The noise of one DP release of a layout's round, for a query asked at (ε, δ).
+
+    The round spends `layout.share` of the query's budget: ρ = share·ρ(ε, δ) of Gaussian
+    noise when δ > 0, or share·ε of Laplace noise when δ = 0 (a synthesizer's release
+    passes its own `rho`). That amount splits across the blocks by their public weights w:
+    block b gets ρ_b ∝ Δ_b·√w_b (Δ_b its L2 sensitivity), the split that minimises
+    Σ w_b·σ_b² — the error a block's noise puts in the answer — for the given total ρ;
+    under pure DP, ε_b ∝ (w_b·Δ_b²)^(1/3) minimises Σ w_b·b_b² with Δ_b the L1
+    sensitivity. Each block's noise is then calibrated by OpenDP."""
+    check_privacy(epsilon, delta)
+    blocks = [b for b in layout.blocks if b.size]
+    if not layout.share > 0:
+        raise PetError("this round has no share of the query's privacy budget left; the "
+                       "query asked for more rounds than it budgeted")
+    if delta == 0 and rho is None:
+        total = layout.share * epsilon
+        split = _split([(b.weight * b.l1**2) ** (1 / 3) for b in blocks], total)
+        mechanisms = tuple(calibrate(Layout((b,)), e) for b, e in zip(blocks, split, strict=True))
+        return Noise(mechanisms, tuple(b.size for b in layout.blocks), epsilon, delta, None)
+    total = release_rho(layout, epsilon, delta, rho)
+    split = _split([b.l2 * math.sqrt(b.weight) for b in blocks], total)
+    mechanisms = tuple(calibrate_rho(Layout((b,)), r, delta)
+                       for b, r in zip(blocks, split, strict=True))
+    query_rho = rho if rho is not None else rho_of(epsilon, delta)
+    return Noise(mechanisms, tuple(b.size for b in layout.blocks), epsilon, delta, query_rho)
+
+
+def _split(importance: list[float], total: float) -> list[float]:
+    """`total` split in proportion to each block's importance (blocks that no row can
+    change, importance 0, get an equal part of nothing and need no noise: a tiny share)."""
+    whole = sum(importance)
+    if whole == 0:
+        return [total / len(importance)] * len(importance)
+    return [total * max(i, 1e-12 * whole) / whole for i in importance]
+
+
 def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
     """The least noise that makes one release of the layout (ε, δ)-DP with respect to
     adding or removing one row: Laplace scaled to the L1 sensitivity when δ = 0, else
@@ -109,6 +203,23 @@ def rho_of(epsilon: float, delta: float) -> float:
     scale = dp.binary_search_param(lambda s: _approximate(_measurement("gaussian", 1, s), delta),
                                    d_in=1.0, d_out=(epsilon, delta))
     return float(_measurement("gaussian", 1, scale).map(1.0))
+
+
+def query_rho(epsilon: float, delta: float) -> float:
+    """The ρ a query asked at (ε, δ) costs a ledger: the ρ whose zCDP guarantee OpenDP
+    converts to (ε, δ), or ε²/2 for pure ε-DP (which implies ε²/2-zCDP)."""
+    check_privacy(epsilon, delta)
+    return epsilon**2 / 2 if delta == 0 else rho_of(epsilon, delta)
+
+
+def release_rho(layout: Layout, epsilon: float, delta: float, rho: float | None) -> float:
+    """The ρ one release of a round spends: its share of the query's budget (`plan`), as
+    ρ; a synthesizer's release states its own ρ."""
+    if rho is not None:
+        return rho
+    if delta == 0:
+        return (layout.share * epsilon) ** 2 / 2
+    return layout.share * rho_of(epsilon, delta)
 
 
 def epsilon_of(rho: float, delta: float) -> float:
@@ -152,26 +263,6 @@ def least_scale(make: Callable[[float], dp.Measurement], d_in: float, d_out: flo
         if make(scale * (1 + nudge)).map(d_in) <= d_out:
             return scale * (1 + nudge)
     return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out))
-
-
-def release_mechanism(layout: Layout, epsilon: float, delta: float,
-                      rho: float | None) -> Mechanism:
-    """The mechanism of one release of a DP backend: calibrated to its (ε, δ), or, inside a
-    request charged (ε, δ) once for many releases, to the ρ this release spends."""
-    return calibrated(layout, epsilon, delta) if rho is None else calibrated_rho(layout, rho,
-                                                                                delta)
-
-
-@lru_cache(maxsize=256)
-def calibrated_rho(layout: Layout, rho: float, delta: float) -> Mechanism:
-    """`calibrate_rho`, remembered."""
-    return calibrate_rho(layout, rho, delta)
-
-
-@lru_cache(maxsize=256)
-def calibrated(layout: Layout, epsilon: float, delta: float) -> Mechanism:
-    """`calibrate`, remembered: every site and round of a query asks for the same one."""
-    return calibrate(layout, epsilon, delta)
 
 
 def whole_counts(total: np.ndarray, layout: Layout) -> np.ndarray:

@@ -42,16 +42,34 @@ def summarize(value: Any) -> str:
     return str(value)
 
 
+def with_interval(result: Result) -> str:
+    """The answer on one line, a DP answer of a few numbers followed by their 95%
+    intervals from its noise (where the answer without noise lies)."""
+    text = summarize(result.value)
+    if result.interval is None or np.size(result.interval[0]) > MAX_SHOWN:
+        return text
+    low, high = result.interval
+    ends = "; ".join(f"[{number(lo)}, {number(hi)}]" for lo, hi in zip(low, high, strict=True))
+    return f"{text}; 95% interval {ends}"
+
+
+MAX_SHOWN = 8
+"""The most numbers of an answer whose intervals the one-line text shows."""
+
+
 def result_row(result: Result) -> list[str]:
-    """The cells of one result in `RESULT_HEADERS` order."""
-    missing = sum(result.missing.values())
-    return [result.query, summarize(result.value), str(result.n), str(missing),
+    """The cells of one result in `RESULT_HEADERS` order; under DP, n and the missing
+    counts are noisy counts and say so."""
+    noisy = " (noisy)" if result.privacy.differentially_private else ""
+    missing = f"{sum(result.missing.values())}{noisy}" if result.missing else "none"
+    return [result.query, with_interval(result), f"{result.n}{noisy}", missing,
             f"{result.error_bound:.2g}", f"{result.latency_s * 1000:.1f}",
             str(result.bytes_total)]
 
 
 RESULT_HEADERS = ("query", "answer", "n", "missing", "± bound", "ms", "bytes")
-"""`± bound`: the backend's bound on the error of every aggregated sum (0: exact)."""
+"""`± bound`: the backend's bound on the error of every aggregated sum (0: exact);
+`missing`: rows left out for a missing value, counted for the nullable columns read."""
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str], *,

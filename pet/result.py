@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pet.backends.base import Privacy
+from pet.intervals import Interval
 from pet.queries import LinearFit, LogisticFit, SurvivalCurve
 
 
@@ -37,6 +38,9 @@ class Result:
     each revealed number of the answer when the backend finalizes it securely (MPC).
     `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds;
     `comm_rounds` the rounds of communication among MPC parties (0 for other backends).
+    `interval`, for a DP answer, holds each of its numbers' 95% interval from the noise
+    it carries (lower ends, upper ends, flattened as `answer_vector`): where the answer
+    without noise, on the same rows, lies.
     """
 
     query: str
@@ -52,6 +56,7 @@ class Result:
     combine_s: float
     reveal_s: float
     comm_rounds: int
+    interval: Interval | None = None
 
     @property
     def bytes_total(self) -> int:

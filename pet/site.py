@@ -4,9 +4,9 @@ The site is the only place rows are read. It answers a query round with the mess
 backend makes of its partial vector. Under exact backends it first checks the request
 and the partial against its own disclosure policy and subset control, so nothing leaves
 that its policy forbids. Under DP backends the noise protects the rows and nothing is
-refused on their say; a DP release is bound to what was asked, charged, stored and
-audited in one transaction before it leaves (`pet.releases`): a retry gets the stored
-release, never a new draw.
+refused on their say (unless the site's policy sets `min_cell_under_dp`); a DP release
+is bound to what was asked, charged, stored and audited in one transaction before it
+leaves (`pet.releases`): a retry gets the stored release, never a new draw.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pet.backends.base import Backend
 from pet.disclosure import DisclosurePolicy
 from pet.errors import PetError
 from pet.ledger import Ledger
-from pet.mechanisms import rho_of
+from pet.mechanisms import query_rho, release_rho
 from pet.queries.base import Query, State
 from pet.releases import Ask, Payment, Release, Releases
 from pet.schema import Schema
@@ -106,13 +106,13 @@ class Site:
             self.subsets.admit(self.dataset, query.where, self.table,
                                minimum=self.policy.min_cell, request=request, site=self.name)
 
-    def charge(self, query: Query, backend: Backend, request: str) -> None:
-        """Charge the query's whole cost — every round it may take, up front — to this
-        site's ledger; a later round of the same request is not charged again, and a
-        refusal stops the query before any release."""
+    def charge(self, query: Query, backend: Backend, request: str,
+               state: State = None) -> None:
+        """Charge the query's cost to this site's ledger once per request and spend its
+        round's ρ from it, as a release would (a selection made at the site itself)."""
         ledger = self._ledger(query)
         with ledger.transaction() as db:
-            self._payment(query, backend, request)(db)
+            self._payment(query, state, backend, request)(db)
 
     def _release(self, query: Query, state: State, backend: Backend, ask: Ask) -> Contribution:
         """A DP release: the stored one if this exact release was made before, else a new
@@ -126,11 +126,13 @@ class Site:
             return Contribution(self.name, stored, 0.0, 0.0, audited=self.audit is not None)
         start = time.perf_counter()
         partial = self._local(query, state)
+        if self.policy.min_cell_under_dp:
+            self.policy.check(partial, query.layout(self.schema, state), site=self.name)
         computed = time.perf_counter()
         message = backend.protect(partial, query.layout(self.schema, state))
         protected = time.perf_counter()
         sent = self.releases.commit(release, message,
-                                    self._payment(query, backend, ask.request), ask=ask,
+                                    self._payment(query, state, backend, ask.request), ask=ask,
                                     query=query.describe(), backend=backend.name)
         return Contribution(self.name, sent, computed - start, protected - computed,
                             audited=self.audit is not None)
@@ -145,26 +147,26 @@ class Site:
                            "one (Site(..., ledger=Ledger(path)))")
         return self.ledger
 
-    def _payment(self, query: Query, backend: Backend, request: str) -> Payment:
-        """How a release of the query is paid for: its whole (ε, δ) over every round it may
-        take, once per request; or, for one of many Gaussian releases of a request charged
-        (ε, δ) once, ρ from what that charge affords (zCDP composition)."""
+    def _payment(self, query: Query, state: State, backend: Backend,
+                 request: str) -> Payment:
+        """How a release is paid for: the query's (ε, δ) is charged once per request, as
+        ρ (zCDP adds; pure ε costs ε²/2); each release then spends its round's part of
+        that ρ (`Layout.share`), or a synthesizer's release its own ρ, and the ledger
+        refuses a release that would take the request past what its charge affords."""
         ledger, dataset = self._ledger(query), self.dataset
         epsilon, delta = backend.cost()
-        rounds = query.max_rounds
-        rho = getattr(backend, "rho", None)
+        allowed = query_rho(epsilon, delta)
+        spend = release_rho(query.layout(self.schema, state), epsilon, delta,
+                            getattr(backend, "rho", None))
+        shared = getattr(backend, "rho", None) is not None
 
         def pay(db: sqlite3.Connection) -> tuple[float, float, str]:
-            if rho is None:
-                cost = epsilon * rounds, min(delta * rounds, 1.0)
-                fresh = ledger.charge_in(db, dataset, *cost, query=query.describe(),
-                                         request=request)
-                return (*cost, "") if fresh else (0.0, 0.0, "")
-            fresh = ledger.charge_in(db, dataset, epsilon, delta,
-                                     query=f"zCDP budget of {request}", request=request)
-            spent = ledger.spend_in(db, dataset, request, rho * rounds,
-                                    allowed=rho_of(epsilon, delta), query=query.describe())
-            note = f"ρ={rho * rounds:g} spent, {spent:g} by the request; "
+            fresh = ledger.charge_in(db, dataset, epsilon, delta, request=request,
+                                     query=f"zCDP budget of {request}" if shared
+                                     else query.describe())
+            spent = ledger.spend_in(db, dataset, request, spend, allowed=allowed,
+                                    query=query.describe())
+            note = f"ρ={spend:g} spent, {spent:g} of {allowed:g} by the request; "
             return (epsilon, delta, note) if fresh else (0.0, 0.0, note)
 
         return pay

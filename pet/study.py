@@ -72,12 +72,12 @@ class Study:
         state = query.initial_state(self.schema)
         shared = request is not None
         request = request or uuid.uuid4().hex  # one ledger charge per site for all rounds
-        for rounds in range(1, query.max_rounds + 1):  # noqa: B007 - reported below
+        first = self._asked.pop(request, 0) if shared else 0
+        for rounds in range(1, query.max_rounds + 1):
             layout = query.layout(self.schema, state)
-            asked = self._asked.get(request, 0) + 1
             if shared:
-                self._asked[request] = asked
-            contributions = self._contributions(query, state, request, asked)
+                self._asked[request] = first + rounds
+            contributions = self._contributions(query, state, request, first + rounds)
             for c in contributions:
                 local[c.site] += c.local_s
                 protect[c.site] += c.protect_s
@@ -100,7 +100,8 @@ class Study:
             value=conclusion.outcome,
             backend=self.backend.name,
             n=int(head[0]),
-            missing=dict(zip(query.missing_columns(), head[1:].tolist(), strict=True)),
+            missing=dict(zip(query.missing_columns(self.schema), head[1:].tolist(),
+                             strict=True)),
             error_bound=conclusion.error_bound,
             privacy=conclusion.privacy,
             rounds=rounds,
@@ -109,6 +110,7 @@ class Study:
             combine_s=timings["combine"],
             reveal_s=timings["reveal"],
             comm_rounds=comm_rounds,
+            interval=conclusion.interval,
         )
 
     def _contributions(self, query: Query, state: State, request: str,

@@ -133,13 +133,23 @@ def read_site(path: str | Path) -> SiteConfig:
         policy=DisclosurePolicy(min_cell=int(disclosure.get("min_cell", 3)),
                                 max_parameter_ratio=float(
                                     disclosure.get("max_parameter_ratio", 0.33)),
-                                max_steering=float(disclosure.get("max_steering", 30.0))),
+                                max_steering=float(disclosure.get("max_steering", 30.0)),
+                                min_cell_under_dp=_flag(disclosure, "min_cell_under_dp",
+                                                        path)),
         allow_plaintext=bool(spec.get("allow_plaintext", True)),
         mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
         mpc_ports=_ports(spec, path),
         federation=_federation(spec, path),
         limits=_limits(spec, path),
     )
+
+
+def _flag(spec: dict[str, Any], key: str, path: str | Path) -> bool:
+    """A true/false setting (false when absent); anything else is refused by name."""
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def read_coordinator(path: str | Path) -> CoordinatorConfig:

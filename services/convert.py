@@ -19,6 +19,7 @@ from pet import codec
 from pet.backends import BACKENDS
 from pet.backends.base import Privacy
 from pet.errors import PetError, QueryError
+from pet.intervals import Interval
 from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.queries import QUERIES
 from pet.queries.base import Query
@@ -142,12 +143,29 @@ def privacy_of(message: pb.Guarantee) -> Privacy:
                      for n in ("rho", "epsilon", "delta")))
 
 
+def interval_message(interval: Interval | None) -> pb.Interval | None:
+    """A DP answer's interval on the wire (None: the answer has none)."""
+    if interval is None:
+        return None
+    low, high = interval
+    return pb.Interval(low=np.ravel(low).tolist(), high=np.ravel(high).tolist())
+
+
+def interval_of(message: Any, field: str = "interval") -> Interval | None:
+    """The interval a message carries, if any."""
+    if not message.HasField(field):
+        return None
+    interval = getattr(message, field)
+    return np.asarray(interval.low, dtype=np.float64), np.asarray(interval.high,
+                                                                  dtype=np.float64)
+
+
 def result_message(result: Result) -> pb.Result:
     """A result with its cost and guarantee, the answer in pet's JSON encoding."""
     return pb.Result(
         query=result.query, backend=result.backend, value_json=codec.dumps(result.value),
         n=result.n, missing=result.missing, error_bound=result.error_bound,
-        guarantee=guarantee_message(result.privacy),
+        guarantee=guarantee_message(result.privacy), interval=interval_message(result.interval),
         cost=pb.Cost(latency_s=result.latency_s, rounds=result.rounds,
                      comm_rounds=result.comm_rounds, combine_s=result.combine_s,
                      reveal_s=result.reveal_s,
@@ -164,7 +182,8 @@ def result_of(message: pb.Result) -> Result:
         privacy=privacy_of(message.guarantee), rounds=cost.rounds, latency_s=cost.latency_s,
         sites=tuple(SiteReport(s.site, s.local_s, s.protect_s, s.bytes_sent)
                     for s in cost.sites),
-        combine_s=cost.combine_s, reveal_s=cost.reveal_s, comm_rounds=cost.comm_rounds)
+        combine_s=cost.combine_s, reveal_s=cost.reveal_s, comm_rounds=cost.comm_rounds,
+        interval=interval_of(message))
 
 
 def _default(field: dataclasses.Field) -> Any:

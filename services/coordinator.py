@@ -87,7 +87,8 @@ class AnalystReveal(Backend):
             raise QueryError("the analyst must answer a Reveal with a Conclusion")
         answer = request.conclusion
         return Conclusion(codec.loads(answer.outcome_json), np.asarray(answer.head),
-                          answer.error_bound, convert.privacy_of(answer.guarantee))
+                          answer.error_bound, convert.privacy_of(answer.guarantee),
+                          interval=convert.interval_of(answer))
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):

@@ -87,10 +87,10 @@ def _refused(call: object, code: grpc.StatusCode) -> str:
 def test_a_replayed_request_id_gets_the_stored_release_and_pays_once(
         federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
     ledger, audit = _ledger(federation), _audit(federation)
-    before, logged = ledger.budget("site-1").spent_epsilon, len(audit.entries())
+    before, logged = ledger.budget("site-1").spent_rho, len(audit.entries())
     answers = {_ask(hostile, _dp_count("replayed")) for _ in range(20)}
     assert len(answers) == 1  # one draw, byte for byte: averaging removes no noise
-    assert ledger.budget("site-1").spent_epsilon == pytest.approx(before + 1.0)
+    assert ledger.budget("site-1").spent_rho == pytest.approx(before + 0.5)  # ε = 1: ε²/2
     entries = audit.entries()[logged:]
     assert len(entries) == 20 and [e.epsilon for e in entries] == [1.0] + [0.0] * 19
     assert all(e.analyst == "mallory" and e.outcome == "answered" for e in entries)
@@ -339,7 +339,7 @@ def test_a_dp_site_answers_no_question_for_free(federation: LocalFederation,
     a refusal would answer without noise or charge (here: the outcome of one patient, or
     whether a count exceeds a chosen number)."""
     rare = _rare_age(lung3)
-    spent = _ledger(federation).budget("site-1").spent_epsilon
+    spent = _ledger(federation).budget("site-1").spent_rho
     with federation.client() as client:
         for outcome in ("True", "False"):
             study = client.study("dp", epsilon=0.1, delta=0.0)
@@ -347,7 +347,8 @@ def test_a_dp_site_answers_no_question_for_free(federation: LocalFederation,
         for limit in (1, 10**6):
             study = client.study("dp", epsilon=0.1, delta=0.0, max_rows_per_site=limit)
             assert study.run(Count(where="age >= 60")).value >= 0
-    assert _ledger(federation).budget("site-1").spent_epsilon == pytest.approx(spent + 0.4)
+    # four pure charges of ε = 0.1, each ρ = ε²/2 = 0.005
+    assert _ledger(federation).budget("site-1").spent_rho == pytest.approx(spent + 0.02)
 
 
 def test_a_chosen_round_state_cannot_single_out_a_patient(

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import opendp.prelude as dp
 import pytest
+from scipy import optimize
 
 from pet.errors import PetError
 from pet.layout import Block, Layout
@@ -19,6 +20,7 @@ from pet.mechanisms import (
     epsilon_of,
     least_scale,
     noisy_max,
+    plan,
     rho_of,
 )
 from pet.queries import Contingency, Covariance, Histogram, Mean
@@ -77,8 +79,8 @@ def test_bad_requests_get_clear_errors() -> None:
             calibrate(layout, epsilon)
     with pytest.raises(PetError, match=r"delta must lie in \[0, 1\)"):
         calibrate(layout, 1.0, 1.0)
-    with pytest.raises(PetError, match="does not fit a mechanism for 3 elements"):
-        calibrate(layout, 1.0).release(np.zeros(4))
+    with pytest.raises(PetError, match=f"does not fit a mechanism for {layout.size} elements"):
+        calibrate(layout, 1.0).release(np.zeros(layout.size + 1))
 
 
 @pytest.mark.parametrize(("epsilon", "delta"), [(0.5, 1e-6), (1.0, 1e-6), (5.0, 1e-9)])
@@ -128,3 +130,47 @@ def test_noisy_max_prefers_the_best_score_as_the_exponential_mechanism_does() ->
     picks = np.array([noisy_max(np.array([lead, 0.0]), 1.0, rho) for _ in range(draws)])
     wins, expected = (picks == 0).mean(), 0.75
     assert abs(wins - expected) < Z * math.sqrt(expected * (1 - expected) / draws)
+
+
+SPLIT_LAYOUT = Layout((Block.counts("n", 1, weight=0.25), Block.sums("sum", 1),
+                       Block.sums("cross", 6, weight=4.0), Block.counts("cells", 12)),
+                      share=0.5)
+
+
+def test_a_rounds_blocks_compose_to_its_share_of_the_querys_rho() -> None:
+    """Each block's Gaussian, measured by OpenDP's own map at its sensitivity, adds up to
+    the round's share of the ρ that (ε, δ) converts to."""
+    noise = plan(SPLIT_LAYOUT, 1.0, 1e-6)
+    spent = sum(dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=float, nan=False),
+                                                    size=b.size),
+                                   dp.l2_distance(T=float), scale=m.scale).map(b.l2)
+                for b, m in zip(SPLIT_LAYOUT.blocks, noise.mechanisms, strict=True))
+    assert spent == pytest.approx(0.5 * rho_of(1.0, 1e-6), rel=1e-9)
+    assert spent <= 0.5 * rho_of(1.0, 1e-6)
+
+
+def test_the_split_minimises_the_weighted_noise_variance() -> None:
+    """Against a numerical optimiser: no other split of the same ρ gives a smaller
+    Σ wᵢ·σᵢ² (the error the blocks' noise puts in the answer)."""
+    blocks = SPLIT_LAYOUT.blocks
+    rho = 0.5 * rho_of(1.0, 1e-6)
+    weights = np.array([b.weight for b in blocks])
+    l2 = np.array([b.l2 for b in blocks])
+
+    def loss(shares: np.ndarray) -> float:
+        parts = rho * np.exp(shares) / np.exp(shares).sum()
+        return float(np.sum(weights * l2**2 / (2 * parts)))
+
+    best = optimize.minimize(loss, np.zeros(len(blocks)), method="Nelder-Mead",
+                             options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 20000})
+    ours = plan(SPLIT_LAYOUT, 1.0, 1e-6).scales()
+    sigmas = np.array([ours[sum(b.size for b in blocks[:i])] for i in range(len(blocks))])
+    assert np.sum(weights * sigmas**2) <= best.fun * (1 + 1e-6)
+
+
+def test_pure_dp_splits_epsilon_and_its_blocks_add_up() -> None:
+    noise = plan(SPLIT_LAYOUT, 2.0, 0.0)
+    spent = sum(m.measurement().map(b.l1)
+                for b, m in zip(SPLIT_LAYOUT.blocks, noise.mechanisms, strict=True))
+    assert noise.kind == "laplace"
+    assert spent == pytest.approx(1.0, rel=1e-6) and spent <= 1.0

@@ -199,7 +199,7 @@ def test_a_curator_charges_once_and_itemises_every_step(lung1: Workload,
     assert steps == ["measure"] + ["select"] * (d - 1) + ["measure"]
     assert [len(c) for c in fit.spends[-1].cliques] == [2] * (d - 1)
     budget = site.ledger.budget(site.dataset)
-    assert (budget.spent_epsilon, budget.spent_delta, budget.releases) == (epsilon, delta, 1)
+    assert budget.spent_rho == pytest.approx(whole, rel=1e-12) and budget.releases == 1
     assert site.ledger.spent_rho(request, site.dataset) == pytest.approx(fit.rho, abs=1e-12)
 
 
@@ -251,8 +251,9 @@ def test_a_federation_measures_with_the_noise_of_one_central_release(tmp_path: P
         for _ in range(8):
             (noisy,) = measurer.measure([clique], 0.05)
             residuals.append((noisy.values - exact) / noisy.sigma)
-    # σ of one central release at ρ = 0.05 for L2 sensitivity √2 (n and the table).
-    assert noisy.sigma == pytest.approx(np.sqrt(2) / np.sqrt(2 * 0.05), rel=1e-6)
+    # The table's σ in one central release at ρ = 0.05: of ρ, n (importance √0.01 = 0.1)
+    # and the table (importance 1) take 0.1/1.1 and 1/1.1, and ρ_table = 1/(2σ²).
+    assert noisy.sigma == pytest.approx(1 / np.sqrt(2 * 0.05 / 1.1), rel=1e-6)
     # Standard normal residuals: a KS test that fails wrongly once in a million runs.
     assert stats.kstest(np.concatenate(residuals), "norm").pvalue > 1e-6
     for site in sites:
@@ -349,11 +350,12 @@ def test_the_federated_fit_is_the_model_of_its_noisy_marginals_alone(tmp_path: P
     for clique in [("age", "sex"), ("time", "dead"), ("ph_ecog", "wt_loss", "sex")]:
         assert np.allclose(replayed.model.project(clique), federated.model.project(clique),
                            rtol=1e-12, atol=1e-9)
-    # Every measurement's noise is what OpenDP's Gaussian map says its ρ buys.
+    # Every measurement's noise is what OpenDP's Gaussian map says its part of ρ buys:
+    # each of m tables (importance 1) takes 1/(m + 0.1) of it, n (importance 0.1) the rest.
     for spend, marginal in zip([s for s in federated.spends if s.step == "measure"],
                                [federated.measurements[0], federated.measurements[-1]],
                                strict=True):
-        l2 = np.sqrt(len(spend.cliques) + 1)
         gaussian = dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
                                       dp.l2_distance(T=float), scale=marginal.sigma)
-        assert gaussian.map(l2) == pytest.approx(spend.rho, rel=1e-6)
+        share = spend.rho / (len(spend.cliques) + 0.1)
+        assert gaussian.map(1.0) == pytest.approx(share, rel=1e-6)

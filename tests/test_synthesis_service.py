@@ -56,7 +56,8 @@ def test_a_fit_across_the_sites_reports_every_step_and_charges_each_site_once(
     assert steps[-1].rho_total == pytest.approx(rho_of(EPSILON, DELTA))
     for site in federation.names:
         budget = _ledger(federation, site).budget(site)
-        assert (budget.spent_epsilon, budget.spent_delta, budget.releases) == (EPSILON, DELTA, 1)
+        assert budget.spent_rho == pytest.approx(rho_of(EPSILON, DELTA), rel=1e-12)
+        assert budget.releases == 1  # one charge for the whole fit
         log = AuditLog(Path(federation.directory) / site / "audit.sqlite")
         entries = [e for e in log.entries() if e.backend == "mpc+dp"]
         assert len(entries) == len(steps) and all("ρ=" in e.detail for e in entries)
@@ -72,7 +73,8 @@ def test_a_fit_across_the_sites_reports_every_step_and_charges_each_site_once(
 
 def test_a_fit_the_budget_cannot_pay_is_resource_exhausted(client: Client) -> None:
     with pytest.raises(RemoteError) as refused:
-        client.synthesize("mst", epsilon=1.0, delta=DELTA)  # 1.5 - 1.0 left after the first
+        # ρ(2, 10⁻⁶) = 0.088 exceeds what (1.5, 10⁻⁵), ρ = 0.046, leaves after the first fit
+        client.synthesize("mst", epsilon=2.0, delta=DELTA)
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -121,8 +123,9 @@ def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
     data = json.loads((out.parent / "card.json").read_text())
     assert data["backend"] == "mpc+dp" and data["sites"] == federation.names
     assert data["privacy"]["charged"]["epsilon"] == 0.4 and data["rows"] == 300
-    for site in federation.names:  # 1.0 by the first fit, 0.4 by this one
-        assert _ledger(federation, site).budget(site).spent_epsilon == pytest.approx(1.4)
+    for site in federation.names:  # the first fit's ρ, and this one's (zCDP adds)
+        spent = _ledger(federation, site).budget(site).spent_rho
+        assert spent == pytest.approx(rho_of(EPSILON, DELTA) + rho_of(0.4, 1e-6), rel=1e-12)
     # The coordinator keeps its fits on disk: after a restart the same fit samples the
     # same rows.
     federation.stop_server("coordinator")

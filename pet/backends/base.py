@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pet.errors import ArgumentError, PetError
+from pet.intervals import Interval, Spread
 from pet.layout import Layout
 
 
@@ -89,6 +90,7 @@ class Aggregate:
     `site_bytes`, when given, is what each site sent on the wire if that is not its
     message (MPC parties exchange shares among themselves); `comm_rounds` counts the
     rounds of communication among parties (0 where sites send one message each).
+    `spread` is the DP noise the total carries, element by element (None without DP).
     """
 
     total: np.ndarray
@@ -96,6 +98,7 @@ class Aggregate:
     privacy: Privacy
     site_bytes: tuple[int, ...] | None = None
     comm_rounds: int = 0
+    spread: Spread | None = None
 
     @property
     def error_bound(self) -> float:
@@ -107,8 +110,9 @@ class Aggregate:
 class Conclusion:
     """A round's outcome as the analyst receives it: the answer (or the next round's
     state), the head of the layout (n, then the missing counts), the error bound of what
-    was revealed, the guarantee, each site's bytes where they are not its message, and the
-    rounds of communication among parties."""
+    was revealed, the guarantee, each site's bytes where they are not its message, the
+    rounds of communication among parties, and for a DP answer the 95% interval of each
+    of its numbers from the noise it carries (`pet.intervals`)."""
 
     outcome: Any
     head: np.ndarray
@@ -116,6 +120,7 @@ class Conclusion:
     privacy: Privacy
     site_bytes: tuple[int, ...] | None = None
     comm_rounds: int = 0
+    interval: Interval | None = None
 
 
 class Backend(ABC):
@@ -173,9 +178,13 @@ class Backend(ABC):
         the query finalizes it in the clear; a backend that can finalize without revealing
         the sums (MPC) overrides this for the queries it knows."""
         aggregate = self.reveal(combined, layout)
+        spread = aggregate.spread
         outcome = query.finalize(aggregate.total, schema, state,
-                                 error_bounds=aggregate.error_bounds)
+                                 error_bounds=aggregate.error_bounds,
+                                 noise_sd=None if spread is None else spread.sd())
+        interval = (None if spread is None else
+                    query.interval(aggregate.total, spread, schema, state, outcome))
         parts = layout.split(aggregate.total)
         return Conclusion(outcome, np.concatenate([parts["n"], parts["missing"]]),
                           aggregate.error_bound, aggregate.privacy, aggregate.site_bytes,
-                          aggregate.comm_rounds)
+                          aggregate.comm_rounds, interval)

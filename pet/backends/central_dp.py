@@ -3,7 +3,8 @@
 Each of the k sites adds its share of the noise — Gaussian with scale σ/√k, drawn by
 OpenDP — to its partial before encrypting or secret-sharing it; the shares add up to
 exactly the Gaussian noise N(0, σ²) that a trusted curator would add once to the sum
-(σ calibrated by OpenDP to the layout's L2 sensitivity and the asked (ε, δ) under zCDP).
+(σ calibrated by OpenDP per block of the layout, `pet.mechanisms.plan`, for the asked
+(ε, δ) under zCDP).
 Nobody ever sees a sum without that noise, so the noisy sum may be revealed and
 finalized in the clear.
 
@@ -25,12 +26,13 @@ from pet.backends.base import Aggregate, Backend, Privacy
 from pet.backends.he import HE
 from pet.backends.mpc import MPC
 from pet.errors import ArgumentError, PetError
+from pet.intervals import Spread
 from pet.layout import Layout
 from pet.mechanisms import (
     CONFIDENCE,
     POST_PROCESSING,
     check_budget,
-    release_mechanism,
+    plan,
     whole_counts,
 )
 
@@ -74,37 +76,38 @@ class CentralDP(Backend):
         return self.epsilon, self.delta
 
     def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
-        """The partial plus this site's share of the noise, protected by the inner backend
-        (counts travel as real numbers: with noise they are no longer whole). The partial
-        and the noisy partial are clamped to the session's limits, never refused: the
-        inner backend then has nothing left to refuse that depends on the rows."""
+        """The partial plus this site's share of the round's noise, protected by the inner
+        backend (counts travel as real numbers: with noise they are no longer whole). The
+        partial and the noisy partial are clamped to the session's limits, never refused:
+        the inner backend then has nothing left to refuse that depends on the rows."""
         if self.sites < 1:
             raise PetError(f"{self.name} must be opened with the number of sites first")
-        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
+        noise = plan(layout, self.epsilon, self.delta, self.rho)
         limits = self.backend.limits
-        noisy = mechanism.share(self.sites).release(limits.clamp(partial, layout))
+        noisy = noise.share(self.sites).release(limits.clamp(partial, layout))
         return self.backend.protect(limits.clamp(noisy, layout), _real(layout))
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         return struct.pack("<I", self.sites) + self.backend.combine(messages, _real(layout))
 
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
-        """The noisy sum, its counts rounded and clipped at zero (post-processing); its
-        error bound adds the inner backend's to the central noise's 95% half-width."""
+        """The noisy sum, its counts rounded and clipped at zero (post-processing); each
+        element's error bound adds the inner backend's to the central noise's 95%
+        half-width."""
         aggregate = self.backend.reveal(combined[4:], _real(layout))
         total = whole_counts(aggregate.total, layout)
-        mechanism = release_mechanism(layout, self.epsilon, self.delta, self.rho)
-        bounds = aggregate.error_bounds + mechanism.accuracy(1 - CONFIDENCE)
+        noise = plan(layout, self.epsilon, self.delta, self.rho)
+        bounds = aggregate.error_bounds + noise.accuracy(1 - CONFIDENCE)
         privacy = Privacy(f"{aggregate.privacy.confidentiality}; the sum carries central "
                           f"DP noise that the sites added in shares; {POST_PROCESSING}",
-                          mechanism.rho, mechanism.epsilon, self.delta)
-        return Aggregate(total, bounds, privacy, aggregate.site_bytes, aggregate.comm_rounds)
+                          noise.rho, self.epsilon, self.delta)
+        return Aggregate(total, bounds, privacy, aggregate.site_bytes, aggregate.comm_rounds,
+                         spread=Spread("gaussian", noise.scales()))
 
-
-    def noise_sd(self, layout: Layout, sites: int) -> float:
-        """Standard deviation of the central noise on each element of the revealed sum
+    def noise_sd(self, layout: Layout, sites: int) -> np.ndarray:
+        """Per element, the standard deviation of the central noise on the revealed sum
         (the sites' shares add up to one mechanism's noise, whatever their number)."""
-        return release_mechanism(layout, self.epsilon, self.delta, self.rho).scale
+        return plan(layout, self.epsilon, self.delta, self.rho).scales()
 
 
 def _real(layout: Layout) -> Layout:

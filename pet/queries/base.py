@@ -18,10 +18,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pet.errors import QueryError
+from pet.intervals import Interval, Spread, delta_method
 from pet.layout import Block, Layout
 from pet.schema import Boolean, Categorical, Column, Schema
 from pet.table import Chunk
 from pet.where import Where
+
+MISSING_WEIGHT = 0.1
+"""Public weight of the `missing` counts in a DP release's budget split: they are reported
+beside the answer but do not enter it, so they get a small part of the budget."""
 
 State = Any
 """Public state carried between rounds of an iterative query (e.g. current coefficients)."""
@@ -115,6 +120,15 @@ class Query(ABC):
         """Number of model parameters fitted (checked against rows by disclosure control)."""
         return 0
 
+    n_weight: ClassVar[float] = 1.0
+    """Public weight of the `n` block in a DP release's budget split (`Block.weight`):
+    1 where n is the answer or a cell of it; less where it only divides a sum."""
+
+    def round_share(self, state: State) -> float:
+        """The fraction of the query's privacy budget (one charge per query) a DP release of
+        this round spends; over the rounds a DP run takes, the shares add up to at most 1."""
+        return 1.0
+
     # The shared machinery.
 
     def used_columns(self) -> tuple[str, ...]:
@@ -122,9 +136,14 @@ class Query(ABC):
         extra = self.where.columns if isinstance(self.where, Where) else ()
         return tuple(dict.fromkeys((*self.inputs(), *extra)))
 
-    def missing_columns(self) -> tuple[str, ...]:
-        """The columns whose missing values the layout counts (after `n`)."""
-        return () if self.keeps_missing else self.used_columns()
+    def missing_columns(self, schema: Schema) -> tuple[str, ...]:
+        """The columns whose missing values the layout counts (after `n`): the nullable
+        ones the query reads. A column the schema declares non-nullable has no missing
+        values (its table refuses them), so it gets no count, and no DP noise is spent on
+        a count known to be zero."""
+        if self.keeps_missing:
+            return ()
+        return tuple(c for c in self.used_columns() if schema[c].nullable)
 
     def validate(self, schema: Schema) -> None:
         """Check columns, filter and options against the schema."""
@@ -140,9 +159,11 @@ class Query(ABC):
         """The public layout of one round's vector (its state checked first); it holds
         only the blocks' sizes, so it is as cheap for 2^40 elements as for 2."""
         self.check_state(schema, state)
-        k = len(self.missing_columns())
-        head = (Block.counts("n", 1), Block.counts("missing", k, per_row=k, cells=False))
-        return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema))
+        k = len(self.missing_columns(schema))
+        head = (Block.counts("n", 1, weight=self.n_weight),
+                Block.counts("missing", k, per_row=k, cells=False, weight=MISSING_WEIGHT))
+        return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema),
+                      share=self.round_share(state))
 
     def local(self, chunks: Iterable[Chunk], schema: Schema, state: State = None) -> np.ndarray:
         """One site's partial vector, in one streaming pass over its chunks."""
@@ -153,9 +174,11 @@ class Query(ABC):
         return total
 
     def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,
-                 error_bounds: np.ndarray | None = None) -> Any:
-        """The answer, or `Next(state)`, from the aggregated vector and the backend's
-        per-element error bounds (zero when exact).
+                 error_bounds: np.ndarray | None = None,
+                 noise_sd: np.ndarray | None = None) -> Any:
+        """The answer, or `Next(state)`, from the aggregated vector, the backend's
+        per-element error bounds (zero when exact) and, for a DP release, the standard
+        deviation of the noise on each element (None without DP noise).
 
         An exact n below 1 means no row matched: an error. An inexact n (its error bound
         positive: a DP release, charged before it left the sites, or CKKS sums too large
@@ -170,13 +193,35 @@ class Query(ABC):
             raise QueryError(f"{self.describe()}: no complete rows matched at any site")
         if noisy and n < self.min_rows(schema):
             return self.undetermined(parts, schema, state)
-        return self.conclude(parts, errors, schema, state)
+        noise = None if noise_sd is None else layout.split(noise_sd)
+        return self.conclude(parts, errors, schema, state, noise)
 
     def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
-                 schema: Schema, state: State) -> Any:
-        """The answer given each block's error bounds; only iterative queries, whose steps
-        must not chase aggregation error, look at them."""
+                 schema: Schema, state: State,
+                 noise: dict[str, np.ndarray] | None = None) -> Any:
+        """The answer given each block's error bounds and DP noise (per element standard
+        deviations, None without DP); only queries whose steps or estimators must allow
+        for noise (iterative fits, regressions) look at them."""
         return self.answer(parts, schema, state)
+
+    def numbers(self, answer: Any) -> np.ndarray:
+        """The numbers of an answer, flattened (what its interval holds, one end each)."""
+        return np.ravel(np.asarray(answer, dtype=np.float64))
+
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """The 95% interval of each number of a DP answer from the noise its sums carry:
+        by the delta method through `finalize` itself (`pet.intervals`); None for a round
+        that only leads to the next one."""
+        if isinstance(answer, Next):
+            return None
+        bounds, sd = spread.sd(), spread.sd()
+
+        def numbers(vector: np.ndarray) -> np.ndarray:
+            return self.numbers(self.finalize(vector, schema, state, error_bounds=bounds,
+                                              noise_sd=sd))
+
+        return delta_method(numbers, total, spread)
 
     def describe(self) -> str:
         """A short human-readable name, e.g. "Mean(age) where sex == 'F'"."""
@@ -200,15 +245,17 @@ class Query(ABC):
             candidates = in_group | ~known
         else:
             in_group = candidates = np.ones(chunk.n_rows, dtype=bool)
+        used = () if self.keeps_missing else inputs
         complete = in_group & ~np.logical_or.reduce(
-            [missing[c] for c in self.missing_columns()] or [np.zeros(chunk.n_rows, bool)])
+            [missing[c] for c in used] or [np.zeros(chunk.n_rows, bool)])
         every_row = bool(complete.all())  # the common case: no copy of the columns
         data = {name: chunk.columns[name] if every_row else chunk.columns[name][complete]
                 for name in self.inputs()}
         parts = self.accumulate(data, schema, state)
         parts["n"] = np.array([complete.sum()], dtype=np.float64)
         parts["missing"] = np.array([(missing[c] & candidates).sum()
-                                     for c in self.missing_columns()], dtype=np.float64)
+                                     for c in self.missing_columns(schema)],
+                                    dtype=np.float64)
         return parts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from statsmodels.stats.correlation_tools import corr_nearest
 
 from pet.errors import QueryError
 from pet.layout import Block
@@ -23,6 +24,9 @@ CONSTANT = 1e-6
 """Standard deviation, as a fraction of a column's public half-range, below which the
 column is taken as constant: on values scaled to [-1, 1] rounding leaves a variance near
 1e-16, a spread near 1e-8, so a spread this small is rounding, not data."""
+SPREAD_NOISE = 2.0
+"""Under DP, standard deviations of its noise a column's noisy variance must exceed for
+its correlations to be estimated."""
 
 
 @dataclass(frozen=True)
@@ -63,17 +67,22 @@ class Covariance(Query):
         return {"sum": scaled.sum(axis=0), "cross": gram_upper(scaled)}
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
-        n = parts["n"][0]
-        if n < 2:
-            raise QueryError(f"{self.describe()}: needs at least 2 rows, got {n:g}")
-        total = parts["sum"]
-        cross = from_upper_triangle(parts["cross"], len(self.columns))
-        scaled = (cross - np.outer(total, total) / n) / (n - 1)
+        scaled = self.scaled(parts)
         values, vectors = np.linalg.eigh(scaled)
         if values[0] < 0:  # noisy sums (DP): the nearest positive semi-definite matrix
             scaled = (vectors * np.maximum(values, 0.0)) @ vectors.T
         half = np.array([affine(schema[c])[1] for c in self.columns])
         return scaled * np.outer(half, half)
+
+    def scaled(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """The sample covariance of the columns scaled to [-1, 1], as the sums give it
+        (under DP it may not be positive semi-definite)."""
+        n = parts["n"][0]
+        if n < 2:
+            raise QueryError(f"{self.describe()}: needs at least 2 rows, got {n:g}")
+        total = parts["sum"]
+        cross = from_upper_triangle(parts["cross"], len(self.columns))
+        return (cross - np.outer(total, total) / n) / (n - 1)
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,36 @@ class Correlation(Covariance):
     as none below CONSTANT of its public half-range, where rounding alone can leave it."""
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
-        covariance = super().answer(parts, schema, state)
-        half = np.array([affine(schema[c])[1] for c in self.columns])
-        std = np.sqrt(np.diag(covariance))
-        spread = np.where(std > CONSTANT * half, std, np.nan)
-        return np.clip(covariance / np.outer(spread, spread), -1.0, 1.0)
+        return self.correlation(parts, np.full(len(self.columns), CONSTANT**2))
+
+    def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
+                 schema: Schema, state: State,
+                 noise: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Under DP a column's spread counts as none unless its noisy variance exceeds
+        SPREAD_NOISE standard deviations of its noise (from Σs² alone, whose noise
+        dominates): below that, its correlations would be ratios of noise."""
+        if noise is None:
+            return self.answer(parts, schema, state)
+        d, n = len(self.columns), parts["n"][0]
+        diagonal = noise["cross"][np.cumsum([0, *range(d, 1, -1)])]
+        floor = np.maximum(SPREAD_NOISE * diagonal / (n - 1), CONSTANT**2)
+        return self.correlation(parts, floor)
+
+    def correlation(self, parts: dict[str, np.ndarray], floor: np.ndarray) -> np.ndarray:
+        """Each covariance over the two spreads, NaN for a column whose variance (scaled)
+        is not above `floor`; from noisy sums (DP), whose ratios need not form a
+        correlation matrix, the nearest one: unit diagonal, positive semi-definite, so
+        |r| ≤ 1 (Higham's alternating projections, statsmodels' `corr_nearest`).
+        Projecting the correlations rather than the covariance keeps a noisy matrix from
+        collapsing onto one direction, whose correlations are all ±1."""
+        covariance = self.scaled(parts)
+        variance = np.diag(covariance)
+        spread = np.where(variance > floor, np.sqrt(np.maximum(variance, 0.0)), np.nan)
+        correlation = covariance / np.outer(spread, spread)
+        kept = np.isfinite(spread)
+        inner = np.clip(correlation[np.ix_(kept, kept)], -1.0, 1.0)
+        np.fill_diagonal(inner, 1.0)
+        if inner.size and np.linalg.eigvalsh(inner)[0] < 0:
+            inner = np.clip(corr_nearest(inner, threshold=0.0), -1.0, 1.0)
+        correlation[np.ix_(kept, kept)] = inner
+        return correlation

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pet.errors import QueryError
+from pet.intervals import Interval, Spread, whole
 from pet.layout import Block
 from pet.queries.base import Query, State, affine, require_numeric, scale
 from pet.schema import Schema
@@ -30,6 +32,12 @@ class Count(Query):
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
         return max(float(parts["n"][0]), 0.0)
+
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """The noisy count's interval, in whole rows (it was rounded after the noise)."""
+        interval = super().interval(total, spread, schema, state, answer)
+        return None if interval is None else whole(interval, self.numbers(answer))
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from pet.errors import QueryError
+from pet.intervals import Interval, Spread
 from pet.layout import Block
 from pet.queries.base import Query, State, levels
 from pet.queries.tables import bin_index, check_bins
@@ -77,6 +78,8 @@ class Marginals(Query):
 
     requires_dp: ClassVar[bool] = True
     keeps_missing: ClassVar[bool] = True
+    n_weight: ClassVar[float] = 0.01
+    """A synthesizer reads the tables, not n: nearly all of a release's ρ goes to them."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,10 +133,16 @@ class Marginals(Query):
         return parts
 
     def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,
-                 error_bounds: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+                 error_bounds: np.ndarray | None = None,
+                 noise_sd: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """The tables, even when the noisy n is below 1: a noisy count, not a subgroup
         with no rows (the estimator weighs it like any other measurement)."""
         return self.answer(self.layout(schema, state).split(total), schema, state)
+
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """None: a synthesizer weighs each noisy marginal by its noise's scale instead."""
+        return None
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema,
                state: State) -> tuple[np.ndarray, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -103,6 +104,10 @@ class KaplanMeier(Query):
             "events": np.bincount(index[event], minlength=len(times)).astype(np.float64),
             "removed": np.bincount(index, minlength=len(times)).astype(np.float64),
         }
+
+    def numbers(self, answer: Any) -> np.ndarray:
+        """The survival probabilities, one per grid time."""
+        return np.asarray(answer.survival, dtype=np.float64)
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> SurvivalCurve:
         events, removed = parts["events"], parts["removed"]

@@ -96,9 +96,10 @@ class Measurer(ABC):
         query = self._query(cliques)
         study = self._study(rho)
         result = study.run(query, request=self.request)
-        sigma = study.backend.noise_sd(query.layout(study.schema), len(study.sites))
-        return [NoisyMarginal(c, np.ravel(v), sigma)
-                for c, v in zip(query.cliques, result.value, strict=True)]
+        layout = query.layout(study.schema)
+        sigma = layout.split(study.backend.noise_sd(layout, len(study.sites)))
+        return [NoisyMarginal(c, np.ravel(v), float(sigma[f"m{i}"][0]))
+                for i, (c, v) in enumerate(zip(query.cliques, result.value, strict=True))]
 
     exact_selection: bool = False
     """Whether `select` scores exact errors (the exponential mechanism at a curator);

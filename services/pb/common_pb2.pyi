@@ -133,7 +133,7 @@ class Cost(_message.Message):
     def __init__(self, latency_s: _Optional[float] = ..., rounds: _Optional[int] = ..., comm_rounds: _Optional[int] = ..., combine_s: _Optional[float] = ..., reveal_s: _Optional[float] = ..., sites: _Optional[_Iterable[_Union[SiteCost, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("query", "backend", "value_json", "n", "missing", "error_bound", "guarantee", "cost")
+    __slots__ = ("query", "backend", "value_json", "n", "missing", "error_bound", "guarantee", "cost", "interval")
     class MissingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class Result(_message.Message):
     ERROR_BOUND_FIELD_NUMBER: _ClassVar[int]
     GUARANTEE_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
     query: str
     backend: str
     value_json: str
@@ -157,7 +158,16 @@ class Result(_message.Message):
     error_bound: float
     guarantee: Guarantee
     cost: Cost
-    def __init__(self, query: _Optional[str] = ..., backend: _Optional[str] = ..., value_json: _Optional[str] = ..., n: _Optional[int] = ..., missing: _Optional[_Mapping[str, int]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[Guarantee, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ...) -> None: ...
+    interval: Interval
+    def __init__(self, query: _Optional[str] = ..., backend: _Optional[str] = ..., value_json: _Optional[str] = ..., n: _Optional[int] = ..., missing: _Optional[_Mapping[str, int]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[Guarantee, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., interval: _Optional[_Union[Interval, _Mapping]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: _containers.RepeatedScalarFieldContainer[float]
+    high: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("site", "dataset", "epsilon", "delta", "spent_epsilon", "spent_delta", "releases")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as pet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pet/v1/coordinator.proto\x12\x06pet.v1\x1a\x13pet/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"B\n\nFederation\x12\r\n\x05sites\x18\x01 \x03(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\"^\n\nRunRequest\x12\x1e\n\x05start\x18\x01 \x01(\x0b\x32\r.pet.v1.StartH\x00\x12(\n\nconclusion\x18\x02 \x01(\x0b\x32\x12.pet.v1.ConclusionH\x00\x42\x06\n\x04kind\"G\n\x05Start\x12\x1c\n\x05query\x18\x01 \x01(\x0b\x32\r.pet.v1.Query\x12 \n\x07\x62\x61\x63kend\x18\x02 \x01(\x0b\x32\x0f.pet.v1.Backend\"V\n\x08RunReply\x12 \n\x06reveal\x18\x01 \x01(\x0b\x32\x0e.pet.v1.RevealH\x00\x12 \n\x06result\x18\x02 \x01(\x0b\x32\x0e.pet.v1.ResultH\x00\x42\x06\n\x04kind\"G\n\x06Reveal\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\x12\x12\n\nstate_json\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x05\"k\n\nConclusion\x12\x14\n\x0coutcome_json\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x03(\x01\x12\x13\n\x0b\x65rror_bound\x18\x03 \x01(\x01\x12$\n\tguarantee\x18\x04 \x01(\x0b\x32\x11.pet.v1.Guarantee2\xad\x01\n\x0b\x43oordinator\x12\x37\n\x08\x44\x65scribe\x12\x17.pet.v1.DescribeRequest\x1a\x12.pet.v1.Federation\x12/\n\x03Run\x12\x12.pet.v1.RunRequest\x1a\x10.pet.v1.RunReply(\x01\x30\x01\x12\x34\n\x06\x42udget\x12\x15.pet.v1.BudgetRequest\x1a\x13.pet.v1.BudgetReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pet/v1/coordinator.proto\x12\x06pet.v1\x1a\x13pet/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"B\n\nFederation\x12\r\n\x05sites\x18\x01 \x03(\t\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\"^\n\nRunRequest\x12\x1e\n\x05start\x18\x01 \x01(\x0b\x32\r.pet.v1.StartH\x00\x12(\n\nconclusion\x18\x02 \x01(\x0b\x32\x12.pet.v1.ConclusionH\x00\x42\x06\n\x04kind\"G\n\x05Start\x12\x1c\n\x05query\x18\x01 \x01(\x0b\x32\r.pet.v1.Query\x12 \n\x07\x62\x61\x63kend\x18\x02 \x01(\x0b\x32\x0f.pet.v1.Backend\"V\n\x08RunReply\x12 \n\x06reveal\x18\x01 \x01(\x0b\x32\x0e.pet.v1.RevealH\x00\x12 \n\x06result\x18\x02 \x01(\x0b\x32\x0e.pet.v1.ResultH\x00\x42\x06\n\x04kind\"G\n\x06Reveal\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\x12\x12\n\nstate_json\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x05\"\x8f\x01\n\nConclusion\x12\x14\n\x0coutcome_json\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x03(\x01\x12\x13\n\x0b\x65rror_bound\x18\x03 \x01(\x01\x12$\n\tguarantee\x18\x04 \x01(\x0b\x32\x11.pet.v1.Guarantee\x12\"\n\x08interval\x18\x05 \x01(\x0b\x32\x10.pet.v1.Interval2\xad\x01\n\x0b\x43oordinator\x12\x37\n\x08\x44\x65scribe\x12\x17.pet.v1.DescribeRequest\x1a\x12.pet.v1.Federation\x12/\n\x03Run\x12\x12.pet.v1.RunRequest\x1a\x10.pet.v1.RunReply(\x01\x30\x01\x12\x34\n\x06\x42udget\x12\x15.pet.v1.BudgetRequest\x1a\x13.pet.v1.BudgetReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,8 +44,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNREPLY']._serialized_end=399
   _globals['_REVEAL']._serialized_start=401
   _globals['_REVEAL']._serialized_end=472
-  _globals['_CONCLUSION']._serialized_start=474
-  _globals['_CONCLUSION']._serialized_end=581
-  _globals['_COORDINATOR']._serialized_start=584
-  _globals['_COORDINATOR']._serialized_end=757
+  _globals['_CONCLUSION']._serialized_start=475
+  _globals['_CONCLUSION']._serialized_end=618
+  _globals['_COORDINATOR']._serialized_start=621
+  _globals['_COORDINATOR']._serialized_end=794
 # @@protoc_insertion_point(module_scope)
