@@ -159,8 +159,8 @@ def _budget(args: argparse.Namespace) -> int:
     rows = [{**({"site": b.site} if args.coordinator else {}), "dataset": b.dataset,
              "epsilon": b.epsilon, "spent_epsilon": b.spent_epsilon,
              "remaining_epsilon": max(b.epsilon - b.spent_epsilon, 0.0), "delta": b.delta,
-             "spent_delta": b.spent_delta, "releases": b.releases,
-             **({} if args.coordinator else {"rho": b.rho, "spent_rho": b.spent_rho})}
+             "spent_delta": b.spent_delta, "releases": b.releases, "rho": b.rho,
+             "spent_rho": b.spent_rho}
             for b in budgets]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -69,6 +69,13 @@ def cellwise(values: np.ndarray, spread: Spread) -> Interval:
     return values - half, values + half
 
 
+def counts(values: np.ndarray, spread: Spread) -> Interval:
+    """The interval of noisy counts that were rounded and kept at 0 or more: each one's
+    own noise quantile (`cellwise`), in whole rows (`whole`), from 0."""
+    low, high = whole(cellwise(values, spread), values)
+    return np.maximum(low, 0.0), high
+
+
 def whole(interval: Interval, value: np.ndarray) -> Interval:
     """The interval of counts that were rounded after the noise: a rounded count n̂ is
     within h of n exactly when the noise is below h + ½, so each half-width a becomes the

@@ -16,6 +16,10 @@ import numpy as np
 
 from pet.errors import QueryError
 
+HEAD = ("n", "missing", "clipped")
+"""The blocks a query's layout starts with, in order, that results report: rows used,
+rows left out per nullable column for a missing value, rows clamped per clipped column."""
+
 
 @dataclass(frozen=True)
 class Block:
@@ -123,6 +127,12 @@ class Layout:
             raise QueryError(f"vector of shape {vector.shape} does not fit a layout of "
                              f"{self.size} elements")
         return {block.name: vector[where] for block, where in self}
+
+    def head(self, vector: np.ndarray) -> np.ndarray:
+        """The vector's head blocks, which every result reports beside its answer: n,
+        then the missing counts, then the clipped counts (`HEAD`)."""
+        parts = self.split(vector)
+        return np.concatenate([parts[name] for name in HEAD if name in parts])
 
     def join(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         """The vector from its blocks (the inverse of `split`)."""

@@ -21,7 +21,7 @@ def summarize(value: Any) -> str:
     """The answer of a query on one line."""
     if isinstance(value, LinearFit | LogisticFit):
         terms = [f"{name} {number(c)} (SE {number(s)})"
-                 for name, c, s in zip(value.names, value.coef, value.se, strict=True)
+                 for name, c, s in zip(value.names, value.coef, value.total_se(), strict=True)
                  if name != "intercept"]
         if isinstance(value, LinearFit):
             extra = f"R²={value.r2:.3f}"
@@ -62,6 +62,8 @@ def result_row(result: Result) -> list[str]:
     counts are noisy counts and say so."""
     noisy = " (noisy)" if result.privacy.differentially_private else ""
     missing = f"{sum(result.missing.values())}{noisy}" if result.missing else "none"
+    if result.clipped:
+        missing += f"; clipped {sum(result.clipped.values())}{noisy}"
     return [result.query, with_interval(result), f"{result.n}{noisy}", missing,
             f"{result.error_bound:.2g}", f"{result.latency_s * 1000:.1f}",
             str(result.bytes_total)]

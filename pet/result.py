@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,9 +38,10 @@ class Result:
     each revealed number of the answer when the backend finalizes it securely (MPC).
     `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds;
     `comm_rounds` the rounds of communication among MPC parties (0 for other backends).
-    `interval`, for a DP answer, holds each of its numbers' 95% interval from the noise
-    it carries (lower ends, upper ends, flattened as `answer_vector`): where the answer
-    without noise, on the same rows, lies.
+    `clipped` counts, per column the query clips (`pet.clipping`), rows whose value was
+    clamped into its clipping bounds. `interval`, for a DP answer, holds each of its
+    numbers' 95% interval from the noise it carries (lower ends, upper ends, flattened as
+    `answer_vector`): where the answer without noise, on the same rows, lies.
     """
 
     query: str
@@ -57,6 +58,7 @@ class Result:
     reveal_s: float
     comm_rounds: int
     interval: Interval | None = None
+    clipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def bytes_total(self) -> int:

@@ -94,14 +94,15 @@ class Study:
             state = conclusion.outcome.state
         else:
             raise PetError(f"{query.describe()} asked for more than {query.max_rounds} rounds")
-        head = np.rint(conclusion.head).astype(int)
+        head = np.rint(conclusion.head).astype(int).tolist()
+        nullable = query.missing_columns(self.schema)
         return Result(
             query=query.describe(),
             value=conclusion.outcome,
             backend=self.backend.name,
-            n=int(head[0]),
-            missing=dict(zip(query.missing_columns(self.schema), head[1:].tolist(),
-                             strict=True)),
+            n=head[0],
+            missing=dict(zip(nullable, head[1:1 + len(nullable)], strict=True)),
+            clipped=dict(zip(query.clip, head[1 + len(nullable):], strict=True)),
             error_bound=conclusion.error_bound,
             privacy=conclusion.privacy,
             rounds=rounds,

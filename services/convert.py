@@ -166,6 +166,7 @@ def result_message(result: Result) -> pb.Result:
         query=result.query, backend=result.backend, value_json=codec.dumps(result.value),
         n=result.n, missing=result.missing, error_bound=result.error_bound,
         guarantee=guarantee_message(result.privacy), interval=interval_message(result.interval),
+        clipped=result.clipped,
         cost=pb.Cost(latency_s=result.latency_s, rounds=result.rounds,
                      comm_rounds=result.comm_rounds, combine_s=result.combine_s,
                      reveal_s=result.reveal_s,
@@ -183,7 +184,7 @@ def result_of(message: pb.Result) -> Result:
         sites=tuple(SiteReport(s.site, s.local_s, s.protect_s, s.bytes_sent)
                     for s in cost.sites),
         combine_s=cost.combine_s, reveal_s=cost.reveal_s, comm_rounds=cost.comm_rounds,
-        interval=interval_of(message))
+        interval=interval_of(message), clipped=dict(message.clipped))
 
 
 def _default(field: dataclasses.Field) -> Any:

@@ -252,7 +252,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
                                 f"{[b.dataset for b in ledger.budgets()]}")
         return common_pb2.BudgetReply(budgets=[common_pb2.Budget(
             site=self.site.name, dataset=b.dataset, epsilon=b.epsilon, delta=b.delta,
-            spent_epsilon=b.spent_epsilon, spent_delta=b.spent_delta, releases=b.releases)
+            spent_epsilon=b.spent_epsilon, spent_delta=b.spent_delta, releases=b.releases,
+            rho=b.rho, spent_rho=b.spent_rho)
             for b in known])
 
     def close(self) -> None:

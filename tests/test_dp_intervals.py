@@ -15,7 +15,16 @@ import pytest
 from scipy import stats
 
 from pet.backends.dp import LocalDP
-from pet.queries import Correlation, Count, KaplanMeier, Mean, Query, Variance
+from pet.queries import (
+    Correlation,
+    Count,
+    Histogram,
+    KaplanMeier,
+    Mean,
+    Query,
+    StdDev,
+    Variance,
+)
 from pet.workloads import Workload, cohort
 
 DRAWS = 2000
@@ -61,10 +70,12 @@ def test_counts_proportions_and_means_cover(cohort3: Workload, query: Query, pic
 
 
 @pytest.mark.parametrize(("query", "pick"), [
+    (Histogram("age", (30, 45, 60, 75, 90)), 2),
     (Variance("bmi"), 0),
+    (StdDev("sbp"), 0),
     (Correlation(("age", "sbp", "bmi")), 1),
     (KaplanMeier("cvd_time", "cvd_event", grid=8), 4),
-], ids=["variance", "correlation", "survival"])
+], ids=["histogram", "variance", "stddev", "correlation", "survival"])
 def test_variances_correlations_and_survival_cover(cohort3: Workload, query: Query,
                                                    pick: int) -> None:
     backend = LocalDP(epsilon=1.0, delta=1e-6)

@@ -214,7 +214,7 @@ def test_ten_million_rows_neither_overflow_nor_lose_the_answer(mpc: MPC, lung3: 
     layout = query.layout(lung3.schema)
     lower, upper = lung3.schema["age"].bounds()
     for end, scaled in ((lower, -1.0), (upper, 1.0)):
-        partials = [np.array([3_333_333.0, 0.0, scaled * 3_333_333])] * 3
+        partials = [np.array([3_333_333.0, scaled * 3_333_333])] * 3  # n, Σ (age never missing)
         combined = mpc.combine([mpc.protect(p, layout) for p in partials], layout)
         conclusion = mpc.conclude(query, lung3.schema, None, combined, layout)
         assert abs(conclusion.outcome - end) <= conclusion.error_bound

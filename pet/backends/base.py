@@ -109,8 +109,8 @@ class Aggregate:
 @dataclass(frozen=True)
 class Conclusion:
     """A round's outcome as the analyst receives it: the answer (or the next round's
-    state), the head of the layout (n, then the missing counts), the error bound of what
-    was revealed, the guarantee, each site's bytes where they are not its message, the
+    state), the head of the layout (n, the missing counts, the clipped counts), the error
+    bound of what was revealed, the guarantee, each site's bytes where they are not its message, the
     rounds of communication among parties, and for a DP answer the 95% interval of each
     of its numbers from the noise it carries (`pet.intervals`)."""
 
@@ -184,7 +184,6 @@ class Backend(ABC):
                                  noise_sd=None if spread is None else spread.sd())
         interval = (None if spread is None else
                     query.interval(aggregate.total, spread, schema, state, outcome))
-        parts = layout.split(aggregate.total)
-        return Conclusion(outcome, np.concatenate([parts["n"], parts["missing"]]),
+        return Conclusion(outcome, layout.head(aggregate.total),
                           aggregate.error_bound, aggregate.privacy, aggregate.site_bytes,
                           aggregate.comm_rounds, interval)

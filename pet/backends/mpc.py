@@ -133,6 +133,7 @@ class MPC(Backend):
         if secure is None:
             return super().conclude(query, schema, state, combined, layout)
         bits, rounds, n_sites, sent = _unpack(combined)
+        schema = query.bounded(schema)
         public = self.secure_public(query, schema, layout)
         spent = np.array(sent)
         for _ in range(ATTEMPTS):
@@ -171,9 +172,9 @@ class MPC(Backend):
         """The `secure` program's public parameters: the scale, the head revealed first
         (n and the missing counts), the kernel and its inputs."""
         secure = SECURE[type(query)]
-        head_size = 1 + layout.split(np.zeros(layout.size))["missing"].size
+        head_size = layout.head(np.zeros(layout.size)).size
         return {**self.share_public(layout), "head": head_size, "kind": secure.kind,
-                "min_rows": 1, **secure.public(query, schema, layout)}
+                "min_rows": 1, **secure.public(query, query.bounded(schema), layout)}
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)

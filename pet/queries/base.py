@@ -11,12 +11,14 @@ column, rows of the subgroup whose value was missing and so could not be used).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
+from pet import clipping
+from pet.clipping import Clip
 from pet.errors import QueryError
 from pet.intervals import Interval, Spread, delta_method
 from pet.layout import Block, Layout
@@ -44,6 +46,8 @@ class Query(ABC):
     """A statistic over horizontally partitioned rows, computed from sums of row terms."""
 
     where: Where | str | None = field(default=None, kw_only=True)
+    clip: Clip = field(default_factory=dict, kw_only=True)
+    """Tighter public bounds for some numeric columns the query reads (`pet.clipping`)."""
 
     releases_records: ClassVar[bool] = False
     """Whether the answer is a record's own value (no DP mechanism covers that)."""
@@ -59,6 +63,7 @@ class Query(ABC):
     def __post_init__(self) -> None:
         if isinstance(self.where, str):
             object.__setattr__(self, "where", Where(self.where))
+        object.__setattr__(self, "clip", clipping.normalized(self.clip))
 
     # Hooks a query implements.
 
@@ -153,21 +158,30 @@ class Query(ABC):
                                  f"{list(schema.names)}")
         if isinstance(self.where, Where):
             self.where.check(schema)
-        self.check(schema)
+        clipping.check(self.clip, schema, self.inputs(), self.describe())
+        self.check(self.bounded(schema))
+
+    def bounded(self, schema: Schema) -> Schema:
+        """The schema the query works on: its clipping bounds in place of the schema's."""
+        return clipping.narrowed(schema, self.clip)
 
     def layout(self, schema: Schema, state: State = None) -> Layout:
         """The public layout of one round's vector (its state checked first); it holds
         only the blocks' sizes, so it is as cheap for 2^40 elements as for 2."""
+        schema = self.bounded(schema)
         self.check_state(schema, state)
-        k = len(self.missing_columns(schema))
+        k, c = len(self.missing_columns(schema)), len(self.clip)
         head = (Block.counts("n", 1, weight=self.n_weight),
-                Block.counts("missing", k, per_row=k, cells=False, weight=MISSING_WEIGHT))
+                Block.counts("missing", k, per_row=k, cells=False, weight=MISSING_WEIGHT),
+                *([Block.counts("clipped", c, per_row=c, cells=False, weight=MISSING_WEIGHT)]
+                  if c else []))
         return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema),
                       share=self.round_share(state))
 
     def local(self, chunks: Iterable[Chunk], schema: Schema, state: State = None) -> np.ndarray:
         """One site's partial vector, in one streaming pass over its chunks."""
         layout = self.layout(schema, state)
+        schema = self.bounded(schema)
         total = np.zeros(layout.size)
         for chunk in chunks:
             total += layout.join(self._chunk_parts(chunk, schema, state))
@@ -185,6 +199,7 @@ class Query(ABC):
         to round back) is never refused but post-processed: an n clipped to 0 counts
         nothing, and a statistic that needs more rows than it answers `undetermined`."""
         layout = self.layout(schema, state)
+        schema = self.bounded(schema)
         parts = layout.split(total)
         bounds = np.zeros(layout.size) if error_bounds is None else error_bounds
         errors = layout.split(bounds)
@@ -223,6 +238,20 @@ class Query(ABC):
 
         return delta_method(numbers, total, spread)
 
+    def block_spread(self, spread: Spread, schema: Schema, state: State,
+                     name: str) -> Spread:
+        """The noise on one block of the layout."""
+        scales = self.layout(schema, state).split(spread.scales)[name]
+        return Spread(spread.kind, scales, spread.copies)
+
+    def raw_interval(self, raw: Callable[[dict[str, np.ndarray]], Any], total: np.ndarray,
+                     spread: Spread, schema: Schema, state: State) -> Interval:
+        """The delta-method interval of `raw`, a statistic of the blocks before the
+        clamping its answer applies (at a clamp the answer's slope is 0 on one side, and
+        its interval would shrink to a point); the caller clamps the ends instead."""
+        layout = self.layout(schema, state)
+        return delta_method(lambda v: np.atleast_1d(raw(layout.split(v))), total, spread)
+
     def describe(self) -> str:
         """A short human-readable name, e.g. "Mean(age) where sex == 'F'"."""
         args = []
@@ -251,11 +280,17 @@ class Query(ABC):
         every_row = bool(complete.all())  # the common case: no copy of the columns
         data = {name: chunk.columns[name] if every_row else chunk.columns[name][complete]
                 for name in self.inputs()}
+        clipped = []
+        for name, bounds in self.clip.items():
+            data[name], outside = clipping.clamp(data[name], bounds)
+            clipped.append(outside)
         parts = self.accumulate(data, schema, state)
         parts["n"] = np.array([complete.sum()], dtype=np.float64)
         parts["missing"] = np.array([(missing[c] & candidates).sum()
                                      for c in self.missing_columns(schema)],
                                     dtype=np.float64)
+        if clipped:
+            parts["clipped"] = np.array(clipped, dtype=np.float64)
         return parts
 
 

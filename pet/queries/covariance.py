@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from statsmodels.stats.correlation_tools import corr_nearest
@@ -24,7 +25,7 @@ CONSTANT = 1e-6
 """Standard deviation, as a fraction of a column's public half-range, below which the
 column is taken as constant: on values scaled to [-1, 1] rounding leaves a variance near
 1e-16, a spread near 1e-8, so a spread this small is rounding, not data."""
-SPREAD_NOISE = 2.0
+SPREAD_NOISE = 1.0
 """Under DP, standard deviations of its noise a column's noisy variance must exceed for
 its correlations to be estimated."""
 
@@ -57,9 +58,14 @@ class Covariance(Query):
                      state: State) -> np.ndarray:
         return np.full((len(self.columns),) * 2, np.nan)
 
+    n_weight: ClassVar[float] = 0.05
+
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        """Σs and the cross products Σsᵢsⱼ; under DP the cross products take most of the
+        budget: their noise enters the answer directly, while the sums' and n's enter
+        only through the centering (Σs)²/n, scaled by the means (|mean| ≤ 1 scaled)."""
         d = len(self.columns)
-        return (Block.sums("sum", d), Block.sums("cross", d * (d + 1) // 2))
+        return (Block.sums("sum", d, weight=0.25), Block.sums("cross", d * (d + 1) // 2))
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
@@ -124,6 +130,6 @@ class Correlation(Covariance):
         inner = np.clip(correlation[np.ix_(kept, kept)], -1.0, 1.0)
         np.fill_diagonal(inner, 1.0)
         if inner.size and np.linalg.eigvalsh(inner)[0] < 0:
-            inner = np.clip(corr_nearest(inner, threshold=0.0), -1.0, 1.0)
+            inner = np.clip(corr_nearest(inner, threshold=0.0, n_fact=10_000), -1.0, 1.0)
         correlation[np.ix_(kept, kept)] = inner
         return correlation

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pet.errors import QueryError
-from pet.intervals import Interval, Spread, whole
+from pet.intervals import Interval, Spread, counts
 from pet.layout import Block
 from pet.queries.base import Query, State, affine, require_numeric, scale
 from pet.schema import Schema
@@ -35,9 +35,9 @@ class Count(Query):
 
     def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
                  answer: Any) -> Interval | None:
-        """The noisy count's interval, in whole rows (it was rounded after the noise)."""
-        interval = super().interval(total, spread, schema, state, answer)
-        return None if interval is None else whole(interval, self.numbers(answer))
+        """The noisy n's own interval, in whole rows from 0 (it was rounded and kept at 0
+        or more after the noise)."""
+        return counts(self.numbers(answer), self.block_spread(spread, schema, state, "n"))
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,17 @@ class Moments(Query):
 
     def moments(self, parts: dict[str, np.ndarray], schema: Schema) -> tuple[float, float, float]:
         """Count, mean and unbiased variance in the column's own units."""
+        n, mean, variance = self.raw_moments(parts, schema)
+        return n, mean, max(variance, 0.0)
+
+    def raw_moments(self, parts: dict[str, np.ndarray],
+                    schema: Schema) -> tuple[float, float, float]:
+        """`moments` as the sums give them: from noisy sums (DP) the variance may be
+        negative and the mean outside the bounds."""
         center, half = affine(schema[self.column])
         n, total, total_sq = parts["n"][0], parts["sum"][0], parts["sum_sq"][0]
         mean_scaled = total / n
-        variance = np.nan if n < 2 else max(total_sq - n * mean_scaled**2, 0.0) / (n - 1)
+        variance = np.nan if n < 2 else (total_sq - n * mean_scaled**2) / (n - 1)
         return n, center + half * mean_scaled, half**2 * variance
 
 
@@ -103,6 +110,15 @@ class Mean(Sum):
         center, half = affine(schema[self.column])
         return float(center + half * np.clip(parts["sum"][0] / parts["n"][0], -1.0, 1.0))
 
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """The noisy mean's interval, its ends kept within the public bounds."""
+        center, half = affine(self.bounded(schema)[self.column])
+        low, high = self.raw_interval(lambda p: center + half * p["sum"][0] / p["n"][0],
+                                      total, spread, schema, state)
+        return np.clip(low, center - half, center + half), np.clip(high, center - half,
+                                                                   center + half)
+
 
 @dataclass(frozen=True)
 class Variance(Moments):
@@ -124,6 +140,21 @@ class Variance(Moments):
             raise QueryError(f"{self.describe()}: needs at least 2 rows, got {n:g}")
         return float(variance)
 
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """The noisy variance's interval from the variance the sums give before it is kept
+        at 0 or more, its ends then kept there too (None when n is too small for any)."""
+        if not np.isfinite(answer):
+            return None
+        bounded = self.bounded(schema)
+        low, high = self.raw_interval(lambda p: self.raw_moments(p, bounded)[2], total,
+                                      spread, schema, state)
+        return self.settle(np.maximum(low, 0.0), np.maximum(high, 0.0))
+
+    def settle(self, low: np.ndarray, high: np.ndarray) -> Interval:
+        """The interval of the answer from the variance's: the same."""
+        return low, high
+
 
 @dataclass(frozen=True)
 class StdDev(Variance):
@@ -131,3 +162,7 @@ class StdDev(Variance):
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
         return math.sqrt(super().answer(parts, schema, state))
+
+    def settle(self, low: np.ndarray, high: np.ndarray) -> Interval:
+        """The standard deviation's interval: the square roots of the variance's ends."""
+        return np.sqrt(low), np.sqrt(high)

@@ -5,17 +5,25 @@ Predictors are mapped onto [-1, 1] with their public bounds before any sum is ta
 categorical predictor becomes 0/1 indicators, its first category the reference), so each
 row adds at most 1 to every element; coefficients and standard errors are mapped back
 to the columns' own units exactly.
+
+Under DP the revealed sums carry noise of known standard deviation, and both models
+answer anyway (post-processing only, no extra budget): linear regression by noisy
+sufficient statistics with an adaptive ridge (AdaSSP, Wang 2018), logistic regression by
+a fixed number of noisy Newton rounds that split the query's budget. Each fit then says
+how far the noise alone may have moved its coefficients (`Fit.noise_se`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import special
 
 from pet.errors import QueryError
+from pet.intervals import Interval, Spread
 from pet.layout import Block
 from pet.queries.base import (
     Next,
@@ -25,11 +33,28 @@ from pet.queries.base import (
     check_iteration,
     from_upper_triangle,
     gram_upper,
+    whole,
 )
 from pet.schema import Boolean, Categorical, Schema
 
 LOG_FLOOR = float(np.log(1e-12))
 """Per-row log-likelihood floor (probabilities clipped at 1e-12), so its sum is bounded."""
+
+NOISE_NORM_MISS = 0.01
+"""Probability that the DP noise of a summed matrix outgrows `noise_norm`: the ridge of a
+noisy linear fit and the eigenvalue floor of a noisy Hessian leave the true matrix
+positive semi-definite but for this chance (in simulation the bound holds far more often:
+its concentration step is loose)."""
+
+COEFFICIENT_BOX = 10.0
+"""Under DP, the largest coefficient a noisy Newton step may reach on the scaled design.
+A term spans [-1, 1] there, so 10 lets one term move the log-odds by 20 across its range
+(an odds ratio of 5·10⁸, far beyond any clinical association, and well inside the 30 that
+sites' disclosure control accepts in a round state): an honest fit never meets it, and a
+step that noise throws further is pulled back instead of running away."""
+
+DP_ROUND_GROWTH = 2.0
+"""Ratio of one noisy Newton round's share of the budget to the previous one's."""
 
 
 @dataclass(frozen=True)
@@ -106,40 +131,70 @@ def model_matrix(design: Design, schema: Schema, predictors: tuple[str, ...],
 
 @dataclass(frozen=True)
 class Fit:
-    """Fitted coefficients with standard errors, in the columns' own units."""
+    """Fitted coefficients with standard errors, in the columns' own units.
+
+    `se` is the sampling standard error (what another sample of patients would change);
+    `noise_se` the standard deviation of each coefficient due to the DP noise on the
+    sums it was fitted from (what another draw of the noise would change; zeros for an
+    exact backend, None is read as zeros). The two are independent, so inference uses
+    √(se² + noise_se²).
+    """
 
     names: tuple[str, ...]
     coef: np.ndarray
     se: np.ndarray
     n: int
+    noise_se: np.ndarray | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.noise_se is None:
+            object.__setattr__(self, "noise_se", np.zeros(np.shape(self.coef)))
+
+    def total_se(self) -> np.ndarray:
+        """Standard error from sampling and DP noise together."""
+        return np.hypot(self.se, self.noise_se)
 
     def statistic(self) -> np.ndarray:
-        """Coefficient divided by its standard error."""
-        return self.coef / self.se
+        """Coefficient divided by its (total) standard error."""
+        return self.coef / self.total_se()
 
     def pvalues(self) -> np.ndarray:
         """Two-sided p-values (normal reference)."""
         return 2 * special.ndtr(-np.abs(self.statistic()))
 
+    def noise_interval(self, confidence: float = 0.95) -> Interval:
+        """Where the exact (noise-free) fit's coefficients lie: coef ± z·noise_se, to first
+        order in the noise (see the models' `noise_se`); the point itself without DP.
+        It leaves out the shrinkage of a fit whose noise swamped its data in some
+        direction (a linear fit's `ridge` > 0, a logistic fit not `converged`), so there
+        it holds the exact fit less often than it says."""
+        half = special.ndtri(0.5 + confidence / 2) * np.asarray(self.noise_se)
+        return self.coef - half, self.coef + half
+
     def table(self) -> pd.DataFrame:
-        """Coefficients, standard errors, statistics, p-values and 95% intervals."""
+        """Coefficients, standard errors (sampling, DP noise), statistics, p-values and 95%
+        intervals that allow for both."""
         z = special.ndtri(0.975)
+        total = self.total_se()
         return pd.DataFrame(
-            {"coef": self.coef, "se": self.se, "statistic": self.statistic(),
-             "p": self.pvalues(), "ci_low": self.coef - z * self.se,
-             "ci_high": self.coef + z * self.se},
+            {"coef": self.coef, "se": self.se, "noise_se": self.noise_se,
+             "statistic": self.statistic(), "p": self.pvalues(),
+             "ci_low": self.coef - z * total, "ci_high": self.coef + z * total},
             index=list(self.names),
         )
 
 
 @dataclass(frozen=True)
 class LinearFit(Fit):
-    """Ordinary least squares fit: also R², adjusted R² and the residual standard error."""
+    """Ordinary least squares fit: also R², adjusted R² and the residual standard error.
+    `ridge` is the λ a noisy fit added to the diagonal of the scaled XᵀX (0: plain least
+    squares; see `LinearRegression.conclude`)."""
 
     r2: float
     adj_r2: float
     sigma: float
     dof: int
+    ridge: float = field(default=0.0, kw_only=True)
 
     def pvalues(self) -> np.ndarray:
         """Two-sided p-values from Student's t with the residual degrees of freedom."""
@@ -163,9 +218,29 @@ class Regression(Query):
     predictors: tuple[str, ...]
     intercept: bool = True
 
+    n_weight: ClassVar[float] = 0.1
+    """n enters a fit only through the degrees of freedom and the total sum of squares
+    (the intercept's diagonal of XᵀX carries its own count), but a noisy n below
+    `min_rows` leaves the fit undetermined: a tenth of the weight keeps that rare for a
+    few hundred rows at ε = 1 (1.4% of lung's logistic runs under three sites' local
+    noise, nearly all in the first round, which has 1/15 of the budget)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "predictors", tuple(self.predictors))
+
+    def numbers(self, answer: Any) -> np.ndarray:
+        """A fit's numbers are its coefficients."""
+        return np.asarray(answer.coef) if isinstance(answer, Fit) else super().numbers(answer)
+
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """A fit's noise-only interval (`Fit.noise_interval`, from its analytic `noise_se`)
+        under Gaussian noise; Laplace noise (local pure-ε DP), whose sums have heavier
+        tails than a normal, takes the base's exact quantile of the linearised noise."""
+        if isinstance(answer, Fit) and spread.kind == "gaussian":
+            return answer.noise_interval()
+        return super().interval(total, spread, schema, state, answer)
 
     def inputs(self) -> tuple[str, ...]:
         return (self.outcome, *self.predictors)
@@ -211,6 +286,39 @@ class Regression(Query):
         return inverse @ vector, inverse
 
 
+def noise_norm(sd: np.ndarray, p: int) -> float:
+    """τ: a bound on the spectral norm of the DP noise E of a summed symmetric p × p
+    matrix whose upper-triangle elements carry independent noise of standard deviation at
+    most s = max(sd), exceeded with probability below `NOISE_NORM_MISS`.
+
+    E‖E‖ ≤ 2s√p (the semicircle's edge for a Gaussian Wigner matrix, whose diagonal here
+    has no more variance than the GOE's; simulated means stay below it for p ≤ 20), and
+    ‖E‖ is √2·s-Lipschitz in the standard normal draws, so
+    P(‖E‖ ≥ 2s√p + t) ≤ 2·exp(−t²/4s²): τ = s·(2√p + 2√log(2/α)) (Gaussian
+    concentration; for Laplace noise of the same SD the first term still holds on average
+    and the tail is an approximation)."""
+    s = float(np.max(sd, initial=0.0))
+    return s * (2 * np.sqrt(p) + 2 * np.sqrt(np.log(2 / NOISE_NORM_MISS)))
+
+
+def noise_covariance(inverse: np.ndarray, vector_sd: np.ndarray, matrix_sd: np.ndarray,
+                     solution: np.ndarray) -> np.ndarray:
+    """Covariance of x = M⁻¹·b to first order in independent noise on b (per element SD
+    `vector_sd`) and on the upper triangle of the symmetric M (SD `matrix_sd`, in
+    `gram_upper`'s order): dx = M⁻¹(db − dM·x), where an off-diagonal element's noise
+    appears twice in dM, at (i, j) and (j, i)."""
+    p = len(solution)
+    rows, cols = np.triu_indices(p)
+    element = np.arange(len(rows))
+    jacobian = np.zeros((p, len(rows)))  # ∂(dM·x)/∂(each upper element's noise)
+    jacobian[rows, element] = solution[cols]
+    off = rows != cols
+    jacobian[cols[off], element[off]] = solution[rows[off]]
+    inner = np.diag(np.broadcast_to(vector_sd, p) ** 2) + (
+        jacobian * np.broadcast_to(matrix_sd, len(rows)) ** 2) @ jacobian.T
+    return inverse @ inner @ inverse.T
+
+
 @dataclass(frozen=True)
 class LinearRegression(Regression):
     """Ordinary least squares of a numeric outcome on predictors."""
@@ -221,15 +329,21 @@ class LinearRegression(Regression):
             raise QueryError(f"{self.describe()}: the outcome {self.outcome!r} must be numeric")
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        """XᵀX (upper triangle), Xᵀy and yᵀy. Under DP a coefficient moves by
+        (XᵀX)⁻¹(dXᵀy − dXᵀX·β): per unit of noise variance XᵀX and Xᵀy weigh alike for
+        coefficients of order 1 on the scaled design (terms that span the outcome's
+        range), and XᵀX's noise also sets the ridge a small cohort needs. yᵀy only enters
+        the residual variance (σ, R², the sampling SEs), where n rows' spread soon
+        dwarfs its noise: a tenth of the weight."""
         p = self.design(schema).size
         return (Block.sums("xtx", p * (p + 1) // 2), Block.sums("xty", p),
-                Block.sums("yty", 1))
+                Block.sums("yty", 1, weight=0.1))
 
     def undetermined(self, parts: dict[str, np.ndarray], schema: Schema,
                      state: State) -> LinearFit:
         names, nan = self.unknown(schema)
         return LinearFit(names, nan, nan.copy(), max(round(parts["n"][0]), 0), r2=np.nan,
-                         adj_r2=np.nan, sigma=np.nan, dof=0)
+                         adj_r2=np.nan, sigma=np.nan, dof=0, noise_se=nan.copy())
 
     def _outcome_scaling(self, schema: Schema) -> tuple[float, float]:
         return _scaling(schema[self.outcome], self.intercept)
@@ -253,14 +367,55 @@ class LinearRegression(Regression):
         tss = yty - xty[0] ** 2 / n if self.intercept else yty
         return self.fit(schema, n, beta, np.diag(a @ inverse @ a.T) * n, rss / n, tss / n)
 
+    def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
+                 schema: Schema, state: State,
+                 noise: dict[str, np.ndarray] | None = None) -> LinearFit:
+        """Least squares from exact sums (`answer`, which refuses a singular system); from
+        DP-noised sums, noisy sufficient statistics with an adaptive ridge, never refused.
+
+        AdaSSP (Wang 2018, "Revisiting differentially private linear regression", Alg. 2)
+        releases XᵀX, Xᵀy and the smallest eigenvalue of XᵀX privately and solves
+        (XᵀX̃ + λI)β = Xᵀỹ with λ just large enough that the noise cannot make the system
+        indefinite. Here the sites release only the noisy sums, so the eigenvalue is read
+        off the noisy matrix itself and the noise's spectral norm is bounded from its known
+        standard deviation (`noise_norm`, τ): λ = max(0, τ − λ_min(XᵀX̃)). The system's
+        smallest eigenvalue is then at least τ, so the exact XᵀX + λI is positive
+        semi-definite too but for a chance of `NOISE_NORM_MISS`; a cohort whose noisy
+        matrix is already that far from singular gets λ = 0 and no bias. All of it is
+        post-processing: no budget beyond the release's. R² and σ come from the noisy
+        sums, clipped to their ranges (0 ≤ RSS ≤ TSS), and `noise_se` from
+        `noise_covariance` (first order in the noise; it leaves out the ridge's bias and
+        λ's own dependence on the noise, both nil when λ = 0)."""
+        if noise is None:
+            return self.answer(parts, schema, state)
+        design = self.design(schema)
+        p, n = design.size, parts["n"][0]
+        xty, yty = parts["xty"], parts["yty"][0]
+        matrix = from_upper_triangle(parts["xtx"], p)
+        values, vectors = np.linalg.eigh(matrix)
+        ridge = max(0.0, noise_norm(noise["xtx"], p) - float(values[0]))
+        inverse = (vectors / (values + ridge)) @ vectors.T
+        beta = inverse @ xty
+        tss = max(yty - xty[0] ** 2 / n if self.intercept else yty, 0.0)
+        rss = min(max(yty - 2 * beta @ xty + beta @ matrix @ beta, 0.0), tss)
+        a = design.to_original()
+        half = self._outcome_scaling(schema)[1]
+        covariance = a @ noise_covariance(inverse, noise["xty"], noise["xtx"], beta) @ a.T
+        # (XᵀX̃ + λI)⁻¹ for the sampling SEs: it bounds the ridge's sandwich
+        # M⁻¹·XᵀX̃·M⁻¹ from above, as XᵀX̃ ≤ M = XᵀX̃ + λI.
+        return self.fit(schema, n, beta, np.diag(a @ inverse @ a.T) * n, rss / n, tss / n,
+                        noise_se=half * np.sqrt(np.maximum(np.diag(covariance), 0.0)),
+                        ridge=ridge)
+
     def fit(self, schema: Schema, n: float, beta: np.ndarray, spread: np.ndarray,
-            rss: float, tss: float) -> LinearFit:
+            rss: float, tss: float, *, noise_se: np.ndarray | None = None,
+            ridge: float = 0.0) -> LinearFit:
         """The fit from the scaled design's coefficients, diag(A·(XᵀX/n)⁻¹·Aᵀ) with A the
         map to original units, and the residual and total sums of squares per row: all
-        that MPC reveals."""
+        that MPC reveals (a DP fit adds its noise SDs and ridge)."""
         design = self.design(schema)
         dof = round(n) - design.size
-        r2 = 1.0 - rss / tss
+        r2 = 1.0 - rss / tss if tss > 0 else np.nan
         adj = 1.0 - (1.0 - r2) * (n - (1 if self.intercept else 0)) / dof
         center, half = self._outcome_scaling(schema)
         coef = half * (design.to_original() @ beta)
@@ -268,7 +423,8 @@ class LinearRegression(Regression):
             coef[0] += center
         se = half * np.sqrt(rss / dof * np.maximum(spread, 0.0))
         return LinearFit(design.names, coef, se, round(n), r2=float(r2), adj_r2=float(adj),
-                         sigma=float(half * np.sqrt(n * rss / dof)), dof=dof)
+                         sigma=float(half * np.sqrt(n * rss / dof)), dof=dof,
+                         noise_se=noise_se, ridge=ridge)
 
 
 @dataclass(frozen=True)
@@ -287,10 +443,15 @@ class LogisticRegression(Regression):
     Σ(y - μ)x, the Hessian Σμ(1 - μ)xxᵀ and the log-likelihood; the coefficients of
     every round are public, as in DataSHIELD's federated GLM. Rounds stop when no
     coefficient (on the scaled design) moves more than `tol`, or after `max_iter`.
+
+    Under DP the run takes exactly `dp_rounds` rounds (at most `max_iter`), which split
+    the query's one budget (`round_share`), and answers with the last round's fit: see
+    `conclude`.
     """
 
     max_iter: int = 25
     tol: float = 1e-8
+    dp_rounds: int = 4
 
     def check(self, schema: Schema) -> None:
         super().check(schema)
@@ -298,10 +459,34 @@ class LogisticRegression(Regression):
             raise QueryError(f"{self.describe()}: the outcome {self.outcome!r} must be boolean")
         if not 1 <= self.max_iter <= 1000 or not self.tol > 0:
             raise QueryError(f"{self.describe()}: max_iter must be in [1, 1000], tol > 0")
+        if not (whole(self.dp_rounds) and 1 <= self.dp_rounds <= 1000):
+            raise QueryError(f"{self.describe()}: dp_rounds must be a whole number in "
+                             f"[1, 1000], got {self.dp_rounds!r}")
 
     @property
     def max_rounds(self) -> int:
         return self.max_iter
+
+    @property
+    def noisy_rounds(self) -> int:
+        """Rounds a DP run takes: `dp_rounds`, or `max_iter` where that caps every run."""
+        return min(self.dp_rounds, self.max_iter)
+
+    def round_share(self, state: State) -> float:
+        """Round i of a DP run spends 2^i/(2^k − 1) of the budget (k = `noisy_rounds`;
+        1, 2, 4, 8 fifteenths for k = 4), nothing after round k.
+
+        The answer carries the last round's noise in full, to first order, but earlier
+        rounds' only through the distance they leave to the maximum (which a Newton
+        step squares): so the last round gets most (8/15, a noise SD 1.37 times that of a
+        single round with the whole budget, where an even split gives 2 times), and the
+        first, whose step from zero is of the size of the coefficients themselves, still
+        gets enough to head the right way."""
+        k, i = self.noisy_rounds, state.iteration
+        if i >= k:
+            return 0.0
+        growth = DP_ROUND_GROWTH
+        return growth**i * (growth - 1) / (growth**k - 1)
 
     def initial_state(self, schema: Schema) -> LogisticState:
         return LogisticState(0, (0.0,) * self.design(schema).size)
@@ -327,13 +512,21 @@ class LogisticRegression(Regression):
         names, nan = self.unknown(schema)
         return LogisticFit(names, nan, nan.copy(), max(round(parts["n"][0]), 0),
                            log_likelihood=np.nan, iterations=state.iteration + 1,
-                           converged=False)
+                           converged=False, noise_se=nan.copy())
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
+        """Gradient, Hessian (upper triangle) and log-likelihood at the round's state.
+        Under DP a step moves by H⁻¹(dg − dH·step): gradient and Hessian noise weigh alike
+        while steps are of order 1, and the last round's Hessian gives the SEs. The
+        log-likelihood never steers the fit and only the last DP round's is reported,
+        yet one row may move it by 27.6 (`LOG_FLOOR`): a weight of 10⁻⁵ there (about 3%
+        of that round's budget) and 10⁻⁷ before (0.3%)."""
         p = self.design(schema).size
-        hessian = Block.sums("hessian", p * (p + 1) // 2, bound=0.25)
-        return (Block.sums("gradient", p), hessian,
-                Block.sums("log_likelihood", 1, bound=-LOG_FLOOR))
+        last = state is not None and state.iteration + 1 >= self.noisy_rounds
+        return (Block.sums("gradient", p),
+                Block.sums("hessian", p * (p + 1) // 2, bound=0.25),
+                Block.sums("log_likelihood", 1, bound=-LOG_FLOOR,
+                           weight=1e-5 if last else 1e-7))
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
@@ -351,9 +544,13 @@ class LogisticRegression(Regression):
         }
 
     def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
-                 schema: Schema, state: State) -> LogisticFit | Next:
-        """Newton step; converged once the step is below `tol` or below what the
-        gradient's aggregation error alone could cause (then more rounds cannot help)."""
+                 schema: Schema, state: State,
+                 noise: dict[str, np.ndarray] | None = None) -> LogisticFit | Next:
+        """Without DP noise, a Newton step; converged once the step is below `tol` or
+        below what the gradient's aggregation error alone could cause (then more rounds
+        cannot help). With DP noise, a noisy Newton step (`_noisy_step`)."""
+        if noise is not None:
+            return self._noisy_step(parts, schema, state, noise)
         return self._step(parts, schema, state, float(np.max(errors["gradient"], initial=0)))
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema,
@@ -375,3 +572,45 @@ class LogisticRegression(Regression):
                            round(parts["n"][0]),
                            log_likelihood=float(parts["log_likelihood"][0]),
                            iterations=state.iteration + 1, converged=converged)
+
+    def _noisy_step(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+                    noise: dict[str, np.ndarray]) -> LogisticFit | Next:
+        """A Newton step from DP-noised sums, never refused (post-processing only).
+
+        The noisy Hessian is projected onto the positive definite matrices with its
+        eigenvalues floored at τ (`noise_norm`: what its noise could have taken away), so
+        no direction the noise flattened takes an unbounded step; the coefficients are
+        then kept in the public box |β| ≤ `COEFFICIENT_BOX`. After `noisy_rounds` rounds
+        the step's result is the fit, whose `noise_se` is the delta method on this last
+        step alone: dβ = H⁻¹(dg − dH·step). That neglects the earlier rounds' noise,
+        which reaches the answer only through the distance the round's state is from the
+        maximum — the Newton map's derivative vanishes there, so to second order —
+        and the same distance's own effect on the step (Newton's quadratic error), and
+        treats floor and box as inactive.
+
+        `converged` says that the floor left the last Hessian alone and the last step is
+        within what noise explains: twice the SD of its own noise and of the previous
+        round's (which had 1/`DP_ROUND_GROWTH` of its budget) together. A floored
+        Hessian means the noise swamps the data in some direction: the coefficients are
+        shrunk there and neither SE allows for it."""
+        design = self.design(schema)
+        p = design.size
+        values, vectors = np.linalg.eigh(from_upper_triangle(parts["hessian"], p))
+        floor = noise_norm(noise["hessian"], p)
+        floored = bool(values[0] < floor)
+        values = np.maximum(values, floor)
+        inverse = (vectors / values) @ vectors.T
+        step = inverse @ parts["gradient"]
+        beta = np.clip(np.asarray(state.beta) + step, -COEFFICIENT_BOX, COEFFICIENT_BOX)
+        if state.iteration + 1 < self.noisy_rounds:
+            return Next(LogisticState(state.iteration + 1, tuple(beta.tolist())))
+        scaled = noise_covariance(inverse, noise["gradient"], noise["hessian"], step)
+        step_sd = np.sqrt(np.maximum(np.diag(scaled), 0.0))
+        a = design.to_original()
+        return LogisticFit(design.names, a @ beta, np.sqrt(np.diag(a @ inverse @ a.T)),
+                           round(parts["n"][0]),
+                           log_likelihood=float(parts["log_likelihood"][0]),
+                           iterations=state.iteration + 1,
+                           converged=not floored and bool(np.all(
+                               np.abs(step) <= 2 * np.sqrt(1 + DP_ROUND_GROWTH) * step_sd)),
+                           noise_se=np.sqrt(np.maximum(np.diag(a @ scaled @ a.T), 0.0)))

@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from scipy import special
 
 from pet.errors import QueryError
+from pet.intervals import Interval, Spread, whole
 from pet.layout import Block
+from pet.mechanisms import CONFIDENCE
 from pet.queries.base import Query, State, levels, require_numeric
 from pet.schema import Boolean, Categorical, Schema
 
@@ -38,6 +42,20 @@ def consistent_counts(counts: np.ndarray, total: float) -> np.ndarray:
     if short > 0:
         whole[np.argsort(whole - projected, kind="stable")[:short]] += 1
     return whole
+
+
+def counts_interval(query: Query, total: np.ndarray, spread: Spread, schema: Schema,
+                    state: State, answer: Any) -> Interval:
+    """A table's interval, in whole rows from 0: the noise of each cell after the table is
+    made to add up to the noisy n — the projection c − (Σc − n)/K that `consistent_counts`
+    applies away from 0, which removes part of the cells' noise and adds a K-th of n's."""
+    def projected(parts: dict[str, np.ndarray]) -> np.ndarray:
+        cells = parts["counts"]
+        return cells - (cells.sum() - parts["n"][0]) / cells.size
+
+    values = query.numbers(answer)
+    low, high = whole(query.raw_interval(projected, total, spread, schema, state), values)
+    return np.maximum(low, 0.0), high
 
 
 def rank(prob: float, n: float) -> int:
@@ -105,6 +123,10 @@ class Histogram(Query):
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
         return consistent_counts(parts["counts"], parts["n"][0])
 
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        return counts_interval(self, total, spread, schema, state, answer)
+
 
 @dataclass(frozen=True)
 class Contingency(Query):
@@ -153,6 +175,10 @@ class Contingency(Query):
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
         return consistent_counts(parts["counts"], parts["n"][0]).reshape(self.shape(schema))
+
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        return counts_interval(self, total, spread, schema, state, answer)
 
 
 @dataclass(frozen=True)
@@ -215,3 +241,28 @@ class Quantiles(Query):
         inside = np.divide(targets - before, counts[index], out=np.ones_like(targets),
                            where=counts[index] > 0)
         return edges[index] + np.clip(inside, 0, 1) * (edges[index + 1] - edges[index])
+
+    def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
+                 answer: Any) -> Interval | None:
+        """Each quantile's interval by inverting a test on the noisy histogram: the grid
+        edges e where the noisy count below e is within z standard deviations of p times
+        the noisy total (the count below e and the total share their cells' noise, so the
+        difference has variance σ²·((1 − p)²·below + p²·above) for equal cell noise σ);
+        a normal approximation, also for Laplace noise."""
+        cells = self.block_spread(spread, schema, state, "counts").sd()
+        counts = self.layout(schema, state).split(total)["counts"]
+        edges = self.edges(self.bounded(schema))
+        below = np.concatenate([[0.0], np.cumsum(counts)])
+        variance_below = np.concatenate([[0.0], np.cumsum(cells**2)])
+        z = special.ndtri(0.5 + CONFIDENCE / 2)
+        low, high = [], []
+        for p in self.probs:
+            gap = below - p * below[-1]
+            sd = np.sqrt((1 - p) ** 2 * variance_below
+                         + p**2 * (variance_below[-1] - variance_below))
+            inside = np.flatnonzero(np.abs(gap) <= z * sd)
+            if inside.size == 0:  # the noisy CDF jumps past p within one bin
+                inside = np.array([int(np.argmin(np.abs(gap)))])
+            low.append(edges[max(inside[0] - 1, 0)])
+            high.append(edges[min(inside[-1] + 1, self.bins)])
+        return np.array(low), np.array(high)

@@ -133,8 +133,15 @@ class Cost(_message.Message):
     def __init__(self, latency_s: _Optional[float] = ..., rounds: _Optional[int] = ..., comm_rounds: _Optional[int] = ..., combine_s: _Optional[float] = ..., reveal_s: _Optional[float] = ..., sites: _Optional[_Iterable[_Union[SiteCost, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("query", "backend", "value_json", "n", "missing", "error_bound", "guarantee", "cost", "interval")
+    __slots__ = ("query", "backend", "value_json", "n", "missing", "error_bound", "guarantee", "cost", "interval", "clipped")
     class MissingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ClippedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +157,7 @@ class Result(_message.Message):
     GUARANTEE_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
     query: str
     backend: str
     value_json: str
@@ -159,7 +167,8 @@ class Result(_message.Message):
     guarantee: Guarantee
     cost: Cost
     interval: Interval
-    def __init__(self, query: _Optional[str] = ..., backend: _Optional[str] = ..., value_json: _Optional[str] = ..., n: _Optional[int] = ..., missing: _Optional[_Mapping[str, int]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[Guarantee, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., interval: _Optional[_Union[Interval, _Mapping]] = ...) -> None: ...
+    clipped: _containers.ScalarMap[str, int]
+    def __init__(self, query: _Optional[str] = ..., backend: _Optional[str] = ..., value_json: _Optional[str] = ..., n: _Optional[int] = ..., missing: _Optional[_Mapping[str, int]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[Guarantee, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., interval: _Optional[_Union[Interval, _Mapping]] = ..., clipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Interval(_message.Message):
     __slots__ = ("low", "high")
@@ -170,7 +179,7 @@ class Interval(_message.Message):
     def __init__(self, low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("site", "dataset", "epsilon", "delta", "spent_epsilon", "spent_delta", "releases")
+    __slots__ = ("site", "dataset", "epsilon", "delta", "spent_epsilon", "spent_delta", "releases", "rho", "spent_rho")
     SITE_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +187,8 @@ class Budget(_message.Message):
     SPENT_EPSILON_FIELD_NUMBER: _ClassVar[int]
     SPENT_DELTA_FIELD_NUMBER: _ClassVar[int]
     RELEASES_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    SPENT_RHO_FIELD_NUMBER: _ClassVar[int]
     site: str
     dataset: str
     epsilon: float
@@ -185,7 +196,9 @@ class Budget(_message.Message):
     spent_epsilon: float
     spent_delta: float
     releases: int
-    def __init__(self, site: _Optional[str] = ..., dataset: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., spent_epsilon: _Optional[float] = ..., spent_delta: _Optional[float] = ..., releases: _Optional[int] = ...) -> None: ...
+    rho: float
+    spent_rho: float
+    def __init__(self, site: _Optional[str] = ..., dataset: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., spent_epsilon: _Optional[float] = ..., spent_delta: _Optional[float] = ..., releases: _Optional[int] = ..., rho: _Optional[float] = ..., spent_rho: _Optional[float] = ...) -> None: ...
 
 class BudgetRequest(_message.Message):
     __slots__ = ("dataset",)

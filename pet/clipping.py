@@ -1,0 +1,80 @@
+"""Clipping bounds a query carries: tighter public bounds for some of its numeric columns.
+
+A schema's bounds are public and wide (age 18–100), and they fix how much one row can
+move a sum: DP noise is scaled to them. A query may name tighter bounds for the columns
+it reads; every value outside is clamped into them before any sum is taken, so one
+row's influence — and the noise that hides it — shrinks to the tighter range. Clamping
+biases the answer when many values fall outside, so the result counts the clamped rows
+(under DP, a noisy count like any other). The bounds are public: the analyst chooses
+them from outside knowledge or from an earlier DP release (grid `Quantiles`).
+
+The query then works on the schema with the narrowed bounds (`narrowed`): its layout,
+sensitivity, scaling and answer all follow them; the filter still sees raw values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+
+from pet.errors import QueryError
+from pet.schema import Column, Continuous, Schema, TimeToEvent
+
+Clip = Mapping[str, tuple[float, float]]
+"""Column name → (lower, upper) clipping bounds."""
+
+
+def normalized(clip: Clip | None) -> dict[str, tuple[float, float]]:
+    """The bounds as a plain dict of float pairs (refusing anything else)."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, bounds in dict(clip or {}).items():
+        try:
+            lower, upper = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise QueryError(f"clipping bounds of {name!r} must be two numbers (lower, "
+                             f"upper), got {bounds!r}") from None
+        out[str(name)] = (lower, upper)
+    return out
+
+
+def check(clip: Clip, schema: Schema, inputs: tuple[str, ...], what: str) -> None:
+    """Refuse bounds for a column the query does not read, for a column that is not
+    numeric, or outside (or not inside) the schema's own bounds."""
+    for name, (lower, upper) in clip.items():
+        if name not in inputs:
+            raise QueryError(f"{what}: clipping bounds for {name!r}, a column the query does "
+                             f"not read (it reads {list(inputs)})")
+        column = schema[name]
+        if not isinstance(column, Continuous | TimeToEvent):
+            raise QueryError(f"{what}: column {name!r} is {column.kind}; only numeric "
+                             "columns take clipping bounds")
+        low, high = column.bounds()
+        if not (low <= lower < upper <= high) or not np.isfinite([lower, upper]).all():
+            raise QueryError(f"{what}: clipping bounds [{lower:g}, {upper:g}] of {name!r} "
+                             f"must be increasing and within the schema's [{low:g}, {high:g}]")
+        if isinstance(column, TimeToEvent) and lower != 0:
+            raise QueryError(f"{what}: a time-to-event column's clipping bounds start at 0 "
+                             f"(follow-up time), got {lower:g} for {name!r}")
+
+
+def narrowed(schema: Schema, clip: Clip) -> Schema:
+    """The schema with each clipped column's bounds replaced by its clipping bounds."""
+    if not clip:
+        return schema
+    return replace(schema, columns=tuple(_narrow(c, clip[c.name]) if c.name in clip else c
+                                         for c in schema.columns))
+
+
+def _narrow(column: Column, bounds: tuple[float, float]) -> Column:
+    if isinstance(column, TimeToEvent):
+        return replace(column, upper=bounds[1])
+    return replace(column, lower=bounds[0], upper=bounds[1])
+
+
+def clamp(values: np.ndarray, bounds: tuple[float, float]) -> tuple[np.ndarray, int]:
+    """The values clamped into the bounds, and how many were outside."""
+    lower, upper = bounds
+    outside = int(np.count_nonzero((values < lower) | (values > upper)))
+    return (np.clip(values, lower, upper) if outside else values), outside
