@@ -6,7 +6,8 @@ it reads; every value outside is clamped into them before any sum is taken, so o
 row's influence — and the noise that hides it — shrinks to the tighter range. Clamping
 biases the answer when many values fall outside, so the result counts the clamped rows
 (under DP, a noisy count like any other). The bounds are public: the analyst chooses
-them from outside knowledge or from an earlier DP release (grid `Quantiles`).
+them from outside knowledge or from a DP release of the column's quantiles
+(`private_bounds`), paid from the query's own budget (`split_budget`).
 
 The query then works on the schema with the narrowed bounds (`narrowed`): its layout,
 sensitivity, scaling and answer all follow them; the filter still sees raw values.
@@ -16,11 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pet.errors import QueryError
+from pet.mechanisms import epsilon_of, rho_of
 from pet.schema import Column, Continuous, Schema, TimeToEvent
+
+if TYPE_CHECKING:  # a study runs queries, whose base imports this module
+    from pet.study import Study
 
 Clip = Mapping[str, tuple[float, float]]
 """Column name → (lower, upper) clipping bounds."""
@@ -78,3 +84,39 @@ def clamp(values: np.ndarray, bounds: tuple[float, float]) -> tuple[np.ndarray, 
     lower, upper = bounds
     outside = int(np.count_nonzero((values < lower) | (values > upper)))
     return (np.clip(values, lower, upper) if outside else values), outside
+
+
+def split_budget(epsilon: float, delta: float, share: float) -> tuple[float, float]:
+    """Two ε at the same δ whose zCDP costs are `share` and 1 − `share` of the ρ that
+    (ε, δ) costs: a query preceded by a DP estimate of its clipping bounds spends, in all,
+    what the query alone would have (ρ adds). Under pure ε-DP (δ = 0) the ε splits."""
+    if not 0 < share < 1:
+        raise QueryError(f"the share spent on clipping bounds must lie in (0, 1), got "
+                         f"{share!r}")
+    if delta == 0:
+        return share * epsilon, (1 - share) * epsilon
+    rho = rho_of(epsilon, delta)
+    return epsilon_of(share * rho, delta), epsilon_of((1 - share) * rho, delta)
+
+
+def private_bounds(study: Study, column: str, *, probs: tuple[float, float] = (0.02, 0.98),
+                   bins: int = 200, where: str | None = None) -> dict[str, tuple[float, float]]:
+    """Clipping bounds for a numeric column from one DP release under the study's own
+    backend (and budget): the `probs` quantiles of a noisy histogram on a public grid of
+    `bins` bins (grid `Quantiles`), widened to whole grid bins so that they are never a
+    record's value. Use them as the next query's `clip`."""
+    from pet.queries import Quantiles  # the queries' base imports this module
+
+    query = Quantiles(column, probs, bins=bins, where=where)
+    if not study.backend.differentially_private:
+        raise QueryError("private_bounds estimates clipping bounds under a DP backend; "
+                         f"the study runs {study.backend.name}")
+    low, high = study.run(query).value
+    edges = query.edges(study.schema)
+    width = edges[1] - edges[0]
+    lower = max(edges[0], float(np.floor((low - edges[0]) / width) * width + edges[0]))
+    upper = min(edges[-1], float(np.ceil((high - edges[0]) / width) * width + edges[0]))
+    if not upper > lower:
+        upper = min(edges[-1], lower + width)
+        lower = upper - width
+    return {column: (lower, upper)}

@@ -213,13 +213,14 @@ def query_rho(epsilon: float, delta: float) -> float:
 
 
 def release_rho(layout: Layout, epsilon: float, delta: float, rho: float | None) -> float:
-    """The ρ one release of a round spends: its share of the query's budget (`plan`), as
-    ρ; a synthesizer's release states its own ρ."""
+    """The ρ one release of a round spends from its query's: its share of it (`plan`); a
+    synthesizer's release states its own ρ. Under pure DP a round of share s is
+    (s·ε)-DP, which is (s·ε)²/2-zCDP, but it spends s·ε²/2: the request's releases are then
+    capped at ε²/2 exactly when their ε add up to at most ε, so the query stays ε-DP
+    whatever rounds a peer asks for (and its ρ is no more than spent)."""
     if rho is not None:
         return rho
-    if delta == 0:
-        return (layout.share * epsilon) ** 2 / 2
-    return layout.share * rho_of(epsilon, delta)
+    return layout.share * query_rho(epsilon, delta)
 
 
 def epsilon_of(rho: float, delta: float) -> float:

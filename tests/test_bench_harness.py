@@ -78,8 +78,8 @@ def test_the_quick_profile_writes_csv_json_markdown_and_plots(quick_run) -> None
 def test_bytes_match_the_layout_and_sites(quick_run) -> None:
     _, _, frame = quick_run
     mean = frame[(frame["query"] == "mean") & (frame.sites == 2)].iloc[0]
-    assert mean.bytes_total == 2 * 8 * (1 + 1 + 1)  # n, missing, Σx per site, float64
-    assert mean.bytes_per_site == 8 * 3
+    assert mean.bytes_total == 2 * 8 * (1 + 1)  # n, Σx per site (sbp is never missing)
+    assert mean.bytes_per_site == 8 * 2
 
 
 def test_cohort_cells_are_compared_with_a_bare_scan(quick_run) -> None:

@@ -11,7 +11,9 @@ import pytest
 
 from pet.backends.central_dp import HEDP
 from pet.backends.dp import LocalDP
+from pet.clipping import private_bounds, split_budget
 from pet.errors import QueryError
+from pet.mechanisms import rho_of
 from pet.queries import Correlation, KaplanMeier, LinearRegression, Mean, Variance
 from pet.study import Study
 from pet.workloads import Workload
@@ -106,3 +108,31 @@ def test_clipping_makes_lungs_correlations_estimable_under_dp(lung3: Workload,
         narrow = [np.isfinite(study.run(Correlation(columns, clip=clip)).value).all()
                   for _ in range(10)]
     assert np.mean(wide) <= 0.3 and np.mean(narrow) >= 0.7
+
+
+def test_a_budget_split_for_private_bounds_costs_what_the_query_alone_would(
+        lung3: Workload, tmp_path: Path) -> None:
+    """Bounds from a DP histogram at a tenth of the query's ρ, then the variance at the
+    rest: the ledger's two charges add up to the ρ OpenDP gives (ε, δ) alone, and the
+    bounds lie on the public grid around where the patients' ages are."""
+    first, rest = split_budget(1.0, 1e-6, 0.1)
+    assert rho_of(first, 1e-6) + rho_of(rest, 1e-6) == pytest.approx(rho_of(1.0, 1e-6),
+                                                                     rel=1e-6)
+    sites = lung3.sites(NO_CELL_LIMIT, ledgers=tmp_path)
+    for site in sites:
+        site.ledger.set_budget(site.dataset, 10.0, 1e-5)
+    with Study(sites, backend=HEDP(epsilon=first, delta=1e-6)) as study:
+        clip = private_bounds(study, "age")
+    lower, upper = clip["age"]
+    ages = lung3.pooled().age
+    assert 18 <= lower < ages.median() < upper <= 100
+    steps = (np.array([lower, upper]) - 18) / 0.41  # the grid: 200 bins of 82 / 200 years
+    np.testing.assert_allclose(steps, np.rint(steps), atol=1e-9)
+    with Study(sites, backend=HEDP(epsilon=rest, delta=1e-6)) as study:
+        result = study.run(Variance("age", clip=clip))
+    assert np.isfinite(result.value)
+    for site in sites:
+        assert site.ledger.budget(site.dataset).spent_rho == pytest.approx(
+            rho_of(1.0, 1e-6), rel=1e-6)
+    with pytest.raises(QueryError, match="under a DP backend"):
+        private_bounds(lung3.study(policy=NO_CELL_LIMIT), "age")

@@ -27,6 +27,7 @@ from pet.queries import (
     LogisticRegression,
     Mean,
 )
+from pet.queries.regression import LogisticState
 from pet.study import Study
 from pet.workloads import Workload, cohort
 from tests.conftest import NO_CELL_LIMIT
@@ -220,3 +221,22 @@ def test_a_noisy_correlation_is_a_correlation_matrix_not_a_sign_pattern(
             finite.append(kept.all())
         if workload is larger:  # 15 000 rows: every spread is estimable
             assert all(finite) and np.mean(extreme) < 0.1
+
+
+def test_a_pure_dp_query_cannot_be_released_past_its_epsilon(lung3: Workload,
+                                                            tmp_path: Path) -> None:
+    """A peer asks the last round of a pure-ε logistic regression (8/15 of its ε) twice,
+    with different coefficients: two such releases would spend 16/15 of ε. The ρ of
+    pure-DP releases, (s·ε)²/2, would let three through; each spends s·ε²/2 instead, and
+    the second is refused."""
+    sites = lung3.sites(NO_CELL_LIMIT, ledgers=tmp_path)
+    site = sites[0]
+    site.ledger.set_budget(site.dataset, 10.0)
+    query = LogisticRegression("dead", ("age",))
+    backend = LocalDP(epsilon=1.0, delta=0.0)
+    last = LogisticState(3, (0.0, 0.0))
+    site.contribute(query, last, backend, request="peer", round=4)
+    with pytest.raises(BudgetError, match="cannot spend"):
+        site.contribute(query, LogisticState(3, (0.1, 0.0)), backend, request="peer",
+                        round=5)
+    assert sum(site.ledger.spends("peer", site.dataset)) == pytest.approx(8 / 15 * 0.5)
