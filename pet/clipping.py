@@ -100,11 +100,13 @@ def split_budget(epsilon: float, delta: float, share: float) -> tuple[float, flo
 
 
 def private_bounds(study: Study, column: str, *, probs: tuple[float, float] = (0.02, 0.98),
-                   bins: int = 200, where: str | None = None) -> dict[str, tuple[float, float]]:
+                   bins: int = 32, where: str | None = None) -> dict[str, tuple[float, float]]:
     """Clipping bounds for a numeric column from one DP release under the study's own
     backend (and budget): the `probs` quantiles of a noisy histogram on a public grid of
     `bins` bins (grid `Quantiles`), widened to whole grid bins so that they are never a
-    record's value. Use them as the next query's `clip`."""
+    record's value. Use them as the next query's `clip`. The noise of a cumulative count
+    grows with the bins it adds up, so the grid is coarse; a cohort too small for the
+    noise gets bounds near the schema's own (lung's 228 patients at a tenth of ε = 1)."""
     from pet.queries import Quantiles  # the queries' base imports this module
 
     query = Quantiles(column, probs, bins=bins, where=where)

@@ -80,16 +80,21 @@ def test_a_time_to_event_column_clips_its_follow_up_from_zero(lung3: Workload) -
 def test_under_dp_the_noise_shrinks_with_the_clipping_range(lung3: Workload,
                                                            tmp_path: Path) -> None:
     """Variance noise scales with the range squared: age clipped from [18, 100] to
-    [40, 80] narrows the 95% interval about (82/40)² = 4.2 times."""
+    [40, 80] narrows the 95% interval about (82/40)² = 4.2 times (the median ratio over
+    200 pairs was 3.8, and 5.5% of single ratios fell below 2.5, so the median of 15
+    falls below it with probability under 10⁻⁶)."""
     study = _dp_study(lung3, tmp_path)
-    wide = study.run(Variance("age"))
-    narrow = study.run(Variance("age", clip={"age": (40, 80)}))
 
-    def width(result: object) -> float:
-        low, high = result.interval  # type: ignore[attr-defined]
-        return float(high[0] - low[0])
+    def width(result: object) -> float:  # the upper half: the lower one may stop at 0
+        _, high = result.interval  # type: ignore[attr-defined]
+        return float(high[0] - result.value)  # type: ignore[attr-defined]
 
-    assert width(narrow) < width(wide) / 3
+    ratios = []
+    for _ in range(15):
+        wide = study.run(Variance("age"))
+        narrow = study.run(Variance("age", clip={"age": (40, 80)}))
+        ratios.append(width(wide) / width(narrow))
+    assert np.median(ratios) > 2.5
     assert narrow.privacy.epsilon == wide.privacy.epsilon == 1.0
 
 
@@ -126,7 +131,7 @@ def test_a_budget_split_for_private_bounds_costs_what_the_query_alone_would(
     lower, upper = clip["age"]
     ages = lung3.pooled().age
     assert 18 <= lower < ages.median() < upper <= 100
-    steps = (np.array([lower, upper]) - 18) / 0.41  # the grid: 200 bins of 82 / 200 years
+    steps = (np.array([lower, upper]) - 18) / (82 / 32)  # the grid: 32 bins of 82 years
     np.testing.assert_allclose(steps, np.rint(steps), atol=1e-9)
     with Study(sites, backend=HEDP(epsilon=rest, delta=1e-6)) as study:
         result = study.run(Variance("age", clip=clip))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from statsmodels.stats.correlation_tools import corr_nearest
+from statsmodels.tools.sm_exceptions import IterationLimitWarning
 
 from pet.errors import QueryError
 from pet.layout import Block
@@ -130,6 +132,8 @@ class Correlation(Covariance):
         inner = np.clip(correlation[np.ix_(kept, kept)], -1.0, 1.0)
         np.fill_diagonal(inner, 1.0)
         if inner.size and np.linalg.eigvalsh(inner)[0] < 0:
-            inner = np.clip(corr_nearest(inner, threshold=0.0, n_fact=10_000), -1.0, 1.0)
+            with warnings.catch_warnings():  # it stops at its iteration limit within 1e-12
+                warnings.simplefilter("ignore", IterationLimitWarning)
+                inner = np.clip(corr_nearest(inner, threshold=1e-12), -1.0, 1.0)
         correlation[np.ix_(kept, kept)] = inner
         return correlation
