@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # a study runs queries, whose base imports this module
 
 Clip = Mapping[str, tuple[float, float]]
 """Column name → (lower, upper) clipping bounds."""
+NARROWEST = 1e-9
+"""The narrowest clipping range, as a fraction of the schema's: values are scaled by it,
+and a range near 0 (a subnormal one divides to ±inf) would make one row's sum unbounded."""
 
 
 def normalized(clip: Clip | None) -> dict[str, tuple[float, float]]:
@@ -60,6 +63,10 @@ def check(clip: Clip, schema: Schema, inputs: tuple[str, ...], what: str) -> Non
         if not (low <= lower < upper <= high) or not np.isfinite([lower, upper]).all():
             raise QueryError(f"{what}: clipping bounds [{lower:g}, {upper:g}] of {name!r} "
                              f"must be increasing and within the schema's [{low:g}, {high:g}]")
+        if upper - lower < NARROWEST * (high - low):
+            raise QueryError(f"{what}: clipping bounds [{lower:g}, {upper:g}] of {name!r} "
+                             f"are narrower than {NARROWEST:g} of the schema's range: the "
+                             "values scaled to them would lose all precision")
         if isinstance(column, TimeToEvent) and lower != 0:
             raise QueryError(f"{what}: a time-to-event column's clipping bounds start at 0 "
                              f"(follow-up time), got {lower:g} for {name!r}")

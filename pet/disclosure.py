@@ -29,10 +29,13 @@ class DisclosurePolicy:
     a sharper one could weigh a single row against all others (an honest fit beyond it
     has separated data, whose coefficients are not meaningful anyway)."""
     min_cell_under_dp: bool = False
-    """Whether the cell rule also guards DP releases. Off by default: DP noise is what
-    protects a DP release, and a refusal that depends on the rows answers a question
-    about them without noise or charge; a site whose governance demands the rule anyway
-    turns it on, and small cells then refuse DP tables as they refuse exact ones."""
+    """Whether the cell rule also guards DP releases of counts of people. Off by default:
+    DP noise is what protects a DP release. A site whose governance demands the rule
+    anyway turns it on; it is then applied to the site's own noisy release, never to the
+    exact counts (a refusal that depended on the rows would answer a question about them
+    for free): under `dp` the site sets its noisy cells below `min_cell` to 0, and it
+    refuses such queries under he+dp and mpc+dp, where its message is only a share of the
+    noise, whatever its rows."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_cell, int) or self.min_cell < 1:

@@ -24,6 +24,9 @@ from scipy import integrate, optimize, special
 
 from pet.mechanisms import CONFIDENCE
 
+MAX_JACOBIAN = 10**7
+"""The most numbers × elements the delta method differentiates; a larger answer gets no
+interval (NaN) rather than costing the analyst's machine its memory and minutes."""
 STEP = 0.01
 """Finite-difference step, as a fraction of each element's noise scale."""
 RATIO = 1.001
@@ -55,6 +58,8 @@ def delta_method(answer: Callable[[np.ndarray], np.ndarray], total: np.ndarray,
     """The interval of each number of `answer(total)` for the noise `spread` (first order
     in the noise, with the exact distribution of the linearised noise)."""
     value = answer(total)
+    if value.size * np.count_nonzero(spread.scales) > MAX_JACOBIAN:
+        return np.full(value.size, np.nan), np.full(value.size, np.nan)
     jacobian = _jacobian(answer, total, spread.scales, value.size)
     half = np.array([_half_width(row, spread) for row in jacobian])
     return value - half, value + half
@@ -67,6 +72,19 @@ def cellwise(values: np.ndarray, spread: Spread) -> Interval:
                                                           spread.copies))
                      for s in spread.scales])
     return values - half, values + half
+
+
+def table(values: np.ndarray, cell_scale: float, n_scale: float, spread: Spread) -> Interval:
+    """The interval of a table's K noisy cells made to add up to the noisy n by
+    c − (Σc − n)/K (`consistent_counts` away from 0), in whole rows from 0: each cell's
+    error is (1 − 1/K) of its own noise, 1/K of each other cell's and of n's. Every cell's
+    noise has one scale, so one half-width serves them all."""
+    k = values.size
+    weights = np.concatenate([[1 - 1 / k], np.full(k - 1, 1 / k), [1 / k]])
+    scales = np.concatenate([np.full(k, cell_scale), [n_scale]])
+    half = _half_width(weights, Spread(spread.kind, scales, spread.copies))
+    low, high = whole((values - half, values + half), values)
+    return np.maximum(low, 0.0), high
 
 
 def counts(values: np.ndarray, spread: Spread) -> Interval:

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import NamedTuple
 
@@ -416,7 +416,7 @@ def _cost(names: list[str], epsilon: float, delta: float) -> _Cost:
     except ArgumentError as exc:
         raise BudgetError(f"datasets {names} cannot be charged ε={epsilon:g}, δ={delta:g}: "
                           f"{exc}; nothing was charged") from exc
-    return _Cost(cost_e, cost_d, _nearest(rho))
+    return _Cost(cost_e, cost_d, _rounded_up(rho))
 
 
 def _capacity(dataset: str, epsilon: float, delta: float) -> int:
@@ -427,15 +427,15 @@ def _capacity(dataset: str, epsilon: float, delta: float) -> int:
     except ArgumentError as exc:
         raise BudgetError(f"dataset {dataset!r} cannot have the budget ε={epsilon:g}, "
                           f"δ={delta:g}: {exc}") from exc
-    return min(_nearest(rho), LARGEST)
+    return min(_rounded_up(rho), LARGEST)
 
 
-def _nearest(rho: float) -> int:
-    """A ρ converted from (ε, δ) by OpenDP, in ledger units to the nearest: budgets and
-    charges round it alike, so a budget pays a charge of its own (ε, δ) exactly (rounding
-    one up and the other down would leave it a unit short). The rounding moves ρ by at
-    most half a unit, 5·10⁻¹⁶."""
-    return int((Decimal(repr(float(rho))) * RHO_SCALE).to_integral_value(ROUND_HALF_EVEN))
+def _rounded_up(rho: float) -> int:
+    """A ρ converted from (ε, δ) by OpenDP, in ledger units rounded up, for charges and
+    budgets alike: a charge is never recorded below its cost (a tiny ε is at least one
+    unit), and a budget pays a charge of its own (ε, δ) exactly (rounding it down would
+    leave it a unit short). A budget gains less than one unit, 10⁻¹⁵ ρ."""
+    return int((Decimal(repr(float(rho))) * RHO_SCALE).to_integral_value(ROUND_CEILING))
 
 
 def _pure_rho(epsilon: int) -> float:

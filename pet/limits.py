@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RANGES: dict[str, tuple[int, int]] = {
     "cells": (1, 10**8),
+    "blocks": (3, 1_000_000),
     "columns": (1, 10_000),
     "filter_chars": (1, 100_000),
     "filter_depth": (1, 100),
@@ -48,6 +49,9 @@ class RequestLimits:
 
     cells: int = 2**20
     """Elements of one round's vector (8 MiB of float64 per site), layout head included."""
+    blocks: int = 4096
+    """Blocks of one round's layout: under DP each is a release of its own (a
+    synthesizer's marginals of 64 columns take 2 016 pairs)."""
     columns: int = 64
     """Columns a query reads, its filter's included."""
     filter_chars: int = 4096
@@ -105,6 +109,7 @@ class FilterLimitError(LimitError, QueryError):
 
 _UNITS = {
     "cells": "elements per round (its layout's vector)",
+    "blocks": "blocks per round (each a DP release of its own)",
     "columns": "columns",
     "filter_chars": "characters",
     "filter_depth": "levels of nesting",
@@ -192,6 +197,8 @@ def check_round(query: Query, schema: Schema, state: State,
                 limits: RequestLimits = DEFAULT_LIMITS) -> None:
     """Refuse a round's state that the query could not be in (a peer's None, a wrong type
     or shape: QueryError), or a round whose vector is larger than the cells limit."""
-    cells = query.layout(schema, state).size  # the layout checks the state first
-    if cells > limits.cells:
-        raise LimitError(query.describe(), "cells", limits.cells, cells)
+    layout = query.layout(schema, state)  # the layout checks the state first
+    if layout.size > limits.cells:
+        raise LimitError(query.describe(), "cells", limits.cells, layout.size)
+    if len(layout.blocks) > limits.blocks:
+        raise LimitError(query.describe(), "blocks", limits.blocks, len(layout.blocks))

@@ -23,6 +23,12 @@ dp.enable_features("contrib")
 
 CONFIDENCE = 0.95
 """The coverage of the accuracy intervals every DP result carries."""
+MIN_EPSILON = 1e-3
+"""The smallest ε a query may ask for: below it every answer is noise for any cohort a
+site holds, and a ledger's whole-unit rounding (10⁻¹⁵ ρ per release) would no longer be
+negligible next to its cost (ε²/2 = 5·10⁻⁷ at the least)."""
+MIN_RHO = 1e-9
+"""The smallest ρ one release of a synthesizer's fit may spend, for the same reasons."""
 MAX_EPSILON = 1e4
 """The largest ε (and ρ) a release may ask for. Past ε ≈ 50 the bound e^ε on how much one
 row can shift any outcome's odds already protects nothing; 10^4 still lets benchmarks
@@ -148,14 +154,32 @@ def plan(layout: Layout, epsilon: float, delta: float, rho: float | None = None)
     if delta == 0 and rho is None:
         total = layout.share * epsilon
         split = _split([(b.weight * b.l1**2) ** (1 / 3) for b in blocks], total)
-        mechanisms = tuple(calibrate(Layout((b,)), e) for b, e in zip(blocks, split, strict=True))
+        mechanisms = tuple(_block("laplace", b.size, b.l1, e, 0.0)
+                           for b, e in zip(blocks, split, strict=True))
         return Noise(mechanisms, tuple(b.size for b in layout.blocks), epsilon, delta, None)
     total = release_rho(layout, epsilon, delta, rho)
     split = _split([b.l2 * math.sqrt(b.weight) for b in blocks], total)
-    mechanisms = tuple(calibrate_rho(Layout((b,)), r, delta)
+    mechanisms = tuple(_block("gaussian", b.size, b.l2, r, delta)
                        for b, r in zip(blocks, split, strict=True))
     query_rho = rho if rho is not None else rho_of(epsilon, delta)
     return Noise(mechanisms, tuple(b.size for b in layout.blocks), epsilon, delta, query_rho)
+
+
+@lru_cache(maxsize=4096)
+def _block(kind: str, size: int, sensitivity: float, amount: float, delta: float) -> Mechanism:
+    """One block's mechanism, calibrated once for every block alike (a synthesizer's
+    release has many of one shape): Laplace to ε = `amount` at L1 `sensitivity`, or
+    Gaussian to ρ = `amount` at L2 `sensitivity`."""
+    def measurement(scale: float) -> dp.Measurement:
+        return _measurement(kind, size, scale)
+
+    if kind == "laplace":
+        scale = least_scale(measurement, sensitivity, amount, power=1)
+        return Mechanism("laplace", scale, sensitivity, size, amount, 0.0)
+    scale = least_scale(measurement, sensitivity, amount)
+    exact = measurement(scale).map(sensitivity)
+    return Mechanism("gaussian", scale, sensitivity, size, _epsilon_at(exact, delta), delta,
+                     exact)
 
 
 def _split(importance: list[float], total: float) -> list[float]:
@@ -164,7 +188,9 @@ def _split(importance: list[float], total: float) -> list[float]:
     whole = sum(importance)
     if whole == 0:
         return [total / len(importance)] * len(importance)
-    return [total * max(i, 1e-12 * whole) / whole for i in importance]
+    floored = [max(i, 1e-12 * whole) for i in importance]
+    scale = total / sum(floored)
+    return [i * scale for i in floored]
 
 
 def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
@@ -173,8 +199,8 @@ def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
     Gaussian scaled to the L2 sensitivity under zCDP, converted to (ε, δ) by OpenDP."""
     check_privacy(epsilon, delta)
     if delta == 0:
-        scale = dp.binary_search_param(
-            lambda s: _measurement("laplace", layout.size, s), d_in=layout.l1, d_out=epsilon)
+        scale = least_scale(lambda s: _measurement("laplace", layout.size, s), layout.l1,
+                            epsilon, power=1)
         return Mechanism("laplace", scale, layout.l1, layout.size, epsilon, 0.0)
     scale = dp.binary_search_param(
         lambda s: _approximate(_measurement("gaussian", layout.size, s), delta),
@@ -227,16 +253,22 @@ def epsilon_of(rho: float, delta: float) -> float:
     """The ε at δ that OpenDP's conversion gives a ρ-zCDP guarantee: how a zCDP total is
     reported as (ε, δ)."""
     check_rho(rho)
+    return _epsilon_at(rho, delta)
+
+
+def _epsilon_at(rho: float, delta: float) -> float:
+    """`epsilon_of` for any ρ > 0 (one block of a release may spend less than MIN_RHO)."""
     scale = 1.0 / math.sqrt(2 * rho)  # a unit-sensitivity Gaussian whose map is ρ
     gaussian = _measurement("gaussian", 1, scale)
     return float(_approximate(gaussian, delta).map(1.0)[0])
 
 
 def check_rho(rho: float) -> None:
-    """Refuse a ρ that is not a positive number up to MAX_EPSILON (ρ-zCDP implies
-    ε ≥ ρ, so a larger ρ guarantees nothing an allowed ε would not)."""
-    if not (isinstance(rho, int | float) and 0 < rho <= MAX_EPSILON):
-        raise ArgumentError(f"rho must be a number in (0, {MAX_EPSILON:g}], got {rho!r}")
+    """Refuse a ρ that is not a number in [MIN_RHO, MAX_EPSILON] (ρ-zCDP implies ε ≥ ρ,
+    so a larger ρ guarantees nothing an allowed ε would not)."""
+    if not (isinstance(rho, int | float) and MIN_RHO <= rho <= MAX_EPSILON):
+        raise ArgumentError(f"rho must be a number in [{MIN_RHO:g}, {MAX_EPSILON:g}], got "
+                            f"{rho!r}")
 
 
 def noisy_max(scores: np.ndarray, sensitivity: float, rho: float) -> int:
@@ -253,13 +285,14 @@ def noisy_max(scores: np.ndarray, sensitivity: float, rho: float) -> int:
     return int(selection(scale)(np.asarray(scores, dtype=np.float64).tolist()))
 
 
-def least_scale(make: Callable[[float], dp.Measurement], d_in: float, d_out: float) -> float:
-    """The least noise scale at which `make(scale)` maps `d_in` within `d_out`, for a zCDP
-    map that falls as 1/scale² (Gaussian noise, Gumbel noisy max): read off OpenDP's map
-    at scale 1, confirmed on its map at the answer and nudged past its rounding; OpenDP's
-    binary search should that fail. One map instead of a search's forty: a fit calibrates
-    a release per round."""
-    scale = math.sqrt(make(1.0).map(d_in) / d_out)
+def least_scale(make: Callable[[float], dp.Measurement], d_in: float, d_out: float, *,
+                power: int = 2) -> float:
+    """The least noise scale at which `make(scale)` maps `d_in` within `d_out`, for a map
+    that falls as 1/scale^power (2: zCDP of Gaussian noise and Gumbel noisy max; 1: pure
+    DP of Laplace noise): read off OpenDP's map at scale 1, confirmed on its map at the
+    answer and nudged past its rounding; OpenDP's binary search should that fail. One map
+    instead of a search's forty: a fit calibrates a release per round."""
+    scale = (make(1.0).map(d_in) / d_out) ** (1 / power)
     for nudge in (0.0, 1e-14, 1e-12, 1e-10):
         if make(scale * (1 + nudge)).map(d_in) <= d_out:
             return scale * (1 + nudge)
@@ -275,10 +308,10 @@ def whole_counts(total: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 def check_privacy(epsilon: float, delta: float) -> None:
-    """Refuse an ε outside (0, MAX_EPSILON], or a δ outside [0, 1)."""
-    if not (isinstance(epsilon, int | float) and 0 < epsilon <= MAX_EPSILON):
-        raise ArgumentError(f"epsilon must be a number in (0, {MAX_EPSILON:g}], got "
-                            f"{epsilon!r}")
+    """Refuse an ε outside [MIN_EPSILON, MAX_EPSILON], or a δ outside [0, 1)."""
+    if not (isinstance(epsilon, int | float) and MIN_EPSILON <= epsilon <= MAX_EPSILON):
+        raise ArgumentError(f"epsilon must be a number in [{MIN_EPSILON:g}, {MAX_EPSILON:g}],"
+                            f" got {epsilon!r}")
     if not (isinstance(delta, int | float) and 0 <= delta < 1):
         raise ArgumentError(f"delta must lie in [0, 1), got {delta!r}")
 

@@ -21,7 +21,7 @@ import numpy as np
 from pet.audit import AuditLog
 from pet.backends.base import Backend
 from pet.disclosure import DisclosurePolicy
-from pet.errors import PetError
+from pet.errors import DisclosureError, PetError
 from pet.ledger import Ledger
 from pet.mechanisms import query_rho, release_rho
 from pet.queries.base import Query, State
@@ -119,17 +119,26 @@ class Site:
         draw, sent only once it is charged, stored and audited together."""
         self._ledger(query)
         assert self.releases is not None
+        _check_round(query, state, ask.round)
         release = Release.of(ask, self.dataset, query, state, getattr(backend, "rho", None))
         stored = self.releases.stored(release)
         if stored is not None:
             self._audit_retry(ask, query, backend, release)
             return Contribution(self.name, stored, 0.0, 0.0, audited=self.audit is not None)
+        layout = query.layout(self.schema, state)
+        guard = self.policy.min_cell_under_dp and any(b.cells and b.size for b in layout.blocks)
+        if guard and not backend.suppresses_cells:
+            raise DisclosureError(
+                f"{query.describe()} releases counts of people, which this site's policy "
+                "(min_cell_under_dp) lets out under DP only as its own noisy release, with "
+                f"noisy cells below {self.policy.min_cell} suppressed: ask under dp",
+                site=self.name, limit=self.policy.min_cell)
         start = time.perf_counter()
         partial = self._local(query, state)
-        if self.policy.min_cell_under_dp:
-            self.policy.check(partial, query.layout(self.schema, state), site=self.name)
         computed = time.perf_counter()
-        message = backend.protect(partial, query.layout(self.schema, state))
+        message = backend.protect(partial, layout)
+        if guard:
+            message = backend.suppress(message, layout, self.policy.min_cell)
         protected = time.perf_counter()
         sent = self.releases.commit(release, message,
                                     self._payment(query, state, backend, ask.request), ask=ask,
@@ -182,6 +191,16 @@ class Site:
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={self.table.n_rows})"
+
+
+def _check_round(query: Query, state: State, round: int) -> None:
+    """Refuse a DP round of an iterative query whose number is not its state's iteration
+    plus one: each iteration's share of the query's budget is then released once per
+    request (a peer could otherwise ask iteration 0, the cheapest, under every round)."""
+    iteration = getattr(state, "iteration", None)
+    if iteration is not None and round != iteration + 1:
+        raise PetError(f"{query.describe()}: round {round} must carry iteration "
+                       f"{round - 1}, not {iteration}")
 
 
 def _session(backend: Backend) -> str:

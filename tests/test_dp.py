@@ -16,7 +16,7 @@ from pet.disclosure import DisclosurePolicy
 from pet.errors import DisclosureError, PetError
 from pet.layout import Block, Layout
 from pet.ledger import BudgetError
-from pet.mechanisms import plan, rho_of
+from pet.mechanisms import plan, release_rho, rho_of
 from pet.queries import (
     Correlation,
     Count,
@@ -28,6 +28,7 @@ from pet.queries import (
     Mean,
 )
 from pet.queries.regression import LogisticState
+from pet.releases import ReleaseError
 from pet.study import Study
 from pet.workloads import Workload, cohort
 from tests.conftest import NO_CELL_LIMIT
@@ -106,7 +107,7 @@ def test_dp_refuses_what_it_cannot_protect(lung3: Workload, tmp_path: Path) -> N
     with pytest.raises(PetError, match="releases a record's own value"):
         study.run(ExactQuantiles("age", (0.5,)))
     assert all(site.ledger.budget(site.dataset).releases == 0 for site in study.sites)
-    with pytest.raises(PetError, match=r"epsilon must be a number in \(0, 10000\]"):
+    with pytest.raises(PetError, match=r"epsilon must be a number in \[0.001, 10000\]"):
         LocalDP(epsilon=0.0)
 
 
@@ -175,7 +176,8 @@ def test_consistency_leaves_exact_answers_alone(lung3: Workload) -> None:
 def test_dp_tables_answer_on_small_sites_unless_the_site_guards_them(
         lung3: Workload, tmp_path: Path) -> None:
     """Ten-year age bins leave cells below 3 at some site: exact backends refuse, a DP
-    histogram answers; a site with `min_cell_under_dp` refuses it too, charging nothing."""
+    histogram answers; sites with `min_cell_under_dp` answer it under dp (each with its
+    own noisy cells below 3 suppressed) and refuse it under he+dp, charging nothing."""
     query = Histogram("age", tuple(range(10, 111, 10)))
     with pytest.raises(DisclosureError):
         lung3.study(policy=DisclosurePolicy(min_cell=3)).run(query)
@@ -188,9 +190,11 @@ def test_dp_tables_answer_on_small_sites_unless_the_site_guards_them(
     sites = lung3.sites(guarded, ledgers=tmp_path / "guarded")
     for site in sites:
         site.ledger.set_budget(site.dataset, 10.0, 1e-5)
-    with pytest.raises(DisclosureError, match="fewer than 3 rows"):
-        Study(sites, backend=LocalDP(epsilon=1.0)).run(query)
-    assert all(site.ledger.budget(site.dataset).releases == 0 for site in sites)
+    assert Study(sites, backend=LocalDP(epsilon=1.0)).run(query).value.shape == (10,)
+    with pytest.raises(DisclosureError, match="ask under dp"), \
+            Study(sites, backend=HEDP(epsilon=1.0, delta=1e-6)) as shared:
+        shared.run(query)
+    assert all(site.ledger.budget(site.dataset).releases == 1 for site in sites)
 
 
 def test_a_noisy_correlation_is_a_correlation_matrix_not_a_sign_pattern(
@@ -226,17 +230,24 @@ def test_a_noisy_correlation_is_a_correlation_matrix_not_a_sign_pattern(
 def test_a_pure_dp_query_cannot_be_released_past_its_epsilon(lung3: Workload,
                                                             tmp_path: Path) -> None:
     """A peer asks the last round of a pure-ε logistic regression (8/15 of its ε) twice,
-    with different coefficients: two such releases would spend 16/15 of ε. The ρ of
-    pure-DP releases, (s·ε)²/2, would let three through; each spends s·ε²/2 instead, and
-    the second is refused."""
+    with different coefficients: two such releases would spend 16/15 of ε. Under the
+    same round number the release store refuses the second; under the next one the
+    site refuses a round that does not carry its iteration; and the ledger caps the
+    request anyway: counted as ρ = (s·ε)²/2 three such releases would fit in ε²/2, so
+    each spends s·ε²/2 instead."""
     sites = lung3.sites(NO_CELL_LIMIT, ledgers=tmp_path)
     site = sites[0]
     site.ledger.set_budget(site.dataset, 10.0)
     query = LogisticRegression("dead", ("age",))
     backend = LocalDP(epsilon=1.0, delta=0.0)
-    last = LogisticState(3, (0.0, 0.0))
-    site.contribute(query, last, backend, request="peer", round=4)
-    with pytest.raises(BudgetError, match="cannot spend"):
-        site.contribute(query, LogisticState(3, (0.1, 0.0)), backend, request="peer",
-                        round=5)
+    site.contribute(query, LogisticState(3, (0.0, 0.0)), backend, request="peer", round=4)
+    other = LogisticState(3, (0.1, 0.0))
+    with pytest.raises(ReleaseError, match="another state"):
+        site.contribute(query, other, backend, request="peer", round=4)
+    with pytest.raises(PetError, match="round 5 must carry iteration 4, not 3"):
+        site.contribute(query, other, backend, request="peer", round=5)
+    with pytest.raises(BudgetError, match="cannot spend"):  # the ledger's own cap
+        assert site.ledger is not None
+        site.ledger.spend(site.dataset, "peer", release_rho(
+            query.layout(site.schema, other), 1.0, 0.0, None), allowed=0.5, query="again")
     assert sum(site.ledger.spends("peer", site.dataset)) == pytest.approx(8 / 15 * 0.5)

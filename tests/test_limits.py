@@ -165,7 +165,7 @@ def test_options_are_read_off_the_backend_s_signature() -> None:
 
 def test_an_absurd_epsilon_is_refused_naming_the_largest() -> None:
     options = backend_options(pb.Backend(name="dp", epsilon=1e308))
-    with pytest.raises(ArgumentError, match=r"epsilon must be a number in \(0, 10000\]") as bad:
+    with pytest.raises(ArgumentError, match=r"epsilon must be a number in \[0.001, 10000\]") as bad:
         get_backend("dp", **options)
     assert code_of(bad.value) == grpc.StatusCode.INVALID_ARGUMENT
     get_backend("dp", epsilon=1e4)

@@ -75,7 +75,7 @@ def test_noise_matches_its_calibration(epsilon: float, delta: float) -> None:
 def test_bad_requests_get_clear_errors() -> None:
     layout = LAYOUTS[0]
     for epsilon in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(PetError, match=r"epsilon must be a number in \(0, 10000\]"):
+        with pytest.raises(PetError, match=r"epsilon must be a number in \[0.001, 10000\]"):
             calibrate(layout, epsilon)
     with pytest.raises(PetError, match=r"delta must lie in \[0, 1\)"):
         calibrate(layout, 1.0, 1.0)

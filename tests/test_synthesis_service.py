@@ -80,7 +80,7 @@ def test_a_fit_the_budget_cannot_pay_is_resource_exhausted(client: Client) -> No
 
 @pytest.mark.parametrize(("options", "words"), [
     ({"method": "gan", "epsilon": 1.0}, "unknown synthesizer 'gan'"),
-    ({"method": "aim", "epsilon": -1.0}, "epsilon must be a number in (0, 10000]"),
+    ({"method": "aim", "epsilon": -1.0}, "epsilon must be a number in [0.001, 10000]"),
     ({"method": "aim", "epsilon": 1.0, "delta": 0.0}, "needs delta > 0"),
 ])
 def test_bad_fit_requests_are_invalid_arguments(client: Client, options: dict,

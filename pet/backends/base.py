@@ -73,7 +73,8 @@ class Limits:
         (its sensitivity stays that of the layout)."""
         self._check_shape(partial, layout)
         limit = layout.bounds() * self.max_rows_per_site
-        return np.clip(partial, -limit, limit)
+        finite = np.nan_to_num(partial, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        return np.clip(finite, -limit, limit)
 
     @staticmethod
     def _check_shape(partial: np.ndarray, layout: Layout) -> None:
@@ -132,6 +133,9 @@ class Backend(ABC):
     finalizes_inside: ClassVar[bool] = False
     """Whether the answers of secure-only queries are computed without revealing any sum
     (MPC), so that a site may contribute to them."""
+    suppresses_cells: ClassVar[bool] = False
+    """Whether a site's message is its own full DP release, whose noisy cells the site may
+    suppress (`suppress`) as post-processing."""
     shares_noise: ClassVar[bool] = False
     """Whether each site adds only its share of one central noise, sized by the number of
     sites (a site must then know its federation from its own configuration)."""
@@ -165,6 +169,11 @@ class Backend(ABC):
     @abstractmethod
     def reveal(self, combined: bytes, layout: Layout) -> Aggregate:
         """At the analyst: recover the aggregate from the combined message."""
+
+    def suppress(self, message: bytes, layout: Layout, minimum: int) -> bytes:
+        """The message with its noisy cells below `minimum` set to 0 (backends that
+        `suppresses_cells`)."""
+        raise PetError(f"{self.name} cannot suppress cells of a message")
 
     def programs(self, query: Any, schema: Any, state: Any) -> dict[str, dict[str, Any]]:
         """The MPC programs a site's party runs for one round of the query, by name, with

@@ -37,6 +37,7 @@ class LocalDP(Backend):
 
     name = "dp"
     differentially_private = True
+    suppresses_cells = True
 
     def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-6, rho: float | None = None,
                  max_rows_per_site: int = 10**8, max_sites: int = 100) -> None:
@@ -52,6 +53,15 @@ class LocalDP(Backend):
         (`pet.mechanisms.plan`), drawn by OpenDP."""
         noise = plan(layout, self.epsilon, self.delta, self.rho)
         return noise.release(self.limits.clamp(partial, layout)).astype("<f8").tobytes()
+
+    def suppress(self, message: bytes, layout: Layout, minimum: int) -> bytes:
+        """The site's noisy release with every counts-of-people cell below `minimum` set to
+        0: post-processing of its own noisy release, so it costs no privacy and, unlike a
+        check of the exact counts, answers nothing about the rows."""
+        noisy = decode(message, layout).copy()
+        cells = np.concatenate([np.full(b.size, b.cells) for b in layout.blocks])
+        noisy[cells & (noisy < minimum)] = 0.0
+        return noisy.astype("<f8").tobytes()
 
     def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
         total = np.sum([decode(m, layout) for m in messages], axis=0)

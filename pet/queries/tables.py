@@ -12,7 +12,7 @@ import numpy as np
 from scipy import special
 
 from pet.errors import QueryError
-from pet.intervals import Interval, Spread, whole
+from pet.intervals import Interval, Spread, table
 from pet.layout import Block
 from pet.mechanisms import CONFIDENCE
 from pet.queries.base import Query, State, levels, require_numeric
@@ -46,16 +46,12 @@ def consistent_counts(counts: np.ndarray, total: float) -> np.ndarray:
 
 def counts_interval(query: Query, total: np.ndarray, spread: Spread, schema: Schema,
                     state: State, answer: Any) -> Interval:
-    """A table's interval, in whole rows from 0: the noise of each cell after the table is
-    made to add up to the noisy n — the projection c − (Σc − n)/K that `consistent_counts`
-    applies away from 0, which removes part of the cells' noise and adds a K-th of n's."""
-    def projected(parts: dict[str, np.ndarray]) -> np.ndarray:
-        cells = parts["counts"]
-        return cells - (cells.sum() - parts["n"][0]) / cells.size
-
-    values = query.numbers(answer)
-    low, high = whole(query.raw_interval(projected, total, spread, schema, state), values)
-    return np.maximum(low, 0.0), high
+    """A table's interval (`pet.intervals.table`): the noise of each cell after the table
+    is made to add up to the noisy n, which removes part of the cells' noise and adds a
+    K-th of n's."""
+    cells = query.block_spread(spread, schema, state, "counts").scales
+    n = query.block_spread(spread, schema, state, "n").scales
+    return table(query.numbers(answer), float(cells[0]), float(n[0]), spread)
 
 
 def rank(prob: float, n: float) -> int:
