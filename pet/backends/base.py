@@ -191,8 +191,9 @@ class Backend(ABC):
         outcome = query.finalize(aggregate.total, schema, state,
                                  error_bounds=aggregate.error_bounds,
                                  noise_sd=None if spread is None else spread.sd())
-        interval = (None if spread is None else
-                    query.interval(aggregate.total, spread, schema, state, outcome))
+        determined = layout.split(aggregate.total)["n"][0] >= query.min_rows(schema)
+        interval = (query.interval(aggregate.total, spread, schema, state, outcome)
+                    if spread is not None and determined else None)
         return Conclusion(outcome, layout.head(aggregate.total),
                           aggregate.error_bound, aggregate.privacy, aggregate.site_bytes,
                           aggregate.comm_rounds, interval)
