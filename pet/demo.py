@@ -49,7 +49,7 @@ QUESTIONS: tuple[Query, ...] = (
 DEMO_BUDGET, DEMO_DELTA = 5.0, 1e-3
 """Each site's (ε, δ) budget for the whole demo: every question at ε = 1, δ = 10⁻⁶ (one
 charge of ρ each, whatever its rounds) under three DP backends, and the synthetic cohort
-at the same: zCDP adds their ρ, which OpenDP converts to ε ≈ 4.6 at δ = 10⁻³."""
+at the same: zCDP adds their ρ, which OpenDP converts to ε ≈ 4.8 at δ = 10⁻³."""
 
 DP_OPTIONS = {"epsilon": 1.0, "delta": 1e-6}
 
