@@ -66,7 +66,12 @@ def test_the_acceptance_region_has_the_stated_false_failure_rate() -> None:
 ], ids=["count", "proportion", "mean"])
 def test_counts_proportions_and_means_cover(cohort3: Workload, query: Query, pick: int,
                                             delta: float) -> None:
-    assert LOW <= coverage(cohort3, query, LocalDP(epsilon=1.0, delta=delta), pick) <= HIGH
+    """At ε = 0.25: a count is rounded after its noise, so its interval is whole rows and
+    its coverage steps (at ε = 1 under Laplace noise of scale 1 the least whole interval
+    holding 95% holds 96.6%, too near 0.97 to test); noise four times wider makes the
+    steps fine."""
+    backend = LocalDP(epsilon=0.25, delta=delta)
+    assert LOW <= coverage(cohort3, query, backend, pick) <= HIGH
 
 
 @pytest.mark.parametrize(("query", "pick"), [
