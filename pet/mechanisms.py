@@ -119,11 +119,6 @@ class Noise:
         """Per element, its mechanism's scale (σ, or the Laplace scale b)."""
         return self._per_element(lambda m: m.scale)
 
-    def sd(self) -> np.ndarray:
-        """Per element, the standard deviation of its noise (b·√2 for Laplace)."""
-        factor = np.sqrt(2.0) if self.kind == "laplace" else 1.0
-        return self.scales() * factor
-
     def accuracy(self, alpha: float = 1 - CONFIDENCE) -> np.ndarray:
         """Per element, the half-width of the interval holding its noise with probability
         1 − alpha."""

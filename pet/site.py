@@ -200,7 +200,8 @@ def _check_round(query: Query, state: State, round: int) -> None:
     iteration = getattr(state, "iteration", None)
     if iteration is not None and round != iteration + 1:
         raise PetError(f"{query.describe()}: round {round} must carry iteration "
-                       f"{round - 1}, not {iteration}")
+                       f"{round - 1}, not {iteration}; number a request's rounds from 1, "
+                       "one per iteration")
 
 
 def _session(backend: Backend) -> str:

@@ -53,7 +53,7 @@ def noise_draws(layout: Layout, draws: int, *, sites: int = 1) -> tuple[np.ndarr
             out[:, start:start + size] = wide.release(np.zeros(wide.size)).reshape(
                 draws, sites, size).sum(axis=1)
         start += size
-    return out, noise.sd() * math.sqrt(sites)
+    return out, noise.scales() * math.sqrt(sites)  # Gaussian: the scale is the SD
 
 
 def noisy_fit(query: Query, schema: Schema, exact: np.ndarray, noise: np.ndarray,
@@ -76,7 +76,7 @@ def logistic_run(query: LogisticRegression, schema: Schema, partial, *, sites: i
             noise, sd = noise_draws(layout, 1, sites=sites)
             noise = noise[0]
         else:
-            noise, sd = draws[state.iteration][index], plan(layout, EPSILON, DELTA).sd()
+            noise, sd = draws[state.iteration][index], plan(layout, EPSILON, DELTA).scales()
         outcome = noisy_fit(query, schema, partial(state), noise, sd, state)
         if not isinstance(outcome, Next):
             return outcome

@@ -73,8 +73,7 @@ class Limits:
         (its sensitivity stays that of the layout)."""
         self._check_shape(partial, layout)
         limit = layout.bounds() * self.max_rows_per_site
-        finite = np.nan_to_num(partial, nan=0.0, posinf=np.inf, neginf=-np.inf)
-        return np.clip(finite, -limit, limit)
+        return np.clip(np.nan_to_num(partial, nan=0.0), -limit, limit)
 
     @staticmethod
     def _check_shape(partial: np.ndarray, layout: Layout) -> None:

@@ -230,10 +230,10 @@ class Query(ABC):
         that only leads to the next one."""
         if isinstance(answer, Next):
             return None
-        bounds, sd = spread.sd(), spread.sd()
+        sd = spread.sd()  # also the error bounds: they only mark the sums as noisy
 
         def numbers(vector: np.ndarray) -> np.ndarray:
-            return self.numbers(self.finalize(vector, schema, state, error_bounds=bounds,
+            return self.numbers(self.finalize(vector, schema, state, error_bounds=sd,
                                               noise_sd=sd))
 
         return delta_method(numbers, total, spread)
