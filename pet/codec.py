@@ -17,12 +17,13 @@ import numpy as np
 
 from pet.backends.base import Privacy
 from pet.errors import PetError
+from pet.hypothesis import Test
 from pet.queries import LinearFit, LogisticFit, Next, SurvivalCurve
 from pet.queries.order import Interval
 from pet.queries.regression import LogisticState
 
 TYPES: dict[str, type] = {cls.__name__: cls for cls in (
-    LinearFit, LogisticFit, SurvivalCurve, LogisticState, Interval, Next, Privacy)}
+    LinearFit, LogisticFit, SurvivalCurve, LogisticState, Interval, Next, Privacy, Test)}
 """The value classes a message may carry, by name: answers and round states."""
 
 DTYPES = frozenset({"float64", "int64", "bool", "float32", "int32"})

@@ -1,0 +1,87 @@
+"""Hypothesis tests from pooled summary statistics: what a group comparison answers once
+the sites' sums are added (post-processing only; no test ever sees a row).
+
+Each function takes the aggregated statistics a query's layout holds (per-group counts,
+means and variances, or a contingency table) and returns a `Test`. Under DP the noise on
+those statistics widens the test's reference distribution: callers pass its variance,
+so that a p-value is not smaller than the noisy data support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Test:
+    """A test's statistic, its degrees of freedom (one or two, e.g. F's numerator and
+    denominator) and two-sided p-value, with the test's name."""
+
+    method: str
+    statistic: float
+    df: tuple[float, ...]
+    p: float
+
+    def __str__(self) -> str:
+        df = ", ".join(f"{d:.4g}" for d in self.df)
+        return f"{self.method}: statistic {self.statistic:.4g} (df {df}), p = {self.p:.3g}"
+
+
+def welch(n: ArrayLike, mean: ArrayLike, var: ArrayLike, *,
+          noise_var: float = 0.0) -> Test:
+    """Welch's unequal-variance t-test of two groups from their sizes, means and unbiased
+    variances (scipy's `ttest_ind_from_stats(equal_var=False)`). `noise_var` is the
+    variance that DP noise adds to the difference of means; it joins the sampling
+    variance, and the Welch–Satterthwaite degrees of freedom are kept."""
+    n, mean, var = _groups(n, mean, var, 2)
+    se2 = float(np.sum(var / n))
+    total = se2 + noise_var
+    if not total > 0:
+        return Test("Welch's t-test", np.nan, (np.nan,), np.nan)
+    df = se2**2 / float(np.sum((var / n) ** 2 / (n - 1))) if se2 > 0 else np.inf
+    t = float(mean[0] - mean[1]) / np.sqrt(total)
+    return Test("Welch's t-test", t, (df,), float(2 * stats.t.sf(abs(t), df)))
+
+
+def anova(n: ArrayLike, mean: ArrayLike, var: ArrayLike) -> Test:
+    """One-way ANOVA's F test of k ≥ 2 groups from their sizes, means and unbiased
+    variances (as scipy's `f_oneway` on the rows)."""
+    n, mean, var = _groups(n, mean, var, None)
+    total = float(np.sum(n))
+    grand = float(np.sum(n * mean)) / total
+    between = float(np.sum(n * (mean - grand) ** 2))
+    within = float(np.sum((n - 1) * var))
+    df = (len(n) - 1.0, total - len(n))
+    if not (within > 0 and df[1] > 0):
+        return Test("one-way ANOVA", np.nan, df, np.nan)
+    f = (between / df[0]) / (within / df[1])
+    return Test("one-way ANOVA", f, df, float(stats.f.sf(f, *df)))
+
+
+def chi_square(table: ArrayLike, *, yates: bool = True) -> Test:
+    """Pearson's χ² test of independence of a contingency table's rows and columns
+    (scipy's `chi2_contingency`; with `yates`, the continuity correction of a 2 × 2
+    table). Rows and columns with no counts are dropped first: they carry no
+    information, and scipy refuses a table with a zero expected count."""
+    counts = np.asarray(table, dtype=np.float64)
+    counts = counts[counts.sum(axis=1) > 0][:, counts.sum(axis=0) > 0]
+    name = "χ² test" + (" (Yates)" if yates and counts.shape == (2, 2) else "")
+    if counts.ndim != 2 or min(counts.shape) < 2:
+        return Test(name, np.nan, (np.nan,), np.nan)
+    statistic, p, dof, _ = stats.chi2_contingency(counts, correction=yates)
+    return Test(name, float(statistic), (float(dof),), float(p))
+
+
+def _groups(n: ArrayLike, mean: ArrayLike, var: ArrayLike,
+            k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The groups' statistics as float arrays, checked to be k (or ≥ 2) of each."""
+    arrays = tuple(np.asarray(a, dtype=np.float64).ravel() for a in (n, mean, var))
+    sizes = {a.size for a in arrays}
+    if len(sizes) != 1 or (k is not None and sizes != {k}) or sizes.pop() < 2:
+        raise ValueError(f"expected {k or 'two or more'} groups' sizes, means and variances, "
+                         f"got {[a.size for a in arrays]}")
+    return arrays
