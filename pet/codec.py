@@ -18,12 +18,22 @@ import numpy as np
 from pet.backends.base import Privacy
 from pet.errors import PetError
 from pet.hypothesis import Test
-from pet.queries import LinearFit, LogisticFit, Next, SurvivalCurve
+from pet.queries import (
+    CoxFit,
+    LinearFit,
+    LogisticFit,
+    Next,
+    PoissonFit,
+    SurvivalCurve,
+    TableOneResult,
+)
+from pet.queries.cox import CoxState
 from pet.queries.order import Interval
-from pet.queries.regression import LogisticState
+from pet.queries.regression import LogisticState, PoissonState
 
 TYPES: dict[str, type] = {cls.__name__: cls for cls in (
-    LinearFit, LogisticFit, SurvivalCurve, LogisticState, Interval, Next, Privacy, Test)}
+    LinearFit, LogisticFit, SurvivalCurve, LogisticState, Interval, Next, Privacy, Test,
+    CoxFit, CoxState, TableOneResult, PoissonFit, PoissonState)}
 """The value classes a message may carry, by name: answers and round states."""
 
 DTYPES = frozenset({"float64", "int64", "bool", "float32", "int32"})

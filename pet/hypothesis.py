@@ -31,6 +31,18 @@ class Test:
         return f"{self.method}: statistic {self.statistic:.4g} (df {df}), p = {self.p:.3g}"
 
 
+WELCH = "Welch's t-test"
+ANOVA = "one-way ANOVA"
+CHI_SQUARE = "χ² test"
+LOG_RANK = "log-rank test"
+
+
+def untestable(method: str, dfs: int = 1) -> Test:
+    """The answer of a test the data cannot decide (too few rows or groups, e.g. after DP
+    noise): statistic, `dfs` degrees of freedom and p all NaN."""
+    return Test(method, np.nan, (np.nan,) * dfs, np.nan)
+
+
 def welch(n: ArrayLike, mean: ArrayLike, var: ArrayLike, *,
           noise_var: float = 0.0) -> Test:
     """Welch's unequal-variance t-test of two groups from their sizes, means and unbiased
@@ -41,10 +53,10 @@ def welch(n: ArrayLike, mean: ArrayLike, var: ArrayLike, *,
     se2 = float(np.sum(var / n))
     total = se2 + noise_var
     if not total > 0:
-        return Test("Welch's t-test", np.nan, (np.nan,), np.nan)
+        return untestable(WELCH)
     df = se2**2 / float(np.sum((var / n) ** 2 / (n - 1))) if se2 > 0 else np.inf
     t = float(mean[0] - mean[1]) / np.sqrt(total)
-    return Test("Welch's t-test", t, (df,), float(2 * stats.t.sf(abs(t), df)))
+    return Test(WELCH, t, (df,), float(2 * stats.t.sf(abs(t), df)))
 
 
 def anova(n: ArrayLike, mean: ArrayLike, var: ArrayLike) -> Test:
@@ -57,9 +69,9 @@ def anova(n: ArrayLike, mean: ArrayLike, var: ArrayLike) -> Test:
     within = float(np.sum((n - 1) * var))
     df = (len(n) - 1.0, total - len(n))
     if not (within > 0 and df[1] > 0):
-        return Test("one-way ANOVA", np.nan, df, np.nan)
+        return Test(ANOVA, np.nan, df, np.nan)
     f = (between / df[0]) / (within / df[1])
-    return Test("one-way ANOVA", f, df, float(stats.f.sf(f, *df)))
+    return Test(ANOVA, f, df, float(stats.f.sf(f, *df)))
 
 
 def chi_square(table: ArrayLike, *, yates: bool = True) -> Test:
@@ -69,11 +81,39 @@ def chi_square(table: ArrayLike, *, yates: bool = True) -> Test:
     information, and scipy refuses a table with a zero expected count."""
     counts = np.asarray(table, dtype=np.float64)
     counts = counts[counts.sum(axis=1) > 0][:, counts.sum(axis=0) > 0]
-    name = "χ² test" + (" (Yates)" if yates and counts.shape == (2, 2) else "")
+    name = CHI_SQUARE + (" (Yates)" if yates and counts.shape == (2, 2) else "")
     if counts.ndim != 2 or min(counts.shape) < 2:
         return Test(name, np.nan, (np.nan,), np.nan)
     statistic, p, dof, _ = stats.chi2_contingency(counts, correction=yates)
     return Test(name, float(statistic), (float(dof),), float(p))
+
+
+def log_rank(events: ArrayLike, at_risk: ArrayLike) -> Test:
+    """The (stratified) log-rank test of k groups from their events and numbers at risk at
+    each time, as arrays of shape (strata, groups, times): per stratum and time the
+    expected events and the hypergeometric covariance of the groups' events given the
+    total, summed over times and strata; χ² = (O − E)ᵀV⁻(O − E) over the first k − 1
+    groups, k − 1 df (lifelines' `multivariate_logrank_test` for one stratum). Groups
+    with nobody at risk are dropped first."""
+    events, at_risk = (np.asarray(a, dtype=np.float64) for a in (events, at_risk))
+    present = at_risk.sum(axis=(0, 2)) > 0
+    events, at_risk = events[:, present], at_risk[:, present]
+    k = int(present.sum())
+    if k < 2:
+        return untestable(LOG_RANK)
+    total = at_risk.sum(axis=1, keepdims=True)
+    deaths = events.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(total > 0, at_risk / total, 0.0)
+        spread = np.where(total > 1, deaths * (total - deaths) / (total - 1), 0.0)
+    observed_minus_expected = np.sum(events - deaths * share, axis=(0, 2))
+    covariance = (np.diag(np.sum(spread * share, axis=(0, 2)))
+                  - np.einsum("st,sgt,sht->gh", spread[:, 0], share, share))
+    if not np.trace(covariance) > 0:
+        return untestable(LOG_RANK)
+    d = observed_minus_expected[:-1]
+    statistic = float(d @ np.linalg.pinv(covariance[:-1, :-1]) @ d)
+    return Test(LOG_RANK, statistic, (k - 1.0,), float(stats.chi2.sf(statistic, k - 1)))
 
 
 def _groups(n: ArrayLike, mean: ArrayLike, var: ArrayLike,

@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from pet.queries import LinearFit, LogisticFit, SurvivalCurve
+from pet.queries import (
+    CoxFit,
+    LinearFit,
+    LogisticFit,
+    PoissonFit,
+    SurvivalCurve,
+    TableOneResult,
+)
 from pet.result import Result
 
 
@@ -18,17 +25,26 @@ def number(value: float) -> str:
 
 
 def summarize(value: Any) -> str:
-    """The answer of a query on one line."""
+    """The answer of a query on one line (a Table 1 as its aligned text)."""
+    if isinstance(value, TableOneResult):
+        return value.to_text()
     if isinstance(value, LinearFit | LogisticFit):
         terms = [f"{name} {number(c)} (SE {number(s)})"
                  for name, c, s in zip(value.names, value.coef, value.total_se(), strict=True)
                  if name != "intercept"]
-        if isinstance(value, LinearFit):
-            extra = f"R²={value.r2:.3f}"
-        else:
-            status = "converged" if value.converged else "NOT converged"
-            extra = f"{value.iterations} rounds, {status}"
+        extra = f"R²={value.r2:.3f}" if isinstance(value, LinearFit) else _rounds(value)
         return "; ".join([*terms, extra])
+    if isinstance(value, PoissonFit):
+        ratios = value.rate_ratios()
+        terms = [f"{name} RR {number(r)} [{number(lo)}, {number(hi)}]"
+                 for name, (r, lo, hi) in ratios.iterrows() if name != "intercept"]
+        return "; ".join([*terms, _rounds(value)])
+    if isinstance(value, CoxFit):
+        ratios = value.hazard_ratios()
+        terms = [f"{name} HR {number(r)} [{number(lo)}, {number(hi)}]"
+                 for name, (r, lo, hi) in ratios.iterrows()]
+        tests = f"C={value.concordance:.3f}; LR p={value.likelihood_ratio().p:.3g}"
+        return "; ".join([*terms, f"{value.events} events", tests])
     if isinstance(value, SurvivalCurve):
         return "; ".join(f"S({t:g})={number(s)} [{number(lo)}, {number(hi)}]" for t, s, lo, hi
                          in zip(value.times, value.survival, value.lower, value.upper,
@@ -40,6 +56,12 @@ def summarize(value: Any) -> str:
     if isinstance(value, float | int | np.floating | np.integer):
         return number(float(value))
     return str(value)
+
+
+def _rounds(value: LogisticFit | PoissonFit) -> str:
+    """A Newton fit's rounds and whether it converged."""
+    status = "converged" if value.converged else "NOT converged"
+    return f"{value.iterations} rounds, {status}"
 
 
 def with_interval(result: Result) -> str:
@@ -94,6 +116,8 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str], *,
 def _wrap(text: str, width: int) -> list[str]:
     """Pack the '; '-separated pieces of `text` into lines of at most `width` where they
     can be; a piece longer than a line is wrapped at spaces."""
+    if "\n" in text:  # already laid out in lines (a Table 1): kept as it is
+        return text.split("\n")
     lines: list[str] = []
     for piece in text.split("; "):
         if lines and len(lines[-1]) + 2 + len(piece) <= width:

@@ -8,8 +8,16 @@ from typing import Any
 import numpy as np
 
 from pet.backends.base import Privacy
+from pet.hypothesis import Test
 from pet.intervals import Interval
-from pet.queries import LinearFit, LogisticFit, SurvivalCurve
+from pet.queries import (
+    CoxFit,
+    LinearFit,
+    LogisticFit,
+    PoissonFit,
+    SurvivalCurve,
+    TableOneResult,
+)
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,14 @@ class Result:
 
 def answer_vector(value: Any) -> np.ndarray:
     """The numbers of an answer, flattened, so that answers of different backends can be
-    compared: coefficients of a fit, survival of a curve, else the value itself."""
-    if isinstance(value, LinearFit | LogisticFit):
+    compared: coefficients of a fit, survival of a curve, a test's statistic and p-value,
+    else the value itself."""
+    if isinstance(value, LinearFit | LogisticFit | PoissonFit | CoxFit):
         return np.asarray(value.coef, dtype=np.float64)
     if isinstance(value, SurvivalCurve):
         return np.asarray(value.survival, dtype=np.float64)
+    if isinstance(value, TableOneResult):
+        return value.vector()
+    if isinstance(value, Test):
+        return np.array([value.statistic, value.p], dtype=np.float64)
     return np.ravel(np.asarray(value, dtype=np.float64))

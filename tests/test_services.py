@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from hypothesis import HealthCheck, given, settings
@@ -29,11 +30,14 @@ from pet.ledger import Ledger
 from pet.queries import (
     QUERIES,
     Count,
+    Cox,
     Histogram,
     KaplanMeier,
     LogisticRegression,
     Mean,
+    TableOne,
 )
+from pet.queries.cox import SITE
 from pet.workloads import Workload
 from services import codegen
 from services.config import Tls
@@ -157,6 +161,43 @@ def test_kaplan_meier_under_mpc_matches_the_pooled_counts(client: Client,
         curve = study.run(KaplanMeier("time", "dead", grid=(365, 730, 1100))).value
     first_year = ((pooled.time <= 365) & pooled.dead).sum()
     assert curve.events[0] == first_year
+
+
+@pytest.mark.parametrize("backend", ["plaintext", "mpc"])
+def test_a_cox_model_stratified_by_site_equals_the_pooled_fit(client: Client,
+                                                              lung3: Workload,
+                                                              backend: str) -> None:
+    """Each site server places its sums in its own stratum by the name in its own
+    configuration; the fit is statsmodels' on the pooled rows with sites as strata."""
+    frame = pd.concat([t.to_frame().assign(site=name) for name, t in lung3.tables.items()],
+                      ignore_index=True).dropna(subset=["ph_ecog"])
+    reference = sm.PHReg(frame.time, frame[["age", "ph_ecog"]].astype(float),
+                         status=frame.dead.astype(int), ties="breslow",
+                         strata=frame.site).fit()
+    query = Cox("time", "dead", ("age", "ph_ecog"), grid=tuple(range(1, 1101)),
+                strata=SITE, sites=tuple(client.sites))
+    with client.study(backend) as study:
+        fit = study.run(query).value
+    tolerance = 1e-6 if backend == "plaintext" else 0.05
+    np.testing.assert_allclose(fit.coef, reference.params, rtol=tolerance)
+    assert fit.events == int(frame.dead.sum())
+
+
+@pytest.mark.parametrize("backend", ["plaintext", "he"])
+def test_a_table_one_through_the_services_is_the_pooled_table(client: Client, lung3: Workload,
+                                                             backend: str) -> None:
+    """One round through coordinator and sites; counts exact, means within CKKS error."""
+    query = TableOne(("age", "ph_ecog", "wt_loss", "dead"), by="sex")
+    with client.study(backend) as study:
+        result = study.run(query)
+    table, pooled = result.value, lung3.pooled()
+    assert result.rounds == 1
+    assert table.sizes.tolist() == [len(pooled), *pooled.sex.value_counts()[["male", "female"]]]
+    assert table.counts[3][1].tolist() == [pooled.dead.sum(),
+                                           *pooled.groupby("sex").dead.sum()[["male", "female"]]]
+    means = [pooled.wt_loss.mean(), *pooled.groupby("sex").wt_loss.mean()[["male", "female"]]]
+    np.testing.assert_allclose(table.mean[2], means, rtol=1e-6)
+    assert "wt_loss, mean (SD)" in table.to_text()
 
 
 def _pet(*args: str, token: str = "") -> subprocess.CompletedProcess:

@@ -28,17 +28,19 @@ from pet.mpc.parties import ASKED_BYTES, Parties, PartyConfig, PartyError, Party
 from pet.queries import (
     Correlation,
     Covariance,
+    Cox,
     ExactQuantiles,
     LinearRegression,
     LogisticRegression,
     Mean,
     Next,
+    PoissonRegression,
     Quantiles,
     StdDev,
     Variance,
 )
 from pet.queries.base import affine, from_upper_triangle
-from pet.queries.regression import LogisticFit, LogisticState
+from pet.queries.cox import CoxState
 from pet.schema import Schema
 
 CONFIDENTIALITY = ("sites' partials are secret-shared among the sites' parties; only the "
@@ -134,7 +136,7 @@ class MPC(Backend):
             return super().conclude(query, schema, state, combined, layout)
         bits, rounds, n_sites, sent = _unpack(combined)
         schema = query.bounded(schema)
-        public = self.secure_public(query, schema, layout)
+        public = self.secure_public(query, schema, layout, state)
         spent = np.array(sent)
         for _ in range(ATTEMPTS):
             outputs = self._run("secure", n_sites, public)
@@ -161,20 +163,21 @@ class MPC(Backend):
         layout = query.layout(schema, state)
         if type(query) in SECURE:
             return {"share_sum": self.share_public(layout),
-                    "secure": self.secure_public(query, schema, layout)}
+                    "secure": self.secure_public(query, schema, layout, state)}
         return {"share_sum": self.share_public(layout), "reveal_sum": {}}
 
     def share_public(self, layout: Layout) -> dict[str, Any]:
         """share_sum's public parameters: the layout's fixed-point scale and size."""
         return {"scale": 2.0**scale_bits(layout, self.limits), "size": layout.size}
 
-    def secure_public(self, query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    def secure_public(self, query: Any, schema: Schema, layout: Layout,
+                      state: Any = None) -> dict[str, Any]:
         """The `secure` program's public parameters: the scale, the head revealed first
         (n and the missing counts), the kernel and its inputs."""
         secure = SECURE[type(query)]
         head_size = layout.head(np.zeros(layout.size)).size
         return {**self.share_public(layout), "head": head_size, "kind": secure.kind,
-                "min_rows": 1, **secure.public(query, query.bounded(schema), layout)}
+                "min_rows": 1, **secure.inputs(query, query.bounded(schema), state, layout)}
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)
@@ -254,6 +257,14 @@ class SecureProgram:
     answer: Callable[[Any, Schema, Any, dict[str, np.ndarray], float, float],
                      tuple[Any, float]]
     exact: bool = False
+    stateful: bool = False
+    """Whether `public` also takes the round's public state (after the schema)."""
+
+    def inputs(self, query: Any, schema: Schema, state: Any, layout: Layout) -> dict[str, Any]:
+        """The kernel's public inputs for this round."""
+        if self.stateful:
+            return self.public(query, schema, state, layout)
+        return self.public(query, schema, layout)
 
     def copies(self, values: dict[str, np.ndarray], digits: int,
                bits: int) -> list[dict[str, Any]]:
@@ -271,9 +282,10 @@ class SecureProgram:
         return copies
 
 
-FIXED_POINT = {"values", "diagonal", "corner", "rss", "tss", "residual"}
+FIXED_POINT = {"values", "diagonal", "corner", "rss", "tss", "residual", "inverse",
+               "log_likelihood_per_row"}
 """Outputs of copied kernels at the programs' precision."""
-RAW_SUMS = {"log_likelihood"}
+RAW_SUMS = {"log_likelihood", "imprecise", "concordant", "comparable", "events"}
 """Outputs of copied kernels that are shared sums revealed as they are."""
 
 
@@ -403,29 +415,90 @@ def _logistic_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, An
             "log_likelihood": where["log_likelihood"], "shift": LOGISTIC_SHIFT}
 
 
+def _poisson_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
+    """Logistic regression's inputs: Poisson's gradient and Hessian are scaled to at most
+    1 per row too (`PoissonRegression`), and its meat, after the Hessian, is not read.
+    The kernel reveals no sandwich, so robust standard errors are refused."""
+    if query.robust:
+        raise QueryError(f"{query.describe()}: robust standard errors are not computed "
+                         "inside MPC; use robust=False under mpc, or another backend")
+    return _logistic_inputs(query, schema, layout)
+
+
 def _logistic(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
               n: float, unit: float) -> tuple[Any, float]:
-    """A Newton round: the next round's public coefficients, or the fit once the step
-    is below `tol` or within the computation's own noise, eight times the two copies'
-    disagreement (their truncation errors are independent; the worst-case bound is far
-    too loose to stop on). After a converged Newton step the distance to the
-    maximum-likelihood coefficients is below the step itself, so the fit's bound adds the
-    step to its error."""
+    """A Newton round of a logistic or Poisson fit (`NewtonRegression`): the next round's
+    public coefficients, or the fit once the step is below `tol` or within the
+    computation's own noise, eight times the two copies' disagreement (their truncation
+    errors are independent; the worst-case bound is far too loose to stop on). After a
+    converged Newton step the distance to the maximum-likelihood coefficients is below
+    the step itself, so the fit's bound adds the step to its error."""
     _refuse_small(query, values)
     step = values["values"]
     error = _solution_error(values, unit, LOGISTIC_SHIFT)
-    beta = np.asarray(state.beta) + step
+    beta = query.advance(schema, state, step)
+    moved = query.advance_error(schema, state, step, error)
     noise = 8 * float(np.max(np.abs(step - values["twin"])))
     converged = bool(np.max(np.abs(step)) < max(query.tol, noise))
     if not converged and state.iteration + 1 < query.max_iter:
-        return Next(LogisticState(state.iteration + 1, tuple(beta.tolist()))), error
+        return Next(query.state_type(state.iteration + 1, tuple(beta.tolist()))), moved
     design = query.design(schema)
-    fit = LogisticFit(design.names, design.to_original() @ beta,
-                      np.sqrt(np.maximum(_spread(query, schema, values), 0.0) / n), round(n),
-                      log_likelihood=float(values["log_likelihood"][0]),
-                      iterations=state.iteration + 1, converged=converged)
-    bound = error + float(np.max(np.abs(step)))
+    variance = query.information_scale(schema, state) * _spread(query, schema, values) / n
+    fit = query.make_fit(schema, state, beta, np.sqrt(np.maximum(variance, 0.0)), n,
+                         float(values["log_likelihood"][0]), converged)
+    bound = moved + float(np.max(np.abs(step)))
     return fit, float(np.max(np.abs(design.to_original()).sum(axis=1)) * bound)
+
+
+def _cox_inputs(query: Any, schema: Schema, state: Any, layout: Layout) -> dict[str, Any]:
+    """What `pet.mpc.programs._cox` needs: the design (see `_solve_inputs`), strata and
+    grid sizes, where each block lies, the round's public coefficients and whether it is
+    the closing round (which reveals the whole inverse information, for the Wald test,
+    and the concordance counts)."""
+    where = _blocks(layout)
+    closing = "c_events" in where
+    rows, cols = np.triu_indices(query.design(schema).size)
+    inputs = {**_solve_inputs(query, schema), "strata": query.strata_count(schema),
+              "grid": query.curve().steps(), "pairs": (rows.tolist(), cols.tolist()),
+              "beta": list(state.beta), "offset": float(np.abs(state.beta).sum()),
+              "shift": LOGISTIC_SHIFT, "closing": closing, "covariance": closing,
+              **{name: where[name] for name in ("events", "event_x", "s0", "s1", "s2")}}
+    if closing:
+        inputs.update(bins=query.concordance_bins, c_events=where["c_events"],
+                      c_censored=where["c_censored"])
+    return inputs
+
+
+def _cox(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], n: float,
+         unit: float) -> tuple[Any, float]:
+    """A Cox round inside MPC: the next round's public coefficients (converged once the
+    step is below `tol` or eight times the copies' disagreement, as for logistic
+    regression), or, in the closing round, the fit at the round's coefficients from the
+    revealed inverse information. Its bound adds the closing step to the solve's error:
+    the distance to the maximum of the partial likelihood is below it."""
+    _refuse_small(query, values)
+    if values["imprecise"] > 0:
+        raise QueryError(f"{query.describe()}: {values['imprecise']:g} events have risk sets "
+                         "whose weights are too small for MPC's fixed point; use a coarser "
+                         "grid, narrower covariate bounds (clip=), or the he backend")
+    step = values["values"]
+    error = _solution_error(values, unit, LOGISTIC_SHIFT)
+    log_likelihood = n * float(values["log_likelihood_per_row"])
+    null = state.null_log_likelihood if state.iteration else log_likelihood
+    half = query.design(schema).half
+    if not state.closing:
+        noise = 8 * float(np.max(np.abs(step - values["twin"])))
+        converged = bool(np.max(np.abs(step)) < max(query.tol, noise))
+        closing = converged or state.iteration + 2 >= query.max_rounds
+        beta = np.asarray(state.beta) + step
+        return Next(CoxState(state.iteration + 1, tuple(beta.tolist()), null, closing=closing,
+                             converged=converged)), float(np.max(error / half))
+    comparable = float(values["comparable"])
+    fit = query.fit(schema, state, np.asarray(state.beta), values["inverse"] / n, n=n,
+                    events=float(values["events"]), log_likelihood=log_likelihood, null=null,
+                    concordance=float(values["concordant"]) / (2 * comparable)
+                    if comparable > 0 else np.nan)
+    return fit, float(np.max((error + np.max(np.abs(step))) / half))
 
 
 def _refuse_small(query: Any, values: dict[str, np.ndarray]) -> None:
@@ -499,6 +572,8 @@ SECURE: dict[type, SecureProgram] = {
     Correlation: SecureProgram("correlation", _correlation_inputs, _correlation),
     LinearRegression: SecureProgram("linear", _linear_inputs, _linear),
     LogisticRegression: SecureProgram("logistic", _logistic_inputs, _logistic),
+    PoissonRegression: SecureProgram("logistic", _poisson_inputs, _logistic),
+    Cox: SecureProgram("cox", _cox_inputs, _cox, stateful=True),
     Quantiles: SecureProgram("positions", _quantile_inputs, _grid_quantiles, exact=True),
     ExactQuantiles: SecureProgram("positions", _exact_inputs, _exact_quantiles, exact=True),
 }

@@ -14,6 +14,7 @@ below about 2^46 (see TRUNCATION_BITS in pet.backends.mpc).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,6 +49,11 @@ def normalise(x: Any, base_bits: int, steps: int) -> tuple[Any, Any, Any]:
     return x * _power(bits, base_bits), _power(bits, 1), bits[..., -1]
 
 
+def power_of_two(bits: Any) -> Any:
+    """2^m from the monotone comparison bits (of `below`) whose sum is m."""
+    return _power(bits, 1)
+
+
 def _power(bits: Any, k: int) -> Any:
     """2^(k·m) from the monotone bits whose sum is m (an integer tensor)."""
     steps = bits.size(-1)
@@ -59,11 +65,30 @@ def reciprocal(x: Any, steps: int) -> tuple[Any, Any, Any]:
     """1/x for x in [2^-steps, 1] as (y, s, small): 1/x = s·y with y in [1, 2] and s a
     power of two (integer tensor); `small` marks inputs below the range."""
     w, s, small = normalise(x, 1, steps)
+    return newton_reciprocal(w), s, small
+
+
+def newton_reciprocal(w: Any) -> Any:
+    """1/w for w in [1/2, 1]: the minimax linear start and `NEWTON_STEPS` Newton steps."""
     a, b = RECIPROCAL_START
     y = a - w * b
     for _ in range(NEWTON_STEPS):
         y = y * (2 - w * y)
-    return y, s, small
+    return y
+
+
+LOG_TERMS = 12
+"""Terms of log(1 + v) = v − v²/2 + … for |v| ≤ 1/3: the first omitted one is below 2^-22."""
+
+
+def log_normalised(w: Any) -> Any:
+    """log w for w in [1/2, 1]: log(3/4) + log(1 + v), v = (w − 3/4)/(3/4) in [−1/3, 1/3],
+    by the series' first `LOG_TERMS` terms in Horner form (a secure product each)."""
+    v = (w - 0.75) * (4 / 3)
+    total = v * 0.0 + (-1.0) ** (LOG_TERMS + 1) / LOG_TERMS
+    for k in range(LOG_TERMS - 1, 0, -1):
+        total = total * v + (-1.0) ** (k + 1) / k
+    return total * v + math.log(0.75)
 
 
 def inv_sqrt(x: Any, steps: int) -> tuple[Any, Any, Any]:

@@ -7,6 +7,7 @@ to int64 with numpy in float64, shared with precision 0, and revealed raw.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from pet.mpc import kernels
+from pet.mpc.fixed_point import TRUNCATION_BITS
 from pet.mpc.fixed_point import precision as fixed_precision
 from pet.mpc.parties import ASKED_BYTES
 from pet.queries.tables import rank
@@ -194,10 +196,115 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
     terms = list(range(p))
     residual = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
-    return {"values": ((z * y) * s) * 2**shift,
-            "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
-            "corner": (corner * w).sum(-1), "residual": (residual * residual).sum(-1),
-            "small": small + tiny, "z": z, "rhs": rhs}
+    factor = y * s
+    outputs = {"values": (z * factor) * 2**shift,
+               "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
+               "corner": (corner * w).sum(-1), "residual": (residual * residual).sum(-1),
+               "small": small + tiny, "z": z, "rhs": rhs}
+    if public.get("covariance"):  # the whole inverse, for a joint (Wald) test
+        outputs["inverse"] = (inverse * factor.unsqueeze(-1)) * factor.unsqueeze(-2)
+    return outputs
+
+
+def _cox(crypten: Any, total: Any, n: int, bits: int,
+         public: dict[str, Any]) -> dict[str, Any]:
+    """One Newton step of a Cox model inside MPC (see `pet.queries.cox`), from the shared
+    sums per stratum and grid time; reveals the step (see `_solve`), the log partial
+    likelihood per row, and in the closing round the inverse information, the number
+    of events and the concordance counts.
+
+    Each risk-set sum S0 (a raw sum, at most 2^TRUNCATION_BITS) is brought into [1/2, 1)
+    by a secret power of two 2^m, found by comparing it with public powers of two, and
+    S1, S2 are scaled by the same power (|S1|, |S2| ≤ S0), so that the ratios S1/S0 and
+    S2/S0 lose no precision however small a late risk set is. Reveals also how many
+    events have a risk set with fewer than `RISK_BITS` significant bits (then refused)."""
+    g, k, p = public["strata"], public["grid"], public["terms"]
+    rows, cols = public["pairs"]
+    digits = fixed_precision(n)
+
+    def at_risk(name: str, width: int) -> Any:
+        start, stop = public[name]
+        cells = total[start:stop].view(g, k, width)
+        return cells.sum(1, keepdim=True) - cells.cumsum(1) + cells  # Σ over later times
+
+    sums = crypten.cat([at_risk("s0", 1), at_risk("s1", p), at_risk("s2", len(rows))], -1)
+    power = TRUNCATION_BITS - 1
+    bits_below = kernels.below(sums[..., 0], torch.tensor(
+        [2 ** (TRUNCATION_BITS - j) for j in range(1, power + 1)]))
+    m = bits_below.sum(-1)  # S0·2^m in [2^(46-1), 2^46): its top bit is bit 45
+    scaled = crypten.stack([sums * kernels.power_of_two(bits_below).unsqueeze(-1)] * 2)
+    scaled = crypten.mpc.MPCTensor.from_shares(
+        scaled.div(2 ** (TRUNCATION_BITS - digits)).share, precision=digits)
+    reciprocal = kernels.newton_reciprocal(scaled[..., 0])
+    ratios = scaled[..., 1:] * reciprocal.unsqueeze(-1)
+    r1, r2 = ratios[..., :p], ratios[..., p:]
+    counts = _per_row(crypten, total, (public["events"][0], public["event_x"][1]), n, bits)
+    d, e = counts[:, :g * k].view(2, g * k, 1), counts[:, g * k:].view(2, g * k, p).sum(1)
+    r1, r2 = r1.view(2, g * k, p), r2.view(2, g * k, -1)
+    score = e - (d * r1).sum(1)
+    information = (d * (r2 - r1[..., rows] * r1[..., cols])).sum(1)
+    solved = _solve(crypten, information, score, public)
+    del solved["z"], solved["rhs"]
+    # log S0 = log w + (46 − m − bits)·log 2, and ℓ/n = βᵀE/n − Σ d/n·(log S0 + ‖β‖₁)
+    d = d.view(2, g * k)
+    log_w = kernels.log_normalised(scaled[..., 0].view(2, g * k))
+    shifted = (d * m.view(g * k)).sum(-1) * math.log(2)  # m is an integer: exact product
+    constant = (TRUNCATION_BITS - bits) * math.log(2) + public["offset"]
+    log_likelihood = ((e * torch.tensor(public["beta"])).sum(-1) - (d * log_w).sum(-1)
+                      + shifted - d.sum(-1) * constant)
+    start, stop = public["events"]
+    imprecise = (bits_below[..., power - RISK_BITS] * total[start:stop].view(g, k)).sum()
+    outputs = {**solved, "log_likelihood_per_row": log_likelihood,
+               "imprecise": crypten.stack([imprecise] * 2)}
+    if public["closing"]:
+        outputs.update(_concordance(crypten, total, bits, public))
+    return outputs
+
+
+RISK_BITS = 4
+"""Fewest significant bits a risk-set sum with events may have inside MPC (S0 ≥ 2^4 raw
+units of the layout's scale): below that its ratios would be mostly rounding."""
+
+
+def _concordance(crypten: Any, total: Any, bits: int, public: dict[str, Any]) -> dict[str, Any]:
+    """Twice the concordant pairs (ties count one) and the comparable pairs, from events
+    by (grid time, score bin) and censored rows by (last time at risk, bin): exact
+    products of counts, revealed as raw sums at the layout's scale (two copies)."""
+    bins = public["bins"]
+
+    def counts(name: str) -> Any:
+        start, stop = public[name]
+        return total[start:stop].view(-1, bins)
+
+    events, censored = counts("c_events"), counts("c_censored")
+    later = events.sum(0, keepdim=True) - events.cumsum(0)
+    survivors = later + censored.sum(0, keepdim=True) - censored.cumsum(0) + censored
+    whole = crypten.mpc.MPCTensor.from_shares(
+        exact_quotient(crypten, crypten.stack([survivors] * 2), 2**bits).share, precision=0)
+    below = whole.cumsum(-1) * 2 - whole
+    pairs = crypten.stack([events] * 2)
+    return {"concordant": (pairs * below).view(2, -1).sum(-1),
+            "comparable": (pairs * whole.sum(-1, keepdim=True)).view(2, -1).sum(-1),
+            "events": crypten.stack([events.sum()] * 2)}
+
+
+def exact_quotient(crypten: Any, x: Any, divisor: int) -> Any:
+    """x / divisor for a shared x known to be a whole multiple of the public divisor (a
+    count at the layout's scale), exactly.
+
+    CrypTen's truncation divides each share on its own, so its result falls short by
+    Σ r_i / divisor, r_i each share's remainder: up to one unit per party, which a sum
+    of counts must not lose. The parties add up their remainders (uniformly random
+    numbers: their sum says nothing of x but for a chance of |x|/2^63) and party 0 adds
+    the shortfall back."""
+    communicator = crypten.communicator.get()
+    share = x.share
+    remainder = share - torch.div(share, divisor, rounding_mode="trunc") * divisor
+    shortfall = communicator.all_reduce(remainder) // divisor
+    result = x.div(divisor)
+    if communicator.get_rank() == 0:
+        result.share += shortfall
+    return result
 
 
 def _positions(crypten: Any, total: Any, n: int, bits: int,
@@ -231,6 +338,7 @@ KERNELS: dict[str, Callable[..., dict[str, Any]]] = {
     "correlation": _correlation,
     "linear": _linear,
     "logistic": _logistic,
+    "cox": _cox,
     "positions": _positions,
 }
 

@@ -1,7 +1,9 @@
 """The statistical questions pet answers, each a `Query` of decomposable sums."""
 
 from pet.queries.base import Next, Query
+from pet.queries.comparisons import Anova, ChiSquare, TTest
 from pet.queries.covariance import Correlation, Covariance
+from pet.queries.cox import Cox, CoxFit
 from pet.queries.descriptive import Count, Mean, StdDev, Sum, Variance
 from pet.queries.marginals import Marginals
 from pet.queries.order import ExactQuantiles
@@ -10,14 +12,18 @@ from pet.queries.regression import (
     LinearRegression,
     LogisticFit,
     LogisticRegression,
+    PoissonFit,
+    PoissonRegression,
 )
-from pet.queries.survival import KaplanMeier, SurvivalCurve
+from pet.queries.survival import KaplanMeier, LogRank, SurvivalCurve
+from pet.queries.table_one import TableOne, TableOneResult
 from pet.queries.tables import Contingency, Histogram, Quantiles
 from pet.queries.text import parse as parse_text
 
 QUERIES: dict[str, type[Query]] = {cls.__name__: cls for cls in (
-    Contingency, Correlation, Count, Covariance, ExactQuantiles, Histogram, KaplanMeier,
-    LinearRegression, LogisticRegression, Marginals, Mean, Quantiles, StdDev, Sum, Variance)}
+    Anova, ChiSquare, Contingency, Correlation, Count, Cox, Covariance, ExactQuantiles,
+    Histogram, KaplanMeier, LinearRegression, LogisticRegression, LogRank, Marginals, Mean,
+    PoissonRegression, Quantiles, StdDev, Sum, TableOne, TTest, Variance)}
 """Every query pet answers, by class name (for the wire and the command line)."""
 
 
@@ -28,25 +34,35 @@ def parse(text: str) -> Query:
 
 __all__ = [
     "QUERIES",
+    "Anova",
+    "ChiSquare",
     "Contingency",
     "Correlation",
     "Count",
     "Covariance",
+    "Cox",
+    "CoxFit",
     "ExactQuantiles",
     "Histogram",
     "KaplanMeier",
     "LinearFit",
     "LinearRegression",
+    "LogRank",
     "LogisticFit",
     "LogisticRegression",
     "Marginals",
     "Mean",
     "Next",
+    "PoissonFit",
+    "PoissonRegression",
     "Quantiles",
     "Query",
     "StdDev",
     "Sum",
     "SurvivalCurve",
+    "TTest",
+    "TableOne",
+    "TableOneResult",
     "Variance",
     "parse",
 ]

@@ -178,8 +178,11 @@ class Query(ABC):
         return Layout((*head, *self.blocks(schema, state)), parameters=self.parameters(schema),
                       share=self.round_share(state))
 
-    def local(self, chunks: Iterable[Chunk], schema: Schema, state: State = None) -> np.ndarray:
-        """One site's partial vector, in one streaming pass over its chunks."""
+    def local(self, chunks: Iterable[Chunk], schema: Schema, state: State = None, *,
+              site: str | None = None) -> np.ndarray:
+        """One site's partial vector, in one streaming pass over its chunks. `site` is the
+        site's own name, from its configuration (a query stratified by site places its
+        sums by it)."""
         layout = self.layout(schema, state)
         schema = self.bounded(schema)
         total = np.zeros(layout.size)

@@ -1,5 +1,6 @@
-"""Linear regression (one round of XᵀX, Xᵀy, yᵀy) and logistic regression (federated
-Newton–Raphson: each round sums the gradient and Hessian at public coefficients).
+"""Linear regression (one round of XᵀX, Xᵀy, yᵀy), and logistic and Poisson regression
+(generalized linear models by federated Newton–Raphson: each round sums the gradient and
+Hessian at public coefficients).
 
 Predictors are mapped onto [-1, 1] with their public bounds before any sum is taken (a
 categorical predictor becomes 0/1 indicators, its first category the reference), so each
@@ -8,13 +9,14 @@ to the columns' own units exactly.
 
 Under DP the revealed sums carry noise of known standard deviation, and both models
 answer anyway (post-processing only, no extra budget): linear regression by noisy
-sufficient statistics with an adaptive ridge (AdaSSP, Wang 2018), logistic regression by
-a fixed number of noisy Newton rounds that split the query's budget. Each fit then says
+sufficient statistics with an adaptive ridge (AdaSSP, Wang 2018), the Newton fits by a
+fixed number of noisy Newton rounds that split the query's budget. Each fit then says
 how far the noise alone may have moved its coefficients (`Fit.noise_se`).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,7 +37,7 @@ from pet.queries.base import (
     gram_upper,
     whole,
 )
-from pet.schema import Boolean, Categorical, Schema
+from pet.schema import Boolean, Categorical, Continuous, Integer, Schema, TimeToEvent
 
 LOG_FLOOR = float(np.log(1e-12))
 """Per-row log-likelihood floor (probabilities clipped at 1e-12), so its sum is bounded."""
@@ -183,6 +185,14 @@ class Fit:
             index=list(self.names),
         )
 
+    def exponentiated(self, label: str, confidence: float = 0.95) -> pd.DataFrame:
+        """exp(coef) as column `label`, with the exponentiated ends of its confidence
+        interval (from the total SE): ratios for models on a log scale."""
+        z = special.ndtri(0.5 + confidence / 2)
+        total = self.total_se()
+        return pd.DataFrame({label: np.exp(self.coef), "ci_low": np.exp(self.coef - z * total),
+                             "ci_high": np.exp(self.coef + z * total)}, index=list(self.names))
+
 
 @dataclass(frozen=True)
 class LinearFit(Fit):
@@ -202,12 +212,32 @@ class LinearFit(Fit):
 
 
 @dataclass(frozen=True)
-class LogisticFit(Fit):
-    """Logistic fit by Newton–Raphson: also the log-likelihood and convergence."""
+class GLMFit(Fit):
+    """A generalized linear model fitted by Newton–Raphson: also the log-likelihood at the
+    last round's coefficients and convergence."""
 
     log_likelihood: float
     iterations: int
     converged: bool
+
+
+@dataclass(frozen=True)
+class LogisticFit(GLMFit):
+    """Logistic fit by Newton–Raphson: coefficients are log odds ratios."""
+
+
+@dataclass(frozen=True)
+class PoissonFit(GLMFit):
+    """Poisson fit by Newton–Raphson: coefficients are log rate ratios (the intercept the
+    log rate per unit of exposure at the reference). `robust` says whether `se` is the
+    sandwich (HC0) standard error rather than the model-based one."""
+
+    robust: bool = field(default=False, kw_only=True)
+
+    def rate_ratios(self, confidence: float = 0.95) -> pd.DataFrame:
+        """exp(coef) with its confidence interval, per term (the intercept's row is the
+        reference rate per unit of exposure)."""
+        return self.exponentiated("rate_ratio", confidence)
 
 
 @dataclass(frozen=True)
@@ -431,7 +461,7 @@ class LinearRegression(Regression):
 
 
 @dataclass(frozen=True)
-class LogisticState:
+class NewtonState:
     """Public state between Newton rounds: the round number and coefficients (scaled)."""
 
     iteration: int
@@ -439,13 +469,25 @@ class LogisticState:
 
 
 @dataclass(frozen=True)
-class LogisticRegression(Regression):
-    """Logistic regression of a boolean outcome, by federated Newton–Raphson (IRLS).
+class LogisticState(NewtonState):
+    """A logistic regression's state between Newton rounds."""
 
-    Each round the sites sum, at the current public coefficients, the gradient
-    Σ(y - μ)x, the Hessian Σμ(1 - μ)xxᵀ and the log-likelihood; the coefficients of
-    every round are public, as in DataSHIELD's federated GLM. Rounds stop when no
-    coefficient (on the scaled design) moves more than `tol`, or after `max_iter`.
+
+@dataclass(frozen=True)
+class PoissonState(NewtonState):
+    """A Poisson regression's state between Newton rounds."""
+
+
+@dataclass(frozen=True)
+class NewtonRegression(Regression):
+    """A generalized linear model fitted by federated Newton–Raphson (IRLS).
+
+    Each round the sites sum, at the current public coefficients, the gradient of the
+    log-likelihood, its negative Hessian (upper triangle) and the log-likelihood itself;
+    the coefficients of every round are public, as in DataSHIELD's federated GLM. Rounds
+    stop when no coefficient (on the scaled design) moves more than `tol`, or after
+    `max_iter`. A model family says what one row adds (`accumulate`) and at most how much
+    (`row_bounds`), and how a step moves the coefficients (`advance`).
 
     Under DP the run takes exactly `dp_rounds` rounds (at most `max_iter`), which split
     the query's one budget (`round_share`), and answers with the last round's fit: see
@@ -456,15 +498,61 @@ class LogisticRegression(Regression):
     tol: float = 1e-8
     dp_rounds: int = 4
 
+    state_type: ClassVar[type[NewtonState]] = NewtonState
+    fit_type: ClassVar[type[GLMFit]] = GLMFit
+    min_dp_rounds: ClassVar[int] = 1
+    """Fewest rounds a DP run may take."""
+
+    # Hooks of a model family.
+
+    @abstractmethod
+    def row_bounds(self, schema: Schema, state: State) -> tuple[float, float]:
+        """The most one row adds to an element of the Hessian and to the log-likelihood
+        (its gradient terms are at most 1) at the round's state."""
+
+    def extra_blocks(self, schema: Schema, state: State, last: bool) -> tuple[Block, ...]:
+        """Blocks the family adds after the Hessian (`last`: the final round of a DP run)."""
+        return ()
+
+    def information_scale(self, schema: Schema, state: State) -> float:
+        """The public factor every row's gradient and Hessian terms were multiplied by: the
+        inverse of the summed Hessian times it is the coefficients' covariance."""
+        return 1.0
+
+    def covariance(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+                   inverse: np.ndarray) -> np.ndarray:
+        """The coefficients' covariance on the scaled design, from the inverse of the
+        round's summed Hessian."""
+        return self.information_scale(schema, state) * inverse
+
+    def advance(self, schema: Schema, state: State, step: np.ndarray) -> np.ndarray:
+        """The next coefficients from the round's Newton step: β + step."""
+        return np.asarray(state.beta, dtype=np.float64) + step
+
+    def advance_error(self, schema: Schema, state: State, step: np.ndarray,
+                      error: float) -> float:
+        """How far `advance` can move the next coefficients when each element of the step
+        is off by at most `error` (MPC's bound on its solve)."""
+        return error
+
+    def box(self, schema: Schema) -> np.ndarray:
+        """Under DP, the largest magnitude each scaled coefficient may reach."""
+        return np.full(self.design(schema).size, COEFFICIENT_BOX)
+
+    def fit_options(self) -> dict[str, Any]:
+        """Fields the family's fit takes beyond those every GLM fit has."""
+        return {}
+
+    # The shared Newton machinery.
+
     def check(self, schema: Schema) -> None:
         super().check(schema)
-        if not isinstance(schema[self.outcome], Boolean):
-            raise QueryError(f"{self.describe()}: the outcome {self.outcome!r} must be boolean")
         if not 1 <= self.max_iter <= 1000 or not self.tol > 0:
             raise QueryError(f"{self.describe()}: max_iter must be in [1, 1000], tol > 0")
-        if not (whole(self.dp_rounds) and 1 <= self.dp_rounds <= 1000):
+        least = self.min_dp_rounds
+        if not (whole(self.dp_rounds) and least <= self.dp_rounds <= 1000):
             raise QueryError(f"{self.describe()}: dp_rounds must be a whole number in "
-                             f"[1, 1000], got {self.dp_rounds!r}")
+                             f"[{least}, 1000], got {self.dp_rounds!r}")
 
     @property
     def max_rounds(self) -> int:
@@ -491,8 +579,8 @@ class LogisticRegression(Regression):
         growth = DP_ROUND_GROWTH
         return growth**i * (growth - 1) / (growth**k - 1)
 
-    def initial_state(self, schema: Schema) -> LogisticState:
-        return LogisticState(0, (0.0,) * self.design(schema).size)
+    def initial_state(self, schema: Schema) -> NewtonState:
+        return self.state_type(0, (0.0,) * self.design(schema).size)
 
     def steering(self, state: State) -> float:
         """The largest coefficient of the round: weights μ(1 − μ) of rows whose scaled
@@ -500,10 +588,10 @@ class LogisticRegression(Regression):
         return float(np.max(np.abs(state.beta), initial=0.0)) if state is not None else 0.0
 
     def check_state(self, schema: Schema, state: State) -> None:
-        """A LogisticState of an iteration before `max_iter`, with one finite coefficient
-        per term of the design."""
+        """A state of this family of an iteration before `max_iter`, with one finite
+        coefficient per term of the design."""
         p = self.design(schema).size
-        check_iteration(self, state, LogisticState, self.max_iter)
+        check_iteration(self, state, self.state_type, self.max_iter)
         beta = state.beta
         if not (isinstance(beta, tuple | list) and len(beta) == p and all(
                 isinstance(b, int | float) and not isinstance(b, bool) and np.isfinite(b)
@@ -511,25 +599,134 @@ class LogisticRegression(Regression):
             raise QueryError(f"{self.describe()}: the state's beta must be {p} finite numbers")
 
     def undetermined(self, parts: dict[str, np.ndarray], schema: Schema,
-                     state: State) -> LogisticFit:
+                     state: State) -> GLMFit:
         names, nan = self.unknown(schema)
-        return LogisticFit(names, nan, nan.copy(), max(round(parts["n"][0]), 0),
-                           log_likelihood=np.nan, iterations=state.iteration + 1,
-                           converged=False, noise_se=nan.copy())
+        return self.fit_type(names, nan, nan.copy(), max(round(parts["n"][0]), 0),
+                             log_likelihood=np.nan, iterations=state.iteration + 1,
+                             converged=False, noise_se=nan.copy(), **self.fit_options())
 
     def blocks(self, schema: Schema, state: State) -> tuple[Block, ...]:
-        """Gradient, Hessian (upper triangle) and log-likelihood at the round's state.
-        Under DP a step moves by H⁻¹(dg − dH·step): gradient and Hessian noise weigh alike
-        while steps are of order 1, and the last round's Hessian gives the SEs. The
-        log-likelihood never steers the fit and only the last DP round's is reported,
-        yet one row may move it by 27.6 (`LOG_FLOOR`): a weight of 10⁻⁵ there (about 3%
-        of that round's budget) and 10⁻⁷ before (0.3%)."""
+        """Gradient, Hessian (upper triangle), the family's own blocks and the
+        log-likelihood at the round's state. Under DP a step moves by H⁻¹(dg − dH·step):
+        gradient and Hessian noise weigh alike while steps are of order 1, and the last
+        round's Hessian gives the SEs. The log-likelihood never steers the fit and only
+        the last DP round's is reported, yet one row may move it by tens of units (see
+        `row_bounds`): a weight of 10⁻⁵ there (about 3% of that round's budget for a
+        logistic fit) and 10⁻⁷ before (0.3%)."""
         p = self.design(schema).size
         last = state is not None and state.iteration + 1 >= self.noisy_rounds
+        hessian, log_likelihood = self.row_bounds(schema, state)
         return (Block.sums("gradient", p),
-                Block.sums("hessian", p * (p + 1) // 2, bound=0.25),
-                Block.sums("log_likelihood", 1, bound=-LOG_FLOOR,
+                Block.sums("hessian", p * (p + 1) // 2, bound=hessian),
+                *self.extra_blocks(schema, state, last),
+                Block.sums("log_likelihood", 1, bound=log_likelihood,
                            weight=1e-5 if last else 1e-7))
+
+    def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
+                 schema: Schema, state: State,
+                 noise: dict[str, np.ndarray] | None = None) -> GLMFit | Next:
+        """Without DP noise, a Newton step; converged once the step is below `tol` or
+        below what the gradient's aggregation error alone could cause (then more rounds
+        cannot help). With DP noise, a noisy Newton step (`_noisy_step`)."""
+        if noise is not None:
+            return self._noisy_step(parts, schema, state, noise)
+        return self._step(parts, schema, state, float(np.max(errors["gradient"], initial=0)))
+
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema,
+               state: State) -> GLMFit | Next:
+        return self._step(parts, schema, state, 0.0)
+
+    def make_fit(self, schema: Schema, state: State, beta: np.ndarray, se: np.ndarray,
+                 n: float, log_likelihood: float, converged: bool, *,
+                 noise_se: np.ndarray | None = None) -> GLMFit:
+        """The fit in the columns' units from the scaled design's coefficients and the
+        standard errors (already in those units): all that MPC reveals."""
+        design = self.design(schema)
+        return self.fit_type(design.names, design.to_original() @ beta, se, round(n),
+                             log_likelihood=log_likelihood, iterations=state.iteration + 1,
+                             converged=converged, noise_se=noise_se, **self.fit_options())
+
+    def _fit(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+             beta: np.ndarray, inverse: np.ndarray, converged: bool,
+             noise_se: np.ndarray | None = None) -> GLMFit:
+        a = self.design(schema).to_original()
+        covariance = a @ self.covariance(parts, schema, state, inverse) @ a.T
+        return self.make_fit(schema, state, beta, np.sqrt(np.maximum(np.diag(covariance), 0.0)),
+                             parts["n"][0], float(parts["log_likelihood"][0]), converged,
+                             noise_se=noise_se)
+
+    def _step(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+              gradient_error: float) -> GLMFit | Next:
+        design = self.design(schema)
+        step, inverse = self.solve(from_upper_triangle(parts["hessian"], design.size),
+                                   parts["gradient"])
+        beta = self.advance(schema, state, step)
+        noise_floor = 2 * np.max(np.abs(inverse).sum(axis=1)) * gradient_error
+        converged = bool(np.max(np.abs(step)) < max(self.tol, noise_floor))
+        if not converged and state.iteration + 1 < self.max_iter:
+            return Next(self.state_type(state.iteration + 1, tuple(beta.tolist())))
+        return self._fit(parts, schema, state, beta, inverse, converged)
+
+    def _noisy_step(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+                    noise: dict[str, np.ndarray]) -> GLMFit | Next:
+        """A Newton step from DP-noised sums, never refused (post-processing only).
+
+        The noisy Hessian is projected onto the positive definite matrices with its
+        eigenvalues floored at τ (`noise_norm`: what its noise could have taken away), so
+        no direction the noise flattened takes an unbounded step; the coefficients are
+        then kept in the public `box`. After `noisy_rounds` rounds the step's result is
+        the fit, whose `noise_se` is the delta method on this last step alone:
+        dβ = H⁻¹(dg − dH·step). That neglects the earlier rounds' noise, which reaches
+        the answer only through the distance the round's state is from the maximum — the
+        Newton map's derivative vanishes there, so to second order — and the same
+        distance's own effect on the step (Newton's quadratic error), and treats floor,
+        box and `advance` as inactive.
+
+        `converged` says that the floor left the last Hessian alone and the last step is
+        within what noise explains: twice the SD of its own noise and of the previous
+        round's (which had 1/`DP_ROUND_GROWTH` of its budget) together. A floored
+        Hessian means the noise swamps the data in some direction: the coefficients are
+        shrunk there by an amount no SE can state, so the fit then has no `noise_se`
+        (NaN) and no interval, rather than one that would hold the exact fit too rarely."""
+        design = self.design(schema)
+        p = design.size
+        values, vectors = np.linalg.eigh(from_upper_triangle(parts["hessian"], p))
+        floor = noise_norm(noise["hessian"], p)
+        floored = bool(values[0] < floor)
+        values = np.maximum(values, floor)
+        inverse = (vectors / values) @ vectors.T
+        step = inverse @ parts["gradient"]
+        box = self.box(schema)
+        beta = np.clip(self.advance(schema, state, step), -box, box)
+        if state.iteration + 1 < self.noisy_rounds:
+            return Next(self.state_type(state.iteration + 1, tuple(beta.tolist())))
+        scaled = noise_covariance(inverse, noise["gradient"], noise["hessian"], step)
+        step_sd = np.sqrt(np.maximum(np.diag(scaled), 0.0))
+        a = design.to_original()
+        converged = not floored and bool(np.all(
+            np.abs(step) <= 2 * np.sqrt(1 + DP_ROUND_GROWTH) * step_sd))
+        noise_se = (np.full(p, np.nan) if floored else
+                    np.sqrt(np.maximum(np.diag(a @ scaled @ a.T), 0.0)))
+        return self._fit(parts, schema, state, beta, inverse, converged, noise_se)
+
+
+@dataclass(frozen=True)
+class LogisticRegression(NewtonRegression):
+    """Logistic regression of a boolean outcome, by federated Newton–Raphson (IRLS): each
+    round sums the gradient Σ(y - μ)x, the Hessian Σμ(1 - μ)xxᵀ and the log-likelihood
+    (see `NewtonRegression`)."""
+
+    state_type: ClassVar[type[NewtonState]] = LogisticState
+    fit_type: ClassVar[type[GLMFit]] = LogisticFit
+
+    def check(self, schema: Schema) -> None:
+        super().check(schema)
+        if not isinstance(schema[self.outcome], Boolean):
+            raise QueryError(f"{self.describe()}: the outcome {self.outcome!r} must be boolean")
+
+    def row_bounds(self, schema: Schema, state: State) -> tuple[float, float]:
+        """μ(1 − μ) ≤ 1/4, and each row's log-likelihood is floored at `LOG_FLOOR`."""
+        return 0.25, -LOG_FLOOR
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
@@ -546,76 +743,258 @@ class LogisticRegression(Regression):
             "log_likelihood": np.array([y @ log_mu + (1 - y) @ log_not_mu]),
         }
 
-    def conclude(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
-                 schema: Schema, state: State,
-                 noise: dict[str, np.ndarray] | None = None) -> LogisticFit | Next:
-        """Without DP noise, a Newton step; converged once the step is below `tol` or
-        below what the gradient's aggregation error alone could cause (then more rounds
-        cannot help). With DP noise, a noisy Newton step (`_noisy_step`)."""
-        if noise is not None:
-            return self._noisy_step(parts, schema, state, noise)
-        return self._step(parts, schema, state, float(np.max(errors["gradient"], initial=0)))
 
-    def answer(self, parts: dict[str, np.ndarray], schema: Schema,
-               state: State) -> LogisticFit | Next:
-        return self._step(parts, schema, state, 0.0)
+STEP_LIMIT = 4.0
+"""The most one Poisson Newton step may change any row's linear predictor: ‖Δβ‖₁ on the
+scaled design, whose terms all lie in [-1, 1]. From far below the fit a full step
+overshoots exponentially (from a rate of 1 towards one of 1000 per unit of exposure, the
+first step moves the log rate by 999), so a longer step is shortened to this length, an
+e⁴ ≈ 55-fold change of any rate in one round; near the fit steps are short and untouched,
+so convergence stays quadratic."""
 
-    def _step(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
-              gradient_error: float) -> LogisticFit | Next:
-        design = self.design(schema)
-        step, inverse = self.solve(from_upper_triangle(parts["hessian"], design.size),
-                                   parts["gradient"])
-        beta = np.asarray(state.beta) + step
-        noise_floor = 2 * np.max(np.abs(inverse).sum(axis=1)) * gradient_error
-        converged = bool(np.max(np.abs(step)) < max(self.tol, noise_floor))
-        if not converged and state.iteration + 1 < self.max_iter:
-            return Next(LogisticState(state.iteration + 1, tuple(beta.tolist())))
-        a = design.to_original()
-        return LogisticFit(design.names, a @ beta, np.sqrt(np.diag(a @ inverse @ a.T)),
-                           round(parts["n"][0]),
-                           log_likelihood=float(parts["log_likelihood"][0]),
-                           iterations=state.iteration + 1, converged=converged)
+INTERCEPT_BOX = 30.0
+"""Under DP, the largest log rate per unit of exposure (at the design's center) a noisy
+Poisson step may reach: e^±30 spans every rate a unit of exposure plausibly carries (from
+10⁻¹³ to 10¹³); the other coefficients keep `COEFFICIENT_BOX`."""
 
-    def _noisy_step(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
-                    noise: dict[str, np.ndarray]) -> LogisticFit | Next:
-        """A Newton step from DP-noised sums, never refused (post-processing only).
 
-        The noisy Hessian is projected onto the positive definite matrices with its
-        eigenvalues floored at τ (`noise_norm`: what its noise could have taken away), so
-        no direction the noise flattened takes an unbounded step; the coefficients are
-        then kept in the public box |β| ≤ `COEFFICIENT_BOX`. After `noisy_rounds` rounds
-        the step's result is the fit, whose `noise_se` is the delta method on this last
-        step alone: dβ = H⁻¹(dg − dH·step). That neglects the earlier rounds' noise,
-        which reaches the answer only through the distance the round's state is from the
-        maximum — the Newton map's derivative vanishes there, so to second order —
-        and the same distance's own effect on the step (Newton's quadratic error), and
-        treats floor and box as inactive.
+def term_ranges(design: Design, schema: Schema,
+                predictors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The least and greatest value of each term of `model_matrix` over the schema's public
+    bounds: 1 for the intercept, [0, 1] for a category's indicator, a numeric column's
+    bounds scaled as the design scales them (within [-1, 1])."""
+    low, high = ([1.0], [1.0]) if design.names[:1] == ("intercept",) else ([], [])
+    for name in predictors:
+        column = schema[name]
+        if isinstance(column, Categorical):
+            low += [0.0] * (len(column.categories) - 1)
+            high += [1.0] * (len(column.categories) - 1)
+            continue
+        term = len(low)
+        lower, upper = column.bounds()
+        low.append((lower - design.center[term]) / design.half[term])
+        high.append((upper - design.center[term]) / design.half[term])
+    return np.array(low), np.array(high)
 
-        `converged` says that the floor left the last Hessian alone and the last step is
-        within what noise explains: twice the SD of its own noise and of the previous
-        round's (which had 1/`DP_ROUND_GROWTH` of its budget) together. A floored
-        Hessian means the noise swamps the data in some direction: the coefficients are
-        shrunk there by an amount no SE can state, so the fit then has no `noise_se`
-        (NaN) and no interval, rather than one that would hold the exact fit too rarely."""
-        design = self.design(schema)
-        p = design.size
-        values, vectors = np.linalg.eigh(from_upper_triangle(parts["hessian"], p))
-        floor = noise_norm(noise["hessian"], p)
-        floored = bool(values[0] < floor)
-        values = np.maximum(values, floor)
-        inverse = (vectors / values) @ vectors.T
-        step = inverse @ parts["gradient"]
-        beta = np.clip(np.asarray(state.beta) + step, -COEFFICIENT_BOX, COEFFICIENT_BOX)
-        if state.iteration + 1 < self.noisy_rounds:
-            return Next(LogisticState(state.iteration + 1, tuple(beta.tolist())))
-        scaled = noise_covariance(inverse, noise["gradient"], noise["hessian"], step)
-        step_sd = np.sqrt(np.maximum(np.diag(scaled), 0.0))
-        a = design.to_original()
-        return LogisticFit(design.names, a @ beta, np.sqrt(np.diag(a @ inverse @ a.T)),
-                           round(parts["n"][0]),
-                           log_likelihood=float(parts["log_likelihood"][0]),
-                           iterations=state.iteration + 1,
-                           converged=not floored and bool(np.all(
-                               np.abs(step) <= 2 * np.sqrt(1 + DP_ROUND_GROWTH) * step_sd)),
-                           noise_se=np.full(p, np.nan) if floored else
-                           np.sqrt(np.maximum(np.diag(a @ scaled @ a.T), 0.0)))
+
+def _shortened(step: np.ndarray) -> np.ndarray:
+    """The step, scaled down to an L1 norm of at most `STEP_LIMIT`."""
+    length = float(np.abs(step).sum())
+    return step * (STEP_LIMIT / length) if length > STEP_LIMIT else step
+
+
+@dataclass(frozen=True)
+class PoissonRegression(NewtonRegression):
+    """Poisson regression of a count on predictors with a log link: incidence rates per
+    unit of `exposure` (a positive numeric column, e.g. person-years, whose log is the
+    offset), by federated Newton–Raphson (see `NewtonRegression`). Each round sums the
+    gradient Σ(y − μ)x, the Hessian Σμxxᵀ, with `robust` the meat Σ(y − μ)²xxᵀ, and the
+    log-likelihood Σ(y·log μ − μ − log y!), at μ = t·exp(xᵀβ).
+
+    The outcome is a count: an integer column with lower bound ≥ 0, or a boolean (an
+    event per row). With `robust` the standard errors are the sandwich H⁻¹MH⁻¹ (HC0, as
+    statsmodels' `cov_type="HC0"`), valid when the counts are over- or under-dispersed.
+
+    A row with exposure ≤ 0 (no person-time, so log t is undefined) is an error naming
+    the column rather than a row silently dropped: a time-to-event column's public lower
+    bound is 0, so the schema cannot rule it out. A filter such as `where="time > 0"`
+    keeps such rows out up front; without one, a site holding one refuses, which tells
+    the analyst that such a row exists there (data validation, as the schema's own
+    checks of a table do).
+
+    Bounds. μ has no bound of its own, so every row's gradient, Hessian and meat terms
+    are multiplied by the public factor e^(−c), with c = max(log y_max, η_max) from the
+    outcome's public upper bound y_max and the largest linear predictor any row can have
+    at the round's public coefficients (`term_ranges`, plus the log of the exposure's
+    upper bound): then |y − μ|·e^(−c) ≤ 1 and μ·e^(−c) ≤ 1. The Newton step
+    H⁻¹g is unchanged by a common factor, the model covariance H⁻¹ is e^(−c) times the
+    scaled sums' inverse, and the sandwich's factors cancel (H and M scale by e^(−c) and
+    e^(−2c)). The log-likelihood is left in its units with log μ floored at `LOG_FLOOR`,
+    and bounded by y_max·max(|LOG_FLOOR|, |η_max|) + e^(η_max) + log(y_max!): where that
+    is not a finite number (an outcome bound near the float range) the query is refused,
+    as no noise or fixed-point range could cover one row.
+    """
+
+    exposure: str | None = field(default=None, kw_only=True)
+    robust: bool = field(default=False, kw_only=True)
+
+    state_type: ClassVar[type[NewtonState]] = PoissonState
+    fit_type: ClassVar[type[GLMFit]] = PoissonFit
+    min_dp_rounds: ClassVar[int] = 2
+    """A DP run's first round only finds the rates' level (see `_log_linear_start`)."""
+
+    def inputs(self) -> tuple[str, ...]:
+        return (*super().inputs(), *([self.exposure] if self.exposure is not None else []))
+
+    def check(self, schema: Schema) -> None:
+        super().check(schema)
+        outcome = schema[self.outcome]
+        if not (isinstance(outcome, Boolean) or (
+                isinstance(outcome, Integer) and outcome.bounds()[0] >= 0)):
+            raise QueryError(f"{self.describe()}: the outcome {self.outcome!r} must be a "
+                             "count: an integer column with lower bound >= 0, or boolean; it "
+                             f"is {outcome.kind} with bounds {list(outcome.bounds())}")
+        if self.exposure is not None:
+            self._check_exposure(schema)
+        if not isinstance(self.robust, bool):
+            raise QueryError(f"{self.describe()}: robust must be true or false")
+        self.row_bounds(schema, self.initial_state(schema))
+
+    def _check_exposure(self, schema: Schema) -> None:
+        if self.exposure in (self.outcome, *self.predictors):
+            raise QueryError(f"{self.describe()}: the exposure {self.exposure!r} cannot also "
+                             "be the outcome or a predictor")
+        column = schema[self.exposure]
+        if not isinstance(column, Continuous | TimeToEvent):
+            raise QueryError(f"{self.describe()}: the exposure {self.exposure!r} must be "
+                             f"numeric person-time, not {column.kind}")
+        if column.bounds()[1] <= 0:
+            raise QueryError(f"{self.describe()}: the exposure {self.exposure!r} has upper "
+                             f"bound {column.bounds()[1]:g}; person-time must be positive")
+
+    def steering(self, state: State) -> float:
+        """The largest coefficient but the intercept's: rows' weights μ differ by at most
+        e^(steering·d) between rows whose terms differ by d; the intercept weighs every
+        row alike, and the offset is the rows' own person-time."""
+        if state is None:
+            return 0.0
+        slopes = state.beta[1:] if self.intercept else state.beta
+        return float(np.max(np.abs(slopes), initial=0.0))
+
+    def box(self, schema: Schema) -> np.ndarray:
+        box = super().box(schema)
+        if self.intercept:
+            box[0] = INTERCEPT_BOX
+        return box
+
+    def fit_options(self) -> dict[str, Any]:
+        return {"robust": self.robust}
+
+    def _max_offset(self, schema: Schema) -> float:
+        """The largest offset: the log of the exposure's upper bound (0 without one)."""
+        return 0.0 if self.exposure is None else float(np.log(schema[self.exposure].bounds()[1]))
+
+    def _max_eta(self, schema: Schema, state: State) -> float:
+        """The largest linear predictor any row can have at the state: each term at the
+        end of its public range that raises it, plus the largest offset."""
+        low, high = term_ranges(self.design(schema), schema, self.predictors)
+        beta = np.asarray(state.beta, dtype=np.float64)
+        return float(np.maximum(beta * low, beta * high).sum()) + self._max_offset(schema)
+
+    def _normaliser(self, schema: Schema, state: State) -> float:
+        """c = max(log y_max, η_max): e^(−c) brings every row's |y − μ| and μ to at most 1."""
+        return max(float(np.log(schema[self.outcome].bounds()[1])), self._max_eta(schema, state))
+
+    def row_bounds(self, schema: Schema, state: State) -> tuple[float, float]:
+        """μ·e^(−c) ≤ e^(η_max − c) for the Hessian; for the log-likelihood,
+        y_max·max(|LOG_FLOOR|, |η_max|) + e^(η_max) + log(y_max!), refused unless finite."""
+        eta = self._max_eta(schema, state)
+        most = schema[self.outcome].bounds()[1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            log_likelihood = (most * max(-LOG_FLOOR, abs(eta)) + np.exp(eta)
+                              + special.gammaln(most + 1))
+        if not np.isfinite(log_likelihood):
+            raise QueryError(
+                f"{self.describe()}: unbounded sensitivity: one row's log-likelihood term "
+                f"has no finite bound (the outcome {self.outcome!r} reaches {most:g} and the "
+                f"linear predictor {eta:g}), so no DP noise, HE scale or MPC range can cover "
+                "it; narrow the outcome's bounds with clip")
+        hessian = float(np.exp(max(eta - self._normaliser(schema, state), LOG_FLOOR)))
+        return hessian, float(log_likelihood)
+
+    def extra_blocks(self, schema: Schema, state: State, last: bool) -> tuple[Block, ...]:
+        """With `robust`, the meat Σ(y − μ)²xxᵀ·e^(−2c) (at most 1 per row) in every
+        round: an exact run's last round is known only once its step is small, and the
+        sandwich needs that round's meat (one extra closing round would cost a round trip
+        for p(p+1)/2 sums). Under DP only the last round's is used: a weight of 0.1
+        there (it only enters the SEs, where n rows soon outweigh its noise), 10⁻⁷
+        before."""
+        if not self.robust:
+            return ()
+        p = self.design(schema).size
+        return (Block.sums("meat", p * (p + 1) // 2, weight=0.1 if last else 1e-7),)
+
+    def information_scale(self, schema: Schema, state: State) -> float:
+        return float(np.exp(-self._normaliser(schema, state)))
+
+    def covariance(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
+                   inverse: np.ndarray) -> np.ndarray:
+        """Model-based, e^(−c) times the inverse; robust (HC0), the sandwich
+        inverse·M·inverse of the scaled sums, in which the factors cancel. A noisy meat
+        is first projected onto the positive semi-definite matrices."""
+        if not self.robust:
+            return super().covariance(parts, schema, state, inverse)
+        values, vectors = np.linalg.eigh(from_upper_triangle(parts["meat"], len(inverse)))
+        meat = (vectors * np.maximum(values, 0.0)) @ vectors.T
+        return inverse @ meat @ inverse
+
+    def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
+                   state: State) -> dict[str, np.ndarray]:
+        x = model_matrix(self.design(schema), schema, self.predictors, data)
+        y = data[self.outcome]
+        eta = x @ np.asarray(state.beta) + self._offset(data)
+        c = self._normaliser(schema, state)
+        mu = np.exp(eta - c)
+        residual = y * np.exp(-c) - mu
+        parts = {
+            "gradient": x.T @ residual,
+            "hessian": gram_upper(x * np.sqrt(mu)[:, None]),
+            "log_likelihood": np.array([y @ np.maximum(eta, LOG_FLOOR) - np.exp(eta).sum()
+                                        - special.gammaln(y + 1).sum()]),
+        }
+        if self.robust:
+            parts["meat"] = gram_upper(x * residual[:, None])
+        return parts
+
+    def _offset(self, data: dict[str, np.ndarray]) -> np.ndarray | float:
+        """log t per row, or 0 without an exposure; refuses a row whose t is not positive."""
+        if self.exposure is None:
+            return 0.0
+        time = data[self.exposure]
+        if np.any(time <= 0):
+            raise QueryError(f"{self.describe()}: the exposure {self.exposure!r} is <= 0 in "
+                             f"a row; person-time must be positive (keep such rows out with "
+                             f"where=\"{self.exposure} > 0\")")
+        return np.log(time)
+
+    def advance(self, schema: Schema, state: State, step: np.ndarray) -> np.ndarray:
+        """The log-linear start from β = 0 (`_log_linear_start`); else β + step, the step
+        shortened to `STEP_LIMIT`."""
+        start = self._log_linear_start(state, step)
+        if start is not None:
+            return start
+        return np.asarray(state.beta, dtype=np.float64) + _shortened(step)
+
+    def advance_error(self, schema: Schema, state: State, step: np.ndarray,
+                      error: float) -> float:
+        """Shortening moves a step by at most (p + 1) times its error (a radial scaling
+        in the L1 norm); the log-linear start's log ℓ and δⱼ/ℓ move by at most
+        error·(1 + |δⱼ|/ℓ)/ℓ, with ℓ = 1 + δ₀ at its least (no bound when that is not
+        positive)."""
+        spread = (len(step) + 1) * error
+        if self._log_linear_start(state, step) is None:
+            return spread
+        least = 1.0 + float(step[0]) - error
+        if not least > 0:
+            return float(np.inf)
+        return spread * (1 + float(np.max(np.abs(step[1:]), initial=0.0)) / least) / least
+
+    def _log_linear_start(self, state: State, step: np.ndarray) -> np.ndarray | None:
+        """The first round's coefficients read on the log scale.
+
+        At β = 0 (μ = t) the Newton step is the weighted least-squares fit of y/t − 1 on
+        the terms (weights t): a linear model of the rate, ℓ = 1 + δ₀ at the design's
+        center and δⱼ more per unit of term j. Newton's own next steps would bring a
+        rate of 1 down to e.g. 0.015 per person-year by at most about 1 on the log scale
+        per round; read as log(ℓ + Σδⱼxⱼ) ≈ log ℓ + Σ(δⱼ/ℓ)xⱼ instead, the fit starts at
+        the rates' level after one round (the slopes shortened as any step). None
+        without an intercept, away from β = 0, or when the linear rate at the center is
+        not positive."""
+        if state.iteration != 0 or not self.intercept or any(state.beta):
+            return None
+        level = 1.0 + float(step[0])
+        if not level > 0:
+            return None
+        start = _shortened(np.concatenate([[0.0], step[1:] / level]))
+        start[0] = np.log(level)
+        return start

@@ -60,6 +60,21 @@ def rank(prob: float, n: float) -> int:
     return max(1, math.ceil(prob * n))
 
 
+def grid_quantiles(counts: np.ndarray, edges: np.ndarray,
+                   probs: Sequence[float]) -> np.ndarray:
+    """Quantiles read off a histogram on the grid `edges`: for probability p, the bin
+    holding the ⌈p·n⌉-th smallest value, interpolated linearly inside it (within one bin
+    width of numpy's "inverted_cdf" quantile). Noisy negative counts count as 0."""
+    counts = np.maximum(counts, 0)
+    cumulative = np.cumsum(counts)
+    targets = np.asarray(probs) * cumulative[-1]
+    index = np.minimum(np.searchsorted(cumulative, targets, side="left"), counts.size - 1)
+    before = np.where(index > 0, cumulative[index - 1], 0.0)
+    inside = np.divide(targets - before, counts[index], out=np.ones_like(targets),
+                       where=counts[index] > 0)
+    return edges[index] + np.clip(inside, 0, 1) * (edges[index + 1] - edges[index])
+
+
 def check_edges(query: Query, schema: Schema, column: str, edges: Sequence[float]) -> None:
     """Edges must increase strictly and cover the column's public bounds."""
     edges = np.asarray(edges, dtype=np.float64)
@@ -228,15 +243,7 @@ class Quantiles(Query):
         return {"counts": np.bincount(index, minlength=self.bins).astype(np.float64)}
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> np.ndarray:
-        counts = np.maximum(parts["counts"], 0)
-        edges = self.edges(schema)
-        cumulative = np.cumsum(counts)
-        targets = np.asarray(self.probs) * cumulative[-1]
-        index = self.bin_of(np.searchsorted(cumulative, targets, side="left"))
-        before = np.where(index > 0, cumulative[index - 1], 0.0)
-        inside = np.divide(targets - before, counts[index], out=np.ones_like(targets),
-                           where=counts[index] > 0)
-        return edges[index] + np.clip(inside, 0, 1) * (edges[index + 1] - edges[index])
+        return grid_quantiles(parts["counts"], self.edges(schema), self.probs)
 
     def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
                  answer: Any) -> Interval | None:
