@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pet.errors import DisclosureError
-from pet.layout import Layout
+from pet.layout import HEAD, Layout
 from pet.queries.base import Query, State
 
 
@@ -66,9 +66,15 @@ class DisclosurePolicy:
                 "honest fit, the data separate the outcome)", site=site,
                 limit=self.max_steering)
 
-    def check(self, partial: np.ndarray, layout: Layout, *, site: str) -> None:
-        """Raise DisclosureError if the site's partial vector would disclose too much."""
+    def check(self, partial: np.ndarray, layout: Layout, *, site: str,
+              head_only: bool = False) -> None:
+        """Raise DisclosureError if the site's partial vector would disclose too much.
+        With `head_only` (a backend that reveals no other sum, such as a query finalized
+        inside MPC) the cell rule looks at the head blocks (n, missing and clipped
+        counts) alone: the answer itself is a pooled statistic, as a mean is."""
         for block, where in layout:
+            if head_only and block.name not in HEAD:
+                continue
             values = partial[where]
             if block.cells and np.any((values > 0) & (values < self.min_cell)):
                 what = "subgroup" if block.name == "n" else f"{block.name!r} cell"

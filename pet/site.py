@@ -63,10 +63,13 @@ class Site:
         """The public schema the site's table follows."""
         return self.table.schema
 
-    def partial(self, query: Query, state: State = None) -> np.ndarray:
-        """The site's plaintext partial vector for one round, checked for disclosure."""
+    def partial(self, query: Query, state: State = None, *,
+                head_only: bool = False) -> np.ndarray:
+        """The site's plaintext partial vector for one round, checked for disclosure (the
+        cell rule on the head alone with `head_only`: no other sum is ever revealed)."""
         partial = self._local(query, state)
-        self.policy.check(partial, query.layout(self.schema, state), site=self.name)
+        self.policy.check(partial, query.layout(self.schema, state), site=self.name,
+                          head_only=head_only)
         return partial
 
     def _local(self, query: Query, state: State) -> np.ndarray:
@@ -92,7 +95,7 @@ class Site:
         self.policy.check_request(query, state, inside_mpc=backend.finalizes_inside,
                                   site=self.name)
         start = time.perf_counter()
-        partial = self.partial(query, state)
+        partial = self.partial(query, state, head_only=backend.hides_sums(query))
         self.admit_subgroup(query, ask.request if ask else request)
         computed = time.perf_counter()
         message = backend.protect(partial, query.layout(self.schema, state))

@@ -20,7 +20,15 @@ from pet.client import RemoteError
 from pet.ledger import Ledger
 from pet.mpc.channel import TlsIdentity
 from pet.mpc.parties import Party, PartyConfig
-from pet.queries import Contingency, Count, ExactQuantiles, LogisticRegression, Marginals, Mean
+from pet.queries import (
+    Contingency,
+    Count,
+    Cox,
+    ExactQuantiles,
+    LogisticRegression,
+    Marginals,
+    Mean,
+)
 from pet.queries.regression import LogisticState
 from pet.workloads import Workload
 from services.config import Tls
@@ -456,9 +464,9 @@ def _run_everywhere(stubs: list[site_pb2_grpc.SiteStub], session: str, program: 
 
 
 def _inputs(stubs: list[site_pb2_grpc.SiteStub], session: str, queries: list[object],
-            backend: common_pb2.Backend) -> list[bytes]:
+            backend: common_pb2.Backend, state: object = None) -> list[bytes]:
     return [_ask(stub, site_pb2.ContributeRequest(
-        request=f"{session}-{rank}", query=query_message(query), state_json="null",
+        request=f"{session}-{rank}", query=query_message(query), state_json=codec.dumps(state),
         n_sites=3, round=1, mpc_session=session, backend=backend))
         for rank, (stub, query) in enumerate(zip(stubs, queries, strict=True))]
 
@@ -495,6 +503,29 @@ def test_the_coordinator_s_program_parameters_are_never_used(
         tokens = _inputs(stubs, "scaled", [Mean("age")] * 3, common_pb2.Backend(name="mpc"))
         _run_everywhere(stubs, "scaled", "share_sum", tokens, [{}] * 3)
         refused = _run_everywhere(stubs, "scaled", "reveal_sum", [b""] * 3, [{}] * 3)
+    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.FAILED_PRECONDITION
+               for r in refused)
+
+
+def test_fine_cells_a_site_lets_into_mpc_can_never_be_revealed(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub, lung3: Workload) -> None:
+    """A site's cell rule (3 rows) refuses a daily-grid Cox round under plaintext, whose
+    sums are revealed, but lets it into MPC, where the round is finalized inside: there the
+    coordinator's reveal_sum, which would show every site's risk sets per day, is refused
+    by the sites themselves."""
+    query = Cox("time", "dead", ("age",), grid=tuple(range(1, 1101)))
+    state = query.initial_state(lung3.schema)
+    with pytest.raises(grpc.RpcError) as cells:
+        _ask(hostile, site_pb2.ContributeRequest(
+            request="daily-plain", query=query_message(query), state_json=codec.dumps(state),
+            n_sites=3,
+            round=1, backend=backend_message("plaintext", {})))
+    assert cells.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'events' cell has fewer than 3 rows" in cells.value.details()
+    with _session(federation, "daily") as stubs:
+        tokens = _inputs(stubs, "daily", [query] * 3, common_pb2.Backend(name="mpc"), state)
+        _run_everywhere(stubs, "daily", "share_sum", tokens, [{}] * 3)
+        refused = _run_everywhere(stubs, "daily", "reveal_sum", [b""] * 3, [{}] * 3)
     assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.FAILED_PRECONDITION
                for r in refused)
 

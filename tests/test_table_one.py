@@ -16,7 +16,7 @@ from pet.backends.central_dp import HEDP
 from pet.backends.dp import LocalDP
 from pet.backends.he import HE
 from pet.backends.mpc import MPC
-from pet.errors import QueryError
+from pet.errors import DisclosureError, QueryError
 from pet.mechanisms import rho_of
 from pet.mpc.parties import PartyConfig
 from pet.queries import Quantiles, TableOne, TableOneResult, parse
@@ -154,6 +154,22 @@ def test_a_row_missing_one_column_still_counts_for_the_others(lung3: Workload) -
     assert result.missing[:, 0].tolist() == [14, 0]
     assert result.sizes[0] == lung3.n_rows  # age's mean is over every row
     assert result.mean[1, 0] == pytest.approx(lung3.pooled().age.mean(), rel=1e-12)
+
+
+def test_without_medians_a_table_passes_the_sites_cell_rule(lung3: Workload) -> None:
+    """Under default disclosure control (3 rows a cell) small sites refuse the medians'
+    fine histograms by name; without them the table answers, its other numbers those of
+    the full table and no median row shown."""
+    guarded = lung3.study()
+    with pytest.raises(DisclosureError, match="'age:grid' cell"):
+        guarded.run(TableOne(("age", "sex"), by="dead"))
+    result = guarded.run(TableOne(("age", "sex"), by="dead", medians=False)).value
+    full = run(lung3, TableOne(("age", "sex"), by="dead"))
+    np.testing.assert_array_equal(result.mean, full.mean)
+    np.testing.assert_array_equal(result.counts[1], full.counts[1])
+    np.testing.assert_array_equal(result.p, full.p)
+    assert np.all(np.isnan(result.quartiles)) and "median" not in result.to_text()
+    assert "age, mean (SD)" in result.to_text()
 
 
 def test_he_matches_plaintext_within_its_bound(lung3: Workload) -> None:

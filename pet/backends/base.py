@@ -132,6 +132,12 @@ class Backend(ABC):
     finalizes_inside: ClassVar[bool] = False
     """Whether the answers of secure-only queries are computed without revealing any sum
     (MPC), so that a site may contribute to them."""
+    def hides_sums(self, query: Any) -> bool:
+        """Whether this backend never reveals the query's sums beyond the layout's head
+        (n and the missing and clipped counts) to anyone, a site's own program enforcing
+        it: then a site's cell rule concerns the head alone."""
+        return False
+
     suppresses_cells: ClassVar[bool] = False
     """Whether a site's message is its own full DP release, whose noisy cells the site may
     suppress (`suppress`) as post-processing."""

@@ -157,6 +157,11 @@ class MPC(Backend):
         raise PetError(f"{query.describe()}: the secure computation failed its consistency "
                        f"check {ATTEMPTS} times; no answer was released")
 
+    def hides_sums(self, query: Any) -> bool:
+        """A query finalized inside MPC reveals only its head and its answer: a site
+        serves such a round `share_sum` and `secure` alone, never `reveal_sum`."""
+        return type(query) in SECURE
+
     def programs(self, query: Any, schema: Schema, state: Any) -> dict[str, dict[str, Any]]:
         """share_sum, then `secure` for the queries finalized inside MPC (never revealing
         their sums) or `reveal_sum` for the others."""

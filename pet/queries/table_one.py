@@ -184,11 +184,17 @@ class TableOne(Query):
     across blocks by weight (`pet.mechanisms.plan`): group sizes and categorical counts,
     the table's cells, get the most (1); sums and histograms 0.5; sums of squares, used
     only by the SD, 0.25; missing counts, reported but entering nothing, 0.1.
+
+    The histograms are counts of people per bin: a site's disclosure control (its
+    minimum cell count) refuses bins that hold one or two of its rows, which on a small
+    site means any fine grid. `medians=False` leaves them out (no median [Q1,Q3] rows),
+    so that the rest of the table passes the rule wherever its groups and levels do.
     """
 
     columns: tuple[str, ...]
     by: str | None = None
     bins: int = field(default=200, kw_only=True)
+    medians: bool = field(default=True, kw_only=True)
 
     keeps_missing = True
     n_weight = MISSING_WEIGHT  # n only reports the subgroup's rows; the sizes are row one
@@ -206,6 +212,9 @@ class TableOne(Query):
                 or not 1 <= self.bins <= MAX_BINS:
             raise QueryError(f"{self.describe()}: bins must be a whole number between 1 "
                              f"and {MAX_BINS}, got {self.bins!r}")
+        if not isinstance(self.medians, bool):
+            raise QueryError(f"{self.describe()}: medians must be true or false, got "
+                             f"{self.medians!r}")
 
     def inputs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.columns, *((self.by,) if self.by else ()))))
@@ -243,7 +252,8 @@ class TableOne(Query):
             return
         yield _group_sums(f"{name}:sum", k, SUM_WEIGHT)
         yield _group_sums(f"{name}:squares", k, SQUARES_WEIGHT)
-        yield Block.counts(f"{name}:grid", self.bins * k, weight=GRID_WEIGHT)
+        if self.medians:
+            yield Block.counts(f"{name}:grid", self.bins * k, weight=GRID_WEIGHT)
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
@@ -272,8 +282,9 @@ class TableOne(Query):
         scaled = scale(column, values)
         parts[f"{name}:sum"] = _per_group(group, k, scaled)
         parts[f"{name}:squares"] = _per_group(group, k, scaled**2)
-        cells = group * self.bins + bin_index(values, self._edges(column))
-        parts[f"{name}:grid"] = _per_group(cells, self.bins * k)
+        if self.medians:
+            cells = group * self.bins + bin_index(values, self._edges(column))
+            parts[f"{name}:grid"] = _per_group(cells, self.bins * k)
         return parts
 
     def answer(self, parts: dict[str, np.ndarray], schema: Schema,
@@ -301,7 +312,7 @@ class TableOne(Query):
             mean=np.array([s.mean for s in summaries]),
             sd=np.array([s.sd for s in summaries]),
             quartiles=np.array([s.quartiles for s in summaries]),
-            resolution=np.array([np.nan if _categorical(schema[c])
+            resolution=np.array([np.nan if _categorical(schema[c]) or not self.medians
                                  else float(np.diff(self._edges(schema[c]))[0])
                                  for c in self.columns]),
             p=np.array([s.test.p if s.test else np.nan for s in summaries]),
@@ -346,10 +357,12 @@ class TableOne(Query):
                                   np.nan)
         mean = center + half * np.clip(scaled_mean, -1.0, 1.0)
         var = half**2 * np.maximum(scaled_var, 0.0)
-        grid = parts[f"{name}:grid"].reshape(known.size, self.bins)
-        quartiles = np.array([grid_quantiles(row, self._edges(column), QUARTILES)
-                              for row in self._columns(grid.T).T])
-        quartiles[count < 1] = np.nan
+        quartiles = np.full((count.size, len(QUARTILES)), np.nan)
+        if self.medians:
+            grid = parts[f"{name}:grid"].reshape(known.size, self.bins)
+            quartiles = np.array([grid_quantiles(row, self._edges(column), QUARTILES)
+                                  for row in self._columns(grid.T).T])
+            quartiles[count < 1] = np.nan
         test = None
         if self.by:
             spread = 0.0 if noise is None else _mean_noise(
@@ -488,6 +501,8 @@ def _rows(result: TableOneResult) -> Iterator[tuple[str, str, list[str]]]:
         yield f"{name}, mean (SD)", "", [missing, *(
             _pair(m, s, digits, "({})") for m, s in zip(result.mean[i], result.sd[i],
                                                         strict=True)), *p]
+        if np.isnan(result.resolution[i]):  # asked without medians
+            continue
         yield f"{name}, median [Q1,Q3]", "", ["", *(
             _pair(q[1], f"{q[0]:.{digits}f},{q[2]:.{digits}f}", digits, "[{}]")
             for q in result.quartiles[i]), *p_cell]
@@ -495,9 +510,9 @@ def _rows(result: TableOneResult) -> Iterator[tuple[str, str, list[str]]]:
 
 def _decimals(sd: float, resolution: float) -> int:
     """Decimals that show a numeric variable's SD to two significant digits (at least
-    one decimal), or its grid's resolution when the SD is unknown."""
+    one decimal), or its grid's resolution when the SD is unknown (one without either)."""
     scale_ = sd if np.isfinite(sd) and sd > 0 else resolution
-    return max(1, 1 - int(np.floor(np.log10(scale_))))
+    return max(1, 1 - int(np.floor(np.log10(scale_)))) if np.isfinite(scale_) else 1
 
 
 def _pair(value: float, second: float | str, digits: int, brackets: str) -> str:
