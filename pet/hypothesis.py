@@ -9,6 +9,7 @@ so that a p-value is not smaller than the noisy data support.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ def welch(n: ArrayLike, mean: ArrayLike, var: ArrayLike, *,
     if not total > 0:
         return untestable(WELCH)
     df = se2**2 / float(np.sum((var / n) ** 2 / (n - 1))) if se2 > 0 else np.inf
-    t = float(mean[0] - mean[1]) / np.sqrt(total)
+    t = float(mean[0] - mean[1]) / math.sqrt(total)
     return Test(WELCH, t, (df,), float(2 * stats.t.sf(abs(t), df)))
 
 

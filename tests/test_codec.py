@@ -16,10 +16,14 @@ from tests.conftest import NO_CELL_LIMIT
 
 
 def _same(a: object, b: object) -> bool:
-    """Equality that treats arrays (dtype, shape and NaNs included) and dataclasses alike."""
+    """Equality that treats arrays (dtype, shape and NaNs included), sequences of them and
+    dataclasses alike."""
     if isinstance(a, np.ndarray):
         return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
                 and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, tuple | list):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b, strict=True)))
     if hasattr(a, "__dataclass_fields__"):
         return type(a) is type(b) and all(_same(getattr(a, f), getattr(b, f))
                                           for f in a.__dataclass_fields__)

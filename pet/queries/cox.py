@@ -56,18 +56,33 @@ SITE = "site"
 """`strata=SITE` stratifies by site: each site's rows form their own risk sets."""
 
 
+CONTRACTION = 4.0
+"""A Newton step is still converging while it is at least this many times shorter than
+the one before (near the optimum Newton squares its error)."""
+
+
+def stalled(size: float, previous: float | None) -> bool:
+    """Whether a Newton step of largest change `size` no longer contracts against the
+    previous one's: steps within an inexact backend's error bound then stop the run.
+    The bound is a worst case, often far above the actual error; stopping at it while
+    steps still shrink would leave the fit short of what another round gives."""
+    return previous is not None and size * CONTRACTION > previous
+
+
 @dataclass(frozen=True)
 class CoxState:
     """Public state between rounds: the round number, the coefficients on the scaled
     design, the log partial likelihood at β = 0 (from round 0, for the likelihood-ratio
     test), and whether this is the closing round at the fitted coefficients (which also
-    counts the concordance) with the Newton runs' convergence."""
+    counts the concordance) with the Newton runs' convergence. `step` is the largest
+    coefficient change of the Newton step that led here (None before the first)."""
 
     iteration: int
     beta: tuple[float, ...]
     null_log_likelihood: float | None = None
     closing: bool = False
     converged: bool = False
+    step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,11 @@ class Cox(Query):
                              f"numbers within ±{COEFFICIENT_BOX:g}")
         if not isinstance(state.closing, bool) or not isinstance(state.converged, bool):
             raise QueryError(f"{self.describe()}: the state's flags must be booleans")
+        if state.step is not None and not (isinstance(state.step, int | float)
+                                           and not isinstance(state.step, bool)
+                                           and 0 <= state.step < math.inf):
+            raise QueryError(f"{self.describe()}: the state's step must be a finite "
+                             "number >= 0 or null")
 
     def steering(self, state: State) -> float:
         """The largest coefficient: rows' risk weights differ by at most e^(2·‖β‖₁)."""
@@ -391,10 +411,11 @@ class Cox(Query):
         step = self._solve(information, score)
         floor = 2 * np.max(np.abs(np.linalg.inv(information)).sum(axis=1)) * self._score_error(
             parts, errors, schema)
-        converged = bool(np.max(np.abs(step)) < max(self.tol, floor))
+        size = float(np.max(np.abs(step)))
+        converged = bool(size < self.tol or (size < floor and stalled(size, state.step)))
         closing = converged or state.iteration + 2 >= self.max_rounds
         return Next(CoxState(state.iteration + 1, tuple((beta + step).tolist()), null,
-                             closing=closing, converged=converged))
+                             closing=closing, converged=converged, step=size))
 
     def _noisy_round(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
                      score: np.ndarray, information: np.ndarray, log_likelihood: float,
