@@ -11,14 +11,15 @@ import pytest
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, SECURE, _agree
-from pet.errors import PetError
+from pet.backends.mpc import MPC, SECURE, _agree, _answers
+from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import scale_bits
 from pet.mpc.parties import PartyConfig, PartyError
 from pet.queries import (
     Correlation,
     Covariance,
+    Cox,
     ExactQuantiles,
     LinearFit,
     LinearRegression,
@@ -227,6 +228,26 @@ def test_copies_that_agree_on_coefficients_but_not_on_standard_errors_are_rerun(
 
     assert _agree([(fit(5.0), 1e-6), (fit(5.0 * (1 + 1e-6)), 1e-6)])
     assert not _agree([(fit(5.0), 1e-6), (fit(16.0), 1e-6)])  # a wrapped truncation
+
+
+def test_a_refusal_in_one_copy_only_reruns_and_in_both_refuses(lung3: Workload) -> None:
+    """A wrapped truncation can inflate one copy's count of too-small pivots: only when
+    both copies count one is the query refused (as nearly collinear)."""
+    query = Cox("time", "dead", ("age",), grid=10)
+    state = query.initial_state(lung3.schema)
+
+    def copy(small: float) -> dict[str, np.ndarray]:
+        return {"values": np.array([0.1]), "twin": np.array([0.1]), "small": np.array(small),
+                "imprecise": np.array(0.0), "log_likelihood_per_row": np.array(-1.0),
+                "residual": np.array(0.0), "diagonal": np.array([1.0]),
+                "corner": np.array(0.0)}
+
+    run = (SECURE[Cox], query, lung3.schema, state)
+    assert _answers(*run, [copy(0.0), copy(1.0)], 200.0, 1e-6) is None
+    answers = _answers(*run, [copy(0.0), copy(0.0)], 200.0, 1e-6)
+    assert answers is not None and _agree(answers)
+    with pytest.raises(QueryError, match="nearly collinear"):
+        _answers(*run, [copy(1.0), copy(1.0)], 200.0, 1e-6)
 
 
 def test_copies_of_a_logistic_round_disagree_when_only_one_has_converged() -> None:

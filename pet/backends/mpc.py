@@ -148,9 +148,9 @@ class MPC(Backend):
                                  "at all sites together for this statistic")
             digits = precision(int(head[0]))
             unit = _unit(self._session(n_sites).n, n_sites, digits, bits, head[0])
-            answers = [secure.answer(query, schema, state, values, head[0], unit)
-                       for values in secure.copies(outputs[0]["values"], digits, bits)]
-            if _agree(answers):
+            answers = _answers(secure, query, schema, state,
+                               secure.copies(outputs[0]["values"], digits, bits), head[0], unit)
+            if answers is not None and _agree(answers):
                 value, bound = answers[0]
                 return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),
                                   tuple(spent.tolist()), rounds)
@@ -193,6 +193,23 @@ class MPC(Backend):
         self.open(n_sites)
         assert self._parties is not None
         return self._parties
+
+
+def _answers(secure: SecureProgram, query: Any, schema: Schema, state: Any,
+             copies: list[dict[str, Any]], n: float,
+             unit: float) -> list[tuple[Any, float]] | None:
+    """Each copy's answer and bound. A refusal in only some copies (a count such as
+    "small" or "imprecise" that a wrapped truncation inflated in one) is a disagreement:
+    None, and the program runs again; a refusal in every copy is the answer."""
+    answers, refusals = [], []
+    for values in copies:
+        try:
+            answers.append(secure.answer(query, schema, state, values, n, unit))
+        except QueryError as refusal:
+            refusals.append(refusal)
+    if refusals and not answers:
+        raise refusals[0]
+    return None if refusals else answers
 
 
 def _unpack(combined: bytes) -> tuple[int, int, int, tuple[int, ...]]:
