@@ -299,11 +299,13 @@ class Ledger(DurableFile):
     def spend_in(self, db: sqlite3.Connection, datasets: str | Iterable[str], request: str,
                  rho: float, *, allowed: float, query: str) -> float:
         """`spend` inside the caller's transaction on this ledger. The request paid for
-        `allowed` rounded up; each spend rounds up by less than one unit, so a request
-        whose releases' exact ρ add up to `allowed` (shares of it that sum to 1) may pass
-        it by one unit per release, 10⁻¹⁵ ρ each."""
+        `allowed` rounded up; each spend rounds up by less than one unit, and the
+        floating-point shares of `allowed` a multi-round request computes may each be a
+        few ulps above exact, so its releases may pass it by one unit or 2⁻⁵⁰ of it
+        (whichever is more) per release: 10⁻¹⁵ ρ each below ρ ≈ 1, 10⁻¹⁵ of ρ above."""
         names = _names(datasets)
         cost, limit = _units(rho, "rho", up=True), _units(allowed, "rho", up=True)
+        slack = max(1, math.ceil(limit * 2.0**-50))
         spent = 0
         for dataset in names:
             row = db.execute("SELECT released FROM charges WHERE request = ? AND dataset = ?",
@@ -314,7 +316,7 @@ class Ledger(DurableFile):
             spent = row[0]
             made = db.execute("SELECT COUNT(*) FROM spends WHERE request = ? AND dataset = ?",
                               (request, dataset)).fetchone()[0]
-            if spent + cost > limit + made + 1:
+            if spent + cost > limit + (made + 1) * slack:
                 raise BudgetError(
                     f"request {request!r} cannot spend ρ={cost / RHO_SCALE:g} more on "
                     f"dataset {dataset!r}: it has spent {spent / RHO_SCALE:g} of the "

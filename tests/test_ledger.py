@@ -157,6 +157,21 @@ def test_a_charged_request_spends_rho_exactly_up_to_what_it_affords(ledger: Ledg
     assert (budget.spent_rho, budget.releases) == (charge.rho, 1)
 
 
+def test_float_shares_of_a_large_rho_spend_it_all_but_no_more(ledger: Ledger) -> None:
+    """A four-round query spends 1/15, 2/15, 4/15 and 8/15 of its ρ, computed in floating
+    point as `NewtonRegression.round_share` does; at ρ ≈ 800 (ε = 1000) those shares sum
+    to more than ρ by more than a ledger unit a release, and the last was refused. They
+    pass; a millionth of ρ more does not."""
+    ledger.set_budget("lung", 9000.0, 1e-3)
+    allowed = ledger.charge("lung", 1000.0, 1e-6, query="fit", request="big")[0].rho
+    for i in range(4):
+        share = 2.0**i * (2.0 - 1) / (2.0**4 - 1)
+        ledger.spend("lung", "big", share * allowed, allowed=allowed, query="fit")
+    assert ledger.spent_rho("big", "lung") == pytest.approx(allowed, rel=1e-14)
+    with pytest.raises(BudgetError, match="nothing was spent"):
+        ledger.spend("lung", "big", allowed * 1e-6, allowed=allowed, query="fit")
+
+
 def test_an_old_format_ledger_file_is_refused_with_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:
