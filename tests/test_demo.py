@@ -32,10 +32,11 @@ def test_demo_runs_every_backend_through_the_servers_and_stops_them() -> None:
     assert re.search(r"Synthetic cohort: MST fitted across 3 sites under mpc\+dp \(\d+ noisy "
                      r"marginals, 3 privacy steps, .*\); 228 rows × 9 columns", output)
     assert "Servers stopped: coordinator 0, site-1 0, site-2 0, site-3 0." in output
-    # Every DP question and the synthetic cohort fit within ε = 5 a site (zCDP adds ρ).
-    spent = re.search(r"site-1 ε ([\d.]+) of 5 at δ = 0.001 \((\d+) charges\)", output)
-    assert spent is not None and 0 < float(spent.group(1)) <= 5
-    assert int(spent.group(2)) == 3 * 11 + 1  # ExactQuantiles is refused before a charge
+    assert "dead, n (%)" in output and "sex[female] HR" in output  # Table 1 and Cox
+    # Every DP question and the synthetic cohort fit within ε = 6 a site (zCDP adds ρ).
+    spent = re.search(r"site-1 ε ([\d.]+) of 6 at δ = 0.001 \((\d+) charges\)", output)
+    assert spent is not None and 0 < float(spent.group(1)) <= 6
+    assert int(spent.group(2)) == 3 * 13 + 1  # ExactQuantiles is refused before a charge
 
 
 def test_cli_rejects_unknown_commands() -> None:

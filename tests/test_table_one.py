@@ -278,6 +278,21 @@ def test_dp_post_processing_clamps_and_leaves_undetermined_cells_nan(
     assert "n/a" in result.to_text()
 
 
+def test_noisy_levels_of_a_column_without_missing_values_fill_the_group(
+        lung3: Workload) -> None:
+    """A non-nullable column's noisy level counts are made to add up to the group's size
+    among its levels: none of the difference becomes 'missing' values it cannot have."""
+    query = TableOne(("sex",), by="dead")
+
+    def short(parts: dict[str, np.ndarray]) -> None:
+        parts["groups"][:] = [10.0, 5.0]
+        parts["sex:counts"][:] = [3.0, 0.0, 2.0, 0.0]  # level-major: 5 of 10, 0 of 5
+
+    result = noisy_conclusion(lung3, query, short)
+    assert np.all(result.missing == 0)
+    np.testing.assert_array_equal(result.counts[0].sum(axis=0), result.sizes)
+
+
 def test_noise_on_the_means_widens_the_t_test(lung3: Workload) -> None:
     """Welch's test gets the variance the noise adds to the difference of means: the
     same sums give a larger p-value the more noise they are said to carry."""

@@ -533,14 +533,25 @@ class Cox(Query):
                  answer: Any) -> Interval | None:
         """The coefficients' intervals by the delta method through the closing round's
         `finalize`, perturbing only the sums the coefficients depend on (not the
-        concordance counts, thousands of cells that only the concordance reads)."""
+        concordance counts, thousands of cells that only the concordance reads).
+
+        A coefficient the noise cannot move at all — every risk set lost in noise (no
+        trusted grid time, the information floored) or the coefficient held at the box —
+        gets no interval (NaN): its error is the post-processing's, which the noise's
+        interval does not state, and a zero-width interval would claim none."""
         layout = self.layout(schema, state)
         scales = layout.split(spread.scales)
         for name in ("c_events", "c_censored"):
             if name in scales:
                 scales[name] = np.zeros_like(scales[name])
-        return super().interval(total, Spread(spread.kind, layout.join(scales), spread.copies),
-                                schema, state, answer)
+        interval = super().interval(total, Spread(spread.kind, layout.join(scales),
+                                                  spread.copies), schema, state, answer)
+        if interval is None:
+            return None
+        low, high = (np.array(end, dtype=np.float64) for end in interval)
+        frozen = ~(high > low)
+        low[frozen] = high[frozen] = np.nan
+        return low, high
 
     def numbers(self, answer: Any) -> np.ndarray:
         """A fit's numbers are its coefficients."""

@@ -329,13 +329,16 @@ class TableOne(Query):
 
     def _counts_summary(self, column: Column, parts: dict[str, np.ndarray],
                         sizes: np.ndarray, missing: np.ndarray) -> _Summary:
-        """n per level and group, each group's levels and missing values made to add up
-        to its size (unchanged when exact), and the χ² test of levels against groups."""
+        """n per level and group, each group's levels (and missing values, where the
+        column may have any) made to add up to its size (unchanged when exact), and the
+        χ² test of levels against groups."""
         k = sizes.size
         raw = parts[f"{column.name}:counts"].reshape(-1, k)
-        cells = np.column_stack([consistent_counts(np.append(raw[:, g], missing[g]), sizes[g])
-                                 for g in range(k)])
-        counts, missing = cells[:-1], cells[-1]
+        if column.nullable:
+            raw = np.vstack([raw, missing])
+        cells = np.column_stack([consistent_counts(raw[:, g], sizes[g]) for g in range(k)])
+        counts = cells[:-1] if column.nullable else cells
+        missing = cells[-1] if column.nullable else np.zeros(k)
         test = chi_square(counts) if self.by else None
         counts = self._columns(counts)
         nothing = np.full(counts.shape[1], np.nan)
