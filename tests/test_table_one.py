@@ -24,6 +24,7 @@ from pet.queries.table_one import QUARTILES
 from pet.report import RESULT_HEADERS, result_row, summarize, table
 from pet.result import answer_vector
 from pet.schema import Categorical, Schema
+from pet.site import Site
 from pet.study import Study
 from pet.table import FrameTable
 from pet.workloads import Workload
@@ -276,6 +277,24 @@ def test_dp_post_processing_clamps_and_leaves_undetermined_cells_nan(
     assert result.counts[1].min() >= 0
     assert result.counts[1][:, 1].sum() == 1 and result.counts[1][:, 2].sum() == 0
     assert "n/a" in result.to_text()
+
+
+def test_a_noisy_variance_that_is_not_positive_is_undetermined(lung3: Workload) -> None:
+    """Noisy Σs² below n·mean² gives no SD (n/a), not an SD of 0, which would say every
+    value is the same; exact data with one value keep their SD of 0."""
+    query = TableOne(("age",), by="sex")
+
+    def flatten(parts: dict[str, np.ndarray]) -> None:
+        parts["age:squares"][0] = -5.0
+
+    result = noisy_conclusion(lung3, query, flatten)
+    assert np.isnan(result.sd[0, 1]) and np.isfinite(result.sd[0, 2])
+    assert "n/a" in result.to_text()
+    constant = Schema((Categorical("g", ("a", "b")), *lung3.schema.columns[2:3]))
+    frame = pd.DataFrame({"g": ["a", "a", "b", "b"], "age": [50, 50, 60, 61]})
+    exact = Study([Site("one", FrameTable(frame, constant), policy=NO_CELL_LIMIT)]).run(
+        TableOne(("age",), by="g")).value
+    assert exact.sd[0, 1] == 0.0
 
 
 def test_noisy_levels_of_a_column_without_missing_values_fill_the_group(

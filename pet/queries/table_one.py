@@ -295,8 +295,8 @@ class TableOne(Query):
                  schema: Schema, state: State,
                  noise: dict[str, np.ndarray] | None = None) -> TableOneResult:
         """The table from the sums; under DP post-processing only: counts kept at 0 or
-        more and each categorical column's made to add up to its group's noisy size, the
-        variance kept at 0 or more, NaN where a group's count is too small, and a t-test's
+        more and each categorical column's made to add up to its group's noisy size, NaN
+        where a group's count is too small or its noisy variance not positive, a t-test's
         variance widened by the noise on the means (`noise`). The χ² and ANOVA p-values
         take the noisy counts and moments as they are: they ignore the noise."""
         summaries = [self._summary(name, parts, schema, noise) for name in self.columns]
@@ -359,7 +359,10 @@ class TableOne(Query):
             scaled_var = np.where(count >= 2, (squares - total * scaled_mean) / (count - 1),
                                   np.nan)
         mean = center + half * np.clip(scaled_mean, -1.0, 1.0)
-        var = half**2 * np.maximum(scaled_var, 0.0)
+        # a noisy Σs² below n·mean² leaves the variance undetermined, not 0 (an SD of 0
+        # would say every value is the same)
+        var = half**2 * (np.maximum(scaled_var, 0.0) if noise is None
+                         else np.where(scaled_var > 0, scaled_var, np.nan))
         quartiles = np.full((count.size, len(QUARTILES)), np.nan)
         if self.medians:
             grid = parts[f"{name}:grid"].reshape(known.size, self.bins)
