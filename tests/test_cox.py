@@ -163,9 +163,9 @@ def test_newton_goes_on_while_it_contracts_within_the_backend_error_bound(
 @pytest.mark.parametrize("kind", [LocalDP, HEDP])
 def test_dp_fit_is_one_charge_whose_interval_holds_the_exact_fit(tmp_path: Path,
                                                                  kind: type) -> None:
-    """The noise-only interval (delta method through the closing round) holds the exact
-    fit; 2.5 half-widths are 4.9 standard deviations of the linearised noise (false
-    failure below 10⁻⁵ a coefficient; over 80 draws the largest error was 1.4)."""
+    """The noise interval (delta method through the closing round, widened by its step)
+    holds the exact fit: over 620 draws the largest error was 3.5 half-widths, so 5
+    leaves room for the tail (its coverage is `test_dp_interval_covers_the_exact_fit`)."""
     workload = cohort(3000, 3, 5)
     sites = workload.sites(NO_CELL_LIMIT, ledgers=tmp_path)
     for site in sites:
@@ -177,7 +177,7 @@ def test_dp_fit_is_one_charge_whose_interval_holds_the_exact_fit(tmp_path: Path,
     assert result.rounds == query.dp_rounds
     assert all(len(site.ledger.charges(site.dataset)) == 1 for site in sites)
     low, high = result.interval
-    assert np.all(np.abs(result.value.coef - exact.coef) <= 2.5 * (high - low) / 2)
+    assert np.all(np.abs(result.value.coef - exact.coef) <= 5 * (high - low) / 2)
     # noisy coefficients rank patients less well than the exact fit, never much better
     assert 0.5 < result.value.concordance < exact.concordance + 0.05
     small = Study(sites, backend=kind(epsilon=0.05, delta=1e-6)).run(query)
@@ -185,6 +185,26 @@ def test_dp_fit_is_one_charge_whose_interval_holds_the_exact_fit(tmp_path: Path,
     # where the noise swamps every risk set, no interval rather than one of zero width
     low, high = small.interval
     assert np.all(np.isnan(low) | (high > low)) and np.all(np.isnan(low) == np.isnan(high))
+
+
+@pytest.mark.slow
+def test_dp_interval_covers_the_exact_fit(tmp_path: Path) -> None:
+    """The 95% interval holds the exact fit in at least 88% of 200 draws for every
+    coefficient (measured 93–99% over 100; the noise-only interval, without the closing
+    step, held it in 85–92%): 88% is 2.8 binomial SDs below the least measured."""
+    workload = cohort(3000, 3, 5)
+    query = Cox("cvd_time", "cvd_event", ("age", "sex", "smoking"), grid=10,
+                concordance_bins=20)
+    exact = workload.study(policy=NO_CELL_LIMIT).run(query).value
+    held = []
+    for draw in range(200):
+        (tmp_path / str(draw)).mkdir()
+        sites = workload.sites(NO_CELL_LIMIT, ledgers=tmp_path / str(draw))
+        for site in sites:
+            site.ledger.set_budget(site.dataset, 100.0, 1e-3)
+        low, high = Study(sites, backend=LocalDP(epsilon=10.0, delta=1e-6)).run(query).interval
+        held.append((low <= exact.coef) & (exact.coef <= high))
+    assert np.all(np.mean(held, axis=0) >= 0.88)
 
 
 def test_bad_queries_and_states_are_refused(lung3: Workload) -> None:
