@@ -143,7 +143,7 @@ class Boolean(Column):
     def _encode(self, values: pd.Series, first_row: int) -> np.ndarray:
         series = pd.Series(values, copy=False)
         if series.dtype.kind in "OSU":  # text such as CSV cells: read true/false too
-            words = series.str.lower() if series.dtype.kind == "O" else series
+            words = series.map(lambda v: v.lower() if isinstance(v, str) else v)
             series = series.where(~words.isin(_BOOLEAN_WORDS), words.map(_BOOLEAN_WORDS))
         encoded = _as_float(series, self.name, first_row, "a boolean (true/false or 0/1)")
         bad = ~np.isnan(encoded) & (encoded != 0) & (encoded != 1)

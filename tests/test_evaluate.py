@@ -195,8 +195,37 @@ def test_bad_tables_get_clear_errors(tables: dict) -> None:
         evaluate(train, holdout, broken, schema)
     with pytest.raises(PetError, match="synthetic table has no rows"):
         evaluate(train, holdout, train.iloc[:0], schema)
-    with pytest.raises(PetError, match="must be a boolean column"):
+    with pytest.raises(PetError, match=r"'age' must have two levels .* it is continuous"):
         evaluate(train, holdout, train, schema, target="age")
+    with pytest.raises(PetError, match="it is categorical with 3 categories"):
+        evaluate(train, holdout, train, schema, target="smoking")
+
+
+def test_a_two_category_outcome_is_a_target_like_a_boolean(tables: dict) -> None:
+    """Sex (female, male) as the outcome: male is the positive level, and the real
+    table's logistic coefficients are statsmodels' on the same rows."""
+    import statsmodels.api as sm
+
+    schema, train, holdout = tables["schema"], tables["train"], tables["holdout"]
+    found = evaluate(train, holdout, tables["copy"], schema, target="sex",
+                     covariates=("age", "hdl")).utility
+    assert found.real.auc > 0.6 and found.synthetic.auc == found.real.auc
+    reference = sm.Logit((train["sex"] == "male").astype(float),
+                         sm.add_constant(train[["age", "hdl"]].astype(float))).fit(disp=0)
+    np.testing.assert_allclose(found.coefficients["real"], reference.params, rtol=1e-6)
+    assert found.coefficients["same_sign"].all()
+
+
+def test_the_regression_check_does_not_apply_without_covariates(tables: dict) -> None:
+    """An intercept alone has no relationships to keep: not applicable, not "100% keep
+    their sign"."""
+    schema, train, holdout = tables["schema"], tables["train"], tables["holdout"]
+    evaluation = evaluate(train, holdout, tables["dp"], schema, target="cvd_event",
+                          covariates=())
+    assert evaluation.utility.regression_note == ("not applicable: the regression has no "
+                                                  "covariates")
+    assert np.isnan(evaluation.utility.summary()["same_sign"])
+    assert "keep their sign" not in str(evaluation.verdicts())
 
 
 def test_the_synthesizer_cells_record_every_pillar(tmp_path: Path) -> None:

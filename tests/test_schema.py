@@ -83,6 +83,10 @@ def test_booleans_accept_text_and_numbers() -> None:
     encoded = Boolean("b", nullable=True).encode(pd.Series(["True", "false", "1", "0", None]))
     np.testing.assert_array_equal(encoded[:4], [1, 0, 1, 0])
     assert np.isnan(encoded[4])
+    # Python booleans with a missing value, an object column without any text
+    flags = Boolean("b", nullable=True).encode(pd.Series([True, False, None]))
+    np.testing.assert_array_equal(flags[:2], [1, 0])
+    assert np.isnan(flags[2])
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Fidelity, utility (None without a boolean outcome) and privacy of one table."""
+    """Fidelity, utility (None without a two-level outcome) and privacy of one table."""
 
     schema: Schema
     rows: dict[str, int]
@@ -74,7 +74,7 @@ def evaluate(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame
              covariates: Sequence[str] | None = None, secret: str | None = None,
              seed: int = 0) -> Evaluation:
     """Evaluate `synthetic` against the real `train` rows it was made from, with `holdout`
-    as unseen real rows. `target` (a boolean column) is the utility outcome, by default
+    as unseen real rows. `target` (a two-level column) is the utility outcome, by default
     the workload's (OUTCOMES); `secret` the column attribute inference guesses, by
     default the target."""
     for name, frame in (("train", train), ("holdout", holdout), ("synthetic", synthetic)):
@@ -114,8 +114,8 @@ def _fidelity_verdict(found: Fidelity) -> Verdict:
 
 def _utility_verdict(found: Utility | None) -> Verdict:
     if found is None:
-        return Verdict("Utility", "not measured", "no boolean outcome named",
-                       "Name a boolean outcome (target) to measure what a model trained on "
+        return Verdict("Utility", "not measured", "no two-level outcome named",
+                       "Name a two-level outcome (target) to measure what a model trained on "
                        "the synthetic data is worth on real patients.")
     ratio = found.synthetic.auc / found.real.auc
     grade = ("not informative" if found.real.auc < UNINFORMATIVE_AUC else "close"

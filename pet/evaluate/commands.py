@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", required=True,
                         help="real rows the synthesizer never saw (CSV or Parquet)")
     parser.add_argument("--synthetic", required=True, help="the synthetic table")
-    parser.add_argument("--target", help="boolean outcome for utility (default: the "
+    parser.add_argument("--target", help="two-level outcome for utility: boolean, or "
+                                         "categorical with two categories (default: the "
                                          "workload's)")
     parser.add_argument("--secret", help="the column attribute inference guesses "
                                          "(default: the target)")

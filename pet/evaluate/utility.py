@@ -25,7 +25,7 @@ from pet.disclosure import DisclosurePolicy
 from pet.errors import ArgumentError, PetError
 from pet.evaluate.features import Features
 from pet.queries import LogisticFit, LogisticRegression
-from pet.schema import Boolean, Schema, TimeToEvent
+from pet.schema import Boolean, Categorical, Schema, TimeToEvent
 from pet.site import Site
 from pet.study import Study
 from pet.table import FrameTable
@@ -89,10 +89,10 @@ def utility(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
             schema: Schema, target: str, *, covariates: Sequence[str] | None = None,
             seed: int = 0) -> Utility:
     """Train on the real training rows and on the synthetic rows, test both on the real
-    holdout; `target` is a boolean column, `covariates` the regression's terms (default:
+    holdout; `target` is a two-level column (boolean, or categorical whose second
+    category is the positive outcome), `covariates` the regression's terms (default:
     every numeric and boolean column but the target and follow-up times)."""
-    if not isinstance(schema[target], Boolean):
-        raise ArgumentError(f"the utility target {target!r} must be a boolean column")
+    _check_target(schema, target)
     features = Features(schema).without(target, *_follow_up(schema))
     terms = tuple(covariates) if covariates is not None else _default_terms(schema, features)
     trained = {name: _classifier(frame, holdout, features, target, seed)
@@ -100,6 +100,29 @@ def utility(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
     coefficients, note = _coefficients(train, synthetic, schema, target, terms)
     return Utility(target, trained["real"], trained["synthetic"], coefficients, note,
                    _survival(train, synthetic, schema))
+
+
+def _check_target(schema: Schema, target: str) -> None:
+    """A classifier and a logistic regression need an outcome of exactly two levels."""
+    column = schema[target]
+    levels = len(column.categories) if isinstance(column, Categorical) else None
+    if not (isinstance(column, Boolean) or levels == 2):
+        shape = f" with {levels} categories" if levels is not None else ""
+        raise ArgumentError(f"the utility target {target!r} must have two levels (boolean, "
+                            f"or categorical with two categories); it is {column.kind}{shape}")
+
+
+def _binary(frame: pd.DataFrame, schema: Schema, target: str) -> tuple[pd.DataFrame, Schema]:
+    """The table and schema with a two-category target as a boolean (its second category
+    true, missing values kept), for the logistic regression; a boolean one as it is."""
+    column = schema[target]
+    if isinstance(column, Boolean):
+        return frame, schema
+    first, second = column.categories
+    frame = frame.assign(**{target: frame[target].map({first: False, second: True})})
+    flag = Boolean(target, nullable=column.nullable, description=column.description)
+    return frame, Schema(tuple(flag if c.name == target else c for c in schema.columns),
+                         schema.name)
 
 
 def _follow_up(schema: Schema) -> list[str]:
@@ -154,7 +177,11 @@ def _calibration_error(y: np.ndarray, p: np.ndarray) -> float:
 
 def _coefficients(train: pd.DataFrame, synthetic: pd.DataFrame, schema: Schema, target: str,
                   terms: tuple[str, ...]) -> tuple[pd.DataFrame, str]:
-    """pet's logistic regression on each table, term by term."""
+    """pet's logistic regression on each table, term by term; not applicable without
+    covariates (an intercept alone says nothing about relationships)."""
+    if not terms:
+        return (pd.DataFrame(columns=["same_sign", "overlap"]),
+                "not applicable: the regression has no covariates")
     fits = {}
     for name, frame in (("real", train), ("synthetic", synthetic)):
         try:
@@ -180,6 +207,7 @@ def _fitted(frame: pd.DataFrame, schema: Schema, target: str,
             terms: tuple[str, ...]) -> LogisticFit:
     """pet's plaintext logistic regression on one table (no disclosure limits: the table
     never leaves this process)."""
+    frame, schema = _binary(frame, schema, target)
     site = Site("table", FrameTable(frame, schema), policy=DisclosurePolicy(min_cell=1,
                                                                             max_parameter_ratio=1))
     return Study([site]).run(LogisticRegression(target, terms)).value
