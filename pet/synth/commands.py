@@ -1,6 +1,6 @@
-"""`pet synth fit|sample`: fit a DP synthesizer to a workload's or a file's rows, or
-across a running federation through its coordinator, and sample a synthetic table with
-its data card from that fit."""
+"""`pet synth fit|sample|export`: fit a DP synthesizer to a workload's or a file's rows,
+or across a running federation through its coordinator; sample a synthetic table with
+its data card from that fit; export its noisy marginals for other generators."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pet.schema import Schema
 from pet.site import Site
 from pet.synth import SYNTHESIZERS, Release, card, fit, load, save
 from pet.synth.card import write
+from pet.synth.export import export
 from pet.table import open_table
 from pet.workloads import WORKLOADS
 from pet.workloads import load as load_workload
@@ -52,11 +53,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
     add_connection(sampling, address=False)
+    exporting = steps.add_parser("export", help="write a fit's noisy marginals (Parquet and "
+                                                "JSON) for other generators")
+    exporting.add_argument("fit", help="a folder written by `pet synth fit`")
+    exporting.add_argument("--out", required=True, help="folder for the marginals")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out `pet synth fit` or `pet synth sample`."""
-    return _fit(args) if args.step == "fit" else _sample(args)
+    """Carry out `pet synth fit`, `sample` or `export`."""
+    return {"fit": _fit, "sample": _sample, "export": _export}[args.step](args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    if (Path(args.fit) / REMOTE).exists():
+        raise PetError(f"{args.fit} names a fit kept at its coordinator; its marginals stay "
+                       "there (export a fit saved here by `pet synth fit --data` or "
+                       "`--workload`)")
+    folder = export(load(args.fit), args.out)
+    print(f"noisy marginals of {args.fit} in {folder / 'marginals.parquet'} and "
+          f"{folder / 'marginals.json'}")
+    return 0
 
 
 REMOTE = "remote.json"
