@@ -20,7 +20,6 @@ import numpy as np
 
 from pet.errors import ArgumentError
 from pet.synth.domain import Clique, Domain
-from pet.synth.estimation import estimate
 from pet.synth.junction_tree import junction_tree
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Candidates, Measurer, expected_error
@@ -57,7 +56,7 @@ class AIM(Synthesizer):
         measured = measurer.measure([(a,) for a in domain.attributes],
                                     len(domain) / (2 * sigma**2))
         used = sum(s.rho for s in measurer.spends)
-        model = estimate(domain, measured, iterations=self.round_iterations)
+        model = self.estimate(domain, measured, self.round_iterations)
         while rho - used > 1e-6 * rho:
             left = rho - used
             if left < 2 * (1 / (2 * sigma**2) + epsilon**2 / 8):  # the last round
@@ -70,11 +69,11 @@ class AIM(Synthesizer):
             measured += new
             used = sum(s.rho for s in measurer.spends)
             before = np.ravel(model.project(chosen))
-            model = estimate(domain, measured, iterations=self.round_iterations, model=model)
+            model = self.estimate(domain, measured, self.round_iterations, model=model)
             moved = np.abs(np.ravel(model.project(chosen)) - before).sum()
             if moved <= expected_error(new[0].sigma, domain.size(chosen)):
                 sigma, epsilon = sigma / 2, 2 * epsilon  # each part's ρ times 4
-        return estimate(domain, measured, iterations=self.iterations, model=model), measured
+        return self.estimate(domain, measured, self.iterations, model=model), measured
 
     def _select(self, measurer: Measurer, model: Model, allowed: list[Clique],
                 weights: dict[Clique, float], sigma: float, epsilon: float) -> Clique:

@@ -1,18 +1,32 @@
 """The data card every synthetic release ships with: how it was made, what it cost, and
-enough to make it again (JSON for machines, Markdown for people)."""
+enough to make it again (JSON for machines, Markdown for people).
+
+The card carries the noisy measurements themselves (DP releases: publishing them costs
+no privacy), the discretization and the estimator's calls, so `refit` rebuilds the
+same model from the card alone and, with its seed, the same rows. It carries no digest
+of the input data: a digest lets someone who knows every row but one test guesses."""
 
 from __future__ import annotations
 
 import json
 import platform
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from pet.errors import PetError
 from pet.mechanisms import epsilon_of
-from pet.synth.synthesizer import Fit
+from pet.schema import Schema
+from pet.synth.discretize import Discretization
+from pet.synth.marginal import NoisyMarginal
+from pet.synth.model import Model
+from pet.synth.synthesizer import Fit, replay
 
 LIBRARIES = ("pet", "numpy", "pandas", "opendp", "tenseal", "crypten", "torch")
 
@@ -42,7 +56,12 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
             "itemised": budget,
         },
         "measured": [{"clique": list(m.clique), "cells": int(m.values.size),
-                      "sigma": m.sigma} for m in fit.measurements],
+                      "sigma": m.sigma, "counts": m.values.tolist(),
+                      "scale": None if m.scale is None else m.scale.tolist()}
+                     for m in fit.measurements],
+        "settings": dict(fit.settings),
+        "estimation": [{"measurements": seen, "iterations": iterations}
+                       for seen, iterations in fit.trace],
         "sites": list(release.sites),
         "backend": release.backend,
         "schema": fit.discretization.schema.to_dict(),
@@ -50,9 +69,35 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
         "merged": {name: list(m) for name, m in fit.discretization.merged.items()},
         "seed": release.seed,
         "rows": release.rows,
-        "versions": {"python": platform.python_version(), **_versions()},
+        "versions": {"python": platform.python_version(), **_versions(),
+                     "pet_commit": _commit()},
         "evaluation": None,
     }
+
+
+def refit(data: dict[str, Any]) -> tuple[Discretization, Model]:
+    """The discretization and model a card's release was sampled from, rebuilt from the
+    card's measurements and estimator calls (`pet.synth.synthesizer.replay`)."""
+    if not data.get("estimation"):
+        raise PetError("this data card records no estimator calls (made by an older pet); "
+                       "it cannot be refitted")
+    discretization = Discretization(Schema.from_dict(data["schema"]),
+                                    {k: tuple(v) for k, v in data["bins"].items()},
+                                    {k: tuple(v) for k, v in data["merged"].items()})
+    measured = [NoisyMarginal(tuple(m["clique"]), np.asarray(m["counts"]), m["sigma"],
+                              None if m["scale"] is None else np.asarray(m["scale"]))
+                for m in data["measured"]]
+    trace = [(int(c["measurements"]), int(c["iterations"])) for c in data["estimation"]]
+    return discretization, replay(discretization.domain(), measured, trace)
+
+
+def resample(data: dict[str, Any], rows: int | None = None,
+             seed: int | None = None) -> pd.DataFrame:
+    """The card's release again (its rows and seed, unless others are given)."""
+    discretization, model = refit(data)
+    rows = data["rows"] if rows is None else rows
+    seed = data["seed"] if seed is None else seed
+    return Fit(data["method"], model, discretization, (), (), 0.0, 0.0).sample(rows, seed=seed)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -111,6 +156,16 @@ def write(data: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
 def _cliques(cliques: list[list[str]]) -> str:
     shown = ", ".join("×".join(c) for c in cliques[:4])
     return shown + (f", … ({len(cliques)} in all)" if len(cliques) > 4 else "")
+
+
+def _commit() -> str | None:
+    """The git commit of pet's source, where it runs from a checkout (None otherwise)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).resolve().parent, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _versions() -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""`pet synth fit|sample|export`: fit a DP synthesizer to a workload's or a file's rows,
-or across a running federation through its coordinator; sample a synthetic table with
-its data card from that fit; export its noisy marginals for other generators."""
+"""`pet synth fit|sample|export|refit`: fit a DP synthesizer to a workload's or a file's
+rows, or across a running federation through its coordinator; sample a synthetic table
+with its data card from that fit; export its noisy marginals for other generators;
+rebuild a release from its data card."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pet.ledger import Ledger
 from pet.schema import Schema
 from pet.site import Site
 from pet.synth import SYNTHESIZERS, Release, card, fit, load, save
-from pet.synth.card import write
+from pet.synth.card import resample, write
 from pet.synth.export import export
 from pet.table import open_table
 from pet.workloads import WORKLOADS
@@ -57,11 +58,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                 "JSON) for other generators")
     exporting.add_argument("fit", help="a folder written by `pet synth fit`")
     exporting.add_argument("--out", required=True, help="folder for the marginals")
+    refitting = steps.add_parser("refit", help="rebuild a release's model from its data card "
+                                               "and sample its rows again")
+    refitting.add_argument("card", help="a release's card.json")
+    refitting.add_argument("--rows", type=int, help="rows to sample (default: the card's)")
+    refitting.add_argument("--seed", type=int, help="sampling seed (default: the card's)")
+    refitting.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `pet synth fit`, `sample` or `export`."""
-    return {"fit": _fit, "sample": _sample, "export": _export}[args.step](args)
+    return {"fit": _fit, "sample": _sample, "export": _export,
+            "refit": _refit}[args.step](args)
+
+
+def _refit(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(Path(args.card).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PetError(f"cannot read the data card {args.card}: {error}") from None
+    table = resample(data, args.rows, args.seed)
+    _write_table(table, Path(args.out))
+    print(f"{len(table)} rows rebuilt from {args.card} in {args.out}")
+    return 0
+
+
+def _write_table(table: pd.DataFrame, out: Path) -> None:
+    """A synthetic table as Parquet or, for any other suffix, CSV."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        table.to_parquet(out, index=False)
+    else:
+        table.to_csv(out, index=False)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -136,11 +164,7 @@ def _fit_remote(args: argparse.Namespace, out: Path) -> int:
 def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     table, data = _drawn(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        table.to_parquet(out, index=False)
-    else:
-        table.to_csv(out, index=False)
+    _write_table(table, out)
     as_json, as_markdown = write(data, out.parent if out.parent != Path() else Path.cwd())
     print(f"{args.rows} synthetic rows in {out}; data card in {as_json} and {as_markdown}")
     return 0

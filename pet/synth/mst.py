@@ -20,7 +20,6 @@ import math
 import numpy as np
 
 from pet.synth.domain import Clique
-from pet.synth.estimation import estimate
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Candidates, Measurer
 from pet.synth.model import Model
@@ -46,11 +45,11 @@ class MST(Synthesizer):
         if self.compress:
             one_way = compressed(measurer, one_way)
         domain = measurer.domain
-        model = estimate(domain, one_way, iterations=self.iterations)
+        model = self.estimate(domain, one_way, self.iterations)
         tree = self._tree(measurer, model, rho / 3) if len(domain) > 1 else []
         two_way = measurer.measure(tree, rho / 3) if tree else []
         measured = one_way + two_way
-        return estimate(domain, measured, iterations=self.iterations, model=model), measured
+        return self.estimate(domain, measured, self.iterations, model=model), measured
 
     def _tree(self, measurer: Measurer, model: Model, rho: float) -> list[Clique]:
         """Kruskal's algorithm over the pairs, scored by how badly the 1-way model gets

@@ -14,7 +14,6 @@ import numpy as np
 
 from pet.errors import ArgumentError
 from pet.synth.domain import Clique
-from pet.synth.estimation import estimate
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Candidates, Measurer
 from pet.synth.model import Model
@@ -42,11 +41,11 @@ class MWEM(Synthesizer):
         rounds = self.rounds or len(domain)
         share = rho / (rounds + 1)
         measured = measurer.measure([(a,) for a in domain.attributes], share)
-        model = estimate(domain, measured, iterations=self.round_iterations)
+        model = self.estimate(domain, measured, self.round_iterations)
         for _ in range(rounds):
             scored = Candidates(tuple(workload), model_marginals(model, workload),
                                 np.ones(len(workload)), np.zeros(len(workload)))
             chosen = workload[measurer.select(scored, share / 2, sensitivity=1.0)]
             measured += measurer.measure([chosen], share / 2)
-            model = estimate(domain, measured, iterations=self.round_iterations, model=model)
-        return estimate(domain, measured, iterations=self.iterations, model=model), measured
+            model = self.estimate(domain, measured, self.round_iterations, model=model)
+        return self.estimate(domain, measured, self.iterations, model=model), measured

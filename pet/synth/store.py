@@ -34,6 +34,8 @@ def save(fit: Fit, folder: str | Path) -> Path:
                          for m in fit.measurements],
         "spends": [{"step": s.step, "cliques": [list(c) for c in s.cliques], "rho": s.rho}
                    for s in fit.spends],
+        "trace": [list(call) for call in fit.trace],
+        "settings": dict(fit.settings),
     }
     (folder / "fit.json").write_text(json.dumps(described, indent=1) + "\n")
     arrays = {f"potential{i}": p for i, p in enumerate(model.potentials)}
@@ -67,4 +69,6 @@ def load(folder: str | Path) -> Fit:
     spends = tuple(Spend(s["step"], tuple(tuple(c) for c in s["cliques"]), s["rho"])
                    for s in described["spends"])
     return Fit(described["method"], model, discretization, measured, spends,
-               described["epsilon"], described["delta"])
+               described["epsilon"], described["delta"],
+               tuple((int(n), int(i)) for n, i in described.get("trace", [])),
+               described.get("settings", {}))

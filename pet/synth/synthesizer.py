@@ -8,9 +8,10 @@ noisy marginals; it never sees a row. Sampling the model is post-processing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import combinations
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from pet.errors import ArgumentError
 from pet.mechanisms import epsilon_of, rho_of
 from pet.synth.discretize import Discretization
 from pet.synth.domain import Clique, Domain
+from pet.synth.estimation import estimate
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Measurer, Spend
 from pet.synth.model import Model
@@ -36,6 +38,11 @@ class Fit:
     spends: tuple[Spend, ...]
     epsilon: float
     delta: float
+    trace: tuple[tuple[int, int], ...] = ()
+    """The estimator's calls in order, each (measurements it saw, iterations), every one
+    warm-started from the last: what `replay` repeats to rebuild the model."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """The synthesizer's options (iterations, rounds, cell caps, ...), for its data card."""
 
     @property
     def rho(self) -> float:
@@ -64,14 +71,28 @@ class Synthesizer(ABC):
         if not isinstance(iterations, int) or iterations < 1:
             raise ArgumentError(f"iterations must be a whole number >= 1, got {iterations!r}")
         self.iterations = iterations
+        self.trace: list[tuple[int, int]] = []
 
     def fit(self, measurer: Measurer) -> Fit:
         """Spend the measurer's whole budget and fit the model."""
         # A hair under the whole ρ: each site's ledger rounds every spend up to its unit.
         rho = rho_of(measurer.epsilon, measurer.delta) * (1 - 1e-9)
+        self.trace = []
         model, measurements = self.run(measurer, rho)
         return Fit(self.name, model, measurer.discretization, tuple(measurements),
-                   tuple(measurer.spends), measurer.epsilon, measurer.delta)
+                   tuple(measurer.spends), measurer.epsilon, measurer.delta,
+                   tuple(self.trace), self.settings())
+
+    def settings(self) -> dict[str, Any]:
+        """The options this synthesizer was made with, as JSON-ready values."""
+        return {name: [list(c) for c in value] if isinstance(value, list | tuple) else value
+                for name, value in vars(self).items() if name != "trace"}
+
+    def estimate(self, domain: Domain, measured: list[NoisyMarginal], iterations: int,
+                 model: Model | None = None) -> Model:
+        """`pet.synth.estimate` on the measurements so far, recorded in the fit's trace."""
+        self.trace.append((len(measured), iterations))
+        return estimate(domain, measured, iterations=iterations, model=model)
 
     @abstractmethod
     def run(self, measurer: Measurer, rho: float) -> tuple[Model, list[NoisyMarginal]]:
@@ -86,3 +107,19 @@ def pairs(domain: Domain) -> list[Clique]:
 def model_marginals(model: Model, cliques: list[Clique]) -> tuple[np.ndarray, ...]:
     """The model's marginals of the cliques, flat, for selection to score."""
     return tuple(np.ravel(model.project(c)) for c in cliques)
+
+
+def replay(domain: Domain, measurements: Sequence[NoisyMarginal],
+           trace: Sequence[tuple[int, int]]) -> Model:
+    """The model a fit's estimator built, rebuilt from its measurements and its trace:
+    the same calls, in order, each warm-started from the last (deterministic, so the
+    same model on the same versions of pet and numpy)."""
+    if not trace:
+        raise ArgumentError("the fit records no estimator calls to replay")
+    model: Model | None = None
+    for seen, iterations in trace:
+        if not 0 < seen <= len(measurements):
+            raise ArgumentError(f"the trace names {seen} measurements of "
+                                f"{len(measurements)}")
+        model = estimate(domain, list(measurements[:seen]), iterations=iterations, model=model)
+    return model  # type: ignore[return-value]  # the trace is not empty
