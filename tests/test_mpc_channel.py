@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import re
@@ -338,6 +339,24 @@ def test_a_party_listens_only_on_its_host_at_the_first_free_port_of_its_range(
         PartyConfig(host="0.0.0.0")
     for party in joined.session.parties:  # a formed session listens nowhere
         assert party.alive and listening(party.process.pid) == []
+
+
+def test_a_port_taken_between_bind_and_listen_is_skipped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes may both bind a port with SO_REUSEADDR; the one that listens first
+    takes it and the other's listen, not bind, fails with EADDRINUSE: that port is
+    skipped like a bound one (a site's party once died of it, racing another)."""
+    low = free_port(HOST)
+
+    class Raced(socket.socket):
+        def listen(self, *args: int) -> None:
+            if self.getsockname()[1] == low:
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+            super().listen(*args)
+
+    monkeypatch.setattr(socket, "socket", Raced)
+    with listen(HOST, (low, low + 9)) as listener:
+        assert low < listener.getsockname()[1] <= low + 9
 
 
 def test_a_process_with_someone_elses_certificate_is_refused_before_it_starts(

@@ -100,13 +100,15 @@ def listen(host: str, ports: tuple[int, int]) -> socket.socket:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind((host, port))
+            # Another process that bound the port (also with SO_REUSEADDR) but listened
+            # first makes listen, not bind, fail: that port is taken too.
+            listener.listen(BACKLOG)
         except OSError as error:
             listener.close()
             if error.errno == errno.EADDRINUSE:
                 continue
             raise ChannelError(f"cannot listen on {host}:{port}: {error.strerror}; configure "
                                "an address of this host as the MPC host") from None
-        listener.listen(BACKLOG)
         return listener
     raise ChannelError(f"no free port in {low}-{high} on {host}; widen the MPC port range "
                        "or free a port in it")
