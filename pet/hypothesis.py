@@ -60,6 +60,19 @@ def welch(n: ArrayLike, mean: ArrayLike, var: ArrayLike, *,
     return Test(WELCH, t, (df,), float(2 * stats.t.sf(abs(t), df)))
 
 
+def mean_difference_noise(half: float, n: ArrayLike, scaled_mean: ArrayLike,
+                          sum_sd: ArrayLike, count_sd: ArrayLike) -> float:
+    """The variance DP noise adds to the difference of two groups' means, to first order:
+    each mean c + h·S/n (S the sum of values scaled by 1/h) moves by
+    h·(dS − (S/n)·dn)/n, independently per group, for noise SDs `sum_sd` on S and
+    `count_sd` on n; `welch` takes it as `noise_var`."""
+    n, scaled_mean, sum_sd, count_sd = (np.asarray(a, dtype=np.float64)
+                                        for a in (n, scaled_mean, sum_sd, count_sd))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_group = (sum_sd**2 + scaled_mean**2 * count_sd**2) / n**2
+    return float(half**2 * np.sum(per_group))
+
+
 def anova(n: ArrayLike, mean: ArrayLike, var: ArrayLike) -> Test:
     """One-way ANOVA's F test of k ≥ 2 groups from their sizes, means and unbiased
     variances (as scipy's `f_oneway` on the rows)."""

@@ -15,7 +15,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pet.errors import QueryError
-from pet.hypothesis import ANOVA, CHI_SQUARE, WELCH, Test, anova, chi_square, untestable, welch
+from pet.hypothesis import (
+    ANOVA,
+    CHI_SQUARE,
+    WELCH,
+    Test,
+    anova,
+    chi_square,
+    mean_difference_noise,
+    untestable,
+    welch,
+)
 from pet.intervals import Interval, Spread
 from pet.layout import Block
 from pet.queries.base import Query, State, affine, require_numeric, scale
@@ -171,13 +181,12 @@ class TTest(GroupMoments):
 
     def noise_var(self, parts: dict[str, np.ndarray], schema: Schema, n: np.ndarray,
                   noise: dict[str, np.ndarray] | None) -> float:
-        """The DP noise's variance on the difference of the two means, to first order:
-        each mean c + h·S/n moves by h·(dS/n − S·dn/n²), independently per group."""
+        """The DP noise's variance on the difference of the two means
+        (`mean_difference_noise`), 0 without noise."""
         if noise is None:
             return 0.0
-        half = affine(schema[self.column])[1]
-        per_group = (noise["sums"] / n) ** 2 + (parts["sums"] * noise["counts"] / n**2) ** 2
-        return float(half**2 * np.sum(per_group))
+        return mean_difference_noise(affine(schema[self.column])[1], n, parts["sums"] / n,
+                                     noise["sums"], noise["counts"])
 
 
 @dataclass(frozen=True)

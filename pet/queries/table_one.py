@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 
 from pet.errors import QueryError
-from pet.hypothesis import ANOVA, WELCH, Test, anova, chi_square, untestable, welch
+from pet.hypothesis import (
+    ANOVA,
+    WELCH,
+    Test,
+    anova,
+    chi_square,
+    mean_difference_noise,
+    untestable,
+    welch,
+)
 from pet.intervals import Interval, Spread, delta_method
 from pet.layout import Block
 from pet.queries.base import MISSING_WEIGHT, Query, State, affine, levels, scale
@@ -469,13 +478,10 @@ def _variable_numbers(missing: np.ndarray, counts: np.ndarray, mean: np.ndarray,
 
 def _mean_noise(noise: dict[str, np.ndarray], name: str, count: np.ndarray,
                 scaled_mean: np.ndarray, half: float) -> float:
-    """Variance the DP noise adds to the difference of two groups' means, to first order:
-    Σs/n moves by σ_Σ/n with the sum's noise and by (Σs/n)·σ_n/n with the count's (the
-    group size's and the missing count's noise)."""
-    count_var = noise["groups"] ** 2 + noise.get(f"{name}:missing", 0.0) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_group = half**2 * (noise[f"{name}:sum"] ** 2 + scaled_mean**2 * count_var) / count**2
-    return float(np.sum(per_group))
+    """`mean_difference_noise` of a column's means, whose count of known values carries
+    the group size's noise and the missing count's."""
+    count_sd = np.sqrt(noise["groups"] ** 2 + noise.get(f"{name}:missing", 0.0) ** 2)
+    return mean_difference_noise(half, count, scaled_mean, noise[f"{name}:sum"], count_sd)
 
 
 def _compare_means(n: np.ndarray, mean: np.ndarray, var: np.ndarray,
