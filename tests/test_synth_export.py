@@ -60,7 +60,9 @@ def test_cells_are_labelled_so_a_reader_needs_no_pet(fitted: Fit, lung3: Workloa
     # every original level once, rare ones merged by MST into one label
     parts = [p for label in columns["ph_ecog"]["levels"] for p in label.split(" | ")]
     assert sorted(parts) == ["0", "1", "2", "3", "4", "missing"]
-    assert columns["time"]["levels"][0].startswith("[0, ")
+    bins = [p for label in columns["time"]["levels"] for p in label.split(" | ")]
+    assert len(bins) == len(set(bins)) and sum(b.startswith("[0, ") for b in bins) == 1
+    assert sum(b.endswith("]") for b in bins) == 1
     number = next(i for i, m in enumerate(fitted.measurements) if m.clique == ("sex",))
     rows = cells[cells["measurement"] == number]
     labels = [columns["sex"]["levels"][level] for level in rows["sex"]]
