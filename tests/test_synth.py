@@ -5,6 +5,7 @@ ledgers, and the data card. The estimator itself is tested in test_synth_estimat
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pet.errors import PetError
+from pet.errors import ArgumentError, PetError
 from pet.ledger import BudgetError
 from pet.mechanisms import rho_of
 from pet.queries import Marginals
@@ -27,7 +28,7 @@ from pet.synth.discretize import Discretization
 from pet.synth.domain import Clique
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Candidates, Curator, Federation, Measurer
-from pet.synth.mst import MST
+from pet.synth.mst import MST, compressed, shrunk
 from pet.synth.mwem import MWEM
 from pet.synth.synthesizer import Fit, Synthesizer
 from pet.workloads import Workload, cohort, lung
@@ -127,6 +128,86 @@ def test_merged_levels_sample_back_among_the_levels_they_hold(lung1: Workload) -
     assert set(values["ph_ecog"].dropna()) == {0}
     assert np.array_equal(discretization.encode(values)[:, domain.index("age")],
                           levels[:, domain.index("age")])
+
+
+def test_a_merged_level_samples_back_in_proportion_to_its_shares(lung1: Workload) -> None:
+    discretization = Discretization.of(lung1.schema, bins=6).merging(
+        {"age": (0, 0, 0, 1, 1, 1)}, {"age": (3.0, 0.0, 1.0, 1.0, 1.0, 2.0)})
+    levels = np.zeros((40_000, len(discretization.schema.names)), dtype=np.int64)
+    column = discretization.schema.names.index("age")
+    levels[20_000:, column] = 1
+    counts = np.bincount(discretization.expand(levels, np.random.default_rng(3))[:, column],
+                         minlength=6)
+    assert counts[1] == 0  # a level of share 0 is never drawn
+    expected = np.array([3, 0, 1, 1, 1, 2]) / np.array([4, 4, 4, 4, 4, 4]) * 20_000
+    kept = expected > 0
+    assert stats.chisquare(counts[kept], expected[kept]).pvalue > 1e-6
+    again = Discretization.from_dict(json.loads(json.dumps(discretization.to_dict())))
+    assert again == discretization
+
+
+@pytest.mark.parametrize(("shares", "message"), [
+    ({"age": (1.0, 1.0)}, "must be 6 finite numbers"),
+    ({"age": (1.0, -1.0, 1.0, 1.0, 1.0, 1.0)}, "must be 6 finite numbers"),
+    ({"age": (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)}, "each merged level needs a share above 0"),
+    ({"sex": (1.0, 1.0)}, "'sex', which is not merged"),
+])
+def test_bad_shares_are_refused_naming_the_column(lung1: Workload, shares: dict,
+                                                  message: str) -> None:
+    discretization = Discretization.of(lung1.schema, bins=6)
+    with pytest.raises(ArgumentError, match=message):
+        discretization.merging({"age": (0, 0, 0, 1, 1, 1)}, shares)
+
+
+@pytest.mark.parametrize(("truth", "flat"), [
+    (np.full(8, 80.0), True),
+    (np.array([0, 0, 5, 20, 60, 90, 40, 10.0]), False),
+    (np.array([0, 0, 0, 0, 0, 0, 300, 0.0]), False),
+])
+def test_shrunk_counts_split_a_merged_level_close_to_the_truth(truth: np.ndarray,
+                                                               flat: bool) -> None:
+    """Mean squared error of the split (shares as proportions) over many noisy draws: on
+    flat counts near the uniform split's (the paper's, exact there) and far below the
+    clipped noisy counts' (keeping the levels); on skewed counts far below the uniform
+    split's and within a quarter of the noisy counts'."""
+    rng = np.random.default_rng(0)
+    sigma = 30.0
+    errors = np.zeros(3)
+    for _ in range(2000):
+        noisy = truth + rng.normal(0, sigma, truth.size)
+        for k, guess in enumerate((shrunk(noisy, sigma), np.maximum(noisy, 0),
+                                   np.full(truth.size, noisy.mean()))):
+            errors[k] += ((guess / guess.sum() - truth / truth.sum()) ** 2).sum()
+    shrunk_error, noisy_error, uniform_error = errors
+    if flat:
+        assert shrunk_error < 0.2 * noisy_error
+    else:
+        assert shrunk_error < 0.6 * uniform_error and shrunk_error < 1.25 * noisy_error
+
+
+def test_mst_merges_a_column_none_of_whose_levels_stands_out(lung1: Workload) -> None:
+    """As the paper does: every level rare means one level, its pairs then cost no
+    noise; the split back keeps what the 1-way release said."""
+    class Fixed(Measurer):
+        def __init__(self) -> None:
+            super().__init__(_sites(lung1, Path(tempfile.mkdtemp())), discretization,
+                             backend="dp", epsilon=1.0, delta=1e-6)
+
+        def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
+            raise AssertionError
+
+    discretization = Discretization.of(lung1.schema, bins=6)
+    measurer = Fixed()
+    flat = NoisyMarginal(("age",), np.array([20.0, 25, 18, 29, 22, 26]), 10.0)
+    skewed = NoisyMarginal(("ph_ecog",), np.array([70.0, 50, 2, -4, 1, 3]), 30.0)
+    out = compressed(measurer, [flat, skewed])
+    merged = measurer.discretization.merged
+    assert merged["age"] == (0,) * 6 and out[0].values.tolist() == [140.0]
+    assert out[0].scale.tolist() == [pytest.approx(np.sqrt(6))]
+    assert merged["ph_ecog"] == (0,) * 6
+    shares = measurer.discretization.shares
+    assert np.ptp(shares["age"]) < np.ptp(flat.values)  # shrunk toward the mean
+    assert shares["ph_ecog"][0] > shares["ph_ecog"][1] > shares["ph_ecog"][2]
 
 
 def test_mst_merges_rare_levels_and_measures_pairs_on_them(lung1: Workload, tmp_path: Path) -> None:
@@ -251,9 +332,9 @@ def test_a_federation_measures_with_the_noise_of_one_central_release(tmp_path: P
         for _ in range(8):
             (noisy,) = measurer.measure([clique], 0.05)
             residuals.append((noisy.values - exact) / noisy.sigma)
-    # The table's σ in one central release at ρ = 0.05: of ρ, n (importance √0.01 = 0.1)
-    # and the table (importance 1) take 0.1/1.1 and 1/1.1, and ρ_table = 1/(2σ²).
-    assert noisy.sigma == pytest.approx(1 / np.sqrt(2 * 0.05 / 1.1), rel=1e-6)
+    # The table's σ in one central release at ρ = 0.05: of ρ, n (importance √1e-6 = 0.001)
+    # and the table (importance 1) take 0.001/1.001 and 1/1.001, and ρ_table = 1/(2σ²).
+    assert noisy.sigma == pytest.approx(1 / np.sqrt(2 * 0.05 / 1.001), rel=1e-6)
     # Standard normal residuals: a KS test that fails wrongly once in a million runs.
     assert stats.kstest(np.concatenate(residuals), "norm").pvalue > 1e-6
     for site in sites:
@@ -351,11 +432,12 @@ def test_the_federated_fit_is_the_model_of_its_noisy_marginals_alone(tmp_path: P
         assert np.allclose(replayed.model.project(clique), federated.model.project(clique),
                            rtol=1e-12, atol=1e-9)
     # Every measurement's noise is what OpenDP's Gaussian map says its part of ρ buys:
-    # each of m tables (importance 1) takes 1/(m + 0.1) of it, n (importance 0.1) the rest.
+    # each of m tables (importance 1) takes 1/(m + 0.001) of it, n (importance 0.001) the
+    # rest.
     for spend, marginal in zip([s for s in federated.spends if s.step == "measure"],
                                [federated.measurements[0], federated.measurements[-1]],
                                strict=True):
         gaussian = dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
                                       dp.l2_distance(T=float), scale=marginal.sigma)
-        share = spend.rho / (len(spend.cliques) + 0.1)
+        share = spend.rho / (len(spend.cliques) + 0.001)
         assert gaussian.map(1.0) == pytest.approx(share, rel=1e-6)

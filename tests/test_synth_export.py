@@ -63,6 +63,10 @@ def test_cells_are_labelled_so_a_reader_needs_no_pet(fitted: Fit, lung3: Workloa
     bins = [p for label in columns["time"]["levels"] for p in label.split(" | ")]
     assert len(bins) == len(set(bins)) and sum(b.startswith("[0, ") for b in bins) == 1
     assert sum(b.endswith("]") for b in bins) == 1
+    for name, column in columns.items():  # a share per original level of a merged column
+        merged = fitted.discretization.merged.get(name)
+        assert column["shares"] == list(fitted.discretization.shares.get(name, ()))
+        assert len(column["shares"]) in ((0,) if merged is None else (0, len(merged)))
     number = next(i for i, m in enumerate(fitted.measurements) if m.clique == ("sex",))
     rows = cells[cells["measurement"] == number]
     labels = [columns["sex"]["levels"][level] for level in rows["sex"]]

@@ -5,8 +5,8 @@ Unlike `Contingency`, a missing value is a level of its own (the last one of a n
 column), so every marginal counts every row of the subgroup and they all agree on n;
 and the noisy counts come back raw — neither rounded nor clipped at zero — because the
 estimator that consumes them weighs unbiased measurements against each other. Each row
-adds 1 to one cell of every table: with k tables one row moves the vector by √(k + 1) in
-L2 (the noisy n comes with it, a measurement of the total). A column's levels may be
+adds 1 to one cell of every table: with k tables one row moves the tables by √k in L2,
+and the noisy n that comes with every release by 1 more. A column's levels may be
 merged by a public map (a synthesizer merges the levels an earlier DP release showed to
 be rare), so its tables count on fewer, larger cells.
 """
@@ -78,8 +78,10 @@ class Marginals(Query):
 
     requires_dp: ClassVar[bool] = True
     keeps_missing: ClassVar[bool] = True
-    n_weight: ClassVar[float] = 0.01
-    """A synthesizer reads the tables, not n: nearly all of a release's ρ goes to them."""
+    n_weight: ClassVar[float] = 1e-6
+    """A synthesizer reads the tables, not n (no minimum of rows either: a very noisy n
+    changes nothing), so n gets 0.1% of a one-table release's ρ, not the 9% a weight of
+    0.01 gave it: AIM measures one table a round."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

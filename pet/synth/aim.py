@@ -78,11 +78,10 @@ class AIM(Synthesizer):
     def _select(self, measurer: Measurer, model: Model, allowed: list[Clique],
                 weights: dict[Clique, float], sigma: float, epsilon: float) -> Clique:
         """The exponential mechanism over the allowed candidates, each scored by its
-        weighted L1 error less the error measuring it would bring (√2 σ: the release
-        carries the noisy total too)."""
-        noise = sigma * math.sqrt(2)
+        weighted L1 error less the error measuring it at σ would bring (the paper's
+        penalty; the release's noisy n takes a negligible part of its ρ)."""
         weight = np.array([weights[c] for c in allowed])
-        penalty = np.array([expected_error(noise, measurer.domain.size(c)) for c in allowed])
+        penalty = np.array([expected_error(sigma, measurer.domain.size(c)) for c in allowed])
         scored = Candidates(tuple(allowed), model_marginals(model, allowed), weight, penalty)
         return allowed[measurer.select(scored, epsilon**2 / 8, sensitivity=float(weight.max()))]
 

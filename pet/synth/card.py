@@ -22,7 +22,6 @@ import pandas as pd
 
 from pet.errors import PetError
 from pet.mechanisms import epsilon_of
-from pet.schema import Schema
 from pet.synth.discretize import Discretization
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.model import Model
@@ -64,9 +63,7 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
                        for seen, iterations in fit.trace],
         "sites": list(release.sites),
         "backend": release.backend,
-        "schema": fit.discretization.schema.to_dict(),
-        "bins": {name: list(edges) for name, edges in fit.discretization.edges.items()},
-        "merged": {name: list(m) for name, m in fit.discretization.merged.items()},
+        **fit.discretization.to_dict(),
         "seed": release.seed,
         "rows": release.rows,
         "versions": {"python": platform.python_version(), **_versions(),
@@ -81,9 +78,7 @@ def refit(data: dict[str, Any]) -> tuple[Discretization, Model]:
     if not data.get("estimation"):
         raise PetError("this data card records no estimator calls (made by an older pet); "
                        "it cannot be refitted")
-    discretization = Discretization(Schema.from_dict(data["schema"]),
-                                    {k: tuple(v) for k, v in data["bins"].items()},
-                                    {k: tuple(v) for k, v in data["merged"].items()})
+    discretization = Discretization.from_dict(data)
     measured = [NoisyMarginal(tuple(m["clique"]), np.asarray(m["counts"]), m["sigma"],
                               None if m["scale"] is None else np.asarray(m["scale"]))
                 for m in data["measured"]]
@@ -132,8 +127,11 @@ def markdown(data: dict[str, Any]) -> str:
         merged = data["merged"].get(column["name"])
         if merged:
             rare = [level for level, new in enumerate(merged) if new == max(merged)]
+            split = ("by the shares "
+                     + ", ".join(f"{data['shares'][column['name']][v]:.3g}" for v in rare)
+                     if column["name"] in data.get("shares", {}) else "uniformly")
             where += (f"; levels {', '.join(map(str, rare))} merged, being rare in the "
-                      "noisy 1-way counts, and sampled back uniformly among them")
+                      f"noisy 1-way counts, and sampled back among them {split}")
         lines.append(f"- `{column['name']}` ({column['type']}): {where}")
     if data["evaluation"]:
         found = data["evaluation"]

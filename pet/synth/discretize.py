@@ -5,7 +5,8 @@ with a short range gets one level per value, any other numeric column equal-widt
 categorical and boolean columns keep their levels; a nullable column gets one more
 level for missing values. A synthesizer may merge a column's levels by a public map
 (MST merges those a DP release showed to be rare); a merged level samples back to one of
-its levels uniformly. Sampling maps levels back to values inside each bin's public
+its levels in proportion to public shares (what that release says of them), uniformly
+when none are given. Sampling maps levels back to values inside each bin's public
 bounds, so no synthetic value ever leaves the schema's range.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,11 +31,13 @@ DEFAULT_BINS = 16
 @dataclass(frozen=True)
 class Discretization:
     """Each numeric column's public bin edges (categorical and boolean columns need none),
-    and each merged column's map of its levels onto the merged ones."""
+    each merged column's map of its levels onto the merged ones, and for some merged
+    columns a share per level: how a merged level splits back into its levels."""
 
     schema: Schema
     edges: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     merged: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    shares: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, column in zip(self.schema.names, self.schema.columns, strict=True):
@@ -50,6 +54,8 @@ class Discretization:
             if len(mapping) != levels:
                 raise ArgumentError(f"merged levels of {name!r} map {len(mapping)} levels, "
                                     f"but it has {levels}")
+        object.__setattr__(self, "shares", {k: _shares(k, v, self.merged.get(k))
+                                            for k, v in self.shares.items()})
 
     @classmethod
     def of(cls, schema: Schema, *, bins: int | Mapping[str, int] = DEFAULT_BINS) -> Discretization:
@@ -67,8 +73,14 @@ class Discretization:
             edges[column.name] = _edges(column, count)
         return cls(schema, edges)
 
-    def merging(self, maps: Mapping[str, Sequence[int]]) -> Discretization:
-        """This discretization with some columns' current levels merged by `maps`."""
+    def merging(self, maps: Mapping[str, Sequence[int]],
+                shares: Mapping[str, Sequence[float]] | None = None) -> Discretization:
+        """This discretization with some columns' current levels merged by `maps`, and
+        optionally each merged column's share per level (columns merged once only)."""
+        shares = dict(shares or {})
+        again = sorted(set(shares) & set(self.merged))
+        if again:
+            raise ArgumentError(f"shares of levels given for columns merged before: {again}")
         composed = dict(self.merged)
         for name, mapping in maps.items():
             levels = self.domain().size((name,))
@@ -76,7 +88,22 @@ class Discretization:
                 raise ArgumentError(f"merged levels of {name!r} map {len(mapping)} levels, "
                                     f"but it has {levels}")
             composed[name] = tuple(int(mapping[v]) for v in self.merged.get(name, range(levels)))
-        return Discretization(self.schema, self.edges, composed)
+        return Discretization(self.schema, self.edges, composed, {**self.shares, **shares})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The discretization as JSON-ready values (schema, bins, merges, shares)."""
+        return {"schema": self.schema.to_dict(),
+                "bins": {k: list(v) for k, v in self.edges.items()},
+                "merged": {k: list(v) for k, v in self.merged.items()},
+                "shares": {k: list(v) for k, v in self.shares.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Discretization:
+        """A discretization from `to_dict`'s values (shares absent: uniform splits)."""
+        return cls(Schema.from_dict(data["schema"]),
+                   {k: tuple(v) for k, v in data["bins"].items()},
+                   {k: tuple(v) for k, v in data["merged"].items()},
+                   {k: tuple(v) for k, v in data.get("shares", {}).items()})
 
     def domain(self) -> Domain:
         """The discretized domain: one attribute per column, its number of (merged) levels."""
@@ -104,17 +131,23 @@ class Discretization:
 
     def expand(self, levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Levels of the merged domain (rows × columns) back on the unmerged one: each
-        merged level becomes one of the levels it holds, uniformly (post-processing)."""
+        merged level becomes one of the levels it holds, in proportion to their shares
+        (uniformly without shares); post-processing."""
         out = np.array(levels, dtype=np.int64)
         for j, name in enumerate(self.schema.names):
             if name not in self.merged:
                 continue
             mapping = np.asarray(self.merged[name])
             order = np.argsort(mapping, kind="stable")  # the original levels, grouped
-            sizes = np.bincount(mapping)
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            pick = np.floor(rng.random(len(out)) * sizes[out[:, j]]).astype(np.int64)
-            out[:, j] = order[starts[out[:, j]] + pick]
+            ends = np.cumsum(np.bincount(mapping))
+            starts = ends - np.bincount(mapping)
+            weight = np.asarray(self.shares.get(name, np.ones(mapping.size)))[order]
+            cumulative = np.concatenate([[0.0], np.cumsum(weight)])
+            group = out[:, j]
+            low, high = cumulative[starts[group]], cumulative[ends[group]]
+            drawn = low + rng.random(len(out)) * (high - low)
+            position = np.searchsorted(cumulative, drawn, side="right") - 1
+            out[:, j] = order[np.clip(position, starts[group], ends[group] - 1)]
         return out
 
     def decode(self, levels: np.ndarray, *, seed: int) -> pd.DataFrame:
@@ -153,6 +186,21 @@ class Discretization:
             last = np.maximum(last, first)
             return first + np.floor(rng.random(level.size) * (last - first + 1))
         return np.minimum(low + rng.random(level.size) * (high - low), upper)
+
+
+def _shares(name: str, shares: Sequence[float], mapping: tuple[int, ...] | None
+            ) -> tuple[float, ...]:
+    """A merged column's shares, checked: one finite share >= 0 per level, and every
+    merged level's shares adding up to more than 0."""
+    if mapping is None:
+        raise ArgumentError(f"shares of levels given for {name!r}, which is not merged")
+    values = np.asarray(shares, dtype=np.float64)
+    if values.shape != (len(mapping),) or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ArgumentError(f"shares of {name!r}: {list(shares)} must be {len(mapping)} "
+                            "finite numbers >= 0, one per level")
+    if np.any(np.bincount(mapping, weights=values) <= 0):
+        raise ArgumentError(f"shares of {name!r}: each merged level needs a share above 0")
+    return tuple(float(v) for v in values)
 
 
 def _edges(column: Column, count: int) -> tuple[float, ...]:

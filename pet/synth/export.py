@@ -5,8 +5,9 @@ no privacy. A folder holds `marginals.parquet`, one row per measured cell: the
 measurement's number, one column per attribute giving the cell's level (empty for
 attributes outside that measurement's clique), the noisy count and the noise's standard
 deviation on it; and `marginals.json`: the format, the fit's method and (ε, δ), the
-number of records, the public domain (per column its levels, labelled), and per
-measurement its clique and σ. Levels are the fit's discretized levels after any merge:
+number of records, the public domain (per column its levels, labelled, and for a merged
+column the share of each original level in its merged level, empty when split
+uniformly), and per measurement its clique and σ. Levels are the fit's discretized levels after any merge:
 a category, `False`/`True`, a numeric bin `[low, high)` (the last one closed), a whole
 number, `missing`, or merged levels joined by ` | `.
 """
@@ -42,7 +43,8 @@ def export(fit: Fit, folder: str | Path) -> Path:
         "format": FORMAT, "method": fit.method, "epsilon": fit.epsilon, "delta": fit.delta,
         "records": fit.model.total,
         "columns": [{"name": name, "kind": fit.discretization.schema[name].kind,
-                     "levels": level_labels(fit.discretization, name)}
+                     "levels": level_labels(fit.discretization, name),
+                     "shares": list(fit.discretization.shares.get(name, ()))}
                     for name in domain.attributes],
         "measurements": [{"id": i, "clique": list(m.clique), "sigma": m.sigma,
                           "cells": int(m.values.size)}

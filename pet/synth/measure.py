@@ -118,10 +118,12 @@ class Measurer(ABC):
         """Index of the candidate with (privately) the highest score, spending ρ; one row
         moves each score by at most `sensitivity`."""
 
-    def merge(self, maps: Mapping[str, Sequence[int]]) -> None:
+    def merge(self, maps: Mapping[str, Sequence[int]],
+              shares: Mapping[str, Sequence[float]] | None = None) -> None:
         """Measure from now on with some columns' levels merged by public `maps` (each
-        level's new level), chosen from earlier releases alone."""
-        self.discretization = self.discretization.merging(maps)
+        level's new level), chosen from earlier releases alone; `shares` say how a merged
+        level samples back into its levels (`Discretization.merging`)."""
+        self.discretization = self.discretization.merging(maps, shares)
         self.domain = self.discretization.domain()
 
     def close(self) -> None:
@@ -181,8 +183,9 @@ class Curator(Measurer):
         truth = self._counts(candidates.cliques)
         return noisy_max(candidates.scores(truth), sensitivity, rho)
 
-    def merge(self, maps: Mapping[str, Sequence[int]]) -> None:
-        super().merge(maps)
+    def merge(self, maps: Mapping[str, Sequence[int]],
+              shares: Mapping[str, Sequence[float]] | None = None) -> None:
+        super().merge(maps, shares)
         self._exact.clear()  # counted on the levels before the merge
 
     def _counts(self, cliques: Sequence[Clique]) -> list[np.ndarray]:

@@ -10,7 +10,9 @@ marginals measured at once. The model fitted to both sets of measurements is sam
 Between the first and second step, as the paper does, each column's levels whose noisy
 count is under 3σ are merged into one (post-processing of the 1-way release): on small
 tables most cells of a 16-bin column hold noise alone, and the pairs then count on the
-levels that carry signal.
+levels that carry signal. The paper samples a merged level back to its levels uniformly;
+pet splits it by an empirical-Bayes estimate of their counts from the same release, so
+a column whose rare levels differ by more than the noise keeps that shape.
 """
 
 from __future__ import annotations
@@ -88,22 +90,38 @@ class MST(Synthesizer):
 
 def compressed(measurer: Measurer, one_way: list[NoisyMarginal]) -> list[NoisyMarginal]:
     """Merge each column's rare levels (noisy count under RARE·σ) into one last level, for
-    the measurer's later releases; the 1-way measurements on the merged levels: kept cells
-    as measured, the merged cell the sum of the rare ones (noise sd √k·σ for k of them).
-    A column keeps its levels when fewer than two would stand out: merged into one or two
-    levels it would sample back nearly uniform over its range, where the noisy counts
-    below 3σ still say where its mass lies."""
-    maps, out = {}, []
+    the measurer's later releases, as the paper does, even when no level stands out (the
+    column is then one level, its pairs cost no noise); the 1-way measurements on the
+    merged levels: kept cells as measured, the merged cell the sum of the rare ones
+    (noise sd √k·σ for k of them). The merged level's share of each rare level is
+    `shrunk`'s estimate of its count."""
+    maps, shares, out = {}, {}, []
     for m in one_way:
         rare = m.values < RARE * m.sigma
-        kept = int((~rare).sum())
-        if rare.sum() < 2 or kept < 2:
+        if rare.sum() < 2:  # nothing to merge: at most one level would move
             out.append(m)
             continue
-        maps[m.clique[0]] = tuple(np.where(rare, kept, np.cumsum(~rare) - 1).tolist())
+        kept = int((~rare).sum())
+        name = m.clique[0]
+        maps[name] = tuple(np.where(rare, kept, np.cumsum(~rare) - 1).tolist())
+        share = np.ones(m.values.size)
+        share[rare] = shrunk(m.values[rare], m.sigma)
+        shares[name] = tuple(share.tolist())
         values = np.append(m.values[~rare], m.values[rare].sum())
         scale = np.append(np.ones(kept), math.sqrt(rare.sum()))
         out.append(NoisyMarginal(m.clique, values, m.sigma, scale))
     if maps:
-        measurer.merge(maps)
+        measurer.merge(maps, shares)
     return out
+
+
+def shrunk(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """Counts of levels estimated from their noisy counts (noise sd σ each), shrunk toward
+    their mean by as much of their spread as the noise explains: the empirical-Bayes
+    (James–Stein) posterior mean under a normal prior whose variance is the spread's
+    excess over σ²; clipped at 0, uniform when nothing stays above it. Levels of equal
+    counts then split evenly, a skewed column keeps its skew."""
+    mean = float(noisy.mean())
+    signal = max(0.0, float(noisy.var(ddof=1)) - sigma**2)
+    estimate = np.maximum(mean + signal / (signal + sigma**2) * (noisy - mean), 0.0)
+    return estimate if estimate.sum() > 0 else np.ones(noisy.size)

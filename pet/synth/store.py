@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from pet.errors import PetError
-from pet.schema import Schema
 from pet.synth.discretize import Discretization
 from pet.synth.junction_tree import junction_tree
 from pet.synth.marginal import NoisyMarginal
@@ -26,9 +25,7 @@ def save(fit: Fit, folder: str | Path) -> Path:
     model = fit.model
     described = {
         "method": fit.method, "epsilon": fit.epsilon, "delta": fit.delta,
-        "schema": fit.discretization.schema.to_dict(),
-        "bins": {k: list(v) for k, v in fit.discretization.edges.items()},
-        "merged": {k: list(v) for k, v in fit.discretization.merged.items()},
+        **fit.discretization.to_dict(),
         "cliques": [list(c) for c in model.cliques], "total": model.total,
         "measurements": [{"clique": list(m.clique), "sigma": m.sigma}
                          for m in fit.measurements],
@@ -55,9 +52,7 @@ def load(folder: str | Path) -> Fit:
     except FileNotFoundError as missing:
         raise PetError(f"{folder} holds no saved fit ({missing.filename} is missing); "
                        "make one with `pet synth fit`") from None
-    discretization = Discretization(Schema.from_dict(described["schema"]),
-                                    {k: tuple(v) for k, v in described["bins"].items()},
-                                    {k: tuple(v) for k, v in described["merged"].items()})
+    discretization = Discretization.from_dict(described)
     domain = discretization.domain()
     cliques = [tuple(c) for c in described["cliques"]]
     model = Model(domain, junction_tree(domain, cliques), tuple(cliques),
