@@ -17,7 +17,7 @@ from pet.ledger import Ledger
 from pet.site import Site
 from pet.synth import AIM, MST, Curator, Discretization, Release, card
 from pet.synth.card import refit, resample
-from pet.synth.synthesizer import Synthesizer
+from pet.synth.synthesizer import Synthesizer, traced
 from pet.table import FrameTable
 from pet.workloads import Workload
 
@@ -32,6 +32,7 @@ def test_a_card_rebuilds_the_model_and_the_rows(lung3: Workload, tmp_path: Path,
     with Curator(site, Discretization.of(lung3.schema), epsilon=1.0, delta=1e-6) as measurer:
         fitted = synthesizer.fit(measurer)
     assert len(fitted.trace) >= 2  # warm-started calls, replayed in order
+    assert fitted.trace[0][2] is False and all(warm for _, _, warm in fitted.trace[1:-1])
     data = json.loads(json.dumps(card(fitted, Release(("lung",), "dp", 3, 300))))
     discretization, model = refit(data)
     assert discretization.domain() == fitted.discretization.domain()
@@ -40,6 +41,13 @@ def test_a_card_rebuilds_the_model_and_the_rows(lung3: Workload, tmp_path: Path,
     pd.testing.assert_frame_equal(resample(data), fitted.sample(300, seed=3))
     assert not {"digest", "hash", "fingerprint"} & set(data)  # nothing that tests guesses
     assert data["settings"]["iterations"] == 200
+
+
+def test_the_trace_says_which_estimator_calls_started_from_the_last_model() -> None:
+    """AIM's last fit starts afresh; a card from before the flag replays as a chain."""
+    assert traced([[3, 100], [5, 100], [5, 1000]]) == (
+        (3, 100, False), (5, 100, True), (5, 1000, True))
+    assert traced([[3, 100, False], [5, 1000, False]]) == ((3, 100, False), (5, 1000, False))
 
 
 def test_a_card_without_estimator_calls_is_refused_by_name() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 PEERS_ROOT = HERE.parent / ".peers"
 RUN_PEER = HERE / "run_peer.py"
-PEERS = ("opendp", "smartnoise")
+PEERS = ("opendp", "smartnoise", "mbi")
 METHODS = ("mst", "aim")
 TAIL_CHARS = 4000
 
@@ -90,6 +90,7 @@ def run(
     seed: int = 0,
     rows: int | None = None,
     resample: bool = False,
+    rho: float | None = None,
     timeout_s: float = 600.0,
     workdir: str | os.PathLike | None = None,
     python: str | os.PathLike | None = None,
@@ -145,6 +146,8 @@ def run(
     ]  # fmt: skip
     if resample:
         cmd.append("--resample")
+    if rho is not None:
+        cmd += ["--rho", repr(float(rho))]
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
     env["PYTHONHASHSEED"] = "0"  # set iteration order feeds mbi's junction trees

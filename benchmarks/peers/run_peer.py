@@ -82,6 +82,7 @@ def _store_rho_cache(key: str, factor: float | None) -> None:
 
 PEER_DISTS = {
     "opendp": ["opendp", "mbi", "jax", "jaxlib", "numpy", "polars", "pandas"],
+    "mbi": ["mbi", "jax", "jaxlib", "numpy"],
     "smartnoise": [
         "smartnoise-synth",
         "smartnoise-sql",
@@ -404,6 +405,33 @@ def fit_smartnoise(args: argparse.Namespace, names, sizes, codes, stats: dict) -
     return {"draw": draw}
 
 
+def fit_mbi(args: argparse.Namespace, names, sizes, codes, stats: dict) -> dict:
+    """Private-PGM's MST or AIM on mbi 2.0 (`private_pgm.py`), at the given ρ."""
+    if args.rho is None:
+        raise ValueError("the mbi peer needs --rho (OpenDP's conversion of ε, δ)")
+    import private_pgm
+
+    rng = np.random.default_rng(args.seed)
+    data = private_pgm.Data(codes, names, sizes)
+    stats["rss_mb_after_import"] = peak_rss_mb()
+    t0 = time.perf_counter()
+    if args.method == "mst":
+        model, maps = private_pgm.mst(data, args.rho, rng)
+    else:
+        model, maps = private_pgm.aim(data, args.rho, rng), {}
+    stats["fit_s"] = time.perf_counter() - t0
+    stats["rss_mb_after_fit"] = peak_rss_mb()
+    stats["privacy"] = {"epsilon": args.epsilon, "delta": args.delta, "rho": args.rho,
+                        "neighbours": "add/remove one row"}
+    stats["model_cliques"] = [list(c) for c in model.cliques]
+    stats["call"] = f"private_pgm.{args.method}(<codes>, rho={args.rho!r})"
+
+    def draw(method: str) -> np.ndarray:
+        return private_pgm.sample(model, names, args.rows, method, maps, rng)
+
+    return {"draw": draw}
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -416,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", type=Path)
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)
+    p.add_argument("--rho", type=float, help="the zCDP budget (ε, δ) converts to; the mbi "
+                   "peer needs it, having no OpenDP to convert with")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=int)
     p.add_argument("--out", type=Path)
@@ -460,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         names, sizes, codes = read_inputs(args.data, args.domain)
         stats["rows_in"] = int(codes.shape[0])
         stats["domain"] = dict(zip(names, sizes, strict=True))
-        fit = fit_opendp if args.peer == "opendp" else fit_smartnoise
+        fit = {"opendp": fit_opendp, "smartnoise": fit_smartnoise, "mbi": fit_mbi}[args.peer]
         fitted = fit(args, names, sizes, codes, stats)
 
         t0 = time.perf_counter()

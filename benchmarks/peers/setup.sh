@@ -22,12 +22,12 @@ PEERS=()
 for arg in "$@"; do
   case "$arg" in
     --resolve) RESOLVE=1 ;;
-    opendp|smartnoise) PEERS+=("$arg") ;;
+    opendp|smartnoise|mbi) PEERS+=("$arg") ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg (expected opendp, smartnoise or --resolve)" >&2; exit 2 ;;
+    *) echo "unknown argument: $arg (expected opendp, smartnoise, mbi or --resolve)" >&2; exit 2 ;;
   esac
 done
-[ ${#PEERS[@]} -eq 0 ] && PEERS=(opendp smartnoise)
+[ ${#PEERS[@]} -eq 0 ] && PEERS=(opendp smartnoise mbi)
 
 # The only torch allowed is the CPU build 2.13.0 (a wheel kept on local disk here);
 # give pip that folder explicitly when it exists.
@@ -43,6 +43,8 @@ specs() {
     # torch first, from the CPU wheel, so that opacus's bare `torch>=1.3` is already
     # satisfied and pip never picks a CUDA build.
     smartnoise) echo "torch==2.13.0"; echo "smartnoise-synth==1.0.8" ;;
+    # Private-PGM's current release; its MST and AIM are in private_pgm.py.
+    mbi) echo "mbi==2.0.*" ;;
   esac
 }
 

@@ -25,7 +25,7 @@ from pet.mechanisms import epsilon_of
 from pet.synth.discretize import Discretization
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.model import Model
-from pet.synth.synthesizer import Fit, replay
+from pet.synth.synthesizer import Fit, replay, traced
 
 LIBRARIES = ("pet", "numpy", "pandas", "opendp", "tenseal", "crypten", "torch")
 
@@ -59,8 +59,8 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
                       "scale": None if m.scale is None else m.scale.tolist()}
                      for m in fit.measurements],
         "settings": dict(fit.settings),
-        "estimation": [{"measurements": seen, "iterations": iterations}
-                       for seen, iterations in fit.trace],
+        "estimation": [{"measurements": seen, "iterations": iterations, "warm": warm}
+                       for seen, iterations, warm in fit.trace],
         "sites": list(release.sites),
         "backend": release.backend,
         **fit.discretization.to_dict(),
@@ -82,7 +82,8 @@ def refit(data: dict[str, Any]) -> tuple[Discretization, Model]:
     measured = [NoisyMarginal(tuple(m["clique"]), np.asarray(m["counts"]), m["sigma"],
                               None if m["scale"] is None else np.asarray(m["scale"]))
                 for m in data["measured"]]
-    trace = [(int(c["measurements"]), int(c["iterations"])) for c in data["estimation"]]
+    trace = traced([[c["measurements"], c["iterations"], *([c["warm"]] if "warm" in c else [])]
+                    for c in data["estimation"]])
     return discretization, replay(discretization.domain(), measured, trace)
 
 

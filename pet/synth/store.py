@@ -15,7 +15,7 @@ from pet.synth.junction_tree import junction_tree
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Spend
 from pet.synth.model import Model
-from pet.synth.synthesizer import Fit
+from pet.synth.synthesizer import Fit, traced
 
 
 def save(fit: Fit, folder: str | Path) -> Path:
@@ -65,5 +65,5 @@ def load(folder: str | Path) -> Fit:
                    for s in described["spends"])
     return Fit(described["method"], model, discretization, measured, spends,
                described["epsilon"], described["delta"],
-               tuple((int(n), int(i)) for n, i in described.get("trace", [])),
+               traced(described.get("trace", [])),
                described.get("settings", {}))

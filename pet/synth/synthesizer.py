@@ -38,9 +38,10 @@ class Fit:
     spends: tuple[Spend, ...]
     epsilon: float
     delta: float
-    trace: tuple[tuple[int, int], ...] = ()
-    """The estimator's calls in order, each (measurements it saw, iterations), every one
-    warm-started from the last: what `replay` repeats to rebuild the model."""
+    trace: tuple[tuple[int, int, bool], ...] = ()
+    """The estimator's calls in order, each (measurements it saw, iterations, whether it
+    warm-started from the last call's model): what `replay` repeats to rebuild the
+    model."""
     settings: Mapping[str, Any] = field(default_factory=dict)
     """The synthesizer's options (iterations, rounds, cell caps, ...), for its data card."""
 
@@ -71,7 +72,7 @@ class Synthesizer(ABC):
         if not isinstance(iterations, int) or iterations < 1:
             raise ArgumentError(f"iterations must be a whole number >= 1, got {iterations!r}")
         self.iterations = iterations
-        self.trace: list[tuple[int, int]] = []
+        self.trace: list[tuple[int, int, bool]] = []
 
     def fit(self, measurer: Measurer) -> Fit:
         """Spend the measurer's whole budget and fit the model."""
@@ -91,7 +92,7 @@ class Synthesizer(ABC):
     def estimate(self, domain: Domain, measured: list[NoisyMarginal], iterations: int,
                  model: Model | None = None) -> Model:
         """`pet.synth.estimate` on the measurements so far, recorded in the fit's trace."""
-        self.trace.append((len(measured), iterations))
+        self.trace.append((len(measured), iterations, model is not None))
         return estimate(domain, measured, iterations=iterations, model=model)
 
     @abstractmethod
@@ -110,16 +111,24 @@ def model_marginals(model: Model, cliques: list[Clique]) -> tuple[np.ndarray, ..
 
 
 def replay(domain: Domain, measurements: Sequence[NoisyMarginal],
-           trace: Sequence[tuple[int, int]]) -> Model:
+           trace: Sequence[tuple[int, int, bool]]) -> Model:
     """The model a fit's estimator built, rebuilt from its measurements and its trace:
-    the same calls, in order, each warm-started from the last (deterministic, so the
-    same model on the same versions of pet and numpy)."""
+    the same calls, in order, each warm-started from the last where it was (deterministic,
+    so the same model on the same versions of pet and numpy)."""
     if not trace:
         raise ArgumentError("the fit records no estimator calls to replay")
     model: Model | None = None
-    for seen, iterations in trace:
+    for seen, iterations, warm in trace:
         if not 0 < seen <= len(measurements):
             raise ArgumentError(f"the trace names {seen} measurements of "
                                 f"{len(measurements)}")
-        model = estimate(domain, list(measurements[:seen]), iterations=iterations, model=model)
+        model = estimate(domain, list(measurements[:seen]), iterations=iterations,
+                         model=model if warm else None)
     return model  # type: ignore[return-value]  # the trace is not empty
+
+
+def traced(calls: Sequence[Sequence[Any]]) -> tuple[tuple[int, int, bool], ...]:
+    """A trace read back from JSON; a call without its warm flag (an older pet's) warm-
+    started unless it was the first."""
+    return tuple((int(call[0]), int(call[1]), bool(call[2]) if len(call) > 2 else k > 0)
+                 for k, call in enumerate(calls))
