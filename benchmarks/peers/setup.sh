@@ -3,7 +3,7 @@
 # benchmarks/.peers/<peer>/, so that their pins can never clash with each other
 # or with pet's own environment.
 #
-#   bash benchmarks/peers/setup.sh                  # both peers, exact pins
+#   bash benchmarks/peers/setup.sh                  # every peer, exact pins
 #   bash benchmarks/peers/setup.sh opendp           # one peer, exact pins
 #   bash benchmarks/peers/setup.sh --resolve        # fresh resolve of the top-level
 #                                                   # specs; rewrites requirements-*.txt
