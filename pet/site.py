@@ -113,10 +113,16 @@ class Site:
     def charge(self, query: Query, backend: Backend, request: str,
                state: State = None) -> None:
         """Charge the query's cost to this site's ledger once per request and spend its
-        round's ρ from it, as a release would (a selection made at the site itself)."""
+        round's ρ from it, as a release would (a selection made at the site itself),
+        audited in the same transaction."""
         ledger = self._ledger(query)
-        with ledger.transaction() as db:
-            self._payment(query, state, backend, request)(db)
+        with ledger.transaction(attach=self.audit) as db:
+            epsilon, delta, note = self._payment(query, state, backend, request)(db)
+            if self.audit is not None:
+                self.audit.append_in(db, analyst=Ask.analyst, request=request,
+                                     query=query.describe(), backend=backend.name,
+                                     epsilon=epsilon, delta=delta, outcome="answered",
+                                     detail=f"selected at this site; {note.rstrip('; ')}")
 
     def _release(self, query: Query, state: State, backend: Backend, ask: Ask) -> Contribution:
         """A DP release: the stored one if this exact release was made before, else a new
@@ -165,7 +171,8 @@ class Site:
         """How a release is paid for: the query's (ε, δ) is charged once per request, as
         ρ (zCDP adds; pure ε costs ε²/2); each release then spends its round's part of
         that ρ (`Layout.share`), or a synthesizer's release its own ρ, and the ledger
-        refuses a release that would take the request past what its charge affords."""
+        refuses a release that would take the request past what its charge affords. A
+        synthesizer's first charge notes the site's data fingerprint for the audit entry."""
         ledger, dataset = self._ledger(query), self.dataset
         epsilon, delta = backend.cost()
         allowed = query_rho(epsilon, delta)
@@ -180,6 +187,8 @@ class Site:
             spent = ledger.spend_in(db, dataset, request, spend, allowed=allowed,
                                     query=query.describe())
             note = f"ρ={spend:g} spent, {spent:g} of {allowed:g} by the request; "
+            if fresh and shared:  # a synthesizer's fit: what its data card points to
+                note = f"data fingerprint {self.table.fingerprint()}; {note}"
             return (epsilon, delta, note) if fresh else (0.0, 0.0, note)
 
         return pay

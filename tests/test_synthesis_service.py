@@ -126,6 +126,11 @@ def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
     for site in federation.names:  # the first fit's ρ, and this one's (zCDP adds)
         spent = _ledger(federation, site).budget(site).spent_rho
         assert spent == pytest.approx(rho_of(EPSILON, DELTA) + rho_of(0.4, 1e-6), rel=1e-12)
+        # The card names the request; the site's own log holds its data's fingerprint.
+        audit = AuditLog(Path(federation.directory) / site / "audit.sqlite")
+        entries = [e for e in audit.entries() if e.request == data["audit"]["request"]]
+        assert entries and "data fingerprint " in entries[0].detail
+        assert entries[0].detail.split("data fingerprint ")[1][:64] not in json.dumps(data)
     # The coordinator keeps its fits on disk: after a restart the same fit samples the
     # same rows.
     federation.stop_server("coordinator")
