@@ -108,8 +108,9 @@ class Client:
             method=method, epsilon=epsilon, delta=delta, bins=bins, backend=backend,
             public_context=public)))
         revealing = _Revealing(self.schema, keys)
+        call = self.synthesis.Fit(_drain(outgoing), timeout=self.timeout_s)
         try:
-            for message in self.synthesis.Fit(_drain(outgoing), timeout=self.timeout_s):
+            for message in call:
                 kind = message.WhichOneof("kind")
                 if kind == "fitted":
                     return RemoteFit(self, message.fitted)
@@ -121,6 +122,9 @@ class Client:
                     progress(message.step)
         except grpc.RpcError as error:
             raise RemoteError(error.code(), error.details()) from None
+        except PetError:
+            call.cancel()  # refused here: the coordinator learns at once
+            raise
         finally:
             outgoing.put(None)
         raise RemoteError(grpc.StatusCode.UNAVAILABLE, "the fit ended without a model")
@@ -219,8 +223,10 @@ class RemoteStudy:
 
 class _Revealing:
     """The analyst's side of a fit under he+dp: each release's ciphertext, gathered piece
-    by piece, revealed with this fit's keys at the ρ it spends. Only a fit's marginals are
-    revealed: the key serves no other query."""
+    by piece, revealed with this fit's keys at the ρ it spends. Only what comes labelled
+    as a fit's marginals is revealed; the label is the coordinator's, so this narrows
+    what a lying coordinator can have decrypted, and the key made for this fit alone
+    keeps it from anything else the analyst asks."""
 
     def __init__(self, schema: Schema, keys: Backend | None) -> None:
         self.schema, self.keys = schema, keys

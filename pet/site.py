@@ -25,6 +25,7 @@ from pet.errors import DisclosureError, PetError
 from pet.ledger import Ledger
 from pet.mechanisms import query_rho, release_rho
 from pet.queries.base import Query, State
+from pet.queries.marginals import Marginals
 from pet.releases import Ask, Payment, Release, Releases
 from pet.schema import Schema
 from pet.subsets import SubsetControl
@@ -179,6 +180,10 @@ class Site:
         spend = release_rho(query.layout(self.schema, state), epsilon, delta,
                             getattr(backend, "rho", None))
         shared = getattr(backend, "rho", None) is not None
+        # A fit's first release notes the data's fingerprint, taken before the ledger is
+        # locked (a full pass over the table) and only for a synthesizer's measurement.
+        fingerprint = (self.table.fingerprint() if shared and isinstance(query, Marginals)
+                       and ledger.charged(request) == (0.0, 0.0) else None)
 
         def pay(db: sqlite3.Connection) -> tuple[float, float, str]:
             fresh = ledger.charge_in(db, dataset, epsilon, delta, request=request,
@@ -187,8 +192,8 @@ class Site:
             spent = ledger.spend_in(db, dataset, request, spend, allowed=allowed,
                                     query=query.describe())
             note = f"ρ={spend:g} spent, {spent:g} of {allowed:g} by the request; "
-            if fresh and shared:  # a synthesizer's fit: what its data card points to
-                note = f"data fingerprint {self.table.fingerprint()}; {note}"
+            if fresh and fingerprint is not None:  # what the fit's data card points to
+                note = f"data fingerprint {fingerprint}; {note}"
             return (epsilon, delta, note) if fresh else (0.0, 0.0, note)
 
         return pay

@@ -6,10 +6,11 @@ fit's (ε, δ) to their own ledgers once and refuse any release past the ρ it a
 `mpc+dp` the MPC parties reveal only noisy counts. Under `he+dp` the coordinator holds no
 secret key: it sends each release's combined ciphertext to the analyst on the fit's own
 stream and takes back the noisy counts (a DP release, which the fit is made of); the
-analyst's client makes a fresh key for each fit and reveals only the Marginals releases
-of it. The coordinator keeps the fitted model (it holds no rows and no exact counts) for
-the analyst to sample from, on disk too when its configuration names a folder for fits,
-so a restart loses none.
+analyst's client makes a fresh key for each fit and reveals only what comes labelled as
+the fit's Marginals (the label is the coordinator's: see the README's threat model). The
+coordinator keeps the fitted model (it holds no rows and no exact counts) for the analyst
+to sample from, on disk too when its configuration names a folder for fits, so a restart
+loses none.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import grpc
 import pyarrow as pa
 
 from pet.backends import Backend
-from pet.errors import ArgumentError
+from pet.backends.base import Limits
+from pet.backends.he import PublicHE
+from pet.errors import ArgumentError, PetError
 from pet.mechanisms import check_privacy, rho_of
 from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card, load, save
 from pet.synth.discretize import DEFAULT_BINS, Discretization
@@ -190,8 +193,16 @@ def _check_fit(start: synthesis_pb2.FitStart) -> None:
     if start.backend not in ("", *BACKENDS):
         raise ArgumentError(f"a fit measures under {' or '.join(BACKENDS)}, not "
                             f"{start.backend[:100]!r}")
-    if start.backend == "he+dp" and not start.public_context:
-        raise ArgumentError("a fit under he+dp needs the analyst's public context")
+    if start.backend == "he+dp":
+        if not start.public_context:
+            raise ArgumentError("a fit under he+dp needs the analyst's public context")
+        try:
+            PublicHE(start.public_context, Limits(10**8, 100))
+        except PetError as refused:
+            raise ArgumentError(f"the analyst's public context: {refused}") from None
+    elif start.public_context:
+        raise ArgumentError(f"a public context is for fits under he+dp, not "
+                            f"{start.backend or BACKENDS[0]}")
     check_privacy(start.epsilon, start.delta)
     if start.delta == 0:
         raise ArgumentError("a synthesizer's zCDP budget needs delta > 0")

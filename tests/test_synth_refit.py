@@ -3,6 +3,7 @@ the same rows, from the noisy measurements and the estimator's calls it records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -119,10 +120,30 @@ def test_a_curators_selection_is_audited_with_its_charge(lung3: Workload,
 
 
 def test_a_fingerprint_follows_the_values_not_the_file(lung3: Workload, tmp_path: Path) -> None:
+    """The same rows give the same fingerprint from a frame or a CSV file, read in one
+    chunk or many; a changed value, or a rewritten file, another."""
     frame = lung3.pooled()
     frame.to_csv(tmp_path / "lung.csv", index=False)
     in_memory = FrameTable(frame, lung3.schema).fingerprint()
-    assert CsvTable(tmp_path / "lung.csv", lung3.schema).fingerprint() == in_memory
+    from_file = CsvTable(tmp_path / "lung.csv", lung3.schema)
+    assert from_file.fingerprint(chunk_rows=7) == in_memory
+    assert FrameTable(frame, lung3.schema).fingerprint(chunk_rows=50) == in_memory
     changed = frame.copy()
     changed.loc[17, "age"] += 1
     assert FrameTable(changed, lung3.schema).fingerprint() != in_memory
+    changed.to_csv(tmp_path / "lung.csv", index=False)
+    assert from_file.fingerprint() == FrameTable(changed, lung3.schema).fingerprint()
+
+
+def test_a_card_of_a_fit_without_a_request_claims_no_audit_entries(
+        lung3: Workload, tmp_path: Path) -> None:
+    site = Site("lung", FrameTable(lung3.pooled(), lung3.schema),
+                ledger=Ledger(tmp_path / "ledger.sqlite"))
+    site.ledger.set_budget(site.dataset, 1.0, 1e-6)
+    with Curator(site, Discretization.of(lung3.schema, bins=6), epsilon=1.0,
+                 delta=1e-6) as measurer:
+        fitted = MST(iterations=50).fit(measurer)
+    older = dataclasses.replace(fitted, request="")  # as loaded from an older pet's store
+    data = card(older, Release(("lung",), "dp", 0, 10))
+    assert data["audit"] is None and "On record" not in markdown(data)
+    assert "On record" in markdown(card(fitted, Release(("lung",), "dp", 0, 10)))

@@ -192,3 +192,36 @@ def test_the_analyst_reveals_nothing_but_a_fits_marginals(lung3: Workload) -> No
         revealing.piece(asked)
     with pytest.raises(PetError, match="holds no key"):
         _Revealing(lung3.schema, None).piece(asked)
+
+
+@pytest.mark.parametrize(("messages", "words"), [
+    ([], "a fit starts with a FitStart message"),
+    (["conclusion"], "a fit starts with a FitStart message"),
+    (["mpc+dp with a context"], "a public context is for fits under he+dp, not mpc+dp"),
+    (["he+dp with a bad context"], "the analyst's public context"),
+])
+def test_a_fit_stream_that_starts_wrong_is_an_invalid_argument(client: Client, messages: list,
+                                                               words: str) -> None:
+    from services.pb import coordinator_pb2, synthesis_pb2
+
+    made = {
+        "conclusion": synthesis_pb2.FitRequest(conclusion=coordinator_pb2.Conclusion()),
+        "mpc+dp with a context": synthesis_pb2.FitRequest(start=synthesis_pb2.FitStart(
+            method="mst", epsilon=1.0, delta=DELTA, public_context=b"key")),
+        "he+dp with a bad context": synthesis_pb2.FitRequest(start=synthesis_pb2.FitStart(
+            method="mst", epsilon=1.0, delta=DELTA, backend="he+dp",
+            public_context=b"not a context")),
+    }
+    with pytest.raises(grpc.RpcError) as refused:
+        list(client.synthesis.Fit(iter([made[m] for m in messages]), timeout=60))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in refused.value.details()
+
+
+@pytest.mark.parametrize("rho", [0.0, 1.0])
+def test_the_analysts_keys_reveal_no_release_past_the_fits_budget(rho: float) -> None:
+    from pet.backends import get_backend
+    from pet.errors import ArgumentError
+
+    with pytest.raises(ArgumentError):
+        get_backend("he+dp", epsilon=1.0, delta=DELTA).at_rho(rho)
