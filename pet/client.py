@@ -25,6 +25,7 @@ from pet import codec
 from pet.backends import Backend, get_backend
 from pet.errors import PetError
 from pet.queries.base import Query
+from pet.queries.marginals import Marginals
 from pet.result import Result
 from pet.schema import Schema
 from services import convert
@@ -92,20 +93,40 @@ class Client:
         return RemoteStudy(self, backend, **options)
 
     def synthesize(self, method: str = "aim", *, epsilon: float, delta: float = 1e-6,
-                   bins: int = 0, progress: Callable[[Any], None] | None = None) -> RemoteFit:
-        """Fit a DP synthesizer across every site (under mpc+dp: no site reveals its
-        marginals), charging (ε, δ) once to each site's ledger. `progress` sees each
-        privacy step (its ρ, and the ρ spent so far) as the fit spends it."""
-        request = synthesis_pb2.FitRequest(method=method, epsilon=epsilon, delta=delta,
-                                           bins=bins)
+                   bins: int = 0, backend: str = "mpc+dp",
+                   progress: Callable[[Any], None] | None = None) -> RemoteFit:
+        """Fit a DP synthesizer across every site, charging (ε, δ) once to each site's
+        ledger: under mpc+dp (no site reveals its marginals) or he+dp (each release's
+        sum is encrypted under a key made here for this fit, and revealed here).
+        `progress` sees each privacy step (its ρ, and the ρ spent so far) as the fit
+        spends it."""
+        keys = get_backend(backend, epsilon=epsilon, delta=delta) \
+            if backend == "he+dp" else None
+        public = getattr(getattr(keys, "backend", None), "public_context", b"")
+        outgoing: queue.Queue = queue.Queue()
+        outgoing.put(synthesis_pb2.FitRequest(start=synthesis_pb2.FitStart(
+            method=method, epsilon=epsilon, delta=delta, bins=bins, backend=backend,
+            public_context=public)))
+        revealing = _Revealing(self.schema, keys)
+        call = self.synthesis.Fit(_drain(outgoing), timeout=self.timeout_s)
         try:
-            for message in self.synthesis.Fit(request, timeout=self.timeout_s):
-                if message.WhichOneof("kind") == "fitted":
+            for message in call:
+                kind = message.WhichOneof("kind")
+                if kind == "fitted":
                     return RemoteFit(self, message.fitted)
-                if progress is not None:
+                if kind == "measurement":
+                    answer = revealing.piece(message.measurement)
+                    if answer is not None:
+                        outgoing.put(synthesis_pb2.FitRequest(conclusion=answer))
+                elif progress is not None:
                     progress(message.step)
         except grpc.RpcError as error:
             raise RemoteError(error.code(), error.details()) from None
+        except PetError:
+            call.cancel()  # refused here: the coordinator learns at once
+            raise
+        finally:
+            outgoing.put(None)
         raise RemoteError(grpc.StatusCode.UNAVAILABLE, "the fit ended without a model")
 
     def budgets(self, dataset: str = "") -> list[common_pb2.Budget]:
@@ -196,13 +217,55 @@ class RemoteStudy:
     def _conclude(self, query: Query, schema: Schema, state: Any,
                   combined: bytes) -> coordinator_pb2.RunRequest:
         """Reveal a round's combined message with the analyst's keys, and conclude it."""
-        layout = query.layout(schema, state)
-        conclusion = self.backend.conclude(query, schema, state, combined, layout)
-        return coordinator_pb2.RunRequest(conclusion=coordinator_pb2.Conclusion(
-            outcome_json=codec.dumps(conclusion.outcome),
-            head=[float(h) for h in conclusion.head], error_bound=conclusion.error_bound,
-            guarantee=convert.guarantee_message(conclusion.privacy),
-            interval=convert.interval_message(conclusion.interval)))
+        return coordinator_pb2.RunRequest(
+            conclusion=_concluded(self.backend, query, schema, state, combined))
+
+
+class _Revealing:
+    """The analyst's side of a fit under he+dp: each release's ciphertext, gathered piece
+    by piece, revealed with this fit's keys at the ρ it spends. Only what comes labelled
+    as a fit's marginals is revealed; the label is the coordinator's, so this narrows
+    what a lying coordinator can have decrypted, and the key made for this fit alone
+    keeps it from anything else the analyst asks."""
+
+    def __init__(self, schema: Schema, keys: Backend | None) -> None:
+        self.schema, self.keys = schema, keys
+        self.pieces: list[bytes] = []
+        self.asked: tuple[Query, Any, float] | None = None
+
+    def piece(self, measurement: Any) -> coordinator_pb2.Conclusion | None:
+        """Take one piece; the conclusion once the release's last piece is in."""
+        if self.keys is None:
+            raise PetError("the coordinator asked to reveal a release of a fit that holds "
+                           "no key of this analyst (not he+dp)")
+        if measurement.HasField("query"):
+            query = convert.query_of(measurement.query)
+            if not isinstance(query, Marginals):
+                raise PetError(f"the coordinator asked to reveal {query.describe()}, not a "
+                               "fit's marginals")
+            state = codec.loads(measurement.reveal.state_json)
+            self.asked, self.pieces = (query, state, measurement.rho), []
+        if self.asked is None:
+            raise PetError("the coordinator sent a release without its query")
+        self.pieces.append(measurement.reveal.data)
+        if not measurement.reveal.last:
+            return None
+        query, state, rho = self.asked
+        self.asked = None
+        keys = self.keys.at_rho(rho)  # type: ignore[attr-defined]
+        return _concluded(keys, query, self.schema, state, b"".join(self.pieces))
+
+
+def _concluded(backend: Backend, query: Query, schema: Schema, state: Any,
+               combined: bytes) -> coordinator_pb2.Conclusion:
+    """A round's combined message revealed with the analyst's keys, as a Conclusion."""
+    layout = query.layout(schema, state)
+    conclusion = backend.conclude(query, schema, state, combined, layout)
+    return coordinator_pb2.Conclusion(
+        outcome_json=codec.dumps(conclusion.outcome),
+        head=[float(h) for h in conclusion.head], error_bound=conclusion.error_bound,
+        guarantee=convert.guarantee_message(conclusion.privacy),
+        interval=convert.interval_message(conclusion.interval))
 
 
 def _drain(outgoing: queue.Queue) -> Iterator[Any]:

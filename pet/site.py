@@ -25,6 +25,7 @@ from pet.errors import DisclosureError, PetError
 from pet.ledger import Ledger
 from pet.mechanisms import query_rho, release_rho
 from pet.queries.base import Query, State
+from pet.queries.marginals import Marginals
 from pet.releases import Ask, Payment, Release, Releases
 from pet.schema import Schema
 from pet.subsets import SubsetControl
@@ -113,10 +114,16 @@ class Site:
     def charge(self, query: Query, backend: Backend, request: str,
                state: State = None) -> None:
         """Charge the query's cost to this site's ledger once per request and spend its
-        round's ρ from it, as a release would (a selection made at the site itself)."""
+        round's ρ from it, as a release would (a selection made at the site itself),
+        audited in the same transaction."""
         ledger = self._ledger(query)
-        with ledger.transaction() as db:
-            self._payment(query, state, backend, request)(db)
+        with ledger.transaction(attach=self.audit) as db:
+            epsilon, delta, note = self._payment(query, state, backend, request)(db)
+            if self.audit is not None:
+                self.audit.append_in(db, analyst=Ask.analyst, request=request,
+                                     query=query.describe(), backend=backend.name,
+                                     epsilon=epsilon, delta=delta, outcome="answered",
+                                     detail=f"selected at this site; {note.rstrip('; ')}")
 
     def _release(self, query: Query, state: State, backend: Backend, ask: Ask) -> Contribution:
         """A DP release: the stored one if this exact release was made before, else a new
@@ -165,13 +172,18 @@ class Site:
         """How a release is paid for: the query's (ε, δ) is charged once per request, as
         ρ (zCDP adds; pure ε costs ε²/2); each release then spends its round's part of
         that ρ (`Layout.share`), or a synthesizer's release its own ρ, and the ledger
-        refuses a release that would take the request past what its charge affords."""
+        refuses a release that would take the request past what its charge affords. A
+        synthesizer's first charge notes the site's data fingerprint for the audit entry."""
         ledger, dataset = self._ledger(query), self.dataset
         epsilon, delta = backend.cost()
         allowed = query_rho(epsilon, delta)
         spend = release_rho(query.layout(self.schema, state), epsilon, delta,
                             getattr(backend, "rho", None))
         shared = getattr(backend, "rho", None) is not None
+        # A fit's first release notes the data's fingerprint, taken before the ledger is
+        # locked (a full pass over the table) and only for a synthesizer's measurement.
+        fingerprint = (self.table.fingerprint() if shared and isinstance(query, Marginals)
+                       and ledger.charged(request) == (0.0, 0.0) else None)
 
         def pay(db: sqlite3.Connection) -> tuple[float, float, str]:
             fresh = ledger.charge_in(db, dataset, epsilon, delta, request=request,
@@ -180,6 +192,8 @@ class Site:
             spent = ledger.spend_in(db, dataset, request, spend, allowed=allowed,
                                     query=query.describe())
             note = f"ρ={spend:g} spent, {spent:g} of {allowed:g} by the request; "
+            if fresh and fingerprint is not None:  # what the fit's data card points to
+                note = f"data fingerprint {fingerprint}; {note}"
             return (epsilon, delta, note) if fresh else (0.0, 0.0, note)
 
         return pay

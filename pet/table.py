@@ -7,6 +7,7 @@ out encoded as float64 arrays: one pass, vectorised, no Python loop per row.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Table(ABC):
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
+        self._fingerprinted: tuple[object, str] = (None, "")
 
     @abstractmethod
     def chunks(self, columns: Sequence[str], *, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
@@ -52,6 +54,27 @@ class Table(ABC):
     @abstractmethod
     def to_frame(self) -> pd.DataFrame:
         """The whole table as it was given (for tests and small data only)."""
+
+    def fingerprint(self, *, chunk_rows: int = CHUNK_ROWS) -> str:
+        """SHA-256 (hex) of the table's encoded values: one digest per column over its
+        rows in order, then one over those in the schema's order. The same rows give the
+        same fingerprint whatever file holds them and however it is read, and a changed
+        value a different one. Kept until the table's source changes (`_stamp`)."""
+        stamp = self._stamp()
+        if stamp is not None and self._fingerprinted[0] == stamp:
+            return self._fingerprinted[1]
+        columns = {name: hashlib.sha256() for name in self.schema.names}
+        for chunk in self.chunks(self.schema.names, chunk_rows=chunk_rows):
+            for name, digest in columns.items():
+                digest.update(np.ascontiguousarray(chunk.columns[name], dtype="<f8").tobytes())
+        whole = hashlib.sha256(b"".join(d.digest() for d in columns.values())).hexdigest()
+        self._fingerprinted = (stamp, whole)
+        return whole
+
+    def _stamp(self) -> object:
+        """What tells whether the table's source changed since its fingerprint was taken;
+        None where nothing does (the fingerprint is then taken afresh)."""
+        return None
 
     def missing(self) -> dict[str, int]:
         """Validate every value in one pass; return the missing-value count per column."""
@@ -79,6 +102,9 @@ class FrameTable(Table):
     def to_frame(self) -> pd.DataFrame:
         return self._frame.copy()
 
+    def _stamp(self) -> object:
+        return "in memory"  # the encoded frame never changes
+
     @property
     def n_rows(self) -> int:
         return self._n_rows
@@ -89,12 +115,23 @@ class FrameTable(Table):
             yield Chunk(start, stop - start, {c: self._encoded[c][start:stop] for c in columns})
 
 
-class ParquetTable(Table):
-    """A Parquet file, read batch by batch with pyarrow."""
+class FileTable(Table):
+    """A table read from a file, whose fingerprint holds while the file is unchanged."""
 
     def __init__(self, path: str | Path, schema: Schema) -> None:
         super().__init__(schema)
         self.path = Path(path)
+
+    def _stamp(self) -> object:
+        found = self.path.stat()
+        return found.st_mtime_ns, found.st_size, found.st_ino
+
+
+class ParquetTable(FileTable):
+    """A Parquet file, read batch by batch with pyarrow."""
+
+    def __init__(self, path: str | Path, schema: Schema) -> None:
+        super().__init__(path, schema)
         schema.check_header(pq.ParquetFile(self.path).schema_arrow.names)
 
     @property
@@ -112,13 +149,12 @@ class ParquetTable(Table):
             first_row += batch.num_rows
 
 
-class CsvTable(Table):
+class CsvTable(FileTable):
     """A CSV file with a header row, streamed with pyarrow; every cell is parsed by pet
     (not guessed by the reader) so that a bad cell gets pet's error with its row."""
 
     def __init__(self, path: str | Path, schema: Schema) -> None:
-        super().__init__(schema)
-        self.path = Path(path)
+        super().__init__(path, schema)
         with self._reader(CHUNK_ROWS) as reader:
             schema.check_header(reader.schema.names)
 

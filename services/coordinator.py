@@ -10,17 +10,13 @@ Every run has a deadline, and each analyst may run only so many at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import numpy as np
 
-from pet import codec
-from pet.backends import Backend, get_backend
-from pet.backends.base import Conclusion
+from pet.backends import get_backend
 from pet.errors import PetError, QueryError
-from pet.layout import Layout
 from pet.limits import RequestLimits, check_query
 from pet.mpc.parties import PartyConfig
 from pet.queries.base import Query
@@ -36,59 +32,11 @@ from services.pb import (
     synthesis_pb2_grpc,
 )
 from services.remote import Sites, remaining
+from services.reveal import AnalystReveal
 from services.security import TokenInterceptor, bearer_token, server_credentials
-from services.site import PIECE_BYTES, SHARED_INPUT
+from services.site import SHARED_INPUT
 from services.status import CallError, handled, handled_stream
 from services.synthesis import SynthesisService
-
-
-class AnalystReveal(Backend):
-    """A backend whose reveal needs the analyst's secret key (he, he+dp), as the coordinator
-    holds it: it combines like the public backend and asks the analyst, on the run's
-    stream, to conclude each round."""
-
-    def __init__(self, public: Backend, requests: Iterator[coordinator_pb2.RunRequest],
-                 post: Post) -> None:
-        self.public, self.requests, self.post = public, requests, post
-        self.name = public.name  # type: ignore[misc]
-        self.differentially_private = public.differentially_private  # type: ignore[misc]
-        self.rounds = 0
-
-    def cost(self) -> tuple[float, float]:
-        return self.public.cost()
-
-    def open(self, n_sites: int) -> None:
-        self.public.open(n_sites)
-
-    def protect(self, partial: np.ndarray, layout: Layout) -> bytes:
-        raise PetError("sites protect their own partials; the coordinator never sees one")
-
-    def combine(self, messages: Sequence[bytes], layout: Layout) -> bytes:
-        return self.public.combine(messages, layout)
-
-    def reveal(self, combined: bytes, layout: Layout) -> Any:
-        raise PetError("only the analyst, who holds the secret key, reveals")
-
-    def conclude(self, query: Any, schema: Any, state: Any, combined: bytes,
-                 layout: Layout) -> Conclusion:
-        """Send the combined ciphertext to the analyst in pieces; their conclusion back."""
-        self.rounds += 1
-        starts = range(0, max(len(combined), 1), PIECE_BYTES)
-        for start in starts:
-            reveal = coordinator_pb2.Reveal(
-                data=combined[start:start + PIECE_BYTES], last=start == starts[-1],
-                state_json=codec.dumps(state) if start == 0 else "", round=self.rounds)
-            self.post(coordinator_pb2.RunReply(reveal=reveal))
-        try:
-            request = next(self.requests)
-        except (StopIteration, grpc.RpcError):
-            raise CallError(grpc.StatusCode.CANCELLED, "the analyst left the run") from None
-        if request.WhichOneof("kind") != "conclusion":
-            raise QueryError("the analyst must answer a Reveal with a Conclusion")
-        answer = request.conclusion
-        return Conclusion(codec.loads(answer.outcome_json), np.asarray(answer.head),
-                          answer.error_bound, convert.privacy_of(answer.guarantee),
-                          interval=convert.interval_of(answer))
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
@@ -156,7 +104,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 return study.run(query)
         backend = get_backend(name, **options)
         if name in ("he", "he+dp"):
-            backend = AnalystReveal(backend, requests, post)
+            backend = AnalystReveal(backend, requests, post,
+                                    lambda reveal, query: coordinator_pb2.RunReply(reveal=reveal))
         return self.sites.study(backend, start.backend, analyst, deadline).run(query)
 
 

@@ -1,12 +1,16 @@
 """The synthesis service, hosted by the coordinator: a DP synthesizer fitted across the site
-servers under `mpc+dp`, and its synthetic rows streamed back in chunks.
+servers under `mpc+dp` or `he+dp`, and its synthetic rows streamed back in chunks.
 
 Each measurement and selection is a `Marginals` release through the sites, who charge the
-fit's (ε, δ) to their own ledgers once and refuse any release past the ρ it affords; the
-MPC parties reveal only noisy counts. The coordinator keeps the fitted model (it holds no
-rows and no exact counts) for the analyst to sample from, on disk too when its
-configuration names a folder for fits, so a restart loses none. `he+dp` is not offered here:
-its every measurement would need the analyst's secret key.
+fit's (ε, δ) to their own ledgers once and refuse any release past the ρ it affords. Under
+`mpc+dp` the MPC parties reveal only noisy counts. Under `he+dp` the coordinator holds no
+secret key: it sends each release's combined ciphertext to the analyst on the fit's own
+stream and takes back the noisy counts (a DP release, which the fit is made of); the
+analyst's client makes a fresh key for each fit and reveals only what comes labelled as
+the fit's Marginals (the label is the coordinator's: see the README's threat model). The
+coordinator keeps the fitted model (it holds no rows and no exact counts) for the analyst
+to sample from, on disk too when its configuration names a folder for fits, so a restart
+loses none.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import grpc
 import pyarrow as pa
 
 from pet.backends import Backend
-from pet.errors import ArgumentError
+from pet.backends.base import Limits
+from pet.backends.he import PublicHE
+from pet.errors import ArgumentError, PetError
 from pet.mechanisms import check_privacy, rho_of
 from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card, load, save
 from pet.synth.discretize import DEFAULT_BINS, Discretization
@@ -32,12 +38,14 @@ from pet.synth.measure import Spend
 from services import convert
 from services.config import CoordinatorConfig
 from services.jobs import Post, Runs, deadline_of, streamed
-from services.pb import common_pb2, synthesis_pb2, synthesis_pb2_grpc
+from services.pb import common_pb2, coordinator_pb2, synthesis_pb2, synthesis_pb2_grpc
 from services.remote import Sites
+from services.reveal import AnalystReveal, Wrap
 from services.security import bearer_token
 from services.status import CallError, handled_stream
 
-BACKEND = "mpc+dp"
+BACKENDS = ("mpc+dp", "he+dp")
+"""What a fit measures under; the first is the default."""
 CHUNK_ROWS = 10_000
 """Rows per streamed chunk unless the analyst asks for another number."""
 MAX_ROWS = 10**8
@@ -56,17 +64,21 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
         self._lock = threading.Lock()
 
     @handled_stream
-    def Fit(self, request: synthesis_pb2.FitRequest,
+    def Fit(self, requests: Iterator[synthesis_pb2.FitRequest],
             context: grpc.ServicerContext) -> Iterator[synthesis_pb2.FitProgress]:
-        _check_fit(request)
+        first = next(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise ArgumentError("a fit starts with a FitStart message")
+        start = first.start
+        _check_fit(start)
         analyst = self.config.analyst(bearer_token(context.invocation_metadata()) or "") or ""
         deadline = deadline_of(context, self.config.run_deadline_s)
 
         def work(post: Post) -> synthesis_pb2.FitProgress:
             with self.runs.admitted(analyst):  # held until the work ends, not the call
-                fit = self._fit(request, analyst, deadline, post)
+                fit = self._fit(start, requests, analyst, deadline, post)
             name = uuid.uuid4().hex
-            self._keep(name, fit, Release(self.sites.names, BACKEND, 0, 0))
+            self._keep(name, fit, Release(self.sites.names, start.backend or BACKENDS[0], 0, 0))
             return synthesis_pb2.FitProgress(fitted=synthesis_pb2.Fitted(
                 fit=name, method=fit.method, rho=fit.rho, measurements=len(fit.measurements)))
 
@@ -122,48 +134,80 @@ class SynthesisService(synthesis_pb2_grpc.SynthesisServicer):
             self.fits[name] = found
         return found
 
-    def _fit(self, request: synthesis_pb2.FitRequest, analyst: str, deadline: float,
-             post: Post) -> Fit:
+    def _fit(self, start: synthesis_pb2.FitStart, requests: Iterator[Any], analyst: str,
+             deadline: float, post: Post) -> Fit:
         agreement = self.sites.agreement(deadline)
-        if BACKEND not in agreement.backends:
+        name = start.backend or BACKENDS[0]
+        if name not in agreement.backends:
             raise CallError(grpc.StatusCode.PERMISSION_DENIED,
-                            f"not every site takes part in {BACKEND} studies")
-        discretization = Discretization.of(agreement.schema, bins=request.bins or DEFAULT_BINS)
-        total = rho_of(request.epsilon, request.delta)
-        with self.sites.mpc.held() as parties:
+                            f"not every site takes part in {name} studies")
+        discretization = Discretization.of(agreement.schema, bins=start.bins or DEFAULT_BINS)
+        total = rho_of(start.epsilon, start.delta)
+        steps: list[Spend] = []
 
+        def progress(spend: Spend) -> None:
+            steps.append(spend)
+            post(synthesis_pb2.FitProgress(step=_step(len(steps), spend, steps, total)))
+
+        def spec(backend: Backend) -> common_pb2.Backend:
+            return convert.backend_message(backend.name, {
+                "epsilon": start.epsilon, "delta": start.delta,
+                "rho": getattr(backend, "rho", None), "public_context": start.public_context})
+
+        if name == "he+dp":
             def opener(backend: Backend) -> Any:
-                spec = convert.backend_message(backend.name, {
-                    "epsilon": request.epsilon, "delta": request.delta,
-                    "rho": getattr(backend, "rho", None)})
-                return self.sites.study(backend, spec, analyst, deadline, parties.session)
+                asking = AnalystReveal(backend, requests, post, _measurement(backend))
+                return self.sites.study(asking, spec(backend), analyst, deadline)
 
-            steps: list[Spend] = []
+            with Federation([], discretization, backend=name, epsilon=start.epsilon,
+                            delta=start.delta, opener=opener, progress=progress,
+                            public_context=start.public_context) as measurer:
+                return SYNTHESIZERS[start.method]().fit(measurer)
+        with self.sites.mpc.held() as parties:
+            def joined(backend: Backend) -> Any:
+                return self.sites.study(backend, spec(backend), analyst, deadline,
+                                        parties.session)
 
-            def progress(spend: Spend) -> None:
-                steps.append(spend)
-                post(synthesis_pb2.FitProgress(step=_step(len(steps), spend, steps, total)))
-
-            with Federation([], discretization, backend=BACKEND, epsilon=request.epsilon,
-                            delta=request.delta, opener=opener, progress=progress,
+            with Federation([], discretization, backend=name, epsilon=start.epsilon,
+                            delta=start.delta, opener=joined, progress=progress,
                             parties=parties) as measurer:
-                return SYNTHESIZERS[request.method]().fit(measurer)
+                return SYNTHESIZERS[start.method]().fit(measurer)
 
 
-def _check_fit(request: synthesis_pb2.FitRequest) -> None:
-    """Refuse a fit request that names an unknown method or backend, or a bad budget."""
-    if request.method not in SYNTHESIZERS:
-        raise ArgumentError(f"unknown synthesizer {request.method!r}; choose one of "
+def _measurement(backend: Backend) -> Wrap:
+    """How a piece of a release's ciphertext goes to the analyst: the query and the ρ
+    that the analyst's client needs to reveal it, with the first piece."""
+    def wrap(reveal: coordinator_pb2.Reveal, query: Any) -> synthesis_pb2.FitProgress:
+        asked = convert.query_message(query) if query is not None else None
+        return synthesis_pb2.FitProgress(measurement=synthesis_pb2.Measurement(
+            query=asked, rho=getattr(backend, "rho", 0.0) or 0.0, reveal=reveal))
+
+    return wrap
+
+
+def _check_fit(start: synthesis_pb2.FitStart) -> None:
+    """Refuse a fit that names an unknown method or backend, or a bad budget or bins."""
+    if start.method not in SYNTHESIZERS:
+        raise ArgumentError(f"unknown synthesizer {start.method!r}; choose one of "
                             f"{sorted(SYNTHESIZERS)}")
-    if request.backend not in ("", BACKEND):
-        raise ArgumentError(f"the synthesis service measures under {BACKEND} only, not "
-                            f"{request.backend!r}: under he+dp every measurement would need "
-                            "the analyst's secret key")
-    check_privacy(request.epsilon, request.delta)
-    if request.delta == 0:
+    if start.backend not in ("", *BACKENDS):
+        raise ArgumentError(f"a fit measures under {' or '.join(BACKENDS)}, not "
+                            f"{start.backend[:100]!r}")
+    if start.backend == "he+dp":
+        if not start.public_context:
+            raise ArgumentError("a fit under he+dp needs the analyst's public context")
+        try:
+            PublicHE(start.public_context, Limits(10**8, 100))
+        except PetError as refused:
+            raise ArgumentError(f"the analyst's public context: {refused}") from None
+    elif start.public_context:
+        raise ArgumentError(f"a public context is for fits under he+dp, not "
+                            f"{start.backend or BACKENDS[0]}")
+    check_privacy(start.epsilon, start.delta)
+    if start.delta == 0:
         raise ArgumentError("a synthesizer's zCDP budget needs delta > 0")
-    if request.bins < 0:
-        raise ArgumentError(f"bins must be >= 0, got {request.bins}")
+    if start.bins < 0:
+        raise ArgumentError(f"bins must be >= 0, got {start.bins}")
 
 
 def _step(index: int, spend: Spend, steps: list[Spend], total: float) -> synthesis_pb2.Step:

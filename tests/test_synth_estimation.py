@@ -355,10 +355,11 @@ def test_sampled_rows_follow_the_model(tree_case):
         assert stats.chi2.sf(statistic, df) > alpha, clique
         if len(clique) == 1:
             one_way.append((statistic, df))
-    # Genuine sampling: counts must scatter as multinomial counts do, not hug the
-    # expectation as deterministic rounding would.
+    # Stratified within each separator value: 1-way counts hug the expected counts (a
+    # multinomial's statistic would be near its df), yet another seed draws other rows.
     statistic, df = map(sum, zip(*one_way, strict=True))
-    assert stats.chi2.cdf(statistic, df) > alpha
+    assert statistic < 0.05 * df
+    assert not np.array_equal(rows, model.sample(n, seed=12))
 
 
 def test_sampling_is_seeded():
@@ -509,3 +510,25 @@ def test_noisy_fit_is_closer_to_the_truth_than_the_measurements():
         noisy += np.abs(m.values - truth).sum()
         assert np.all(model.project(m.clique) >= 0)
     assert fitted < 0.95 * noisy
+
+
+def test_stratified_draws_add_no_correlation_between_attributes_drawn_apart() -> None:
+    """B and C both depend on A and on nothing else in the model: within each value of A
+    the sampled B and C must be independent (a sampler that filled each stratum in one
+    shared order would tie them together)."""
+    rng = np.random.default_rng(5)
+    domain = Domain(("a", "b", "c"), (3, 4, 4))
+    p_a = np.array([0.5, 0.3, 0.2])
+    p_b, p_c = rng.dirichlet(np.ones(4), size=3), rng.dirichlet(np.ones(4), size=3)
+    n = 10_000
+    exact = [NoisyMarginal(("a", "b"), (n * p_a[:, None] * p_b).ravel(), 1.0),
+             NoisyMarginal(("a", "c"), (n * p_a[:, None] * p_c).ravel(), 1.0)]
+    model = estimate(domain, exact, iterations=300)
+    rows = model.sample(30_000, seed=3)
+    statistic = 0.0
+    for a in range(3):
+        within = rows[rows[:, 0] == a]
+        table = np.zeros((4, 4))
+        np.add.at(table, (within[:, 1], within[:, 2]), 1)
+        statistic += stats.chi2_contingency(table, correction=False)[0]
+    assert stats.chi2.sf(statistic, 3 * 9) > 1e-6

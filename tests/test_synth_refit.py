@@ -3,6 +3,7 @@ the same rows, from the noisy measurements and the estimator's calls it records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,13 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pet.audit import AuditLog
 from pet.errors import PetError
 from pet.ledger import Ledger
 from pet.site import Site
 from pet.synth import AIM, MST, Curator, Discretization, Release, card
-from pet.synth.card import refit, resample
+from pet.synth.card import markdown, refit, resample
+from pet.synth.measure import Federation
 from pet.synth.synthesizer import Synthesizer, traced
-from pet.table import FrameTable
+from pet.table import CsvTable, FrameTable
 from pet.workloads import Workload
 
 
@@ -72,3 +75,75 @@ def test_the_command_line_refits_a_release_from_its_card(tmp_path: Path) -> None
     data = json.loads((tmp_path / "release" / "card.json").read_text())
     assert data["estimation"] and all("counts" in m for m in data["measured"])
     assert "pet_commit" in data["versions"]
+
+
+def _audited(name: str, frame: pd.DataFrame, workload: Workload, folder: Path) -> Site:
+    site = Site(name, FrameTable(frame, workload.schema),
+                ledger=Ledger(folder / f"{name}.sqlite"), audit=AuditLog(folder / f"{name}.audit"))
+    site.ledger.set_budget(site.dataset, 2.0, 1e-6)
+    return site
+
+
+def test_each_site_keeps_its_data_fingerprint_where_the_card_points(
+        lung3: Workload, tmp_path: Path) -> None:
+    """The card names the request; each site's first audit entry under it holds that
+    site's fingerprint, and the card holds none."""
+    sites = [_audited(name, table.to_frame(), lung3, tmp_path)
+             for name, table in lung3.tables.items()]
+    with Federation(sites, Discretization.of(lung3.schema, bins=6), epsilon=1.0,
+                    delta=1e-6) as measurer:
+        fitted = MST(iterations=100).fit(measurer)
+    data = card(fitted, Release(tuple(s.name for s in sites), "he+dp", 0, 100))
+    assert data["audit"]["request"] == fitted.request == measurer.request
+    printed = json.dumps(data) + markdown(data)
+    for site in sites:
+        entries = [e for e in site.audit.entries() if e.request == fitted.request]
+        assert len(entries) == len(fitted.spends)  # one per step, all under the request
+        fingerprint = site.table.fingerprint()
+        assert f"data fingerprint {fingerprint};" in entries[0].detail
+        assert not any("fingerprint" in e.detail for e in entries[1:])
+        assert fingerprint not in printed
+    assert len({s.table.fingerprint() for s in sites}) == len(sites)
+
+
+def test_a_curators_selection_is_audited_with_its_charge(lung3: Workload,
+                                                          tmp_path: Path) -> None:
+    site = _audited("lung", lung3.pooled(), lung3, tmp_path)
+    with Curator(site, Discretization.of(lung3.schema, bins=6), epsilon=1.0,
+                 delta=1e-6) as measurer:
+        fitted = MST(iterations=100).fit(measurer)
+    entries = [e for e in site.audit.entries() if e.request == fitted.request]
+    selections = [e for e in entries if e.detail.startswith("selected at this site")]
+    assert len(selections) == sum(s.step == "select" for s in fitted.spends) > 0
+    assert sum(e.epsilon for e in entries) == 1.0  # the fit's one charge, once
+    assert f"data fingerprint {site.table.fingerprint()};" in entries[0].detail
+
+
+def test_a_fingerprint_follows_the_values_not_the_file(lung3: Workload, tmp_path: Path) -> None:
+    """The same rows give the same fingerprint from a frame or a CSV file, read in one
+    chunk or many; a changed value, or a rewritten file, another."""
+    frame = lung3.pooled()
+    frame.to_csv(tmp_path / "lung.csv", index=False)
+    in_memory = FrameTable(frame, lung3.schema).fingerprint()
+    from_file = CsvTable(tmp_path / "lung.csv", lung3.schema)
+    assert from_file.fingerprint(chunk_rows=7) == in_memory
+    assert FrameTable(frame, lung3.schema).fingerprint(chunk_rows=50) == in_memory
+    changed = frame.copy()
+    changed.loc[17, "age"] += 1
+    assert FrameTable(changed, lung3.schema).fingerprint() != in_memory
+    changed.to_csv(tmp_path / "lung.csv", index=False)
+    assert from_file.fingerprint() == FrameTable(changed, lung3.schema).fingerprint()
+
+
+def test_a_card_of_a_fit_without_a_request_claims_no_audit_entries(
+        lung3: Workload, tmp_path: Path) -> None:
+    site = Site("lung", FrameTable(lung3.pooled(), lung3.schema),
+                ledger=Ledger(tmp_path / "ledger.sqlite"))
+    site.ledger.set_budget(site.dataset, 1.0, 1e-6)
+    with Curator(site, Discretization.of(lung3.schema, bins=6), epsilon=1.0,
+                 delta=1e-6) as measurer:
+        fitted = MST(iterations=50).fit(measurer)
+    older = dataclasses.replace(fitted, request="")  # as loaded from an older pet's store
+    data = card(older, Release(("lung",), "dp", 0, 10))
+    assert data["audit"] is None and "On record" not in markdown(data)
+    assert "On record" in markdown(card(fitted, Release(("lung",), "dp", 0, 10)))

@@ -82,6 +82,8 @@ def test_a_fit_the_budget_cannot_pay_is_resource_exhausted(client: Client) -> No
     ({"method": "gan", "epsilon": 1.0}, "unknown synthesizer 'gan'"),
     ({"method": "aim", "epsilon": -1.0}, "epsilon must be a number in [0.001, 10000]"),
     ({"method": "aim", "epsilon": 1.0, "delta": 0.0}, "needs delta > 0"),
+    ({"method": "mst", "epsilon": 1.0, "backend": "he"},
+     "a fit measures under mpc+dp or he+dp, not 'he'"),
 ])
 def test_bad_fit_requests_are_invalid_arguments(client: Client, options: dict,
                                                 words: str) -> None:
@@ -126,6 +128,11 @@ def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
     for site in federation.names:  # the first fit's ρ, and this one's (zCDP adds)
         spent = _ledger(federation, site).budget(site).spent_rho
         assert spent == pytest.approx(rho_of(EPSILON, DELTA) + rho_of(0.4, 1e-6), rel=1e-12)
+        # The card names the request; the site's own log holds its data's fingerprint.
+        audit = AuditLog(Path(federation.directory) / site / "audit.sqlite")
+        entries = [e for e in audit.entries() if e.request == data["audit"]["request"]]
+        assert entries and "data fingerprint " in entries[0].detail
+        assert entries[0].detail.split("data fingerprint ")[1][:64] not in json.dumps(data)
     # The coordinator keeps its fits on disk: after a restart the same fit samples the
     # same rows.
     federation.stop_server("coordinator")
@@ -137,3 +144,84 @@ def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
     assert main(["synth", "sample", str(fitted), "--rows", "5", "--out",
                  str(tmp_path / "again.csv")]) == 1  # no token: a clear refusal
     assert "--ca and a token" in capsys.readouterr().err
+
+
+def test_a_fit_under_he_dp_is_revealed_by_the_analyst_alone(
+        client: Client, federation: LocalFederation, lung3: Workload) -> None:
+    """The coordinator holds no secret key: each release comes to the client, which
+    reveals it with a key made for this fit; each site charges the fit once."""
+    before = {site: _ledger(federation, site).budget(site).spent_rho
+              for site in federation.names}
+    steps = []
+    fit = client.synthesize("mst", epsilon=0.3, delta=DELTA, bins=6, backend="he+dp",
+                            progress=steps.append)
+    assert [s.step for s in steps].count("measure") == 2 and fit.measurements > 0
+    rows = fit.sample(200, seed=1)
+    lung3.schema.validate(rows)
+    assert fit.card["backend"] == "he+dp" and fit.card["sites"] == federation.names
+    for site in federation.names:
+        spent = _ledger(federation, site).budget(site).spent_rho - before[site]
+        assert spent == pytest.approx(rho_of(0.3, DELTA), rel=1e-9)
+
+
+def test_a_fit_under_he_dp_without_the_analysts_key_is_refused(client: Client) -> None:
+    from services.pb import synthesis_pb2
+
+    start = synthesis_pb2.FitStart(method="mst", epsilon=1.0, delta=DELTA, backend="he+dp")
+    with pytest.raises(grpc.RpcError) as refused:
+        list(client.synthesis.Fit(iter([synthesis_pb2.FitRequest(start=start)]), timeout=60))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs the analyst's public context" in refused.value.details()
+
+
+def test_the_analyst_reveals_nothing_but_a_fits_marginals(lung3: Workload) -> None:
+    """A coordinator that sends another query's ciphertext to be revealed is refused: the
+    fit's key decrypts its marginals and nothing else."""
+    from pet.backends import get_backend
+    from pet.client import _Revealing
+    from pet.errors import PetError
+    from pet.queries import Mean
+    from services import convert
+    from services.pb import coordinator_pb2, synthesis_pb2
+
+    keys = get_backend("he+dp", epsilon=1.0, delta=DELTA)
+    revealing = _Revealing(lung3.schema, keys)
+    asked = synthesis_pb2.Measurement(query=convert.query_message(Mean("age")), rho=0.01,
+                                      reveal=coordinator_pb2.Reveal(data=b"x", last=True))
+    with pytest.raises(PetError, match="not a fit's marginals"):
+        revealing.piece(asked)
+    with pytest.raises(PetError, match="holds no key"):
+        _Revealing(lung3.schema, None).piece(asked)
+
+
+@pytest.mark.parametrize(("messages", "words"), [
+    ([], "a fit starts with a FitStart message"),
+    (["conclusion"], "a fit starts with a FitStart message"),
+    (["mpc+dp with a context"], "a public context is for fits under he+dp, not mpc+dp"),
+    (["he+dp with a bad context"], "the analyst's public context"),
+])
+def test_a_fit_stream_that_starts_wrong_is_an_invalid_argument(client: Client, messages: list,
+                                                               words: str) -> None:
+    from services.pb import coordinator_pb2, synthesis_pb2
+
+    made = {
+        "conclusion": synthesis_pb2.FitRequest(conclusion=coordinator_pb2.Conclusion()),
+        "mpc+dp with a context": synthesis_pb2.FitRequest(start=synthesis_pb2.FitStart(
+            method="mst", epsilon=1.0, delta=DELTA, public_context=b"key")),
+        "he+dp with a bad context": synthesis_pb2.FitRequest(start=synthesis_pb2.FitStart(
+            method="mst", epsilon=1.0, delta=DELTA, backend="he+dp",
+            public_context=b"not a context")),
+    }
+    with pytest.raises(grpc.RpcError) as refused:
+        list(client.synthesis.Fit(iter([made[m] for m in messages]), timeout=60))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in refused.value.details()
+
+
+@pytest.mark.parametrize("rho", [0.0, 1.0])
+def test_the_analysts_keys_reveal_no_release_past_the_fits_budget(rho: float) -> None:
+    from pet.backends import get_backend
+    from pet.errors import ArgumentError
+
+    with pytest.raises(ArgumentError):
+        get_backend("he+dp", epsilon=1.0, delta=DELTA).at_rho(rho)

@@ -15,6 +15,7 @@ left is Gaussian with variance σ²·(k − c)/k, so towards the coalition the r
 
 from __future__ import annotations
 
+import copy
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
@@ -54,6 +55,13 @@ class CentralDP(Backend):
         self.sites = sites
         """Number of sites, each adding 1/sites of the noise variance: set by `open`, or
         given where a site's server protects its partial without opening a session."""
+
+    def at_rho(self, rho: float) -> CentralDP:
+        """This backend with its keys and sites, for a release that spends `rho` of its
+        (ε, δ): the analyst of a synthesizer's fit reveals each release with its own ρ."""
+        other = copy.copy(self)
+        other.epsilon, other.delta, other.rho = check_budget(self.epsilon, self.delta, rho)
+        return other
 
     @property
     def startup_s(self) -> float:  # type: ignore[override]

@@ -28,6 +28,11 @@ from pet.synth.model import Model
 from pet.synth.synthesizer import Fit, replay, traced
 
 LIBRARIES = ("pet", "numpy", "pandas", "opendp", "tenseal", "crypten", "torch")
+AUDITED = ("each site that keeps an audit log holds one entry per step of the fit under "
+           "this request; the first records that site's fingerprint of its data, which "
+           "only the site keeps")
+"""Where a card's fit is on record at the sites (the card itself holds no digest of data:
+one would let someone who knows all rows but one test guesses)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
                        for seen, iterations, warm in fit.trace],
         "sites": list(release.sites),
         "backend": release.backend,
+        "audit": {"request": fit.request, "entries": AUDITED} if fit.request else None,
         **fit.discretization.to_dict(),
         "seed": release.seed,
         "rows": release.rows,
@@ -110,6 +116,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"ρ = {privacy['rho_spent']:.6g} spent (= ε {privacy['spent_as']['epsilon']:.4g} "
         f"at that δ); {privacy['accounting']}",
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
+        *([f"- **On record**: request `{data['audit']['request']}`: "
+           f"{data['audit']['entries']}"] if data.get("audit") else []),
         "",
         "## Budget, step by step",
         "",

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fitting.add_argument("--epsilon", type=float, required=True)
     fitting.add_argument("--delta", type=float, default=1e-6)
     fitting.add_argument("--backend", choices=("dp", "he+dp", "mpc+dp"),
-                         help="dp at one site; he+dp (default) or mpc+dp across several")
+                         help="dp at one site; he+dp (default) or mpc+dp across several; "
+                              "mpc+dp (default) or he+dp through a coordinator")
     fitting.add_argument("--bins", type=int, default=16, help="bins of each numeric column")
     fitting.add_argument("--ledgers", help="folder of the sites' ledgers (default: under --out)")
     fitting.add_argument("--out", required=True, help="folder for the saved fit")
@@ -150,7 +151,8 @@ def _fit_remote(args: argparse.Namespace, out: Path) -> int:
 
     with client_of(args) as client:
         remote = client.synthesize(args.method, epsilon=args.epsilon, delta=args.delta,
-                                   bins=args.bins, progress=report)
+                                   bins=args.bins, backend=args.backend or "mpc+dp",
+                                   progress=report)
     out.mkdir(parents=True, exist_ok=True)
     (out / REMOTE).write_text(json.dumps({"coordinator": args.coordinator, "fit": remote.id,
                                           "method": remote.method, "rho": remote.rho,

@@ -128,9 +128,13 @@ class Model:
         return sorted(nodes), top
 
     def sample(self, n_rows: int, seed: int | np.random.Generator | None = None) -> np.ndarray:
-        """`n_rows` synthetic records drawn exactly from the model (an n_rows × len(domain)
-        int64 array of codes, columns in domain order): each tree clique in schedule
-        order draws its new attributes given its separator, all rows at once."""
+        """`n_rows` synthetic records drawn from the model (an n_rows × len(domain) int64
+        array of codes, columns in domain order): each tree clique in schedule order draws
+        its new attributes given its separator, all rows at once. Each row's draw follows
+        the model exactly; the rows that share a separator value draw together, stratified
+        (`_stratified`), so their counts of each new value are the model's expected
+        counts rounded up or down rather than a multinomial's: far less sampling noise in
+        small releases, no false correlation between attributes drawn apart."""
         if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 0:
             raise ArgumentError(f"n_rows={n_rows!r}; must be an integer ≥ 0")
         rng = np.random.default_rng(seed)
@@ -144,7 +148,8 @@ class Model:
             table = table.reshape(self.domain.size(sep), self.domain.size(new))
             given = (np.ravel_multi_index([columns[a] for a in sep], self.domain.shape(sep))
                      if sep else np.zeros(int(n_rows), dtype=np.int64))
-            drawn = np.unravel_index(_draw(table, given, rng), self.domain.shape(new))
+            drawn = np.unravel_index(_draw(table, given, _stratified(given, rng)),
+                                     self.domain.shape(new))
             columns.update(zip(new, drawn, strict=True))
         stacked = np.stack([columns[a] for a in self.domain.attributes]).astype(np.int64,
                                                                                 copy=False)
@@ -158,10 +163,27 @@ def _cells_touched(factors: list[Factor], name: str) -> int:
     return math.prod(sizes.values())
 
 
-def _draw(table: np.ndarray, given: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each row r, a column drawn with probability ∝ table[given[r], :]. One sorted
-    search serves all rows: row s of the table's CDF is offset by s·2³³ in integer keys,
-    so every row's key lands in its own separator value's block."""
+def _stratified(given: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniform on [0, 1) per row, stratified within each value of `given`: the n rows of
+    a value get (k + u)/n for k = 0, …, n − 1 in random order, u one uniform for them all
+    (systematic sampling). Each row's is uniform; the random order keeps one draw's
+    strata from lining up with another's."""
+    order = rng.permutation(len(given))
+    order = order[np.argsort(given[order], kind="stable")]
+    grouped = given[order]
+    starts = np.flatnonzero(np.concatenate([[True], grouped[1:] != grouped[:-1]]))
+    sizes = np.diff(np.append(starts, len(given)))
+    rank = np.arange(len(given)) - np.repeat(starts, sizes)
+    uniforms = np.empty(len(given))
+    uniforms[order] = (rank + np.repeat(rng.random(len(starts)), sizes)) / np.repeat(sizes,
+                                                                                      sizes)
+    return uniforms
+
+
+def _draw(table: np.ndarray, given: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """For each row r, the column of table[given[r], :] (as probabilities) that its uniform
+    falls in. One sorted search serves all rows: row s of the table's CDF is offset by
+    s·2³³ in integer keys, so every row's key lands in its own separator value's block."""
     rows, cols = table.shape
     mass = table.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -172,6 +194,6 @@ def _draw(table: np.ndarray, given: np.ndarray, rng: np.random.Generator) -> np.
     keys[:, -1] = _RESOLUTION
     keys += np.arange(rows, dtype=np.int64)[:, None] << 33
     given = given.astype(np.int64)
-    found = np.searchsorted(keys.ravel(), (given << 33) + rng.integers(
-        0, _RESOLUTION, size=len(given), dtype=np.int64), side="right")
+    drawn = np.minimum(np.floor(uniforms * _RESOLUTION).astype(np.int64), _RESOLUTION - 1)
+    found = np.searchsorted(keys.ravel(), (given << 33) + drawn, side="right")
     return found - given * cols

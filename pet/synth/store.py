@@ -33,6 +33,7 @@ def save(fit: Fit, folder: str | Path) -> Path:
                    for s in fit.spends],
         "trace": [list(call) for call in fit.trace],
         "settings": dict(fit.settings),
+        "request": fit.request,
     }
     (folder / "fit.json").write_text(json.dumps(described, indent=1) + "\n")
     arrays = {f"potential{i}": p for i, p in enumerate(model.potentials)}
@@ -66,4 +67,4 @@ def load(folder: str | Path) -> Fit:
     return Fit(described["method"], model, discretization, measured, spends,
                described["epsilon"], described["delta"],
                traced(described.get("trace", [])),
-               described.get("settings", {}))
+               described.get("settings", {}), described.get("request", ""))

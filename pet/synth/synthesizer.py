@@ -44,6 +44,9 @@ class Fit:
     model."""
     settings: Mapping[str, Any] = field(default_factory=dict)
     """The synthesizer's options (iterations, rounds, cell caps, ...), for its data card."""
+    request: str = ""
+    """The request every site charged and audited the fit under: its audit entries, the
+    first with the site's data fingerprint, carry this id."""
 
     @property
     def rho(self) -> float:
@@ -82,7 +85,7 @@ class Synthesizer(ABC):
         model, measurements = self.run(measurer, rho)
         return Fit(self.name, model, measurer.discretization, tuple(measurements),
                    tuple(measurer.spends), measurer.epsilon, measurer.delta,
-                   tuple(self.trace), self.settings())
+                   tuple(self.trace), self.settings(), measurer.request)
 
     def settings(self) -> dict[str, Any]:
         """The options this synthesizer was made with, as JSON-ready values."""

@@ -23,27 +23,32 @@ _sym_db = _symbol_database.Default()
 
 
 from . import common_pb2 as pet_dot_v1_dot_common__pb2
+from . import coordinator_pb2 as pet_dot_v1_dot_coordinator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pet/v1/synthesis.proto\x12\x06pet.v1\x1a\x13pet/v1/common.proto\"[\n\nFitRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0c\n\x04\x62ins\x18\x05 \x01(\x05\"U\n\x0b\x46itProgress\x12\x1c\n\x04step\x18\x01 \x01(\x0b\x32\x0c.pet.v1.StepH\x00\x12 \n\x06\x66itted\x18\x02 \x01(\x0b\x32\x0e.pet.v1.FittedH\x00\x42\x06\n\x04kind\"w\n\x04Step\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x1f\n\x07\x63liques\x18\x03 \x01(\x0b\x32\x0e.pet.v1.Groups\x12\x0b\n\x03rho\x18\x04 \x01(\x01\x12\x11\n\trho_spent\x18\x05 \x01(\x01\x12\x11\n\trho_total\x18\x06 \x01(\x01\"H\n\x06\x46itted\x12\x0b\n\x03\x66it\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0b\n\x03rho\x18\x03 \x01(\x01\x12\x14\n\x0cmeasurements\x18\x04 \x01(\x05\"L\n\rSampleRequest\x12\x0b\n\x03\x66it\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x12\n\nchunk_rows\x18\x04 \x01(\x05\"K\n\x0bSampleChunk\x12\r\n\x05\x61rrow\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x11\n\tcard_json\x18\x04 \x01(\t2u\n\tSynthesis\x12\x30\n\x03\x46it\x12\x12.pet.v1.FitRequest\x1a\x13.pet.v1.FitProgress0\x01\x12\x36\n\x06Sample\x12\x15.pet.v1.SampleRequest\x1a\x13.pet.v1.SampleChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pet/v1/synthesis.proto\x12\x06pet.v1\x1a\x13pet/v1/common.proto\x1a\x18pet/v1/coordinator.proto\"a\n\nFitRequest\x12!\n\x05start\x18\x01 \x01(\x0b\x32\x10.pet.v1.FitStartH\x00\x12(\n\nconclusion\x18\x02 \x01(\x0b\x32\x12.pet.v1.ConclusionH\x00\x42\x06\n\x04kind\"q\n\x08\x46itStart\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0c\n\x04\x62ins\x18\x05 \x01(\x05\x12\x16\n\x0epublic_context\x18\x06 \x01(\x0c\"\x81\x01\n\x0b\x46itProgress\x12\x1c\n\x04step\x18\x01 \x01(\x0b\x32\x0c.pet.v1.StepH\x00\x12 \n\x06\x66itted\x18\x02 \x01(\x0b\x32\x0e.pet.v1.FittedH\x00\x12*\n\x0bmeasurement\x18\x03 \x01(\x0b\x32\x13.pet.v1.MeasurementH\x00\x42\x06\n\x04kind\"X\n\x0bMeasurement\x12\x1c\n\x05query\x18\x01 \x01(\x0b\x32\r.pet.v1.Query\x12\x0b\n\x03rho\x18\x02 \x01(\x01\x12\x1e\n\x06reveal\x18\x03 \x01(\x0b\x32\x0e.pet.v1.Reveal\"w\n\x04Step\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x1f\n\x07\x63liques\x18\x03 \x01(\x0b\x32\x0e.pet.v1.Groups\x12\x0b\n\x03rho\x18\x04 \x01(\x01\x12\x11\n\trho_spent\x18\x05 \x01(\x01\x12\x11\n\trho_total\x18\x06 \x01(\x01\"H\n\x06\x46itted\x12\x0b\n\x03\x66it\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0b\n\x03rho\x18\x03 \x01(\x01\x12\x14\n\x0cmeasurements\x18\x04 \x01(\x05\"L\n\rSampleRequest\x12\x0b\n\x03\x66it\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x12\n\nchunk_rows\x18\x04 \x01(\x05\"K\n\x0bSampleChunk\x12\r\n\x05\x61rrow\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x11\n\tcard_json\x18\x04 \x01(\t2w\n\tSynthesis\x12\x32\n\x03\x46it\x12\x12.pet.v1.FitRequest\x1a\x13.pet.v1.FitProgress(\x01\x30\x01\x12\x36\n\x06Sample\x12\x15.pet.v1.SampleRequest\x1a\x13.pet.v1.SampleChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pet.v1.synthesis_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FITREQUEST']._serialized_start=55
-  _globals['_FITREQUEST']._serialized_end=146
-  _globals['_FITPROGRESS']._serialized_start=148
-  _globals['_FITPROGRESS']._serialized_end=233
-  _globals['_STEP']._serialized_start=235
-  _globals['_STEP']._serialized_end=354
-  _globals['_FITTED']._serialized_start=356
-  _globals['_FITTED']._serialized_end=428
-  _globals['_SAMPLEREQUEST']._serialized_start=430
-  _globals['_SAMPLEREQUEST']._serialized_end=506
-  _globals['_SAMPLECHUNK']._serialized_start=508
-  _globals['_SAMPLECHUNK']._serialized_end=583
-  _globals['_SYNTHESIS']._serialized_start=585
-  _globals['_SYNTHESIS']._serialized_end=702
+  _globals['_FITREQUEST']._serialized_start=81
+  _globals['_FITREQUEST']._serialized_end=178
+  _globals['_FITSTART']._serialized_start=180
+  _globals['_FITSTART']._serialized_end=293
+  _globals['_FITPROGRESS']._serialized_start=296
+  _globals['_FITPROGRESS']._serialized_end=425
+  _globals['_MEASUREMENT']._serialized_start=427
+  _globals['_MEASUREMENT']._serialized_end=515
+  _globals['_STEP']._serialized_start=517
+  _globals['_STEP']._serialized_end=636
+  _globals['_FITTED']._serialized_start=638
+  _globals['_FITTED']._serialized_end=710
+  _globals['_SAMPLEREQUEST']._serialized_start=712
+  _globals['_SAMPLEREQUEST']._serialized_end=788
+  _globals['_SAMPLECHUNK']._serialized_start=790
+  _globals['_SAMPLECHUNK']._serialized_end=865
+  _globals['_SYNTHESIS']._serialized_start=867
+  _globals['_SYNTHESIS']._serialized_end=986
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from . import common_pb2 as _common_pb2
+from . import coordinator_pb2 as _coordinator_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -7,26 +8,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FitRequest(_message.Message):
-    __slots__ = ("method", "epsilon", "delta", "backend", "bins")
+    __slots__ = ("start", "conclusion")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CONCLUSION_FIELD_NUMBER: _ClassVar[int]
+    start: FitStart
+    conclusion: _coordinator_pb2.Conclusion
+    def __init__(self, start: _Optional[_Union[FitStart, _Mapping]] = ..., conclusion: _Optional[_Union[_coordinator_pb2.Conclusion, _Mapping]] = ...) -> None: ...
+
+class FitStart(_message.Message):
+    __slots__ = ("method", "epsilon", "delta", "backend", "bins", "public_context")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     BINS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     method: str
     epsilon: float
     delta: float
     backend: str
     bins: int
-    def __init__(self, method: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., backend: _Optional[str] = ..., bins: _Optional[int] = ...) -> None: ...
+    public_context: bytes
+    def __init__(self, method: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., backend: _Optional[str] = ..., bins: _Optional[int] = ..., public_context: _Optional[bytes] = ...) -> None: ...
 
 class FitProgress(_message.Message):
-    __slots__ = ("step", "fitted")
+    __slots__ = ("step", "fitted", "measurement")
     STEP_FIELD_NUMBER: _ClassVar[int]
     FITTED_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
     step: Step
     fitted: Fitted
-    def __init__(self, step: _Optional[_Union[Step, _Mapping]] = ..., fitted: _Optional[_Union[Fitted, _Mapping]] = ...) -> None: ...
+    measurement: Measurement
+    def __init__(self, step: _Optional[_Union[Step, _Mapping]] = ..., fitted: _Optional[_Union[Fitted, _Mapping]] = ..., measurement: _Optional[_Union[Measurement, _Mapping]] = ...) -> None: ...
+
+class Measurement(_message.Message):
+    __slots__ = ("query", "rho", "reveal")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    REVEAL_FIELD_NUMBER: _ClassVar[int]
+    query: _common_pb2.Query
+    rho: float
+    reveal: _coordinator_pb2.Reveal
+    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., rho: _Optional[float] = ..., reveal: _Optional[_Union[_coordinator_pb2.Reveal, _Mapping]] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("index", "step", "cliques", "rho", "rho_spent", "rho_total")

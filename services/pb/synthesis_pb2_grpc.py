@@ -34,7 +34,7 @@ class SynthesisStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Fit = channel.unary_stream(
+        self.Fit = channel.stream_stream(
                 '/pet.v1.Synthesis/Fit',
                 request_serializer=pet_dot_v1_dot_synthesis__pb2.FitRequest.SerializeToString,
                 response_deserializer=pet_dot_v1_dot_synthesis__pb2.FitProgress.FromString,
@@ -49,8 +49,10 @@ class SynthesisStub:
 class SynthesisServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Fit(self, request, context):
-        """A fit job: one Progress per privacy step as it is spent, then the Fitted fit.
+    def Fit(self, request_iterator, context):
+        """A fit job. The analyst sends FitStart; under he+dp it answers every Measurement (a
+        release's combined ciphertext, under the analyst's key) with a Conclusion, as in
+        Coordinator.Run. One Step per privacy step as it is spent, then the Fitted fit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -67,7 +69,7 @@ class SynthesisServicer:
 
 def add_SynthesisServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Fit': grpc.unary_stream_rpc_method_handler(
+            'Fit': grpc.stream_stream_rpc_method_handler(
                     servicer.Fit,
                     request_deserializer=pet_dot_v1_dot_synthesis__pb2.FitRequest.FromString,
                     response_serializer=pet_dot_v1_dot_synthesis__pb2.FitProgress.SerializeToString,
@@ -89,7 +91,7 @@ class Synthesis:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Fit(request,
+    def Fit(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -99,8 +101,8 @@ class Synthesis:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/pet.v1.Synthesis/Fit',
             pet_dot_v1_dot_synthesis__pb2.FitRequest.SerializeToString,
