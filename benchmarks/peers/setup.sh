@@ -44,7 +44,7 @@ specs() {
     # satisfied and pip never picks a CUDA build.
     smartnoise) echo "torch==2.13.0"; echo "smartnoise-synth==1.0.8" ;;
     # Private-PGM's current release; its MST and AIM are in private_pgm.py.
-    mbi) echo "mbi==2.0.*" ;;
+    mbi) echo "mbi==2.0.* pyarrow" ;;
   esac
 }
 
