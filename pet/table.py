@@ -193,6 +193,8 @@ def open_table(source: pd.DataFrame | str | Path | Table, schema: Schema) -> Tab
     if isinstance(source, pd.DataFrame):
         return FrameTable(source, schema)
     path = Path(source)
+    if not path.is_file():
+        raise SchemaError(f"cannot read {path}: no such file")
     if path.suffix in {".parquet", ".pq"}:
         return ParquetTable(path, schema)
     if path.suffix == ".csv":

@@ -154,3 +154,29 @@ def test_file_tables_count_missing_values(tmp_path) -> None:
     path = tmp_path / "t.csv"
     frame().to_csv(path, index=False)
     assert open_table(path, SCHEMA).missing()["bmi"] == 1
+
+
+def test_numbered_categories_read_the_same_from_a_csv_file_and_a_frame(tmp_path) -> None:
+    """A CSV cell is text: '2' names the category 2 of a schema written in YAML with
+    numbers, as a frame's 2 names the category '2'; a value no category reads is still
+    refused by name and row."""
+    schema = Schema((Categorical("year", tuple(range(9))),
+                     Categorical("ward", ("1", "2", "10"))))
+    frame = pd.DataFrame({"year": [2, 0, 8], "ward": ["10", "1", "2"]})
+    (tmp_path / "wards.csv").write_text("year,ward\n2,10\n0,1\n8,2\n")
+    expected = {"year": [2.0, 0.0, 8.0], "ward": [2.0, 0.0, 1.0]}
+    for table in (open_table(tmp_path / "wards.csv", schema), open_table(frame, schema),
+                  open_table(pd.DataFrame({"year": [2.0, 0.0, 8.0], "ward": [10, 1, 2]}),
+                             schema)):
+        (chunk,) = table.chunks(schema.names)
+        assert {k: v.tolist() for k, v in chunk.columns.items()} == expected
+    (tmp_path / "bad.csv").write_text("year,ward\n2,10\n9,1\n")
+    with pytest.raises(SchemaError, match=r"value '9' is not one of the categories") as bad:
+        next(open_table(tmp_path / "bad.csv", schema).chunks(schema.names))
+    assert bad.value.column == "year" and bad.value.row == 1
+
+
+def test_a_missing_file_is_named_not_a_traceback(tmp_path) -> None:
+    schema = Schema((Categorical("year", (0, 1)),))
+    with pytest.raises(SchemaError, match="no such file"):
+        open_table(tmp_path / "nowhere.csv", schema)
