@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS bindings (
     dataset TEXT NOT NULL,
     digest TEXT NOT NULL,
     PRIMARY KEY (request, dataset)
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY,
+    backend TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS releases (
     request TEXT NOT NULL,
@@ -57,6 +61,10 @@ a request spending tiny amounts of ρ may not fill the site's disk."""
 
 class ReleaseError(PetError):
     """A request id already used for another release; nothing was released or charged."""
+
+
+class KeyReuse(PetError):
+    """An HE key offered under another backend than the one this site first used it for."""
 
 
 class ReleasesExhausted(BudgetError):
@@ -114,8 +122,27 @@ class Releases:
 
     def __init__(self, ledger: Ledger, audit: AuditLog | None = None) -> None:
         self.ledger, self.audit = ledger, audit
+        self._bound: set[tuple[str, str]] = set()
         with ledger.connection() as db:
             db.executescript(_SCHEMA)
+
+    def bind_keys(self, keys: Sequence[str], backend: str) -> None:
+        """Bind the HE keys a contribution is encrypted under to its backend the first
+        time, and refuse them under any other: a key the analyst made for `he+dp` decrypts
+        only noisy sums, so no one may have this site encrypt an exact partial under it.
+        A binding never changes, so one confirmed here is not asked of the file again."""
+        if all((key, backend) in self._bound for key in keys):
+            return
+        with self.ledger.transaction() as db:
+            for key in keys:
+                db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (key, backend))
+                (bound,) = db.execute("SELECT backend FROM keys WHERE key = ?",
+                                      (key,)).fetchone()
+                if bound != backend:
+                    raise KeyReuse(f"this site encrypted under that public key for a {bound} "
+                                   f"study; it serves {bound} alone, not {backend}: make a "
+                                   "new key for each study")
+        self._bound.update((key, backend) for key in keys)
 
     def stored(self, release: Release) -> bytes | None:
         """The stored bytes of this very release, if it was made; refuses a release the

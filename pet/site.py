@@ -20,6 +20,7 @@ import numpy as np
 
 from pet.audit import AuditLog
 from pet.backends.base import Backend
+from pet.backends.he import PublicHE
 from pet.disclosure import DisclosurePolicy
 from pet.errors import DisclosureError, PetError
 from pet.ledger import Ledger
@@ -90,6 +91,9 @@ class Site:
         if query.requires_dp and not backend.differentially_private:
             raise PetError(f"{query.describe()} may only be released under a DP backend "
                            f"(dp, he+dp, mpc+dp), not {backend.name}")
+        keys = _he_keys(backend)
+        if keys and self.releases is not None:
+            self.releases.bind_keys(keys, backend.name)
         if backend.differentially_private:
             ask = ask or Ask(request or uuid.uuid4().hex, _session(backend), round=round)
             return self._release(query, state, backend, ask)
@@ -209,6 +213,13 @@ class Site:
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={self.table.n_rows})"
+
+
+def _he_keys(backend: Backend) -> tuple[str, ...]:
+    """The identities of the HE public keys a backend encrypts under (none without HE)."""
+    inner = getattr(backend, "backend", backend)
+    public = getattr(inner, "public", None)
+    return public.identities() if isinstance(public, PublicHE) else ()
 
 
 def _check_round(query: Query, state: State, round: int) -> None:

@@ -19,7 +19,7 @@ from pet.errors import DisclosureError, PetError, QueryError, SchemaError
 from pet.ledger import BudgetError
 from pet.limits import FilterLimitError, LimitError
 from pet.mpc.parties import PartyError
-from pet.releases import ReleaseError
+from pet.releases import KeyReuse, ReleaseError
 
 log = logging.getLogger("pet.services")
 
@@ -43,6 +43,7 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DisclosureError, grpc.StatusCode.FAILED_PRECONDITION),
     (ReleaseError, grpc.StatusCode.ALREADY_EXISTS),
+    (KeyReuse, grpc.StatusCode.PERMISSION_DENIED),
     (PartyError, grpc.StatusCode.UNAVAILABLE),
     (QueryError, grpc.StatusCode.INVALID_ARGUMENT),
     (SchemaError, grpc.StatusCode.INVALID_ARGUMENT),

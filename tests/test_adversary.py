@@ -535,3 +535,30 @@ def test_the_services_keep_serving_after_the_attacks(federation: LocalFederation
         assert client.study("plaintext").run(Count()).value == 228
     for name in federation.names:
         assert _audit(federation, name).verify() > 0
+
+
+def test_a_key_made_for_he_dp_never_encrypts_an_exact_partial(
+        federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
+    """A coordinator that had the sites answer a plain `he` query under the key an analyst
+    made for an he+dp fit could have the analyst's client reveal the exact sum, labelled
+    as the fit's marginals: a site binds each public key to the backend it first served,
+    also when the coordinator repacks that key beside another."""
+    from pet.backends import get_backend
+    from pet.backends.he import _join, _split
+
+    context = get_backend("he+dp", epsilon=1.0, delta=1e-6).backend.public_context
+
+    def asked(request: str, name: str, key: bytes) -> site_pb2.ContributeRequest:
+        options = {"epsilon": 1.0, "delta": 1e-6} if name == "he+dp" else {}
+        return site_pb2.ContributeRequest(
+            request=request, analyst="mallory", query=query_message(Mean("age")),
+            state_json="null", backend=backend_message(name, {**options, "public_context": key}),
+            n_sites=3, round=1)
+
+    _ask(hostile, asked("keyed-noisy", "he+dp", context))
+    repacked = _join([_split(HE().public_context)[0], _split(context)[1]])  # same CKKS key
+    for key in (context, repacked):
+        details = _refused(lambda key=key: _ask(hostile, asked("keyed-exact", "he", key)),
+                           grpc.StatusCode.PERMISSION_DENIED)
+        assert "it serves he+dp alone, not he" in details
+    _ask(hostile, asked("keyed-fresh", "he", HE().public_context))  # a study's own key

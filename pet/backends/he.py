@@ -134,6 +134,15 @@ class PublicHE:
                           for scheme, part in zip(("bfv", "ckks"), parts, strict=True)}
         if any(c.has_secret_key() for c in self._contexts.values()):
             raise HEError("a public context must not hold a secret key")
+        self._identities: tuple[str, ...] | None = None
+
+    def identities(self) -> tuple[str, ...]:
+        """SHA-256 of each public key as this side serialises it once loaded: the same key
+        reads the same however a peer packed it, so a site can tell it again."""
+        if self._identities is None:
+            self._identities = tuple(hashlib.sha256(_public_bytes(c)).hexdigest()
+                                     for c in self._contexts.values())
+        return self._identities
 
     def scheme(self, layout: Layout) -> str:
         """BFV for layouts of counts only, else CKKS."""
