@@ -170,7 +170,9 @@ class Discretization:
         elif isinstance(column, Boolean):
             values = pd.Series(known.astype(bool), dtype="boolean")
         else:
-            values = pd.Series(self._inside(column, known, rng))
+            inside = self._inside(column, known, rng)
+            # Whole numbers stay whole in a CSV or Parquet file (Int64 keeps a missing one).
+            values = pd.Series(inside, dtype="Int64" if isinstance(column, Integer) else None)
         return values.mask(missing)
 
     def _inside(self, column: Column, level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
