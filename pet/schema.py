@@ -187,11 +187,11 @@ class Categorical(Column):
         series = pd.Series(values, copy=False)
         codes = pd.Categorical(series, categories=list(self.categories)).codes.copy()
         unknown = (codes < 0) & series.notna().to_numpy()
-        texts = [_text(c) for c in self.categories]
+        texts = [cell_text(c) for c in self.categories]
         if unknown.any() and len(set(texts)) == len(texts):
             # A CSV cell is text and a YAML category may be a number (or the other way
             # round): '2' names the category 2 when no other category reads '2'.
-            codes[unknown] = pd.Categorical([_text(v) for v in series[unknown]],
+            codes[unknown] = pd.Categorical([cell_text(v) for v in series[unknown]],
                                             categories=texts).codes
             unknown = (codes < 0) & series.notna().to_numpy()
         if unknown.any():
@@ -212,7 +212,7 @@ class Categorical(Column):
 _BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
 
 
-def _text(value: object) -> str:
+def cell_text(value: object) -> str:
     """A category or cell as text, a whole float as its whole number (2.0 reads '2')."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

@@ -78,8 +78,7 @@ class Site:
         """The partial vector, unchecked: only a DP release, whose noise protects it, may
         leave without the disclosure checks (a refusal would answer a question about the
         rows without any noise or charge)."""
-        return query.local(self.table.chunks(query.used_columns()), self.schema, state,
-                           site=self.name)
+        return self.table.partial(query, state, site=self.name)
 
     def contribute(self, query: Query, state: State, backend: Backend, *,
                    request: str | None = None, round: int = 1,

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 
 from pet.errors import SchemaError
 from pet.schema import Schema
+
+if TYPE_CHECKING:
+    from pet.queries.base import Query, State
 
 CHUNK_ROWS = 1 << 18
 """Rows per chunk: large enough that numpy dominates, small enough to bound memory."""
@@ -54,6 +58,12 @@ class Table(ABC):
     @abstractmethod
     def to_frame(self) -> pd.DataFrame:
         """The whole table as it was given (for tests and small data only)."""
+
+    def partial(self, query: Query, state: State = None, *,
+                site: str | None = None) -> np.ndarray:
+        """One site's partial vector of a query's round: pet's own streaming pass over the
+        chunks (a source on an engine may compute it there instead)."""
+        return query.local(self.chunks(query.used_columns()), self.schema, state, site=site)
 
     def fingerprint(self, *, chunk_rows: int = CHUNK_ROWS) -> str:
         """SHA-256 (hex) of the table's encoded values: one digest per column over its

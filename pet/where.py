@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlglot import exp
 
 from pet.errors import QueryError, SchemaError
 from pet.limits import DEFAULT_LIMITS, RequestLimits, check_where_text
@@ -55,6 +56,13 @@ class Where:
         """Fail unless every column exists and every constant fits its column."""
         with _bounded(self.text):
             self.mask(schema, {name: np.zeros(0) for name in self.columns})
+
+    def sql(self, schema: Schema, columns: Mapping[str, exp.Expression],
+            number: Callable[[float], exp.Expression]) -> exp.Expression:
+        """The filter as a SQL expression over the columns' encoded values (`number`
+        writes an encoded constant), for rows where none of its columns is missing: there
+        SQL's logic is Boolean logic and gives the rows that `mask` gives."""
+        return _sql(self._tree, schema, columns, number, self.text)
 
     def mask(self, schema: Schema, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Boolean mask of the rows that satisfy the filter (missing values never do)."""
@@ -114,6 +122,33 @@ def _evaluate(node: ast.AST, schema: Schema, columns: Mapping[str, np.ndarray],
         raise QueryError(f"filter {text!r}: categorical column {name!r} takes == != in")
     result = _COMPARE[type(op)](values, constant)
     return result & ~np.isnan(values)
+
+
+_SQL_COMPARE: dict[type[ast.cmpop], type[exp.Binary]] = {
+    ast.Eq: exp.EQ, ast.NotEq: exp.NEQ, ast.Lt: exp.LT, ast.LtE: exp.LTE, ast.Gt: exp.GT,
+    ast.GtE: exp.GTE,
+}
+
+
+def _sql(node: ast.AST, schema: Schema, columns: Mapping[str, exp.Expression],
+         number: Callable[[float], exp.Expression], text: str) -> exp.Expression:
+    """`_evaluate` in SQL, on a tree that `check` has accepted: constants are encoded as
+    `_encode` encodes them, comparisons are the same."""
+    if isinstance(node, ast.BoolOp):
+        parts = [exp.paren(_sql(v, schema, columns, number, text)) for v in node.values]
+        return exp.and_(*parts) if isinstance(node.op, ast.And) else exp.or_(*parts)
+    if isinstance(node, ast.UnaryOp):
+        return exp.not_(exp.paren(_sql(node.operand, schema, columns, number, text)))
+    assert isinstance(node, ast.Compare) and isinstance(node.left, ast.Name)
+    value, op, right = columns[node.left.id].copy(), node.ops[0], node.comparators[0]
+    column = schema[node.left.id]
+    if isinstance(op, ast.In | ast.NotIn):
+        constants = _constant(right, text)
+        assert isinstance(constants, list | tuple | set)
+        hit = value.isin(*(number(_encode(column, c, text)) for c in constants))
+        return hit if isinstance(op, ast.In) else exp.not_(hit)
+    constant = number(_encode(column, _constant(right, text), text))
+    return _SQL_COMPARE[type(op)](this=value, expression=constant)
 
 
 def _constant(node: ast.AST, text: str) -> object:

@@ -1,0 +1,235 @@
+"""A site's rows where they live: a table, view or query on DuckDB or PostgreSQL.
+
+A `SqlTable` is a `Table` like a file: every chunk it streams is validated and encoded by
+pet's one reader (`Schema.encode`), so a bad value is refused with its column and row
+whatever holds it. Where a query's local pass compiles to one aggregate (`pet.pushdown`),
+the engine computes the whole partial vector instead, validation included, and only a
+handful of sums cross from the engine to pet.
+
+Every statement is built with sqlglot from quoted identifiers: a table name is an
+identifier, never SQL text. The only SQL text a source runs is the site's own, from its
+configuration (`sql:`), read as a single SELECT. No part of a request reaches the engine as
+text: a filter is pet's parsed `Where`, compiled to an expression tree.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from pet import pushdown
+from pet.errors import PetError, SchemaError
+from pet.queries.base import Query, State
+from pet.schema import Schema
+from pet.table import CHUNK_ROWS, Chunk, Table
+
+
+class SourceError(PetError):
+    """A source that cannot be read: no such table, a query that is not one SELECT, an
+    engine that refuses the connection."""
+
+
+@dataclass(frozen=True)
+class Relation:
+    """What a source reads: a table or view by name (`schema.table` allowed), or the
+    site's own SELECT statement."""
+
+    table: str | None = None
+    sql: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.table is None) == (self.sql is None):
+            raise SourceError("a source names a table or gives its own sql, not both")
+
+    def expression(self, dialect: str) -> exp.Expression:
+        """The relation as a FROM item: a quoted table name, or the SELECT as a subquery."""
+        if self.table is not None:
+            parts = self.table.split(".")
+            if not all(parts) or len(parts) > 3:
+                raise SourceError(f"table {self.table!r} is not a name such as "
+                                  "'patients' or 'cdm.person'")
+            return exp.Table(this=exp.to_identifier(parts[-1], quoted=True),
+                             db=exp.to_identifier(parts[-2], quoted=True)
+                             if len(parts) > 1 else None,
+                             catalog=exp.to_identifier(parts[0], quoted=True)
+                             if len(parts) > 2 else None)
+        try:
+            statements = sqlglot.parse(self.sql, read=dialect)
+        except sqlglot.errors.ParseError as exc:
+            raise SourceError(f"the source's sql does not parse: {exc}") from None
+        if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+            raise SourceError("the source's sql must be one SELECT statement")
+        return statements[0].subquery("source")
+
+
+class SqlTable(Table):
+    """Rows of a relation on a SQL engine, validated against the schema as they stream."""
+
+    dialect: str = ""
+
+    def __init__(self, relation: Relation, schema: Schema) -> None:
+        super().__init__(schema)
+        self.relation = relation
+        self._from = relation.expression(self.dialect)
+        self.types = self._column_types()
+        schema.check_header(list(self.types))
+
+    @abstractmethod
+    def _arrow(self, select: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        """Run a statement; yield its rows as Arrow record batches."""
+
+    @abstractmethod
+    def _describe(self) -> dict[str, str]:
+        """The relation's columns and the engine's name of each one's type."""
+
+    def _column_types(self) -> dict[str, str]:
+        try:
+            return self._describe()
+        except (duckdb.Error, psycopg.Error) as exc:
+            raise SourceError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
+
+    def describe(self) -> str:
+        """The source as a site's operator names it (never its credentials)."""
+        what = f"table {self.relation.table!r}" if self.relation.table else "the site's sql"
+        return f"{what} on {type(self).__name__.removesuffix('Table')}"
+
+    def select(self, *items: exp.Expression) -> exp.Select:
+        """A SELECT of `items` from the relation."""
+        return exp.select(*items).from_(self._from.copy())
+
+    def sql(self, statement: exp.Expression) -> str:
+        """A statement as the engine's dialect writes it."""
+        return statement.sql(dialect=self.dialect)
+
+    def chunks(self, columns: Sequence[str], *, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+        names = list(columns) or [self.schema.names[0]]
+        statement = self.select(*(exp.column(c, quoted=True) for c in names))
+        first_row = 0
+        for batch in self._run(statement, chunk_rows):
+            chunk = self._encode(batch, first_row, columns)
+            first_row += batch.num_rows
+            yield chunk
+
+    def _run(self, statement: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self._arrow(statement, chunk_rows)
+        except (duckdb.Error, psycopg.Error) as exc:
+            raise SourceError(f"{self.describe()} failed: {_first_line(exc)}") from None
+
+    @property
+    def n_rows(self) -> int:
+        batches = list(self._run(self.select(exp.Count(this=exp.Star())), 1))
+        return int(batches[0].column(0)[0].as_py())
+
+    def to_frame(self) -> pd.DataFrame:
+        names = list(self.types)
+        batches = list(self._run(self.select(*(exp.column(c, quoted=True) for c in names)),
+                                 CHUNK_ROWS))
+        return pa.Table.from_batches(batches).to_pandas() if batches \
+            else pd.DataFrame(columns=names)
+
+    def partial(self, query: Query, state: State = None, *,
+                site: str | None = None) -> np.ndarray:
+        """The query's partial vector: one aggregate on the engine where the query's local
+        pass compiles to one (`pet.pushdown`) and every value it reads is valid; otherwise
+        (or to name a bad value's row) pet's own pass over the streamed rows."""
+        items = pushdown.compile(query, self.schema, state, self.types)
+        if items is not None:
+            named = (item.as_(f"v{i}", quoted=True) for i, item in enumerate(items))
+            row = next(iter(self._run(self.select(*named), 1)))
+            values = np.array([row.column(i)[0].as_py() or 0 for i in range(row.num_columns)],
+                              dtype=np.float64)
+            if values[0] == 0:  # no invalid value among the columns the query reads
+                return values[1:]
+        return super().partial(query, state, site=site)
+
+
+class DuckDBTable(SqlTable):
+    """A table, view or SELECT in a DuckDB database file, opened read-only."""
+
+    dialect = "duckdb"
+
+    def __init__(self, database: str | Path, relation: Relation, schema: Schema) -> None:
+        self.database = Path(database)
+        if not self.database.is_file():
+            raise SchemaError(f"cannot read {self.database}: no such DuckDB database")
+        super().__init__(relation, schema)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(str(self.database), read_only=True)
+
+    def _describe(self) -> dict[str, str]:
+        with self._connect() as connection:
+            found = connection.execute(self.sql(self.select(exp.Star()).limit(0)))
+            return {d[0]: str(d[1]) for d in found.description}
+
+    def _arrow(self, select: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        with self._connect() as connection:
+            reader = connection.sql(self.sql(select)).to_arrow_reader(chunk_rows)
+            yield from reader
+
+
+class PostgresTable(SqlTable):
+    """A table, view or SELECT on a PostgreSQL server (psycopg), read through a server-side
+    cursor so that no more than a chunk of rows is held at once. The DSN is a secret: it
+    is kept, never shown."""
+
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, relation: Relation, schema: Schema) -> None:
+        self._dsn = dsn
+        super().__init__(relation, schema)
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self._dsn, autocommit=False)
+
+    def _describe(self) -> dict[str, str]:
+        with self._connect() as connection, connection.cursor() as cursor:
+            cursor.execute(self.sql(self.select(exp.Star()).limit(0)))
+            return {d.name: _pg_type(connection, d.type_code) for d in cursor.description}
+
+    def _arrow(self, select: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        with self._connect() as connection, \
+                connection.cursor(name="pet_source") as cursor:
+            connection.read_only = True
+            cursor.execute(self.sql(select))
+            names = [d.name for d in cursor.description]
+            while rows := cursor.fetchmany(chunk_rows):
+                yield pa.RecordBatch.from_pandas(
+                    pd.DataFrame.from_records(rows, columns=names), preserve_index=False)
+
+
+def _pg_type(connection: psycopg.Connection, oid: int) -> str:
+    """PostgreSQL's name of a type (e.g. 'float8', 'text', 'bool')."""
+    info = connection.adapters.types.get(oid)
+    return info.name if info is not None else str(oid)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def open_source(spec: dict[str, Any], schema: Schema, *, secret: str | None = None) -> Table:
+    """A source from a site configuration's `data:` mapping (`source: duckdb` with a
+    `database`, or `source: postgres`), naming a `table` or giving `sql`; `secret` is
+    the PostgreSQL DSN, read by the caller from an environment variable or a file."""
+    relation = Relation(table=spec.get("table"), sql=spec.get("sql"))
+    kind = spec.get("source")
+    if kind == "duckdb":
+        return DuckDBTable(spec["database"], relation, schema)
+    if kind == "postgres":
+        if not secret:
+            raise SourceError("a postgres source needs its DSN (dsn_env or dsn_file)")
+        return PostgresTable(secret, relation, schema)
+    raise SourceError(f"unknown source {kind!r}; use duckdb or postgres")
