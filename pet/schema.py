@@ -149,7 +149,7 @@ class Boolean(Column):
         bad = ~np.isnan(encoded) & (encoded != 0) & (encoded != 1)
         if bad.any():
             row = int(np.argmax(bad))
-            raise SchemaError(f"value {encoded[row]!r} is not a boolean (true/false or 0/1)",
+            raise SchemaError(f"value {encoded[row].item()!r} is not a boolean (true/false or 0/1)",
                               column=self.name, row=first_row + row)
         return encoded
 
@@ -241,7 +241,7 @@ def _numeric(values: pd.Series, column: Column, first_row: int, *, integral: boo
         if bad.any():
             row = int(np.argmax(bad))
             raise SchemaError(
-                f"value {encoded[row]!r} is {side} bound {limit:g} "
+                f"value {encoded[row].item()!r} is {side} bound {limit:g} "
                 "(correct the value, or widen the bound in the study's schema)",
                 column=column.name, row=first_row + row, limit=limit,
             )
@@ -249,7 +249,7 @@ def _numeric(values: pd.Series, column: Column, first_row: int, *, integral: boo
         fractional = ~np.isnan(encoded) & (encoded != np.floor(encoded))
         if fractional.any():
             row = int(np.argmax(fractional))
-            raise SchemaError(f"value {encoded[row]!r} is not a whole number",
+            raise SchemaError(f"value {encoded[row].item()!r} is not a whole number",
                               column=column.name, row=first_row + row)
     return encoded
 

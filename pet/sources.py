@@ -144,6 +144,7 @@ class SqlTable(Table):
         """The query's partial vector: one aggregate on the engine where the query's local
         pass compiles to one (`pet.pushdown`) and every value it reads is valid; otherwise
         (or to name a bad value's row) pet's own pass over the streamed rows."""
+        query.validate(self.schema)  # a filter is checked before any SQL is built from it
         items = pushdown.compile(query, self.schema, state, self.types)
         if items is not None:
             named = (item.as_(f"v{i}", quoted=True) for i, item in enumerate(items))

@@ -7,6 +7,7 @@ with a message naming the file and the key.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from pet.errors import PetError
 from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.mpc.channel import TlsIdentity
 from pet.mpc.parties import DEFAULT_PORTS
+from pet.schema import Schema
+from pet.sources import open_source
 from pet.table import Table, open_table
 from pet.workloads import load, packaged_schema
 
@@ -77,9 +80,39 @@ class SiteConfig:
                 raise ConfigError(f"data.part {part!r} is not a part of workload "
                                   f"{data['workload']!r}; it has {sorted(workload.tables)}")
             return workload.tables[part]
+        if "source" in data and "schema" in data:
+            return open_source(data, _schema(data["schema"]), secret=_dsn(data))
         if "path" in data and "schema" in data:
-            return open_table(Path(data["path"]), packaged_schema(data["schema"]))
-        raise ConfigError("data needs {workload, sites, part} or {path, schema}")
+            return open_table(Path(data["path"]), _schema(data["schema"]))
+        raise ConfigError("data needs {workload, sites, part}, {path, schema} or "
+                          "{source, schema, ...}")
+
+
+def _schema(name: str) -> Schema:
+    """A schema file's path, or the name of a schema shipped with pet."""
+    path = Path(name)
+    return Schema.from_file(path) if path.suffix in {".yaml", ".yml"} else packaged_schema(name)
+
+
+def _dsn(data: dict[str, Any]) -> str | None:
+    """A database's connection string, from the environment variable `dsn_env` or the
+    file `dsn_file`: it may hold a password, so the configuration only says where it is."""
+    if "dsn" in data:
+        raise ConfigError("data.dsn: a connection string may hold a password; put it in an "
+                          "environment variable (dsn_env) or a file (dsn_file)")
+    if "dsn_env" in data:
+        value = os.environ.get(str(data["dsn_env"]))
+        if not value:
+            raise ConfigError(f"data.dsn_env: the environment variable {data['dsn_env']!r} "
+                              "is not set")
+        return value
+    if "dsn_file" in data:
+        try:
+            return Path(data["dsn_file"]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"data.dsn_file: cannot read {data['dsn_file']}: "
+                              f"{exc.strerror}") from None
+    return None
 
 
 @dataclass(frozen=True)
