@@ -1,0 +1,102 @@
+"""Sites whose configuration names a database: one on DuckDB, one on a real PostgreSQL
+server (its DSN in a file), one on a CSV file, answering through the real services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pet.client import Client
+from pet.queries import Histogram, Mean, Variance
+from pet.workloads import Workload
+from services.config import ConfigError, read_site
+from services.local import LocalFederation
+from tests import postgres
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory,
+               lung3: Workload) -> Iterator[LocalFederation]:
+    folder = tmp_path_factory.mktemp("sources")
+    parts = [table.to_frame() for table in lung3.tables.values()]
+    database = folder / "site-1.duckdb"
+    with duckdb.connect(str(database)) as connection:
+        connection.register("frame", parts[0])
+        connection.execute("CREATE VIEW IF NOT EXISTS unused AS SELECT 1")
+        connection.execute("CREATE TABLE patients AS SELECT * FROM frame")
+    parts[2].to_csv(folder / "site-3.csv", index=False)
+    with postgres.server() as dsn:
+        postgres.load(dsn, "lung_site_2", parts[1])
+        (folder / "dsn").write_text(dsn + "\n")
+        data = {
+            "site-1": {"source": "duckdb", "database": str(database), "table": "patients",
+                       "schema": "lung"},
+            "site-2": {"source": "postgres", "dsn_file": str(folder / "dsn"),
+                       "sql": "SELECT * FROM lung_site_2", "schema": "lung"},
+            "site-3": {"path": str(folder / "site-3.csv"), "schema": "lung"},
+        }
+        with LocalFederation(folder, data, site_options={"disclosure": {"min_cell": 1}}) \
+                as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def client(federation: LocalFederation) -> Iterator[Client]:
+    with federation.client() as connected:
+        yield connected
+
+
+@pytest.mark.parametrize("backend", ["plaintext", "he", "mpc"])
+def test_sites_on_three_engines_answer_as_the_pooled_rows(client: Client, lung3: Workload,
+                                                          backend: str) -> None:
+    pooled = lung3.pooled()
+    with client.study(backend) as study:
+        mean = study.run(Mean("age", where="sex == 'female'"))
+        variance = study.run(Variance("wt_loss"))
+        counts = study.run(Histogram("age", (18, 50, 60, 70, 100)))
+    women = pooled[pooled.sex == "female"]
+    for result, expected in ((mean, women.age.mean()), (variance, pooled.wt_loss.var())):
+        # exact, or within the CKKS / fixed-point error the backend states
+        assert abs(result.value - expected) <= result.error_bound + 1e-9 * expected
+    assert counts.value.tolist() == np.histogram(pooled.age, (18, 50, 60, 70, 100))[0].tolist()
+
+
+def site_config(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "listen": "127.0.0.1:1", "coordinator": "c",
+        "tls": {"cert": "c", "key": "k", "ca": "a"}, "data": data,
+        "ledger": str(tmp_path / "l"), "audit": str(tmp_path / "a")}))
+    return path
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"source": "postgres", "dsn": "host=127.0.0.1 password=x", "table": "t",
+      "schema": "lung"}, "may hold a password"),
+    ({"source": "postgres", "dsn_env": "PET_TEST_NO_SUCH_VARIABLE", "table": "t",
+      "schema": "lung"}, "is not set"),
+    ({"source": "postgres", "dsn_file": "/nonexistent/dsn", "table": "t", "schema": "lung"},
+     "cannot read /nonexistent/dsn"),
+])
+def test_a_dsn_comes_from_the_environment_or_a_file(tmp_path: Path, data: dict,
+                                                    message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        read_site(site_config(tmp_path, data)).table()
+
+
+def test_a_dsn_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    lung3: Workload) -> None:
+    frame = pd.concat([t.to_frame() for t in lung3.tables.values()], ignore_index=True)
+    with postgres.server() as dsn:
+        postgres.load(dsn, "patients", frame)
+        monkeypatch.setenv("PET_TEST_DSN", dsn)
+        table = read_site(site_config(tmp_path, {
+            "source": "postgres", "dsn_env": "PET_TEST_DSN", "table": "patients",
+            "schema": "lung"})).table()
+        assert table.n_rows == len(frame)
