@@ -1,17 +1,16 @@
 """A query's local pass as one aggregate a SQL engine runs where the rows live.
 
 A layout is a vector of sums and counts over the rows of a subgroup: exactly what a SQL
-engine computes best. `compile` turns the layout of a supported query into one SELECT list
-whose first item counts the invalid values among the columns the query reads and whose
-other items are the layout's elements, in order. The schema's encoding is written as SQL
-(a category becomes its code, a NaN becomes missing, numbers are checked against the
-public bounds), and so is the query's filter, from pet's parsed `Where`.
+engine computes best. `compile` turns the layout of a supported query into one SELECT
+whose single row holds a few validation aggregates and then the layout's elements, in
+order. The schema's encoding is written as SQL (a category becomes its code, a NaN becomes
+missing), and so is the query's filter, from pet's parsed `Where`; the validation checks
+every value the query reads against the public schema, as pet's reader does.
 
-Any row the SQL encoding does not accept counts as invalid; the source then runs pet's own
-reader instead, which either accepts the value (a form the SQL encoding does not know,
-such as a category padded with a tab) or refuses it with its column and row. A query, a
-column type or a constant that `compile` does not know gives None: pet's own pass then
-serves it.
+Where a check fails, the source runs pet's own reader instead, which either accepts the
+value (a form the SQL encoding does not know, such as a category padded with a tab) or
+refuses it with its column and row. A query, a column type or a constant that `compile`
+does not know gives None: pet's own pass then serves it.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from sqlglot import exp
 
 from pet.queries.base import Query, State, affine
@@ -44,73 +44,118 @@ class Unsupported(Exception):
 
 
 @dataclass(frozen=True)
-class Encoded:
-    """A column's value as pet encodes it (NULL for missing) and whether a row's raw value
-    is one the encoding refuses."""
+class Check:
+    """One validation aggregate: a row breaks the schema when its value lies beyond
+    `limit` on the side of `sign` (+1: above, -1: below); NULL (no row) breaks nothing."""
 
-    value: exp.Expression
-    invalid: exp.Expression
+    aggregate: exp.Expression
+    limit: float
+    sign: int
+
+    def broken(self, value: float | None) -> bool:
+        return value is not None and self.sign * (value - self.limit) > 0
 
 
-def compile(query: Query, schema: Schema, state: State,
-            types: Mapping[str, str]) -> tuple[exp.Expression, ...] | None:
-    """The SELECT list computing the query's partial vector (after an invalid-value
-    count), or None where the query, a column's engine type or a constant has no SQL form
-    here."""
+@dataclass(frozen=True)
+class Plan:
+    """One SELECT whose single row holds the checks' values, then the partial vector."""
+
+    select: exp.Select
+    checks: tuple[Check, ...]
+
+    def vector(self, row: list[float | None]) -> np.ndarray | None:
+        """The partial vector, or None when a check finds a value the SQL encoding refuses
+        (pet's own reader then names it, or reads a form this encoding does not know)."""
+        k = len(self.checks)
+        if any(check.broken(v) for check, v in zip(self.checks, row[:k], strict=True)):
+            return None
+        return np.array([0.0 if v is None else v for v in row[k:]], dtype=np.float64)
+
+
+def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str],
+            source: exp.Expression) -> Plan | None:
+    """The plan computing the query's partial vector on the engine; None where the
+    query, a column's engine type or a constant has no SQL form here.
+
+    The rows are encoded once, in an inner projection (used column i as `c{i}`, its raw
+    value as `r{i}`, its bin as `b{i}` where the query bins it); validation is a few
+    aggregates (bounds by MIN and MAX, missing and unmatched values by COUNT), and the
+    layout's elements aggregates with FILTER clauses."""
     sums = SUMS.get(type(query))
     if sums is None or query.clip or state is not None:
         return None
+    names = query.used_columns()
+    values = {c: exp.column(f"c{i}", quoted=True) for i, c in enumerate(names)}
+    edges = EDGES.get(type(query), lambda _: {})(query)
+    bins = {c: exp.column(f"b{names.index(c)}", quoted=True) for c in edges}
     try:
-        encoded = {c: encode(schema[c], types[c]) for c in query.used_columns()}
-        rows = _rows(query, schema, encoded)
-        return (_count(_any([e.invalid for e in encoded.values()])),
-                *_head(query, schema, encoded, rows), *sums(query, schema, encoded, rows))
+        encoded = [_encode(schema[c], exp.column(c, quoted=True), types[c]) for c in names]
+        checks = [check for i, c in enumerate(names)
+                  for check in _checks(schema[c], types[c], values[c],
+                                       exp.column(f"r{i}", quoted=True))]
+        rows = _rows(query, schema, values)
+        aggregates = [*_head(query, schema, values, rows),
+                      *sums(query, schema, values | bins, rows)]
+        indexes = [_bin_index(encoded[names.index(c)], e).as_(bins[c].name, quoted=True)
+                   for c, e in edges.items()]
     except Unsupported:
         return None
+    inner = exp.select(*(v.as_(f"c{i}", quoted=True) for i, v in enumerate(encoded)),
+                       *(exp.column(c, quoted=True).as_(f"r{i}", quoted=True)
+                         for i, c in enumerate(names)), *indexes,
+                       _number(1.0).as_("pet_row", quoted=True)).from_(source)
+    items = [*(c.aggregate for c in checks), *aggregates]
+    select = exp.select(*(a.as_(f"v{i}", quoted=True) for i, a in enumerate(items))
+                        ).from_(inner.subquery("pet_rows"))
+    return Plan(select, tuple(checks))
 
 
-def encode(column: Column, engine_type: str) -> Encoded:
-    """A column's encoding in SQL, for a raw column of the engine's type."""
-    raw = exp.column(column.name, quoted=True)
-    kind = engine_type.upper().split("(")[0].strip()
+def _encode(column: Column, raw: exp.Expression, engine_type: str) -> exp.Expression:
+    """A column's value as pet encodes it (NULL for missing), from a raw column of the
+    engine's type."""
+    kind = _kind(engine_type)
     if isinstance(column, Categorical):
-        value = _categorical(column, raw, kind)
-        invalid = exp.and_(raw.is_(exp.null()).not_(), value.is_(exp.null()))
-    elif isinstance(column, Boolean) and kind in BOOLEAN:
-        value = exp.Case(ifs=[exp.If(this=raw.copy(), true=_number(1.0)),
-                              exp.If(this=exp.not_(raw.copy()), true=_number(0.0))])
-        invalid = exp.false()
-    elif kind in NUMERIC:
-        value = _double(raw, nan=kind not in EXACT)
-        invalid = _outside(column, value)
-    else:
-        raise Unsupported(f"column {column.name!r} of type {engine_type}")
+        return _categorical(column, raw, kind)
+    if isinstance(column, Boolean) and kind in BOOLEAN:
+        return exp.Case(ifs=[exp.If(this=raw.copy(), true=_number(1.0)),
+                             exp.If(this=exp.not_(raw.copy()), true=_number(0.0))])
+    if kind in NUMERIC:
+        value = exp.cast(raw.copy(), exp.DataType.Type.DOUBLE)
+        if kind in EXACT:
+            return value
+        # NaN, which pet reads as missing, becomes NULL.
+        return exp.Nullif(this=value, expression=exp.cast(exp.Literal.string("NaN"),
+                                                          exp.DataType.Type.DOUBLE))
+    raise Unsupported(f"column {column.name!r} of type {engine_type}")
+
+
+def _kind(engine_type: str) -> str:
+    return engine_type.upper().split("(")[0].strip()
+
+
+def _checks(column: Column, engine_type: str, value: exp.Expression,
+            raw: exp.Expression) -> list[Check]:
+    """The aggregates that find a value pet's reader would refuse: a missing value where
+    none may be, an unknown category, a number beyond the bounds or not whole."""
+    kind, checks = _kind(engine_type), []
     if not column.nullable:
-        invalid = exp.or_(invalid, value.copy().is_(exp.null()))
-    return Encoded(value, exp.paren(invalid))
+        checks.append(Check(_missing(exp.Count(this=exp.Star()), value), 0.0, 1))
+    elif isinstance(column, Categorical):
+        checks.append(Check(_missing(exp.Count(this=raw.copy()), value), 0.0, 1))
+    if isinstance(column, Categorical) or kind in BOOLEAN:
+        return checks
+    lower, upper = column.bounds()
+    checks += [Check(exp.Min(this=value.copy()), lower, -1),
+               Check(exp.Max(this=value.copy()), upper, 1)]
+    if (column.kind == "integer" or isinstance(column, Boolean)) and kind not in EXACT:
+        fractional = exp.NEQ(this=value.copy(), expression=exp.Floor(this=value.copy()))
+        checks.append(Check(_count(fractional), 0.0, 1))
+    return checks
 
 
-def _double(raw: exp.Expression, *, nan: bool) -> exp.Expression:
-    value = exp.cast(raw.copy(), exp.DataType.Type.DOUBLE)
-    if not nan:
-        return value
-    is_nan = exp.EQ(this=value.copy(), expression=exp.cast(exp.Literal.string("NaN"),
-                                                           exp.DataType.Type.DOUBLE))
-    return exp.Case(ifs=[exp.If(this=is_nan, true=exp.null())], default=value)
-
-
-def _outside(column: Column, value: exp.Expression) -> exp.Expression:
-    """Whether a present value breaks the column's bounds (or is not whole, or not 0/1)."""
-    if isinstance(column, Boolean):
-        broken: exp.Expression = exp.not_(value.copy().isin(_number(0.0), _number(1.0)))
-    else:
-        lower, upper = column.bounds()
-        broken = exp.or_(exp.LT(this=value.copy(), expression=_number(lower)),
-                         exp.GT(this=value.copy(), expression=_number(upper)))
-        if column.kind == "integer":
-            broken = exp.or_(broken, exp.NEQ(this=value.copy(),
-                                             expression=exp.Floor(this=value.copy())))
-    return exp.and_(value.copy().is_(exp.null()).not_(), exp.paren(broken))
+def _missing(rows: exp.Expression, value: exp.Expression) -> exp.Expression:
+    """How many of `rows` have no encoded value."""
+    return exp.Sub(this=rows, expression=exp.Count(this=value.copy()))
 
 
 def _categorical(column: Categorical, raw: exp.Expression, kind: str) -> exp.Expression:
@@ -142,38 +187,38 @@ def _number(value: float) -> exp.Expression:
 class Rows:
     """The row conditions every layout's head is counted over (as `Query._chunk_parts`)."""
 
-    complete: exp.Expression
-    candidates: exp.Expression
+    complete: exp.Expression | None
+    """Complete rows of the subgroup (None: every row)."""
+    candidates: exp.Expression | None
+    """Rows in the subgroup or whose filter columns are missing (None: every row)."""
 
 
-def _rows(query: Query, schema: Schema, encoded: Mapping[str, Encoded]) -> Rows:
-    present = {c: e.value.copy().is_(exp.null()).not_() for c, e in encoded.items()}
+def _rows(query: Query, schema: Schema, values: Mapping[str, exp.Expression]) -> Rows:
+    present = {c: v.copy().is_(exp.null()).not_() for c, v in values.items()}
     used = () if query.keeps_missing else query.inputs()
     if isinstance(query.where, Where):
-        known = _all([present[c].copy() for c in query.where.columns])
-        in_group = exp.and_(known, exp.paren(query.where.sql(
-            schema, {c: encoded[c].value for c in query.where.columns}, _number)))
+        known = exp.and_(*(present[c].copy() for c in query.where.columns))
+        in_group = exp.and_(known, exp.paren(query.where.sql(schema, values, _number)))
         candidates: exp.Expression = exp.or_(exp.paren(in_group.copy()),
                                              exp.not_(exp.paren(known.copy())))
     else:
-        in_group, candidates = exp.true(), exp.true()
+        return Rows(_all([present[c].copy() for c in used]), None)
     return Rows(_all([in_group, *(present[c].copy() for c in used)]), candidates)
 
 
-def _head(query: Query, schema: Schema, encoded: Mapping[str, Encoded],
+def _head(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
           rows: Rows) -> list[exp.Expression]:
     """`n` and the `missing` counts."""
-    missing = [_count(exp.and_(encoded[c].value.copy().is_(exp.null()),
-                               exp.paren(rows.candidates.copy())))
+    missing = [_count(_all([values[c].copy().is_(exp.null()), *_given(rows.candidates)]))
                for c in query.missing_columns(schema)]
     return [_count(rows.complete), *missing]
 
 
-def _moments(query: Query, schema: Schema, encoded: Mapping[str, Encoded],
+def _moments(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
              rows: Rows) -> list[exp.Expression]:
     assert isinstance(query, Moments)
     center, half = affine(query.bounded(schema)[query.column])
-    scaled = exp.Div(this=exp.paren(exp.Sub(this=encoded[query.column].value.copy(),
+    scaled = exp.Div(this=exp.paren(exp.Sub(this=values[query.column].copy(),
                                             expression=_number(center))),
                      expression=_number(half))
     total = _sum(rows.complete, scaled)
@@ -182,43 +227,62 @@ def _moments(query: Query, schema: Schema, encoded: Mapping[str, Encoded],
     return [total, _sum(rows.complete, exp.Mul(this=scaled.copy(), expression=scaled.copy()))]
 
 
-def _histogram(query: Query, schema: Schema, encoded: Mapping[str, Encoded],
+def _bin_index(value: exp.Expression, edges: tuple[float, ...]) -> exp.Expression:
+    """The bin of a value among [e0, e1), …, [e_{k-1}, e_k], values below e0 in the first
+    and above e_k in the last, as `bin_index` places them: how many inner edges it
+    reaches (comparisons are exact, where arithmetic on the edges could round)."""
+    index: exp.Expression = _number(0.0)
+    for edge in edges[1:-1]:
+        reached = exp.Case(ifs=[exp.If(this=exp.GTE(this=value.copy(), expression=_number(edge)),
+                                       true=_number(1.0))], default=_number(0.0))
+        index = exp.Add(this=index, expression=reached)
+    return index
+
+
+def _histogram(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
                rows: Rows) -> list[exp.Expression]:
-    """Bins [e0, e1), …, [e_{k-1}, e_k], values below e0 in the first and above e_k in the
-    last, as `bin_index` places them."""
+    """The count of complete rows in each bin (`values` maps the binned column to its bin
+    index's column)."""
     assert isinstance(query, Histogram)
-    value, edges = encoded[query.column].value, query.edges
-    inner = [_number(e) for e in edges[1:-1]]
-    bins = []
-    for i in range(len(edges) - 1):
-        parts = []
-        if i > 0:
-            parts.append(exp.GTE(this=value.copy(), expression=inner[i - 1].copy()))
-        if i < len(edges) - 2:
-            parts.append(exp.LT(this=value.copy(), expression=inner[i].copy()))
-        bins.append(_count(_all([rows.complete.copy(), *parts])))
-    return bins
+    return [_count(_all([*_given(rows.complete), exp.EQ(
+        this=values[query.column].copy(), expression=_number(float(i)))]))
+        for i in range(len(query.edges) - 1)]
 
 
-def _count(condition: exp.Expression) -> exp.Expression:
-    return exp.Count(this=exp.Case(ifs=[exp.If(this=condition.copy(), true=_number(1.0))]))
+def _given(condition: exp.Expression | None) -> list[exp.Expression]:
+    return [] if condition is None else [condition.copy()]
 
 
-def _sum(condition: exp.Expression, value: exp.Expression) -> exp.Expression:
-    return exp.Sum(this=exp.Case(ifs=[exp.If(this=condition.copy(), true=value)]))
+def _count(condition: exp.Expression | None) -> exp.Expression:
+    """COUNT(*) of the rows where `condition` holds (every row for None)."""
+    count = exp.Count(this=exp.Star())
+    return count if condition is None else _filtered(count, condition)
 
 
-def _all(conditions: list[exp.Expression]) -> exp.Expression:
-    return exp.and_(*conditions) if conditions else exp.true()
+def _sum(condition: exp.Expression | None, value: exp.Expression) -> exp.Expression:
+    """SUM(value) over the rows where `condition` holds; 0 where none does."""
+    total = exp.Sum(this=value)
+    return exp.Coalesce(this=total if condition is None else _filtered(total, condition),
+                        expressions=[_number(0.0)])
 
 
-def _any(conditions: list[exp.Expression]) -> exp.Expression:
-    return exp.or_(*conditions) if conditions else exp.false()
+def _filtered(aggregate: exp.Expression, condition: exp.Expression) -> exp.Expression:
+    return exp.Filter(this=aggregate, expression=exp.Where(this=condition.copy()))
 
 
-SUMS: dict[type, Callable[[Query, Schema, Mapping[str, Encoded], Rows], list[exp.Expression]]] = {
+def _all(conditions: list[exp.Expression]) -> exp.Expression | None:
+    return exp.and_(*conditions) if conditions else None
+
+
+SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Rows],
+                          list[exp.Expression]]] = {
     Count: lambda query, schema, encoded, rows: [],
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Histogram: _histogram,
 }
 """The queries whose local pass compiles, by exact type (a subclass may change its sums)."""
+EDGES: dict[type, Callable[[Query], dict[str, tuple[float, ...]]]] = {
+    Histogram: lambda query: {query.column: query.edges},  # type: ignore[attr-defined]
+}
+"""Per query type, the columns it bins and their edges (their bin index is computed once
+per row, in the inner projection)."""

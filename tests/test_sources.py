@@ -89,7 +89,7 @@ def same(a: np.ndarray, b: np.ndarray) -> None:
 @pytest.mark.parametrize("query", PUSHED, ids=Query.describe)
 def test_the_engine_computes_pets_partial(engine: SqlTable, lung_frame: pd.DataFrame,
                                           lung3: Workload, query: Query) -> None:
-    assert pushdown.compile(query, lung3.schema, None, engine.types) is not None
+    assert pushdown.compile(query, lung3.schema, None, engine.types, engine._from) is not None
     expected = FrameTable(lung_frame, lung3.schema).partial(query)
     same(engine.partial(query), expected)
 
@@ -97,7 +97,7 @@ def test_the_engine_computes_pets_partial(engine: SqlTable, lung_frame: pd.DataF
 @pytest.mark.parametrize("query", STREAMED, ids=Query.describe)
 def test_other_queries_run_on_the_streamed_rows(engine: SqlTable, lung_frame: pd.DataFrame,
                                                 lung3: Workload, query: Query) -> None:
-    assert pushdown.compile(query, lung3.schema, None, engine.types) is None
+    assert pushdown.compile(query, lung3.schema, None, engine.types, engine._from) is None
     expected = FrameTable(lung_frame, lung3.schema).partial(query)
     same(engine.partial(query), expected)
 
@@ -163,7 +163,7 @@ def test_categories_with_quotes_are_literals(tmp_path: Path) -> None:
                           "age": [30, 40, None, 50]})
     table = duck_table(tmp_path, frame, schema_with_quotes())
     query = Mean("age", where="ward == \"O'Neil\"")
-    assert pushdown.compile(query, table.schema, None, table.types) is not None
+    assert pushdown.compile(query, table.schema, None, table.types, table._from) is not None
     same(table.partial(query), FrameTable(frame, table.schema).partial(query))
 
 
