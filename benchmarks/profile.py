@@ -21,6 +21,9 @@ GENERATED = frozenset({"cohort"})
 
 
 TRANSPORTS = ("in-process", "services")
+ENGINES = ("pet", "duckdb")
+"""What runs a site's local pass: pet's own pass over its Parquet file, or DuckDB reading
+the same file in place (`pet.sources`)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Cell:
     transport: str = "in-process"
     """How the study reaches its sites: in-process objects, or the gRPC services (a
     coordinator and one site server per site, each its own process, on loopback)."""
+    engine: str = "pet"
+    """What runs each site's local pass (`ENGINES`)."""
 
     @property
     def key(self) -> str:
@@ -45,15 +50,17 @@ class Cell:
         parts = (self.workload, self.query, self.backend, self.sites, self.rows_per_site,
                  self.epsilon)
         suffix = "" if self.transport == "in-process" else f"/{self.transport}"
-        return "/".join(str(v) for v in parts) + suffix
+        engine = "" if self.engine == "pet" else f"@{self.engine}"
+        return "/".join(str(v) for v in parts) + suffix + engine
 
     def label(self) -> str:
         """Short text for the progress bar."""
         rows = f" rows={self.rows_per_site:,}" if self.rows_per_site else ""
         eps = f" ε={self.epsilon:g}" if self.epsilon is not None else ""
         via = "" if self.transport == "in-process" else f" via {self.transport}"
+        on = "" if self.engine == "pet" else f" on {self.engine}"
         return (f"{self.workload}/{self.query}/{self.backend} sites={self.sites}{rows}{eps}"
-                f"{via}")
+                f"{via}{on}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Matrix:
     repeats: int = 5
     warmup: int = 1
     transports: tuple[str, ...] = ("in-process",)
+    engines: tuple[str, ...] = ("pet",)
 
     def __post_init__(self) -> None:
         for name in self.workloads:
@@ -90,6 +98,15 @@ class Matrix:
             if transport not in TRANSPORTS:
                 raise PetError(f"profile: unknown transport {transport!r}; choose from "
                                f"{list(TRANSPORTS)}")
+        for engine in self.engines:
+            if engine not in ENGINES:
+                raise PetError(f"profile: unknown engine {engine!r}; choose from "
+                               f"{list(ENGINES)}")
+        if set(self.engines) != {"pet"} and (
+                set(self.transports) != {"in-process"}
+                or not set(self.workloads) <= GENERATED):
+            raise PetError("profile: an engine other than pet reads the generated workloads' "
+                           "files, in-process")
         if self.repeats < 1 or self.warmup < 0:
             raise PetError("profile: repeats must be >= 1 and warmup >= 0")
 
@@ -102,10 +119,10 @@ class Matrix:
                 continue
             rows = self.rows_per_site if workload in GENERATED else (None,)
             dp = backend_class(backend).differentially_private
-            for n, eps, via in itertools.product(rows, self.epsilons if dp else (None,),
-                                                 self.transports):
+            for n, eps, via, engine in itertools.product(
+                    rows, self.epsilons if dp else (None,), self.transports, self.engines):
                 out.append(Cell(workload, query, backend, sites, n, eps, self.repeats,
-                                self.warmup, via))
+                                self.warmup, via, engine))
         return out
 
 

@@ -565,6 +565,7 @@ def markdown_summary(frame: pd.DataFrame, machine: Mapping[str, str]) -> str:
         lines += [_table_row(cell) for _, cell in cells.iterrows()]
         lines.append("")
     lines += service_overhead(frame[ok_mask])
+    lines += engine_floor(frame[ok_mask])
     failed = by_transport(frame)[~ok_mask]
     if not failed.empty:
         lines += ["## Failed cells", ""]
@@ -575,13 +576,35 @@ def markdown_summary(frame: pd.DataFrame, machine: Mapping[str, str]) -> str:
 
 
 def by_transport(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with cells measured through the services named as their own backend
-    ("he via services"), so figures and tables show them beside in-process cells."""
-    if "transport" not in frame:
-        return frame
-    services = frame["transport"].astype(str) == "services"
-    return frame.assign(backend=frame["backend"].astype(str).where(
-        ~services, frame["backend"].astype(str) + " via services"))
+    """The frame with cells measured through the services, or with the local pass on
+    another engine, named as their own backend ("he via services", "plaintext on
+    duckdb"), so figures and tables show them beside the others."""
+    backend = frame["backend"].astype(str)
+    if "transport" in frame:
+        services = frame["transport"].astype(str) == "services"
+        backend = backend.where(~services, backend + " via services")
+    if "engine" in frame:
+        engine = frame["engine"].fillna("pet").astype(str)
+        backend = backend.where(engine == "pet", backend + " on " + engine)
+    return frame.assign(backend=backend)
+
+
+def engine_floor(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines: per query and size, each engine's local pass (one site's, median)
+    against the bare scan of the same columns; nothing unless a cell ran on an engine
+    other than pet's own pass."""
+    if "engine" not in frame or set(frame["engine"].fillna("pet")) <= {"pet"}:
+        return []
+    cells = frame[frame["scan_s"].notna() & frame["local_s"].notna()]
+    lines = ["## Local pass against the bare scan, by engine", "",
+             "| query | rows/site | engine | local pass | bare scan | local ÷ scan |",
+             "|---|---:|---|---:|---:|---:|"]
+    for _, cell in cells.sort_values(["query", "rows_per_site", "engine"]).iterrows():
+        ratio = cell["local_s"] / cell["scan_s"] / max(cell["rounds"], 1)
+        lines.append(f"| {_cell_text(cell['query'])} | {_integer(cell['rows_per_site'])} "
+                     f"| {_cell_text(cell['engine'])} | {human_seconds(cell['local_s'])} "
+                     f"| {human_seconds(cell['scan_s'])} | {ratio:.2f}× |")
+    return [*lines, ""]
 
 
 def service_overhead(frame: pd.DataFrame) -> list[str]:

@@ -123,6 +123,10 @@ def test_cells_that_fail_are_recorded_with_their_reason(tmp_path) -> None:
         ({"workloads": ["cohort"], "rows_per_site": []}, "needs rows_per_site"),
         ({"sites": [0]}, "sites must be positive"),
         ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
+        ({"engines": ["sqlite"]}, "unknown engine 'sqlite'"),
+        ({"engines": ["duckdb"]}, "reads the generated workloads' files"),
+        ({"workloads": ["cohort"], "rows_per_site": [100], "engines": ["duckdb"],
+          "transports": ["services"]}, "reads the generated workloads' files, in-process"),
     ],
 )
 def test_bad_profiles_are_refused_with_a_reason(change: dict, words: str) -> None:
@@ -137,3 +141,19 @@ def test_shipped_profiles_load_and_full_reaches_ten_million_rows_at_eight_sites(
     full = Profile.load("full").cells()
     assert any(c.sites == 8 and c.rows_per_site == 10_000_000 for c in full)
     assert {c.workload for c in full} == {"lung", "breast_cancer", "diabetes", "cohort"}
+
+
+def test_a_duckdb_cell_runs_the_same_query_on_the_same_file(tmp_path) -> None:
+    """The engines dimension: each query once on pet's own pass and once on DuckDB over
+    the same Parquet file, in as many rounds, each compared with the one bare scan."""
+    spec = {**TINY, "matrices": [{"workloads": ["cohort"], "queries": ["mean", "logistic"],
+                                  "sites": [1], "rows_per_site": [2000],
+                                  "engines": ["pet", "duckdb"]}]}
+    frame = run_tiny(tmp_path / "out", tmp_path / "data", spec)
+    assert frame.status.tolist() == ["ok"] * 4
+    assert sorted(frame.engine) == ["duckdb", "duckdb", "pet", "pet"]
+    for _, pair in frame.groupby("query"):
+        assert pair.scan_s.notna().all() and (pair.local_s > 0).all()
+        assert pair.rounds.nunique() == 1
+    assert "## Local pass against the bare scan, by engine" in (
+        tmp_path / "out" / "summary.md").read_text()
