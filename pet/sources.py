@@ -30,6 +30,7 @@ from sqlglot import exp
 
 from pet import pushdown
 from pet.errors import PetError, SchemaError
+from pet.omop import CohortDefinition
 from pet.queries.base import Query, State
 from pet.schema import Schema
 from pet.table import CHUNK_ROWS, Chunk, Table
@@ -243,19 +244,32 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def open_source(spec: dict[str, Any], schema: Schema, *, secret: str | None = None) -> Table:
-    """A source from a site configuration's `data:` mapping (`source: duckdb` with a
-    `database` or a `parquet` file, or `source: postgres`), naming a `table` or giving
-    `sql`; `secret` is
-    the PostgreSQL DSN, read by the caller from an environment variable or a file."""
+def open_source(spec: dict[str, Any], schema: Schema | None, *,
+                secret: str | None = None) -> Table:
+    """A source from a site configuration's `data:` mapping: `source: duckdb` (with a
+    `database` or a `parquet` file) or `source: postgres`, naming a `table` or giving
+    `sql`; or `source: omop` with an `engine` (duckdb or postgres) and a `cohort`
+    definition file, whose schema the definition gives. `secret` is the PostgreSQL DSN,
+    read by the caller from an environment variable or a file."""
+    kind = spec.get("source")
+    if kind == "omop":
+        definition = CohortDefinition.from_file(spec["cohort"])
+        engine = spec.get("engine", "duckdb")
+        dialect = {"duckdb": DuckDBTable.dialect, "postgres": PostgresTable.dialect}.get(engine)
+        if dialect is None:
+            raise SourceError(f"unknown omop engine {engine!r}; use duckdb or postgres")
+        return open_source({"source": engine, "database": spec.get("database"),
+                            "sql": definition.sql(dialect)}, definition.schema(),
+                           secret=secret)
+    if schema is None:
+        raise SourceError(f"a {kind} source needs the study's schema")
     parquet = spec.get("parquet")
     relation = Relation(table=spec.get("table"), sql=spec.get("sql"),
                         parquet=None if parquet is None else Path(parquet))
-    kind = spec.get("source")
     if kind == "duckdb":
         return DuckDBTable(spec.get("database"), relation, schema)
     if kind == "postgres":
         if not secret:
             raise SourceError("a postgres source needs its DSN (dsn_env or dsn_file)")
         return PostgresTable(secret, relation, schema)
-    raise SourceError(f"unknown source {kind!r}; use duckdb or postgres")
+    raise SourceError(f"unknown source {kind!r}; use duckdb, postgres or omop")

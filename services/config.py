@@ -80,8 +80,9 @@ class SiteConfig:
                 raise ConfigError(f"data.part {part!r} is not a part of workload "
                                   f"{data['workload']!r}; it has {sorted(workload.tables)}")
             return workload.tables[part]
-        if "source" in data and "schema" in data:
-            return open_source(data, _schema(data["schema"]), secret=_dsn(data))
+        if "source" in data:
+            schema = _schema(data["schema"]) if "schema" in data else None
+            return open_source(data, schema, secret=_dsn(data))
         if "path" in data and "schema" in data:
             return open_table(Path(data["path"]), _schema(data["schema"]))
         raise ConfigError("data needs {workload, sites, part}, {path, schema} or "
