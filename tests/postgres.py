@@ -72,7 +72,8 @@ def _running(data: Path) -> Iterator[str]:
                                    "stop"]), capture_output=True)
 
 
-PG_TYPES = {"b": "boolean", "i": "bigint", "f": "double precision", "O": "text"}
+PG_TYPES = {"b": "boolean", "i": "bigint", "f": "double precision", "O": "text",
+            "M": "date"}
 
 
 def load(dsn: str, name: str, frame: pd.DataFrame) -> None:
