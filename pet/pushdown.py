@@ -28,14 +28,12 @@ from pet.queries.tables import Histogram
 from pet.schema import Boolean, Categorical, Column, Schema, cell_text
 from pet.where import Where
 
-NUMERIC = ("DOUBLE", "FLOAT", "REAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT",
-           "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT", "DECIMAL", "NUMERIC",
-           "FLOAT8", "FLOAT4", "INT2", "INT4", "INT8")
-"""Engine column types (DuckDB's and PostgreSQL's names) read as numbers."""
-EXACT = ("INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER",
+EXACT = ("INTEGER", "INT", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER",
          "USMALLINT", "UTINYINT", "INT2", "INT4", "INT8", "DECIMAL", "NUMERIC")
-"""Numeric types that hold no NaN."""
-TEXT = ("VARCHAR", "TEXT", "BPCHAR", "CHAR")
+"""Numeric engine types (DuckDB's, PostgreSQL's and Spark's names) that hold no NaN."""
+NUMERIC = ("DOUBLE", "FLOAT", "REAL", "FLOAT8", "FLOAT4", *EXACT)
+"""Engine column types read as numbers."""
+TEXT = ("VARCHAR", "TEXT", "BPCHAR", "CHAR", "STRING")
 BOOLEAN = ("BOOLEAN", "BOOL")
 
 

@@ -44,7 +44,7 @@ class SourceError(PetError):
 @dataclass(frozen=True)
 class Relation:
     """What a source reads: a table or view by name (`schema.table` allowed), the site's
-    own SELECT statement, or (on DuckDB) a Parquet file."""
+    own SELECT statement, or (on DuckDB and Spark) a Parquet file."""
 
     table: str | None = None
     sql: str | None = None
@@ -56,7 +56,11 @@ class Relation:
 
     def expression(self, dialect: str) -> exp.Expression:
         """The relation as a FROM item: a quoted table name, the SELECT as a subquery, or
-        the Parquet file read by DuckDB's reader (its path a string literal)."""
+        the Parquet file read in place (its path a string literal, or Spark's quoted
+        `parquet.`path`` name)."""
+        if self.parquet is not None and dialect == "spark":
+            return exp.Table(this=exp.to_identifier(str(self.parquet), quoted=True),
+                             db=exp.to_identifier("parquet"))
         if self.parquet is not None:
             return exp.Table(this=exp.Anonymous(this="read_parquet", expressions=[
                 exp.Literal.string(str(self.parquet))]))
@@ -99,10 +103,14 @@ class SqlTable(Table):
     def _describe(self) -> dict[str, str]:
         """The relation's columns and the engine's name of each one's type."""
 
+    def errors(self) -> tuple[type[Exception], ...]:
+        """The engine's own errors: reported as the source's, in one line."""
+        return duckdb.Error, psycopg.Error
+
     def _column_types(self) -> dict[str, str]:
         try:
             return self._describe()
-        except (duckdb.Error, psycopg.Error) as exc:
+        except self.errors() as exc:
             raise SourceError(f"cannot read {self.describe()}: {_first_line(exc)}") from None
 
     def describe(self) -> str:
@@ -132,7 +140,7 @@ class SqlTable(Table):
     def _run(self, statement: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         try:
             yield from self._arrow(statement, chunk_rows)
-        except (duckdb.Error, psycopg.Error) as exc:
+        except self.errors() as exc:
             raise SourceError(f"{self.describe()} failed: {_first_line(exc)}") from None
 
     @property
@@ -234,6 +242,54 @@ class PostgresTable(SqlTable):
                     pd.DataFrame.from_records(rows, columns=names), preserve_index=False)
 
 
+class SparkTable(SqlTable):
+    """A table, view or SELECT of a Spark session's catalog, or a Parquet file Spark reads,
+    on `master` (`local[*]` on one machine, a cluster's URL where a site outgrows one).
+
+    A query that compiles runs on the cluster, and one row comes back. Any other query's
+    columns are collected to this process as Arrow (memory grows with rows × columns
+    read), then streamed through pet's reader as every source's are."""
+
+    dialect = "spark"
+
+    def __init__(self, master: str, relation: Relation, schema: Schema) -> None:
+        self.master = master
+        super().__init__(relation, schema)
+
+    def errors(self) -> tuple[type[Exception], ...]:
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+
+        return PySparkException, Py4JError
+
+    def _describe(self) -> dict[str, str]:
+        return dict(spark_session(self.master).sql(self.sql(self.select(exp.Star()).limit(0)))
+                    .dtypes)
+
+    def _arrow(self, select: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        yield from spark_session(self.master).sql(self.sql(select)).toArrow().to_batches(
+            chunk_rows)
+
+
+def spark_session(master: str) -> Any:
+    """The process's Spark session on `master` (Spark keeps one per process), its driver
+    and UI bound to loopback and its UI off."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        if active.sparkContext.master != master:
+            raise SourceError(f"this process's Spark session runs on "
+                              f"{active.sparkContext.master}, not {master}")
+        return active
+    return (SparkSession.builder.master(master).appName("pet-site")
+            .config("spark.ui.enabled", "false")
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.sql.shuffle.partitions", "4")
+            .getOrCreate())
+
+
 def _pg_type(connection: psycopg.Connection, oid: int) -> str:
     """PostgreSQL's name of a type (e.g. 'float8', 'text', 'bool')."""
     info = connection.adapters.types.get(oid)
@@ -272,4 +328,6 @@ def open_source(spec: dict[str, Any], schema: Schema | None, *,
         if not secret:
             raise SourceError("a postgres source needs its DSN (dsn_env or dsn_file)")
         return PostgresTable(secret, relation, schema)
-    raise SourceError(f"unknown source {kind!r}; use duckdb, postgres or omop")
+    if kind == "spark":
+        return SparkTable(str(spec.get("master", "local[*]")), relation, schema)
+    raise SourceError(f"unknown source {kind!r}; use duckdb, postgres, spark or omop")

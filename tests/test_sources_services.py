@@ -1,5 +1,6 @@
-"""Sites whose configuration names a database: one on DuckDB, one on a real PostgreSQL
-server (its DSN in a file), one on a CSV file, answering through the real services."""
+"""Sites whose configuration names an engine: one on DuckDB, one on a real PostgreSQL
+server (its DSN in a file), one on a local Spark session, answering through the real
+services."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory,
         connection.register("frame", parts[0])
         connection.execute("CREATE VIEW IF NOT EXISTS unused AS SELECT 1")
         connection.execute("CREATE TABLE patients AS SELECT * FROM frame")
-    parts[2].to_csv(folder / "site-3.csv", index=False)
+    parts[2].to_parquet(folder / "site-3.parquet")
     with postgres.server() as dsn:
         postgres.load(dsn, "lung_site_2", parts[1])
         (folder / "dsn").write_text(dsn + "\n")
@@ -39,7 +40,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory,
                        "schema": "lung"},
             "site-2": {"source": "postgres", "dsn_file": str(folder / "dsn"),
                        "sql": "SELECT * FROM lung_site_2", "schema": "lung"},
-            "site-3": {"path": str(folder / "site-3.csv"), "schema": "lung"},
+            "site-3": {"source": "spark", "master": "local[1]",
+                       "parquet": str(folder / "site-3.parquet"), "schema": "lung"},
         }
         with LocalFederation(folder, data, site_options={"disclosure": {"min_cell": 1}}) \
                 as running:

@@ -1,0 +1,83 @@
+"""A source on a real local Spark session (Java 17): every query equals pet's own pass
+on the same rows, whether Spark computes it or streams the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pet import pushdown
+from pet.errors import SchemaError
+from pet.queries import Mean
+from pet.queries.base import Query
+from pet.sources import Relation, SourceError, SparkTable, spark_session
+from pet.table import FrameTable
+from pet.workloads import Workload
+from tests.test_sources import PUSHED, STREAMED, same
+
+MASTER = "local[1]"
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[object]:
+    session = spark_session(MASTER)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def lung_frame(lung3: Workload) -> pd.DataFrame:
+    return lung3.pooled()
+
+
+@pytest.fixture(scope="module")
+def on_file(spark: object, tmp_path_factory: pytest.TempPathFactory,
+            lung_frame: pd.DataFrame, lung3: Workload) -> SparkTable:
+    path = tmp_path_factory.mktemp("spark") / "lung.parquet"
+    lung_frame.to_parquet(path)
+    return SparkTable(MASTER, Relation(parquet=path), lung3.schema)
+
+
+@pytest.mark.parametrize("query", PUSHED, ids=Query.describe)
+def test_spark_computes_pets_partial(on_file: SparkTable, lung_frame: pd.DataFrame,
+                                     lung3: Workload, query: Query) -> None:
+    assert pushdown.compile(query, lung3.schema, None, on_file.types, on_file._from) \
+        is not None
+    same(on_file.partial(query), FrameTable(lung_frame, lung3.schema).partial(query))
+
+
+@pytest.mark.parametrize("query", STREAMED, ids=Query.describe)
+def test_other_queries_run_on_the_rows_spark_streams(on_file: SparkTable,
+                                                     lung_frame: pd.DataFrame,
+                                                     lung3: Workload, query: Query) -> None:
+    same(on_file.partial(query), FrameTable(lung_frame, lung3.schema).partial(query))
+
+
+def test_a_view_and_the_sites_own_select(spark, on_file: SparkTable, lung3: Workload,
+                                         lung_frame: pd.DataFrame) -> None:
+    spark.createDataFrame(lung_frame).createOrReplaceTempView("patients")
+    view = SparkTable(MASTER, Relation("patients"), lung3.schema)
+    assert view.n_rows == len(lung_frame)
+    older = SparkTable(MASTER, Relation(sql="SELECT * FROM patients WHERE age > 60"),
+                       lung3.schema)
+    same(older.partial(Mean("age")), FrameTable(
+        lung_frame[lung_frame.age > 60], lung3.schema).partial(Mean("age")))
+
+
+@pytest.mark.parametrize("name", ['patients`; DROP TABLE patients; --', "no_such_table"])
+def test_a_table_name_is_an_identifier(spark, lung3: Workload, name: str) -> None:
+    with pytest.raises(SourceError):
+        SparkTable(MASTER, Relation(name), lung3.schema)
+
+
+def test_a_bad_value_is_named_with_its_row(spark, tmp_path: Path, lung3: Workload,
+                                           lung_frame: pd.DataFrame) -> None:
+    frame = lung_frame.copy()
+    frame.loc[5, "wt_loss"] = 500.0
+    frame.to_parquet(tmp_path / "bad.parquet")
+    table = SparkTable(MASTER, Relation(parquet=tmp_path / "bad.parquet"), lung3.schema)
+    with pytest.raises(SchemaError, match=r"column 'wt_loss', row 5: value 500.0 is above"):
+        table.partial(Mean("wt_loss"))
