@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,19 @@ class CohortDefinition:
     @classmethod
     def from_file(cls, path: str | Path) -> CohortDefinition:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> CohortDefinition:
+        """A definition file by path (.yaml), or one shipped with pet by name
+        (`omop_cvd`)."""
+        if Path(name_or_path).suffix in {".yaml", ".yml"}:
+            return cls.from_file(name_or_path)
+        path = resources.files("pet.workloads") / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise SchemaError(f"no cohort definition {str(name_or_path)!r} is shipped with "
+                              "pet; give the path of a .yaml file")
+        with resources.as_file(path) as file:
+            return cls.from_file(file)
 
     def schema(self) -> Schema:
         """The public schema of the study table."""

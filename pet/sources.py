@@ -305,11 +305,12 @@ def open_source(spec: dict[str, Any], schema: Schema | None, *,
     """A source from a site configuration's `data:` mapping: `source: duckdb` (with a
     `database` or a `parquet` file) or `source: postgres`, naming a `table` or giving
     `sql`; or `source: omop` with an `engine` (duckdb or postgres) and a `cohort`
-    definition file, whose schema the definition gives. `secret` is the PostgreSQL DSN,
-    read by the caller from an environment variable or a file."""
+    definition (a file, or the name of one shipped with pet), which gives the schema.
+    `secret` is the PostgreSQL DSN, read by the caller from an environment variable or a
+    file."""
     kind = spec.get("source")
     if kind == "omop":
-        definition = CohortDefinition.from_file(spec["cohort"])
+        definition = CohortDefinition.load(spec["cohort"])
         engine = spec.get("engine", "duckdb")
         dialect = {"duckdb": DuckDBTable.dialect, "postgres": PostgresTable.dialect}.get(engine)
         if dialect is None:

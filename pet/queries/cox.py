@@ -105,9 +105,11 @@ class CoxFit(Fit):
         """exp(coef) with its confidence interval, per term."""
         z = special.ndtri(0.5 + confidence / 2)
         se = self.total_se()
-        return pd.DataFrame({"hazard_ratio": np.exp(self.coef),
-                             "ci_low": np.exp(self.coef - z * se),
-                             "ci_high": np.exp(self.coef + z * se)}, index=list(self.names))
+        with np.errstate(over="ignore"):  # an interval too wide for a float ends at inf
+            return pd.DataFrame({"hazard_ratio": np.exp(self.coef),
+                                 "ci_low": np.exp(self.coef - z * se),
+                                 "ci_high": np.exp(self.coef + z * se)},
+                                index=list(self.names))
 
     def wald(self) -> Test:
         """The Wald test that every coefficient is 0: βᵀ·Cov⁻¹·β against χ²(p)."""

@@ -12,7 +12,6 @@ are what the definition must extract: the independent reference of the OMOP test
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import duckdb
@@ -38,9 +37,7 @@ MISSING, IMPLAUSIBLE = 0.05, 0.02
 
 def definition() -> CohortDefinition:
     """The cohort definition shipped with pet (`omop_cvd.yaml`)."""
-    path = resources.files("pet.workloads") / "omop_cvd.yaml"
-    with resources.as_file(path) as file:
-        return CohortDefinition.from_file(file)
+    return CohortDefinition.load("omop_cvd")
 
 
 @dataclass(frozen=True)
