@@ -160,3 +160,11 @@ def test_a_covariate_name_is_a_quoted_identifier(duck: Path, site: OmopSite) -> 
     assert table.to_frame()['x"; DROP TABLE person; --'].tolist() == site.rows.diabetes.tolist()
     with duckdb.connect(str(duck), read_only=True) as connection:
         assert connection.sql("SELECT count(*) FROM person").fetchall()[0][0] > ROWS
+
+
+def test_the_readmes_definition_is_a_valid_one() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("```yaml\nname: omop_cvd\n", 1)[1].split("```", 1)[0]
+    shown = CohortDefinition.from_dict(yaml.safe_load("name: omop_cvd\n" + block))
+    assert shown.schema().names == ("age", "sex", "diabetes", "bp_treated", "hba1c",
+                                    "cvd_days", "cvd_event")
