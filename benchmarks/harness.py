@@ -165,7 +165,7 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         "epsilon_spent": last.privacy.epsilon,
         "delta": last.privacy.delta,
         **_errors(results, workload, query, cell),
-        "scan_s": _bare_scan(files, query.used_columns()),
+        "scan_s": _bare_scan(files, query.used_columns(), cell.warmup, cell.repeats),
     }
 
 
@@ -227,20 +227,25 @@ def _errors(results: list[Result], workload: Workload, query: Any,
     return {"abs_error": error, "rel_error": relative}
 
 
-def _bare_scan(workload: Workload, columns: tuple[str, ...]) -> float | None:
-    """Seconds to read the query's columns from every site's Parquet file and sum them with
-    numpy: the floor a one-pass `local` can approach. None for in-memory workloads."""
+def _bare_scan(workload: Workload, columns: tuple[str, ...], warmup: int = 0,
+               repeats: int = 1) -> float | None:
+    """Median seconds, over `repeats` after `warmup` runs (as the query's own), to read the
+    query's columns from every site's Parquet file and sum them with numpy: the floor a
+    one-pass `local` can approach. None for in-memory workloads."""
     tables = list(workload.tables.values())
     if not all(isinstance(t, ParquetTable) for t in tables):
         return None
-    start = time.perf_counter()
-    for table in tables:
-        for batch in pq.ParquetFile(table.path).iter_batches(columns=list(columns)):
-            for array in batch.columns:
-                if pa.types.is_dictionary(array.type):  # categories: sum their codes
-                    array = array.indices
-                np.sum(array.to_numpy(zero_copy_only=False))
-    return time.perf_counter() - start
+    seconds = []
+    for _ in range(warmup + repeats):
+        start = time.perf_counter()
+        for table in tables:
+            for batch in pq.ParquetFile(table.path).iter_batches(columns=list(columns)):
+                for array in batch.columns:
+                    if pa.types.is_dictionary(array.type):  # categories: sum their codes
+                        array = array.indices
+                    np.sum(array.to_numpy(zero_copy_only=False))
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds[warmup:]))
 
 
 def _peak_rss_mb() -> float:
