@@ -163,12 +163,19 @@ class SqlTable(Table):
         (or to name a bad value's row) pet's own pass over the streamed rows."""
         query.validate(self.schema)  # a filter is checked before any SQL is built from it
         plan = pushdown.compile(query, self.schema, state, self.types, self._from.copy())
-        if plan is not None:
+        vector = None if plan is None else self._pushed(plan)
+        return vector if vector is not None else super().partial(query, state, site=site)
+
+    def _pushed(self, plan: pushdown.Plan) -> np.ndarray | None:
+        """The plan's partial vector; None where a check found a value to read with pet's
+        reader, or where the engine could not compute the aggregate (PostgreSQL refuses
+        float arithmetic that underflows, on a subnormal value): pet's own pass then
+        serves the query, and any error of the source itself is raised there."""
+        try:
             row = next(iter(self._run(plan.select, 1)))
-            vector = plan.vector([row.column(i)[0].as_py() for i in range(row.num_columns)])
-            if vector is not None:
-                return vector
-        return super().partial(query, state, site=site)
+        except SourceError:
+            return None
+        return plan.vector([row.column(i)[0].as_py() for i in range(row.num_columns)])
 
 
 class DuckDBTable(SqlTable):
