@@ -35,6 +35,10 @@ NUMERIC = ("DOUBLE", "FLOAT", "REAL", "FLOAT8", "FLOAT4", *EXACT)
 """Engine column types read as numbers."""
 TEXT = ("VARCHAR", "TEXT", "BPCHAR", "CHAR", "STRING")
 BOOLEAN = ("BOOLEAN", "BOOL")
+MAX_BINS = 256
+"""Most bins a compiled histogram counts (one aggregate each); a request for more (up to
+the site's cell limit) is served by pet's own pass, so no request makes a site build and
+an engine plan a statement of a million aggregates."""
 
 
 class Unsupported(Exception):
@@ -85,6 +89,8 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
     names = query.used_columns()
     values = {c: exp.column(f"c{i}", quoted=True) for i, c in enumerate(names)}
     edges = EDGES.get(type(query), lambda _: {})(query)
+    if any(len(e) - 1 > MAX_BINS for e in edges.values()):
+        return None
     bins = {c: exp.column(f"b{names.index(c)}", quoted=True) for c in edges}
     try:
         encoded = [_encode(schema[c], exp.column(c, quoted=True), types[c]) for c in names]

@@ -294,3 +294,12 @@ def test_an_aggregate_the_engine_refuses_is_left_to_pets_pass(dsn: str) -> None:
         next(iter(table._run(pushdown.compile(Variance("x"), SCHEMA, None, table.types,
                                               table._from).select, 1)))
     same(table.partial(Variance("x")), FrameTable(frame, SCHEMA).partial(Variance("x")))
+
+
+def test_a_histogram_of_many_bins_is_left_to_pets_pass(engine: SqlTable, lung3: Workload,
+                                                       lung_frame: pd.DataFrame) -> None:
+    """No request makes the site build a statement of one aggregate per bin beyond
+    `MAX_BINS`: a 100 000-bin histogram is pet's own pass over the streamed rows."""
+    fine = Histogram("age", edges=tuple(np.linspace(18, 100, 100_001)))
+    assert pushdown.compile(fine, lung3.schema, None, engine.types, engine._from) is None
+    same(engine.partial(fine), FrameTable(lung_frame, lung3.schema).partial(fine))
