@@ -37,6 +37,12 @@ def test_demo_runs_every_backend_through_the_servers_and_stops_them() -> None:
     spent = re.search(r"site-1 ε ([\d.]+) of 6 at δ = 0.001 \((\d+) charges\)", output)
     assert spent is not None and 0 < float(spent.group(1)) <= 6
     assert int(spent.group(2)) == 3 * 13 + 1  # ExactQuantiles is refused before a charge
+    # Three hospitals' OMOP CDM databases, read through the shipped cohort definition.
+    assert "OMOP CDM: 3 hospitals × 2000 patients" in output
+    assert re.search(r"^n\s+6000\s+\d+\s+\d+", output, re.M)
+    ratios = dict(re.findall(r"^  (plaintext|he|mpc|dp)\s+([\d.]+) \(", output, re.M))
+    assert set(ratios) == {"plaintext", "he", "mpc", "dp"}
+    assert ratios["he"] == ratios["mpc"] == ratios["plaintext"]
 
 
 def test_cli_rejects_unknown_commands() -> None:
