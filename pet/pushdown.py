@@ -23,8 +23,9 @@ import numpy as np
 from sqlglot import exp
 
 from pet.queries.base import Query, State, affine
+from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
-from pet.queries.tables import Histogram
+from pet.queries.tables import Contingency, Histogram
 from pet.schema import Boolean, Categorical, Column, Schema, cell_text
 from pet.where import Where
 
@@ -35,10 +36,12 @@ NUMERIC = ("DOUBLE", "FLOAT", "REAL", "FLOAT8", "FLOAT4", *EXACT)
 """Engine column types read as numbers."""
 TEXT = ("VARCHAR", "TEXT", "BPCHAR", "CHAR", "STRING")
 BOOLEAN = ("BOOLEAN", "BOOL")
-MAX_BINS = 256
-"""Most bins a compiled histogram counts (one aggregate each); a request for more (up to
-the site's cell limit) is served by pet's own pass, so no request makes a site build and
-an engine plan a statement of a million aggregates."""
+MAX_CELLS = 256
+"""Most cells a compiled histogram or table counts (one aggregate each); a request for
+more (up to the site's cell limit) is served by pet's own pass, so no request makes a site
+build and an engine plan a statement of a million aggregates."""
+CELL = "pet_cell"
+"""The inner projection's column holding a row's cell of a histogram or table."""
 
 
 class Unsupported(Exception):
@@ -80,7 +83,7 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
     query, a column's engine type or a constant has no SQL form here.
 
     The rows are encoded once, in an inner projection (used column i as `c{i}`, its raw
-    value as `r{i}`, its bin as `b{i}` where the query bins it); validation is a few
+    value as `r{i}`, and a table's cell of the row as `pet_cell`); validation is a few
     aggregates (bounds by MIN and MAX, missing and unmatched values by COUNT), and the
     layout's elements aggregates with FILTER clauses."""
     sums = SUMS.get(type(query))
@@ -88,25 +91,23 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         return None
     names = query.used_columns()
     values = {c: exp.column(f"c{i}", quoted=True) for i, c in enumerate(names)}
-    edges = EDGES.get(type(query), lambda _: {})(query)
-    if any(len(e) - 1 > MAX_BINS for e in edges.values()):
+    cells = CELLS.get(type(query))
+    if cells is not None and cells.count(query, schema) > MAX_CELLS:
         return None
-    bins = {c: exp.column(f"b{names.index(c)}", quoted=True) for c in edges}
     try:
         encoded = [_encode(schema[c], exp.column(c, quoted=True), types[c]) for c in names]
         checks = [check for i, c in enumerate(names)
                   for check in _checks(schema[c], types[c], values[c],
                                        exp.column(f"r{i}", quoted=True))]
         rows = _rows(query, schema, values)
-        aggregates = [*_head(query, schema, values, rows),
-                      *sums(query, schema, values | bins, rows)]
-        indexes = [_bin_index(encoded[names.index(c)], e).as_(bins[c].name, quoted=True)
-                   for c, e in edges.items()]
+        aggregates = [*_head(query, schema, values, rows), *sums(query, schema, values, rows)]
+        index = [] if cells is None else [cells.index(query, schema, dict(
+            zip(names, encoded, strict=True))).as_(CELL, quoted=True)]
     except Unsupported:
         return None
     inner = exp.select(*(v.as_(f"c{i}", quoted=True) for i, v in enumerate(encoded)),
                        *(exp.column(c, quoted=True).as_(f"r{i}", quoted=True)
-                         for i, c in enumerate(names)), *indexes,
+                         for i, c in enumerate(names)), *index,
                        _number(1.0).as_("pet_row", quoted=True)).from_(source)
     items = [*(c.aggregate for c in checks), *aggregates]
     select = exp.select(*(a.as_(f"v{i}", quoted=True) for i, a in enumerate(items))
@@ -221,14 +222,18 @@ def _head(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
 def _moments(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
              rows: Rows) -> list[exp.Expression]:
     assert isinstance(query, Moments)
-    center, half = affine(query.bounded(schema)[query.column])
-    scaled = exp.Div(this=exp.paren(exp.Sub(this=values[query.column].copy(),
-                                            expression=_number(center))),
-                     expression=_number(half))
+    scaled = _scaled(values[query.column], query.bounded(schema)[query.column])
     total = _sum(rows.complete, scaled)
     if isinstance(query, Sum):  # Sum and Mean: Σs alone
         return [total]
     return [total, _sum(rows.complete, exp.Mul(this=scaled.copy(), expression=scaled.copy()))]
+
+
+def _scaled(value: exp.Expression, column: Column) -> exp.Expression:
+    """The value mapped from the column's public bounds onto [-1, 1], as `scale` does."""
+    center, half = affine(column)
+    return exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=_number(center))),
+                   expression=_number(half))
 
 
 def _bin_index(value: exp.Expression, edges: tuple[float, ...]) -> exp.Expression:
@@ -243,14 +248,45 @@ def _bin_index(value: exp.Expression, edges: tuple[float, ...]) -> exp.Expressio
     return index
 
 
-def _histogram(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
-               rows: Rows) -> list[exp.Expression]:
-    """The count of complete rows in each bin (`values` maps the binned column to its bin
-    index's column)."""
+def _cell_counts(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+                 rows: Rows) -> list[exp.Expression]:
+    """The count of complete rows in each cell of a histogram or table."""
+    cell = exp.column(CELL, quoted=True)
+    return [_count(_all([*_given(rows.complete), exp.EQ(this=cell.copy(),
+                                                         expression=_number(float(i)))]))
+            for i in range(CELLS[type(query)].count(query, schema))]
+
+
+def _histogram_cell(query: Query, schema: Schema,
+                    encoded: Mapping[str, exp.Expression]) -> exp.Expression:
     assert isinstance(query, Histogram)
-    return [_count(_all([*_given(rows.complete), exp.EQ(
-        this=values[query.column].copy(), expression=_number(float(i)))]))
-        for i in range(len(query.edges) - 1)]
+    return _bin_index(encoded[query.column], query.edges)
+
+
+def _table_cell(query: Query, schema: Schema,
+                encoded: Mapping[str, exp.Expression]) -> exp.Expression:
+    """The row's cell in the table's C-order (as `np.ravel_multi_index` numbers it): a
+    column's code, or its bin where the query bins it."""
+    assert isinstance(query, Contingency)
+    index: exp.Expression = _number(0.0)
+    for column, size in zip(query.columns, query.shape(schema), strict=True):
+        code = (_bin_index(encoded[column], query.bins[column]) if column in query.bins
+                else encoded[column].copy())
+        index = exp.Add(this=exp.Mul(this=exp.paren(index), expression=_number(float(size))),
+                        expression=exp.paren(code))
+    return index
+
+
+def _covariance(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+                rows: Rows) -> list[exp.Expression]:
+    """Σs per column and Σsᵢsⱼ over the upper triangle, row by row (`gram_upper`'s
+    order), of the columns scaled to [-1, 1]."""
+    assert isinstance(query, Covariance)
+    scaled = [_scaled(values[c], schema[c]) for c in query.columns]
+    d = len(scaled)
+    return [*(_sum(rows.complete, s) for s in scaled),
+            *(_sum(rows.complete, exp.Mul(this=scaled[i].copy(), expression=scaled[j].copy()))
+              for i in range(d) for j in range(i, d))]
 
 
 def _given(condition: exp.Expression | None) -> list[exp.Expression]:
@@ -282,11 +318,24 @@ SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Rows],
                           list[exp.Expression]]] = {
     Count: lambda query, schema, encoded, rows: [],
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
-    Histogram: _histogram,
+    Histogram: _cell_counts, Contingency: _cell_counts,
+    Covariance: _covariance, Correlation: _covariance,
 }
 """The queries whose local pass compiles, by exact type (a subclass may change its sums)."""
-EDGES: dict[type, Callable[[Query], dict[str, tuple[float, ...]]]] = {
-    Histogram: lambda query: {query.column: query.edges},  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Cells:
+    """How a query that counts rows per cell numbers them: how many cells, and each
+    row's cell (computed once per row, in the inner projection)."""
+
+    count: Callable[[Query, Schema], int]
+    index: Callable[[Query, Schema, Mapping[str, exp.Expression]], exp.Expression]
+
+
+CELLS: dict[type, Cells] = {
+    Histogram: Cells(lambda query, schema: len(query.edges) - 1,  # type: ignore[attr-defined]
+                     _histogram_cell),
+    Contingency: Cells(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
+                       _table_cell),
 }
-"""Per query type, the columns it bins and their edges (their bin index is computed once
-per row, in the inner projection)."""

@@ -20,6 +20,7 @@ from pet.queries import (
     Contingency,
     Correlation,
     Count,
+    Covariance,
     Histogram,
     KaplanMeier,
     LinearRegression,
@@ -43,12 +44,15 @@ PUSHED = [
     Variance("pat_karno", where="sex not in ['male'] or wt_loss < -3.5"),
     Histogram("age", edges=(18, 50, 60, 70, 100)),
     Histogram("wt_loss", edges=(-50, 0, 10, 100), where="sex == 'male'"),
+    Contingency(("sex", "dead")), Correlation(("age", "meal_cal")),
+    Contingency(("dead", "ph_ecog", "sex"), bins={"ph_ecog": (0, 1, 2, 4)},
+                where="age < 70"),
+    Covariance(("age", "wt_loss", "pat_karno"), where="sex == 'female' or dead == False"),
 ]
 """Queries the engines compute, over nullable columns, booleans, categories and filters."""
 STREAMED = [
-    Correlation(("age", "meal_cal")), LinearRegression("time", ("age", "ph_ecog")),
-    KaplanMeier("time", "dead", grid=20), Quantiles("age"),
-    Contingency(("sex", "dead")), Mean("age", clip={"age": (50, 70)}),
+    LinearRegression("time", ("age", "ph_ecog")), KaplanMeier("time", "dead", grid=20),
+    Quantiles("age"), Mean("age", clip={"age": (50, 70)}),
 ]
 """Queries pet's own pass serves on the rows the engines stream."""
 
@@ -299,7 +303,14 @@ def test_an_aggregate_the_engine_refuses_is_left_to_pets_pass(dsn: str) -> None:
 def test_a_histogram_of_many_bins_is_left_to_pets_pass(engine: SqlTable, lung3: Workload,
                                                        lung_frame: pd.DataFrame) -> None:
     """No request makes the site build a statement of one aggregate per bin beyond
-    `MAX_BINS`: a 100 000-bin histogram is pet's own pass over the streamed rows."""
+    `MAX_CELLS`: a 100 000-bin histogram is pet's own pass over the streamed rows."""
     fine = Histogram("age", edges=tuple(np.linspace(18, 100, 100_001)))
     assert pushdown.compile(fine, lung3.schema, None, engine.types, engine._from) is None
     same(engine.partial(fine), FrameTable(lung_frame, lung3.schema).partial(fine))
+
+
+def test_a_table_of_many_cells_is_left_to_pets_pass(engine: SqlTable, lung3: Workload,
+                                                    lung_frame: pd.DataFrame) -> None:
+    wide = Contingency(("sex", "dead", "age"), bins={"age": tuple(range(18, 101))})
+    assert pushdown.compile(wide, lung3.schema, None, engine.types, engine._from) is None
+    same(engine.partial(wide), FrameTable(lung_frame, lung3.schema).partial(wide))
