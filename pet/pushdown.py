@@ -40,8 +40,6 @@ MAX_CELLS = 256
 """Most cells a compiled histogram or table counts (one aggregate each); a request for
 more (up to the site's cell limit) is served by pet's own pass, so no request makes a site
 build and an engine plan a statement of a million aggregates."""
-CELL = "pet_cell"
-"""The inner projection's column holding a row's cell of a histogram or table."""
 
 
 class Unsupported(Exception):
@@ -82,37 +80,58 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
     """The plan computing the query's partial vector on the engine; None where the
     query, a column's engine type or a constant has no SQL form here.
 
-    The rows are encoded once, in an inner projection (used column i as `c{i}`, its raw
-    value as `r{i}`, and a table's cell of the row as `pet_cell`); validation is a few
-    aggregates (bounds by MIN and MAX, missing and unmatched values by COUNT), and the
-    layout's elements aggregates with FILTER clauses."""
+    Three levels: the rows are encoded once (used column i as `c{i}`, its raw value as
+    `r{i}`); then the query's per-row terms are computed once (`t{k}`: scaled values, a
+    table's cell), each NULL outside the subgroup's complete rows; then one row of
+    aggregates: validation (bounds by MIN and MAX, missing and unmatched values by COUNT),
+    the head, and the sums of the terms."""
     sums = SUMS.get(type(query))
     if sums is None or query.clip or state is not None:
         return None
-    names = query.used_columns()
-    values = {c: exp.column(f"c{i}", quoted=True) for i, c in enumerate(names)}
     cells = CELLS.get(type(query))
     if cells is not None and cells.count(query, schema) > MAX_CELLS:
         return None
+    names = query.used_columns()
+    values = {c: exp.column(f"c{i}", quoted=True) for i, c in enumerate(names)}
+    raws = [exp.column(f"r{i}", quoted=True) for i in range(len(names))]
     try:
         encoded = [_encode(schema[c], exp.column(c, quoted=True), types[c]) for c in names]
         checks = [check for i, c in enumerate(names)
-                  for check in _checks(schema[c], types[c], values[c],
-                                       exp.column(f"r{i}", quoted=True))]
+                  for check in _checks(schema[c], types[c], values[c], raws[i])]
         rows = _rows(query, schema, values)
-        aggregates = [*_head(query, schema, values, rows), *sums(query, schema, values, rows)]
-        index = [] if cells is None else [cells.index(query, schema, dict(
-            zip(names, encoded, strict=True))).as_(CELL, quoted=True)]
+        terms = Terms(rows.complete)
+        aggregates = [*_head(query, schema, values, rows),
+                      *sums(query, schema, values, terms)]
     except Unsupported:
         return None
     inner = exp.select(*(v.as_(f"c{i}", quoted=True) for i, v in enumerate(encoded)),
-                       *(exp.column(c, quoted=True).as_(f"r{i}", quoted=True)
-                         for i, c in enumerate(names)), *index,
+                       *(exp.column(c, quoted=True).as_(r.name, quoted=True)
+                         for c, r in zip(names, raws, strict=True)),
                        _number(1.0).as_("pet_row", quoted=True)).from_(source)
+    middle = exp.select(*(v.copy() for v in values.values()), *(r.copy() for r in raws),
+                        *terms.items).from_(inner.subquery("pet_encoded"))
     items = [*(c.aggregate for c in checks), *aggregates]
     select = exp.select(*(a.as_(f"v{i}", quoted=True) for i, a in enumerate(items))
-                        ).from_(inner.subquery("pet_rows"))
+                        ).from_(middle.subquery("pet_rows"))
     return Plan(select, tuple(checks))
+
+
+class Terms:
+    """The per-row terms a query's sums read, computed once per row in the middle
+    projection; each is NULL outside the subgroup's complete rows, so the aggregates need
+    no filter (SUM and COUNT skip NULL)."""
+
+    def __init__(self, complete: exp.Expression | None) -> None:
+        self.complete = complete
+        self.items: list[exp.Expression] = []
+
+    def add(self, value: exp.Expression) -> exp.Column:
+        """A term's column."""
+        name = f"t{len(self.items)}"
+        if self.complete is not None:
+            value = exp.Case(ifs=[exp.If(this=self.complete.copy(), true=value)])
+        self.items.append(value.as_(name, quoted=True))
+        return exp.column(name, quoted=True)
 
 
 def _encode(column: Column, raw: exp.Expression, engine_type: str) -> exp.Expression:
@@ -220,13 +239,13 @@ def _head(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
 
 
 def _moments(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
-             rows: Rows) -> list[exp.Expression]:
+             terms: Terms) -> list[exp.Expression]:
+    """Σs (and Σs² for the variance) of the column scaled to [-1, 1]."""
     assert isinstance(query, Moments)
-    scaled = _scaled(values[query.column], query.bounded(schema)[query.column])
-    total = _sum(rows.complete, scaled)
+    s = terms.add(_scaled(values[query.column], query.bounded(schema)[query.column]))
     if isinstance(query, Sum):  # Sum and Mean: Σs alone
-        return [total]
-    return [total, _sum(rows.complete, exp.Mul(this=scaled.copy(), expression=scaled.copy()))]
+        return [_sum(s)]
+    return [_sum(s), _sum(exp.Mul(this=s.copy(), expression=s.copy()))]
 
 
 def _scaled(value: exp.Expression, column: Column) -> exp.Expression:
@@ -249,12 +268,12 @@ def _bin_index(value: exp.Expression, edges: tuple[float, ...]) -> exp.Expressio
 
 
 def _cell_counts(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
-                 rows: Rows) -> list[exp.Expression]:
+                 terms: Terms) -> list[exp.Expression]:
     """The count of complete rows in each cell of a histogram or table."""
-    cell = exp.column(CELL, quoted=True)
-    return [_count(_all([*_given(rows.complete), exp.EQ(this=cell.copy(),
-                                                         expression=_number(float(i)))]))
-            for i in range(CELLS[type(query)].count(query, schema))]
+    cells = CELLS[type(query)]
+    cell = terms.add(cells.index(query, schema, values))
+    return [_count(exp.EQ(this=cell.copy(), expression=_number(float(i))))
+            for i in range(cells.count(query, schema))]
 
 
 def _histogram_cell(query: Query, schema: Schema,
@@ -278,14 +297,14 @@ def _table_cell(query: Query, schema: Schema,
 
 
 def _covariance(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
-                rows: Rows) -> list[exp.Expression]:
+                terms: Terms) -> list[exp.Expression]:
     """Σs per column and Σsᵢsⱼ over the upper triangle, row by row (`gram_upper`'s
     order), of the columns scaled to [-1, 1]."""
     assert isinstance(query, Covariance)
-    scaled = [_scaled(values[c], schema[c]) for c in query.columns]
+    scaled = [terms.add(_scaled(values[c], schema[c])) for c in query.columns]
     d = len(scaled)
-    return [*(_sum(rows.complete, s) for s in scaled),
-            *(_sum(rows.complete, exp.Mul(this=scaled[i].copy(), expression=scaled[j].copy()))
+    return [*(_sum(s) for s in scaled),
+            *(_sum(exp.Mul(this=scaled[i].copy(), expression=scaled[j].copy()))
               for i in range(d) for j in range(i, d))]
 
 
@@ -299,11 +318,9 @@ def _count(condition: exp.Expression | None) -> exp.Expression:
     return count if condition is None else _filtered(count, condition)
 
 
-def _sum(condition: exp.Expression | None, value: exp.Expression) -> exp.Expression:
-    """SUM(value) over the rows where `condition` holds; 0 where none does."""
-    total = exp.Sum(this=value)
-    return exp.Coalesce(this=total if condition is None else _filtered(total, condition),
-                        expressions=[_number(0.0)])
+def _sum(value: exp.Expression) -> exp.Expression:
+    """SUM(value) over the rows where it is not NULL; 0 where it is NULL in every row."""
+    return exp.Coalesce(this=exp.Sum(this=value), expressions=[_number(0.0)])
 
 
 def _filtered(aggregate: exp.Expression, condition: exp.Expression) -> exp.Expression:
@@ -314,9 +331,9 @@ def _all(conditions: list[exp.Expression]) -> exp.Expression | None:
     return exp.and_(*conditions) if conditions else None
 
 
-SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Rows],
+SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Terms],
                           list[exp.Expression]]] = {
-    Count: lambda query, schema, encoded, rows: [],
+    Count: lambda query, schema, values, terms: [],
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Histogram: _cell_counts, Contingency: _cell_counts,
     Covariance: _covariance, Correlation: _covariance,
@@ -327,7 +344,7 @@ SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Rows],
 @dataclass(frozen=True)
 class Cells:
     """How a query that counts rows per cell numbers them: how many cells, and each
-    row's cell (computed once per row, in the inner projection)."""
+    row's cell from its encoded values (a term, computed once per row)."""
 
     count: Callable[[Query, Schema], int]
     index: Callable[[Query, Schema, Mapping[str, exp.Expression]], exp.Expression]
