@@ -25,6 +25,7 @@ from sqlglot import exp
 from pet.queries.base import Query, State, affine
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
+from pet.queries.regression import LinearRegression
 from pet.queries.tables import Contingency, Histogram
 from pet.schema import Boolean, Categorical, Column, Schema, cell_text
 from pet.where import Where
@@ -250,7 +251,11 @@ def _moments(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
 
 def _scaled(value: exp.Expression, column: Column) -> exp.Expression:
     """The value mapped from the column's public bounds onto [-1, 1], as `scale` does."""
-    center, half = affine(column)
+    return _affine(value, *affine(column))
+
+
+def _affine(value: exp.Expression, center: float, half: float) -> exp.Expression:
+    """(value − center) / half."""
     return exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=_number(center))),
                    expression=_number(half))
 
@@ -308,6 +313,35 @@ def _covariance(query: Query, schema: Schema, values: Mapping[str, exp.Expressio
               for i in range(d) for j in range(i, d))]
 
 
+def _linear(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+            terms: Terms) -> list[exp.Expression]:
+    """XᵀX (upper triangle, row by row), Xᵀy and yᵀy of the scaled design and outcome, as
+    `model_matrix` builds the design: an intercept, numbers scaled by the design's public
+    center and half-range, a category's indicators for its levels after the first."""
+    assert isinstance(query, LinearRegression)
+    design = query.design(schema)
+    columns: list[exp.Expression] = [_number(1.0)] if query.intercept else []
+    term = len(columns)
+    for name in query.predictors:
+        column = schema[name]
+        if isinstance(column, Categorical):
+            for code in range(1, len(column.categories)):
+                columns.append(exp.Case(ifs=[exp.If(this=exp.EQ(
+                    this=values[name].copy(), expression=_number(float(code))),
+                    true=_number(1.0))], default=_number(0.0)))
+                term += 1
+        else:
+            columns.append(_affine(values[name], design.center[term], design.half[term]))
+            term += 1
+    x = [terms.add(c) for c in columns]
+    y = terms.add(_affine(values[query.outcome], *query._outcome_scaling(schema)))
+    p = len(x)
+    return [*(_sum(exp.Mul(this=x[i].copy(), expression=x[j].copy()))
+              for i in range(p) for j in range(i, p)),
+            *(_sum(exp.Mul(this=xi.copy(), expression=y.copy())) for xi in x),
+            _sum(exp.Mul(this=y.copy(), expression=y.copy()))]
+
+
 def _given(condition: exp.Expression | None) -> list[exp.Expression]:
     return [] if condition is None else [condition.copy()]
 
@@ -337,6 +371,7 @@ SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Terms],
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Histogram: _cell_counts, Contingency: _cell_counts,
     Covariance: _covariance, Correlation: _covariance,
+    LinearRegression: _linear,
 }
 """The queries whose local pass compiles, by exact type (a subclass may change its sums)."""
 

@@ -24,6 +24,7 @@ from pet.queries import (
     Histogram,
     KaplanMeier,
     LinearRegression,
+    LogisticRegression,
     Mean,
     Quantiles,
     StdDev,
@@ -48,10 +49,12 @@ PUSHED = [
     Contingency(("dead", "ph_ecog", "sex"), bins={"ph_ecog": (0, 1, 2, 4)},
                 where="age < 70"),
     Covariance(("age", "wt_loss", "pat_karno"), where="sex == 'female' or dead == False"),
+    LinearRegression("wt_loss", ("age", "sex", "ph_ecog", "dead")),
+    LinearRegression("time", ("age", "meal_cal"), intercept=False, where="ph_ecog < 2"),
 ]
 """Queries the engines compute, over nullable columns, booleans, categories and filters."""
 STREAMED = [
-    LinearRegression("time", ("age", "ph_ecog")), KaplanMeier("time", "dead", grid=20),
+    LogisticRegression("dead", ("age", "sex")), KaplanMeier("time", "dead", grid=20),
     Quantiles("age"), Mean("age", clip={"age": (50, 70)}),
 ]
 """Queries pet's own pass serves on the rows the engines stream."""
@@ -101,9 +104,10 @@ def test_the_engine_computes_pets_partial(engine: SqlTable, lung_frame: pd.DataF
 @pytest.mark.parametrize("query", STREAMED, ids=Query.describe)
 def test_other_queries_run_on_the_streamed_rows(engine: SqlTable, lung_frame: pd.DataFrame,
                                                 lung3: Workload, query: Query) -> None:
-    assert pushdown.compile(query, lung3.schema, None, engine.types, engine._from) is None
-    expected = FrameTable(lung_frame, lung3.schema).partial(query)
-    same(engine.partial(query), expected)
+    state = query.initial_state(lung3.schema)  # a first round, for an iterative query
+    assert pushdown.compile(query, lung3.schema, state, engine.types, engine._from) is None
+    expected = FrameTable(lung_frame, lung3.schema).partial(query, state)
+    same(engine.partial(query, state), expected)
 
 
 def test_rows_metadata_and_chunks(engine: SqlTable, lung_frame: pd.DataFrame) -> None:

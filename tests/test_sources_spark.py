@@ -53,7 +53,9 @@ def test_spark_computes_pets_partial(on_file: SparkTable, lung_frame: pd.DataFra
 def test_other_queries_run_on_the_rows_spark_streams(on_file: SparkTable,
                                                      lung_frame: pd.DataFrame,
                                                      lung3: Workload, query: Query) -> None:
-    same(on_file.partial(query), FrameTable(lung_frame, lung3.schema).partial(query))
+    state = query.initial_state(lung3.schema)
+    same(on_file.partial(query, state),
+         FrameTable(lung_frame, lung3.schema).partial(query, state))
 
 
 def test_a_view_and_the_sites_own_select(spark, on_file: SparkTable, lung3: Workload,
