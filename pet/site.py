@@ -26,7 +26,6 @@ from pet.errors import DisclosureError, PetError
 from pet.ledger import Ledger
 from pet.mechanisms import query_rho, release_rho
 from pet.queries.base import Query, State
-from pet.queries.marginals import Marginals
 from pet.releases import Ask, Payment, Release, Releases
 from pet.schema import Schema
 from pet.subsets import SubsetControl
@@ -185,7 +184,7 @@ class Site:
         shared = getattr(backend, "rho", None) is not None
         # A fit's first release notes the data's fingerprint, taken before the ledger is
         # locked (a full pass over the table) and only for a synthesizer's measurement.
-        fingerprint = (self.table.fingerprint() if shared and isinstance(query, Marginals)
+        fingerprint = (self.table.fingerprint() if shared and query.fingerprints_data
                        and ledger.charged(request) == (0.0, 0.0) else None)
 
         def pay(db: sqlite3.Connection) -> tuple[float, float, str]:

@@ -56,6 +56,10 @@ class Query(ABC):
     secure_only: ClassVar[bool] = False
     """Whether the site's partial discloses single records unless the answer is computed
     inside MPC (so a site with disclosure control refuses it under other exact backends)."""
+    fingerprints_data: ClassVar[bool] = False
+    """Whether a shared-noise DP release of the query is a synthesizer's measurement: the
+    request's first charge then notes the site's data fingerprint in its audit entry,
+    which the fit's data card names."""
     keeps_missing: ClassVar[bool] = False
     """Whether rows with missing values are kept and counted as such by the query itself
     (its layout then has no `missing` counts)."""

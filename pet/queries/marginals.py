@@ -77,6 +77,7 @@ class Marginals(Query):
     merged: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     requires_dp: ClassVar[bool] = True
+    fingerprints_data: ClassVar[bool] = True
     keeps_missing: ClassVar[bool] = True
     n_weight: ClassVar[float] = 1e-6
     """A synthesizer reads the tables, not n (no minimum of rows either: a very noisy n
