@@ -14,8 +14,10 @@ SqlRender's dialect with temporary tables, translated by Java or R, and its Pyth
 (ohdsi-circepy 0.1) is an alpha release. A definition here is therefore pet's own, small
 and strict; its SQL is built with sqlglot from a fixed text whose only inputs are
 concept ids, whole numbers and quoted names, and written in the engine's dialect. Dates
-are cast to DATE before any arithmetic: DuckDB 2.0.1 compares EXTRACT(YEAR ...) of a
-stored TIMESTAMP_S column wrongly.
+are cast to DATE before any comparison (a timestamp's time of day must not move an event
+across the index date) and before any arithmetic (DuckDB 2.0.1 compares EXTRACT(YEAR ...)
+of a stored TIMESTAMP_S column wrongly). A person whose observation periods overlap at the
+index date is followed to the latest of their ends.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ class Covariate:
     upper: float | None = None
 
     def __post_init__(self) -> None:
+        for bound in (self.lower, self.upper):
+            if bound is not None and (isinstance(bound, bool)
+                                      or not isinstance(bound, int | float)):
+                raise SchemaError(f"a bound must be a number, got {bound!r}",
+                                  column=self.name)
         measured = self.events.domain == "measurement"
         if measured and (self.lower is None or self.upper is None):
             raise SchemaError("a measurement covariate needs its plausible lower and upper "
@@ -184,27 +191,31 @@ class CohortDefinition:
         index, outcome = self.index.where, self.outcome.where
         template = f"""
         WITH pet_index AS (
-          SELECT e.person_id, CAST(MIN(e.{index.date}) AS DATE) AS index_date
+          SELECT e.person_id, MIN(CAST(e.{index.date} AS DATE)) AS index_date
           FROM {index.table} AS e JOIN observation_period AS op
             ON op.person_id = e.person_id
-           AND e.{index.date} BETWEEN op.observation_period_start_date
-                                  AND op.observation_period_end_date
+           AND CAST(e.{index.date} AS DATE)
+               BETWEEN CAST(op.observation_period_start_date AS DATE)
+                   AND CAST(op.observation_period_end_date AS DATE)
           WHERE e.{index.concept} IN (:index_concepts)
           GROUP BY e.person_id),
-        pet_cohort AS (
+        pet_period AS (
           SELECT i.person_id, i.index_date,
-                 CAST(op.observation_period_end_date AS DATE) AS end_date,
-                 EXTRACT(YEAR FROM i.index_date) - p.year_of_birth AS age,
+                 MAX(CAST(op.observation_period_end_date AS DATE)) AS end_date
+          FROM pet_index AS i JOIN observation_period AS op ON op.person_id = i.person_id
+           AND i.index_date BETWEEN CAST(op.observation_period_start_date AS DATE)
+                                AND CAST(op.observation_period_end_date AS DATE)
+          GROUP BY i.person_id, i.index_date),
+        pet_cohort AS (
+          SELECT c.person_id, c.index_date, c.end_date,
+                 EXTRACT(YEAR FROM c.index_date) - p.year_of_birth AS age,
                  p.gender_concept_id
-          FROM pet_index AS i
-          JOIN observation_period AS op ON op.person_id = i.person_id
-           AND i.index_date BETWEEN op.observation_period_start_date
-                                AND op.observation_period_end_date
-          JOIN person AS p ON p.person_id = i.person_id),
+          FROM pet_period AS c JOIN person AS p ON p.person_id = c.person_id),
         pet_outcome AS (
-          SELECT c.person_id, CAST(MIN(o.{outcome.date}) AS DATE) AS outcome_date
+          SELECT c.person_id, MIN(CAST(o.{outcome.date} AS DATE)) AS outcome_date
           FROM pet_cohort AS c JOIN {outcome.table} AS o ON o.person_id = c.person_id
-           AND o.{outcome.date} > c.index_date AND o.{outcome.date} <= c.end_date
+           AND CAST(o.{outcome.date} AS DATE) > c.index_date
+           AND CAST(o.{outcome.date} AS DATE) <= c.end_date
           WHERE o.{outcome.concept} IN (:outcome_concepts)
           GROUP BY c.person_id)
         SELECT c.age AS age,
@@ -241,13 +252,14 @@ def _covariate(covariate: Covariate) -> exp.Expression:
                             THEN x.value_as_number END
                 FROM measurement AS x
                 WHERE x.person_id = c.person_id AND x.{where.concept} IN (:concepts)
-                  AND x.{where.date} <= c.index_date AND x.value_as_number IS NOT NULL
+                  AND CAST(x.{where.date} AS DATE) <= c.index_date
+                  AND x.value_as_number IS NOT NULL
                 ORDER BY x.{where.date} DESC, x.measurement_id DESC LIMIT 1)"""
     else:
         template = f"""
         SELECT EXISTS (SELECT 1 FROM {where.table} AS x
                        WHERE x.person_id = c.person_id AND x.{where.concept} IN (:concepts)
-                         AND x.{where.date} <= c.index_date)"""
+                         AND CAST(x.{where.date} AS DATE) <= c.index_date)"""
     value = _fill(template, concepts=covariate.events.concepts, lower=covariate.lower,
                   upper=covariate.upper).expressions[0]
     return exp.alias_(value, covariate.name, quoted=True)

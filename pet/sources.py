@@ -33,7 +33,7 @@ from pet import pushdown
 from pet.errors import PetError, SchemaError
 from pet.omop import CohortDefinition
 from pet.queries.base import Query, State
-from pet.schema import Schema
+from pet.schema import Categorical, Schema
 from pet.table import CHUNK_ROWS, Chunk, Table
 
 
@@ -134,7 +134,7 @@ class SqlTable(Table):
         statement = self.select(*(exp.column(c, quoted=True) for c in names))
         first_row = 0
         for batch in self._run(statement, chunk_rows):
-            chunk = self._encode(_dictionaries(batch), first_row, columns)
+            chunk = self._encode(_dictionaries(batch, self.schema), first_row, columns)
             first_row += batch.num_rows
             yield chunk
 
@@ -173,9 +173,13 @@ class SqlTable(Table):
         serves the query, and any error of the source itself is raised there."""
         try:
             row = next(iter(self._run(plan.select, 1)))
+            groups = [] if plan.grouped is None else [
+                (cell, count) for batch in self._run(plan.grouped, CHUNK_ROWS)
+                for cell, count in zip(batch.column(0).to_pylist(),
+                                       batch.column(1).to_pylist(), strict=True)]
         except SourceError:
             return None
-        return plan.vector([row.column(i)[0].as_py() for i in range(row.num_columns)])
+        return plan.vector([row.column(i)[0].as_py() for i in range(row.num_columns)], groups)
 
 
 class DuckDBTable(SqlTable):
@@ -232,7 +236,14 @@ class PostgresTable(SqlTable):
         super().__init__(relation, schema)
 
     def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self._dsn, autocommit=False)
+        """A connection; a failure to connect is reported without the driver's message,
+        which quotes parts of the connection string (a password, the server's address)."""
+        try:
+            return psycopg.connect(self._dsn, autocommit=False)
+        except psycopg.Error as exc:
+            raise SourceError(f"cannot connect to the site's PostgreSQL server "
+                              f"({type(exc).__name__}; the driver's message is not shown, "
+                              "as it may quote the connection string)") from None
 
     def _describe(self) -> dict[str, str]:
         with self._connect() as connection, connection.cursor() as cursor:
@@ -298,11 +309,14 @@ def spark_session(master: str) -> Any:
             .getOrCreate())
 
 
-def _dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Text columns dictionary-encoded (in Arrow's C++), as a Parquet file's categories
-    arrive: pet's reader then matches each distinct text once, not once per row."""
-    columns = [pc.dictionary_encode(c) if pa.types.is_string(c.type)
-               or pa.types.is_large_string(c.type) else c for c in batch.columns]
+def _dictionaries(batch: pa.RecordBatch, schema: Schema) -> pa.RecordBatch:
+    """A categorical column's text dictionary-encoded (in Arrow's C++), as a Parquet
+    file's categories arrive: pet's reader then matches each distinct text once, not once
+    per row. Other columns (a boolean stored as 'true') arrive as they are."""
+    columns = [pc.dictionary_encode(c)
+               if isinstance(schema.get(name), Categorical)
+               and (pa.types.is_string(c.type) or pa.types.is_large_string(c.type)) else c
+               for name, c in zip(batch.schema.names, batch.columns, strict=True)]
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 

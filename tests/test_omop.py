@@ -168,3 +168,37 @@ def test_the_readmes_definition_is_a_valid_one() -> None:
     shown = CohortDefinition.from_dict(yaml.safe_load("name: omop_cvd\n" + block))
     assert shown.schema().names == ("age", "sex", "diabetes", "bp_treated", "hba1c",
                                     "cvd_days", "cvd_event")
+
+
+@pytest.mark.parametrize("date_type", ["DATE", "TIMESTAMP"])
+def test_days_not_times_and_one_row_per_person(tmp_path: Path, date_type: str) -> None:
+    """Events compare by day whatever the column's type: an outcome later on the index
+    day is not an event at day 0, a covariate recorded that day counts, an outcome on the
+    last day of observation counts. Overlapping observation periods give one row,
+    followed to the latest end."""
+    spec = {"name": "x", "index": {"domain": "condition", "concepts": [1]},
+            "covariates": [{"name": "prior", "domain": "condition", "concepts": [3]}],
+            "outcome": {"domain": "condition", "concepts": [2], "horizon_days": 3653}}
+    path = tmp_path / "cdm.duckdb"
+    with duckdb.connect(str(path)) as c:
+        c.execute("CREATE TABLE person (person_id INT, year_of_birth INT, "
+                  "gender_concept_id INT)")
+        c.execute("INSERT INTO person VALUES (1, 1960, 8532), (2, 1960, 8507), "
+                  "(3, 1960, 8507)")
+        c.execute(f"CREATE TABLE observation_period (person_id INT, "
+                  f"observation_period_start_date {date_type}, "
+                  f"observation_period_end_date {date_type})")
+        c.execute("INSERT INTO observation_period VALUES (1, '2010-01-01', '2021-01-01'), "
+                  "(2, '2010-01-01', '2021-01-01'), (3, '2010-01-01', '2021-01-01'), "
+                  "(3, '2015-01-01', '2022-01-01')")
+        c.execute(f"CREATE TABLE condition_occurrence (person_id INT, "
+                  f"condition_concept_id INT, condition_start_date {date_type})")
+        c.execute("INSERT INTO condition_occurrence VALUES (1, 1, '2020-01-01 08:00'), "
+                  "(1, 2, '2020-01-01 10:00'), (1, 3, '2020-01-01 09:00'), "
+                  "(2, 1, '2020-01-01 08:00'), (2, 2, '2021-01-01 10:00'), "
+                  "(3, 1, '2020-01-01')")
+    cohort = CohortDefinition.from_dict(spec)
+    rows = DuckDBTable(path, Relation(sql=cohort.sql("duckdb")), cohort.schema()).to_frame()
+    assert rows["prior"].tolist() == [True, False, False]
+    assert rows["time"].tolist() == [366, 366, 731]
+    assert rows["event"].tolist() == [False, True, False]

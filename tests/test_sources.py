@@ -11,6 +11,7 @@ import duckdb
 import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -96,8 +97,10 @@ def same(a: np.ndarray, b: np.ndarray) -> None:
 @pytest.mark.parametrize("query", PUSHED, ids=Query.describe)
 def test_the_engine_computes_pets_partial(engine: SqlTable, lung_frame: pd.DataFrame,
                                           lung3: Workload, query: Query) -> None:
-    assert pushdown.compile(query, lung3.schema, None, engine.types, engine._from) is not None
+    plan = pushdown.compile(query, lung3.schema, None, engine.types, engine._from)
+    assert plan is not None
     expected = FrameTable(lung_frame, lung3.schema).partial(query)
+    same(engine._pushed(plan), expected)  # the engine's own answer, not a fallback's
     same(engine.partial(query), expected)
 
 
@@ -306,15 +309,104 @@ def test_an_aggregate_the_engine_refuses_is_left_to_pets_pass(dsn: str) -> None:
 
 def test_a_histogram_of_many_bins_is_left_to_pets_pass(engine: SqlTable, lung3: Workload,
                                                        lung_frame: pd.DataFrame) -> None:
-    """No request makes the site build a statement of one aggregate per bin beyond
-    `MAX_CELLS`: a 100 000-bin histogram is pet's own pass over the streamed rows."""
+    """No request makes the site build a statement comparing each row with more than
+    `MAX_EDGES` edges: a 100 000-bin histogram is pet's own pass over the streamed rows."""
     fine = Histogram("age", edges=tuple(np.linspace(18, 100, 100_001)))
     assert pushdown.compile(fine, lung3.schema, None, engine.types, engine._from) is None
     same(engine.partial(fine), FrameTable(lung_frame, lung3.schema).partial(fine))
 
 
-def test_a_table_of_many_cells_is_left_to_pets_pass(engine: SqlTable, lung3: Workload,
-                                                    lung_frame: pd.DataFrame) -> None:
+def test_a_table_of_many_cells_is_counted_per_cell_by_the_engine(
+        engine: SqlTable, lung3: Workload, lung_frame: pd.DataFrame) -> None:
+    """Cells are counted by GROUP BY, not by one aggregate each: 2 × 2 × 82 cells."""
     wide = Contingency(("sex", "dead", "age"), bins={"age": tuple(range(18, 101))})
-    assert pushdown.compile(wide, lung3.schema, None, engine.types, engine._from) is None
-    same(engine.partial(wide), FrameTable(lung_frame, lung3.schema).partial(wide))
+    plan = pushdown.compile(wide, lung3.schema, None, engine.types, engine._from)
+    assert plan is not None and plan.cells == 2 * 2 * 82
+    same(engine._pushed(plan), FrameTable(lung_frame, lung3.schema).partial(wide))
+
+
+def test_a_fraction_in_a_decimal_column_is_refused_as_the_reader_refuses_it(
+        tmp_path: Path, dsn: str) -> None:
+    """DECIMAL holds fractions: an Integer or Boolean column stored as one is checked for
+    whole numbers, and the value is refused with its row, on both engines."""
+    schema = Schema([Integer("k", 0, 9), Boolean("b")])
+    with duckdb.connect(str(tmp_path / "d.duckdb")) as connection:
+        connection.execute("CREATE TABLE t AS SELECT CAST(k AS DECIMAL(4,1)) AS k, "
+                           "CAST(b AS DECIMAL(3,1)) AS b FROM (VALUES (1, 1), (2.5, 0), "
+                           "(3, 0.5)) AS v(k, b)")
+    with psycopg.connect(dsn) as connection:
+        connection.execute("DROP TABLE IF EXISTS fractions")
+        connection.execute("CREATE TABLE fractions AS SELECT k::numeric(4,1) AS k, "
+                           "b::numeric(3,1) AS b FROM (VALUES (1, 1), (2.5, 0), (3, 0.5)) "
+                           "AS v(k, b)")
+    for table in (DuckDBTable(tmp_path / "d.duckdb", Relation("t"), schema),
+                  PostgresTable(dsn, Relation("fractions"), schema)):
+        with pytest.raises(SchemaError, match=r"column 'k', row 1: value 2.5 is not a whole"):
+            table.partial(Mean("k"))
+        with pytest.raises(SchemaError, match=r"column 'b', row 2: value 0.5 is not a boolean"):
+            table.partial(Count(where="b == 1"))
+
+
+def test_postgres_numeric_nan_and_real_read_as_pets_reader_reads_them(dsn: str) -> None:
+    """NUMERIC 'NaN' is a missing value, as a float NaN is; a `real` column streams to
+    pet's reader (the engine would widen 0.1f to 0.100000001490116)."""
+    schema = Schema([Continuous("y", 0, 10, nullable=True), Continuous("r", 0, 10)])
+    with psycopg.connect(dsn) as connection:
+        connection.execute("DROP TABLE IF EXISTS odd")
+        connection.execute("CREATE TABLE odd AS SELECT y::numeric AS y, r::real AS r FROM "
+                           "(VALUES ('1', 0.1), ('NaN', 0.2), ('3', 3.3)) AS v(y, r)")
+    table = PostgresTable(dsn, Relation("odd"), schema)
+    assert pushdown.compile(Mean("r"), schema, None, table.types, table._from) is None
+    frame = pd.DataFrame({"y": [1.0, np.nan, 3.0], "r": [0.1, 0.2, 3.3]})
+    for query in (Mean("y"), Count(where="y > 2"), Count(where="r == 0.1"), Mean("r")):
+        same(table.partial(query), FrameTable(frame, schema).partial(query))
+
+
+@pytest.mark.parametrize("dsn_text", [
+    "postgresql://pet:50%off@127.0.0.1:1/postgres",
+    "postgresql://pet:p@ss@nohost.invalid/postgres",
+    "host=127.0.0.1 port=1 user=pet password=s3cret dbname=postgres",
+])
+def test_a_connection_failure_never_shows_the_dsn(lung3: Workload, dsn_text: str) -> None:
+    with pytest.raises(SourceError) as refused:
+        PostgresTable(dsn_text, Relation("patients"), lung3.schema)
+    message = str(refused.value)
+    assert not any(part in message for part in ("50%off", "ss@", "s3cret", "127.0.0.1",
+                                                 "port", "nohost"))
+
+
+def test_a_boolean_stored_as_text_reads_as_from_a_csv(tmp_path: Path, dsn: str) -> None:
+    schema = Schema([Boolean("b"), Categorical("g", ("a", "b"))])
+    frame = pd.DataFrame({"b": ["true", "false", "1"], "g": ["a", "b", "a"]})
+    postgres.load(dsn, "text_flags", frame)
+    for table in (duck_table(tmp_path, frame, schema),
+                  PostgresTable(dsn, Relation("text_flags"), schema)):
+        same(table.partial(Mean("b", where="g == 'a'")), np.array([2.0, 2.0]))
+
+
+def test_numeric_categories_beyond_two_to_the_53_are_left_to_the_reader(
+        tmp_path: Path) -> None:
+    schema = Schema([Categorical("k", (2**53, 1))])
+    table = duck_table(tmp_path, pd.DataFrame({"k": [2**53 + 1, 1]}), schema)
+    assert pushdown.compile(Count(where="k == 1"), schema, None, table.types,
+                            table._from) is None
+    with pytest.raises(SchemaError, match="row 0"):
+        table.partial(Count(where="k == 1"))
+
+
+def test_a_request_too_large_to_compile_well_is_pets_own_pass(tmp_path: Path) -> None:
+    """A covariance of 63 columns would need 2 016 aggregates: past `MAX_AGGREGATES` the
+    site serves it with its own pass; a smaller one writes its filter once."""
+    columns = [f"x{i}" for i in range(63)]
+    schema = Schema([Continuous(c, 0, 100, nullable=True) for c in columns])
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.uniform(0, 100, (50, 63)), columns=columns)
+    table = duck_table(tmp_path, frame, schema)
+    where = " or ".join(f"{c} > {i}" for i, c in enumerate(columns))
+    wide = Covariance(tuple(columns), where=where)
+    assert pushdown.compile(wide, schema, None, table.types, table._from) is None
+    same(table.partial(wide), FrameTable(frame, schema).partial(wide))
+    narrow = Covariance(tuple(columns[:10]), where=where)
+    plan = pushdown.compile(narrow, schema, None, table.types, table._from)
+    assert table.sql(plan.select).count("> 62") == 1
+    same(table._pushed(plan), FrameTable(frame, schema).partial(narrow))
