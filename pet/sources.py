@@ -14,6 +14,7 @@ text: a filter is pet's parsed `Where`, compiled to an expression tree.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -163,8 +164,12 @@ class SqlTable(Table):
         (or to name a bad value's row) pet's own pass over the streamed rows."""
         query.validate(self.schema)  # a filter is checked before any SQL is built from it
         plan = pushdown.compile(query, self.schema, state, self.types, self._from.copy())
-        vector = None if plan is None else self._pushed(plan)
+        vector = None if plan is None else self._pushed(self._precise(plan))
         return vector if vector is not None else super().partial(query, state, site=site)
+
+    def _precise(self, plan: pushdown.Plan) -> pushdown.Plan:
+        """The plan with the engine's most accurate floating-point sum (as is: SUM)."""
+        return plan
 
     def _pushed(self, plan: pushdown.Plan) -> np.ndarray | None:
         """The plan's partial vector; None where a check found a value to read with pet's
@@ -196,6 +201,14 @@ class DuckDBTable(SqlTable):
             if path is not None and not Path(path).is_file():
                 raise SchemaError(f"cannot read {path}: no such {what}")
         super().__init__(relation, schema)
+
+    def _precise(self, plan: pushdown.Plan) -> pushdown.Plan:
+        """SUM as DuckDB's `fsum`: a compensated sum, as accurate as numpy's pairwise one
+        (a plain parallel SUM of 10⁶ squares drifts by about 1e-12 relative), for some 70%
+        more time on the sums."""
+        select = plan.select.transform(lambda node: exp.Anonymous(
+            this="fsum", expressions=[node.this]) if isinstance(node, exp.Sum) else node)
+        return dataclasses.replace(plan, select=select)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """A cursor of the table's one database connection: opening a connection costs
