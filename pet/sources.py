@@ -15,6 +15,7 @@ text: a filter is pet's parsed `Where`, compiled to an expression tree.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -270,8 +271,7 @@ class PostgresTable(SqlTable):
             cursor.execute(self.sql(select))
             names = [d.name for d in cursor.description]
             while rows := cursor.fetchmany(chunk_rows):
-                yield pa.RecordBatch.from_pandas(
-                    pd.DataFrame.from_records(rows, columns=names), preserve_index=False)
+                yield _records(rows, names)
 
 
 class SparkTable(SqlTable):
@@ -279,8 +279,8 @@ class SparkTable(SqlTable):
     on `master` (`local[*]` on one machine, a cluster's URL where a site outgrows one).
 
     A query that compiles runs on the cluster, and one row comes back. Any other query's
-    columns are collected to this process as Arrow (memory grows with rows × columns
-    read), then streamed through pet's reader as every source's are."""
+    columns stream to this process partition by partition, through pet's reader as every
+    source's do."""
 
     dialect = "spark"
 
@@ -299,8 +299,14 @@ class SparkTable(SqlTable):
                     .dtypes)
 
     def _arrow(self, select: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        yield from spark_session(self.master).sql(self.sql(select)).toArrow().to_batches(
-            chunk_rows)
+        """The rows partition by partition (`toLocalIterator`), in batches of at most
+        `chunk_rows`: this process never holds more than a partition and a batch, where
+        collecting the result (`toArrow`) would hold all of it."""
+        frame = spark_session(self.master).sql(self.sql(select))
+        names = frame.columns
+        rows = frame.toLocalIterator(prefetchPartitions=True)
+        while batch := [tuple(row) for row in itertools.islice(rows, chunk_rows)]:
+            yield _records(batch, names)
 
 
 def spark_session(master: str) -> Any:
@@ -320,6 +326,12 @@ def spark_session(master: str) -> Any:
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.sql.shuffle.partitions", "4")
             .getOrCreate())
+
+
+def _records(rows: Sequence[tuple], names: list[str]) -> pa.RecordBatch:
+    """Rows of Python values (a driver's) as an Arrow batch."""
+    return pa.RecordBatch.from_pandas(pd.DataFrame.from_records(rows, columns=names),
+                                      preserve_index=False)
 
 
 def _dictionaries(batch: pa.RecordBatch, schema: Schema) -> pa.RecordBatch:
