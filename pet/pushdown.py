@@ -398,12 +398,16 @@ def _all(conditions: list[exp.Expression]) -> exp.Expression | None:
     return exp.and_(*conditions) if conditions else None
 
 
+def _head_only(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+               terms: Terms) -> list[exp.Expression]:
+    """No sums beyond the head: a count, or a table whose cells GROUP BY counts."""
+    return []
+
+
 SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Terms],
                           list[exp.Expression]]] = {
-    Count: lambda query, schema, values, terms: [],
+    Count: _head_only, Histogram: _head_only, Contingency: _head_only,
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
-    Histogram: lambda query, schema, values, terms: [],
-    Contingency: lambda query, schema, values, terms: [],
     Covariance: _covariance, Correlation: _covariance,
     LinearRegression: _linear,
 }
