@@ -20,6 +20,7 @@ from pet.ledger import BudgetError
 from pet.limits import FilterLimitError, LimitError
 from pet.mpc.parties import PartyError
 from pet.releases import KeyReuse, ReleaseError
+from pet.sources import SourceError
 
 log = logging.getLogger("pet.services")
 
@@ -45,6 +46,7 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ReleaseError, grpc.StatusCode.ALREADY_EXISTS),
     (KeyReuse, grpc.StatusCode.PERMISSION_DENIED),
     (PartyError, grpc.StatusCode.UNAVAILABLE),
+    (SourceError, grpc.StatusCode.UNAVAILABLE),
     (QueryError, grpc.StatusCode.INVALID_ARGUMENT),
     (SchemaError, grpc.StatusCode.INVALID_ARGUMENT),
     (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -53,7 +55,7 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 )
 """Most specific first: an exhausted budget, a filter beyond its limits (malformed), a
 request beyond a size limit, a disclosure refusal, a request id already used for another
-release, an MPC party gone, a malformed query or
+release, an MPC party gone or a site's database unreachable, a malformed query or
 option (pet's ValueErrors); any other refusal means the request cannot run in this state.
 RecursionError and MemoryError stay INTERNAL: parsing a request turns them into its own
 errors, so elsewhere they are bugs."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,9 +16,11 @@ import yaml
 
 from pet.client import Client
 from pet.queries import Histogram, Mean, Variance
+from pet.sources import SourceError
 from pet.workloads import Workload
 from services.config import ConfigError, read_site
 from services.local import LocalFederation
+from services.status import code_of
 from tests import postgres
 
 
@@ -102,3 +105,9 @@ def test_a_dsn_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             "source": "postgres", "dsn_env": "PET_TEST_DSN", "table": "patients",
             "schema": "lung"})).table()
         assert table.n_rows == len(frame)
+
+
+def test_a_site_whose_database_is_unreachable_is_unavailable() -> None:
+    """A source that fails at request time (a database gone) is the site's outage, not a
+    bad request: UNAVAILABLE, as an MPC party gone is."""
+    assert code_of(SourceError("cannot connect")) == grpc.StatusCode.UNAVAILABLE
