@@ -25,8 +25,9 @@ from sqlglot import exp
 from pet.queries.base import Query, State, affine
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
-from pet.queries.regression import LinearRegression
-from pet.queries.tables import Contingency, Histogram
+from pet.queries.regression import LOG_FLOOR, LinearRegression, LogisticRegression, Regression
+from pet.queries.survival import KaplanMeier
+from pet.queries.tables import Contingency, Histogram, Quantiles
 from pet.schema import Boolean, Categorical, Column, Schema, cell_text
 from pet.where import Where
 
@@ -46,6 +47,10 @@ MAX_AGGREGATES = 1024
 MAX_EDGES = 256
 """Most bin edges a compiled histogram or table compares each row with; a request for
 more (up to the site's cell limit) is served by pet's own pass."""
+
+
+Values = Mapping[str, exp.Expression]
+"""Each used column's encoded value, by name."""
 
 
 class Unsupported(Exception):
@@ -76,6 +81,7 @@ class Plan:
     checks: tuple[Check, ...]
     grouped: exp.Select | None = None
     cells: int = 0
+    fold: Callable[[np.ndarray], np.ndarray] = np.asarray
 
     def vector(self, row: list[float | None],
                groups: list[tuple[float | None, float]] = ()) -> np.ndarray | None:
@@ -92,7 +98,7 @@ class Plan:
                 if cell is None or not (0 <= cell < self.cells and float(cell).is_integer()):
                     return None
                 counts[int(cell)] += count
-            values = np.concatenate([values, counts])
+            values = np.concatenate([values, self.fold(counts)])
         return values if np.isfinite(values).all() else None
 
 
@@ -109,7 +115,8 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
     faster than under a FILTER clause); then one row of aggregates: validation (bounds by
     MIN and MAX, missing and unmatched values by COUNT), the head, the terms' sums."""
     sums = SUMS.get(type(query))
-    if sums is None or query.clip or state is not None:
+    if sums is None or query.clip or (state is not None) != isinstance(query,
+                                                                       LogisticRegression):
         return None
     cells = CELLS.get(type(query))
     if cells is not None and cells.edges(query) > MAX_EDGES:
@@ -122,8 +129,8 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         checks = [check for i, c in enumerate(names)
                   for check in _checks(schema[c], types[c], values[c], raws[i])]
         terms = Terms()
-        aggregates = [*_head(query, schema), *sums(query, schema, values, terms)]
-        cell = None if cells is None else terms.add(cells.index(query, schema, values))
+        aggregates = [*_head(query, schema), *sums(query, schema, state, values, terms)]
+        cell = None if cells is None else cells.index(query, schema, values, terms)
         grouped = _group(query, schema, values)
     except Unsupported:
         return None
@@ -137,8 +144,11 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
                        _number(1.0).as_("pet_row", quoted=True)).from_(source)
     for alias, items in (("pet_encoded", grouped),
                          ("pet_grouped", [*_parts(query, values), *terms.raw]),
-                         ("pet_parts", [*_flags(query, schema, values), *terms.guarded])):
+                         ("pet_parts", [*_flags(query, schema, values), *terms.guarded,
+                                        *([COMPLETE.copy()] if terms.derived else [])])):
         level = exp.select(*(k.copy() for k in kept), *items).from_(level.subquery(alias))
+    for k, items in enumerate(terms.derived):
+        level = exp.select(exp.Star(), *items).from_(level.subquery(f"pet_derived{k}"))
     rows = level.subquery("pet_rows")
     items = [*(c.aggregate for c in checks), *aggregates]
     select = exp.select(*(a.as_(f"v{i}", quoted=True) for i, a in enumerate(items))
@@ -147,17 +157,19 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         return Plan(select, tuple(checks))
     by_cell = exp.select(cell.copy(), exp.Count(this=exp.Star())).from_(rows.copy()).where(
         cell.copy().is_(exp.null()).not_()).group_by(cell.copy())
-    return Plan(select, tuple(checks), by_cell, cells.count(query, schema))
+    return Plan(select, tuple(checks), by_cell, cells.count(query, schema), cells.fold)
 
 
 class Terms:
     """The per-row terms a query's sums read: each computed once per row (`t{k}`), then
     kept for the subgroup's complete rows only (`g{k}`, NULL elsewhere), so that SUM and
-    COUNT read only those rows without a filter clause."""
+    COUNT read only those rows without a filter clause; and terms derived from those, a
+    level each (`d{k}`, e.g. a logistic model's μ from its linear predictor)."""
 
     def __init__(self) -> None:
         self.raw: list[exp.Expression] = []
         self.guarded: list[exp.Expression] = []
+        self.derived: list[list[exp.Expression]] = []
 
     def add(self, value: exp.Expression) -> exp.Column:
         """A term's column, NULL outside the complete rows."""
@@ -166,6 +178,14 @@ class Terms:
         self.guarded.append(exp.Case(ifs=[exp.If(this=COMPLETE.copy(), true=exp.column(
             f"t{k}", quoted=True))]).as_(f"g{k}", quoted=True))
         return exp.column(f"g{k}", quoted=True)
+
+    def derive(self, *values: exp.Expression) -> list[exp.Column]:
+        """Terms computed, in one more level, from the terms before them; NULL outside
+        the complete rows."""
+        start = sum(map(len, self.derived))
+        self.derived.append([exp.Case(ifs=[exp.If(this=COMPLETE.copy(), true=value)]).as_(
+            f"d{start + j}", quoted=True) for j, value in enumerate(values)])
+        return [exp.column(f"d{start + j}", quoted=True) for j in range(len(values))]
 
 
 def _encode(column: Column, raw: exp.Expression, engine_type: str) -> exp.Expression:
@@ -238,10 +258,12 @@ def _categorical(column: Categorical, raw: exp.Expression, kind: str) -> exp.Exp
 
 
 def _number(value: float) -> exp.Expression:
+    """A double constant, written as its shortest decimal text cast to DOUBLE: every
+    engine parses that text to the same double (correctly rounded), where a numeric
+    literal becomes a DECIMAL that DuckDB and Spark may convert to a neighbouring one."""
     if not math.isfinite(value):
         raise Unsupported(f"the constant {value!r}")
-    literal = exp.Literal.number(repr(float(value)))
-    return exp.paren(exp.Neg(this=exp.Literal.number(repr(-value)))) if value < 0 else literal
+    return exp.cast(exp.Literal.string(repr(float(value))), exp.DataType.Type.DOUBLE)
 
 
 KNOWN, GROUP = exp.column("pet_known", quoted=True), exp.column("pet_group", quoted=True)
@@ -250,7 +272,7 @@ CANDIDATE = exp.column("pet_candidate", quoted=True)
 
 
 def _group(query: Query, schema: Schema,
-           values: Mapping[str, exp.Expression]) -> list[exp.Expression]:
+           values: Values) -> list[exp.Expression]:
     """`pet_known` (none of the filter's columns missing) and `pet_group` (known and in
     the subgroup), where the query has a filter: the filter is written once."""
     if not isinstance(query.where, Where):
@@ -261,7 +283,7 @@ def _group(query: Query, schema: Schema,
     return [known.as_(KNOWN.name, quoted=True), group.as_(GROUP.name, quoted=True)]
 
 
-def _parts(query: Query, values: Mapping[str, exp.Expression]) -> list[exp.Expression]:
+def _parts(query: Query, values: Values) -> list[exp.Expression]:
     """`pet_complete` (in the subgroup, none of the inputs missing: the rows the sums
     read) and `pet_candidate` (in the subgroup, or its filter's columns missing: the rows
     whose missing inputs the head counts), as `Query._chunk_parts` decides them."""
@@ -275,7 +297,7 @@ def _parts(query: Query, values: Mapping[str, exp.Expression]) -> list[exp.Expre
 
 
 def _flags(query: Query, schema: Schema,
-           values: Mapping[str, exp.Expression]) -> list[exp.Expression]:
+           values: Values) -> list[exp.Expression]:
     """Per row, 1 where it counts towards `n` (`pet_n`) and towards each `missing` count
     (`m{j}`), NULL elsewhere."""
     flags = [exp.Case(ifs=[exp.If(this=COMPLETE.copy(), true=_number(1.0))]).as_(
@@ -294,7 +316,7 @@ def _head(query: Query, schema: Schema) -> list[exp.Expression]:
               for j in range(len(query.missing_columns(schema))))]
 
 
-def _moments(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+def _moments(query: Query, schema: Schema, state: State, values: Values,
              terms: Terms) -> list[exp.Expression]:
     """Σs (and Σs² for the variance) of the column scaled to [-1, 1]."""
     assert isinstance(query, Moments)
@@ -318,23 +340,107 @@ def _affine(value: exp.Expression, center: float, half: float) -> exp.Expression
 def _bin_index(value: exp.Expression, edges: tuple[float, ...]) -> exp.Expression:
     """The bin of a value among [e0, e1), …, [e_{k-1}, e_k], values below e0 in the first
     and above e_k in the last, as `bin_index` places them: how many inner edges it
-    reaches (comparisons are exact, where arithmetic on the edges could round)."""
-    index: exp.Expression = _number(0.0)
-    for edge in edges[1:-1]:
-        reached = exp.Case(ifs=[exp.If(this=exp.GTE(this=value.copy(), expression=_number(edge)),
-                                       true=_number(1.0))], default=_number(0.0))
-        index = exp.Add(this=index, expression=reached)
-    return index
+    reaches, found by a binary search written as nested CASEs (log₂ k comparisons a row,
+    each exact, where arithmetic on the edges could round)."""
+    inner = edges[1:-1]
+
+    def reached(lo: int, hi: int) -> exp.Expression:
+        """How many inner edges the value reaches, knowing it reaches those before lo
+        and none from hi on."""
+        if lo == hi:
+            return _number(float(lo))
+        mid = (lo + hi) // 2
+        return exp.Case(ifs=[exp.If(this=exp.GTE(this=value.copy(),
+                                                 expression=_number(inner[mid])),
+                                    true=reached(mid + 1, hi))], default=reached(lo, mid))
+
+    return reached(0, len(inner))
 
 
-def _histogram_cell(query: Query, schema: Schema,
-                    encoded: Mapping[str, exp.Expression]) -> exp.Expression:
+def _grid_index(value: exp.Expression, lower: float, step: float, *, left: bool,
+                terms: Terms) -> exp.Expression:
+    """The interval k of a value on the grid e_k = k·step + lower: e_k ≤ value < e_k+1 as
+    `bin_index` places values, or e_k < value ≤ e_k+1 with `left`, as
+    `searchsorted(side="left")` does. Division finds it to within one interval, then
+    exact comparisons with the neighbouring edges (computed as numpy's `linspace`
+    computes them) settle it, so one GROUP BY key per row replaces a comparison per
+    edge. Not clamped (SQL's GREATEST and LEAST differ on NULL between engines): a value
+    on the grid's first or last edge may fall one interval beyond it, and the query's
+    `fold` moves those counts back."""
+    if not (math.isfinite(step) and step > 0):
+        raise Unsupported(f"a grid step of {step!r}")
+    position = exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=_number(lower))),
+                       expression=_number(step))
+    guess = (exp.Sub(this=exp.Ceil(this=position), expression=_number(1.0)) if left
+             else exp.Floor(this=position))
+    k = terms.add(exp.cast(guess, exp.DataType.Type.DOUBLE))
+
+    def edge(offset: float) -> exp.Expression:
+        index = exp.Add(this=k.copy(), expression=_number(offset))
+        return exp.Add(this=_times(index, _number(step)), expression=_number(lower))
+
+    below = (exp.LTE if left else exp.LT)(this=value.copy(), expression=edge(0.0))
+    above = (exp.GT if left else exp.GTE)(this=value.copy(), expression=edge(1.0))
+    return exp.Add(this=exp.Sub(this=k.copy(), expression=_indicator(below)),
+                   expression=_indicator(above))
+
+
+def _indicator(condition: exp.Expression) -> exp.Expression:
+    return exp.Case(ifs=[exp.If(this=condition, true=_number(1.0))], default=_number(0.0))
+
+
+def _histogram_cell(query: Query, schema: Schema, encoded: Values,
+                    terms: Terms) -> exp.Column:
     assert isinstance(query, Histogram)
-    return _bin_index(encoded[query.column], query.edges)
+    return terms.add(_bin_index(encoded[query.column], query.edges))
 
 
-def _table_cell(query: Query, schema: Schema,
-                encoded: Mapping[str, exp.Expression]) -> exp.Expression:
+def _quantiles_cell(query: Query, schema: Schema, encoded: Values,
+                    terms: Terms) -> exp.Column:
+    """The row's bin on the query's public grid, where a value on the upper bound may
+    fall in one bin beyond the last (`_last_bin_closed`)."""
+    assert isinstance(query, Quantiles)
+    lower, upper = schema[query.column].bounds()
+    index = _grid_index(encoded[query.column], lower, (upper - lower) / query.bins,
+                        left=False, terms=terms)
+    return terms.derive(index)[0]
+
+
+def _last_bin_closed(counts: np.ndarray) -> np.ndarray:
+    """The counts of a grid's bins, those one beyond the last moved into it."""
+    return np.concatenate([counts[:-2], [counts[-2] + counts[-1]]])
+
+
+def _survival_cell(query: Query, schema: Schema, encoded: Values,
+                   terms: Terms) -> exp.Column:
+    """2·(1 + the row's grid interval) + its event indicator, where a time of 0 may fall
+    one interval before the first and the upper bound one beyond the last:
+    `_survival_counts` turns the cells' counts into the events and the rows removed per
+    interval."""
+    assert isinstance(query, KaplanMeier)
+    time, event = encoded[query.time], encoded[query.event]
+    if isinstance(query.grid, int):
+        upper = schema[query.time].bounds()[1]
+        index = _grid_index(time, 0.0, upper / query.grid, left=True, terms=terms)
+    else:  # as many comparisons as grid times (at most MAX_EDGES)
+        index = terms.add(sum((_indicator(exp.GT(this=time.copy(), expression=_number(t)))
+                               for t in query.grid), start=_number(0.0)))
+    cell = exp.Add(this=_times(exp.Add(this=index, expression=_number(1.0)), _number(2.0)),
+                   expression=event.copy())
+    return terms.derive(cell)[0]
+
+
+def _survival_counts(counts: np.ndarray) -> np.ndarray:
+    """Events, then rows removed, per grid interval, from the counts per (interval,
+    event) cell, those before the first interval and beyond the last moved into it."""
+    by_interval = counts.reshape(-1, 2)
+    by_interval[1] += by_interval[0]
+    by_interval[-2] += by_interval[-1]
+    inside = by_interval[1:-1]
+    return np.concatenate([inside[:, 1], inside.sum(axis=1)])
+
+
+def _table_cell(query: Query, schema: Schema, encoded: Values, terms: Terms) -> exp.Column:
     """The row's cell in the table's C-order (as `np.ravel_multi_index` numbers it): a
     column's code, or its bin where the query bins it."""
     assert isinstance(query, Contingency)
@@ -344,27 +450,23 @@ def _table_cell(query: Query, schema: Schema,
                 else encoded[column].copy())
         index = exp.Add(this=exp.Mul(this=exp.paren(index), expression=_number(float(size))),
                         expression=exp.paren(code))
-    return index
+    return terms.add(index)
 
 
-def _covariance(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+def _covariance(query: Query, schema: Schema, state: State, values: Values,
                 terms: Terms) -> list[exp.Expression]:
     """Σs per column and Σsᵢsⱼ over the upper triangle, row by row (`gram_upper`'s
     order), of the columns scaled to [-1, 1]."""
     assert isinstance(query, Covariance)
     scaled = [terms.add(_scaled(values[c], schema[c])) for c in query.columns]
-    d = len(scaled)
-    return [*(_sum(s) for s in scaled),
-            *(_sum(exp.Mul(this=scaled[i].copy(), expression=scaled[j].copy()))
-              for i in range(d) for j in range(i, d))]
+    return [*(_sum(s) for s in scaled), *_gram(scaled)]
 
 
-def _linear(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
-            terms: Terms) -> list[exp.Expression]:
-    """XᵀX (upper triangle, row by row), Xᵀy and yᵀy of the scaled design and outcome, as
-    `model_matrix` builds the design: an intercept, numbers scaled by the design's public
-    center and half-range, a category's indicators for its levels after the first."""
-    assert isinstance(query, LinearRegression)
+def _design(query: Regression, schema: Schema, values: Values,
+            terms: Terms) -> list[exp.Column]:
+    """The scaled design's terms, as `model_matrix` builds them: an intercept, numbers
+    scaled by the design's public center and half-range, a category's indicators for its
+    levels after the first."""
     design = query.design(schema)
     columns: list[exp.Expression] = [_number(1.0)] if query.intercept else []
     term = len(columns)
@@ -379,13 +481,66 @@ def _linear(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
         else:
             columns.append(_affine(values[name], design.center[term], design.half[term]))
             term += 1
-    x = [terms.add(c) for c in columns]
+    return [terms.add(c) for c in columns]
+
+
+def _linear(query: Query, schema: Schema, state: State, values: Values,
+            terms: Terms) -> list[exp.Expression]:
+    """XᵀX (upper triangle, row by row), Xᵀy and yᵀy of the scaled design and outcome."""
+    assert isinstance(query, LinearRegression)
+    x = _design(query, schema, values, terms)
     y = terms.add(_affine(values[query.outcome], *query._outcome_scaling(schema)))
-    p = len(x)
-    return [*(_sum(exp.Mul(this=x[i].copy(), expression=x[j].copy()))
-              for i in range(p) for j in range(i, p)),
-            *(_sum(exp.Mul(this=xi.copy(), expression=y.copy())) for xi in x),
-            _sum(exp.Mul(this=y.copy(), expression=y.copy()))]
+    return [*_gram(x), *(_sum(_times(xi, y)) for xi in x), _sum(_times(y, y))]
+
+
+def _logistic(query: Query, schema: Schema, state: State, values: Values,
+              terms: Terms) -> list[exp.Expression]:
+    """One Newton round at the state's coefficients β, as `LogisticRegression.accumulate`
+    computes it: with η = xβ, log μ = −log(1 + e^(−η)) (stable for any η), the gradient
+    Σ(y − μ)x, the Hessian Σμ(1 − μ)xxᵀ (upper triangle) and the log-likelihood
+    Σ y·log μ + (1 − y)·log(1 − μ), each log floored at `LOG_FLOOR`."""
+    assert isinstance(query, LogisticRegression) and state is not None
+    x = _design(query, schema, values, terms)
+    y = terms.add(values[query.outcome].copy())
+    (eta,) = terms.derive(_dot(x, [float(b) for b in state.beta]))
+    softplus = exp.Add(this=_at_least(exp.Neg(this=eta.copy()), 0.0), expression=exp.Ln(
+        this=exp.Add(this=_number(1.0), expression=exp.Exp(
+            this=exp.Neg(this=exp.Abs(this=eta.copy()))))))
+    (log_mu,) = terms.derive(exp.Neg(this=exp.paren(softplus)))
+    mu, log_likelihood = terms.derive(exp.Exp(this=log_mu.copy()), exp.Add(
+        this=_times(y, _at_least(log_mu, LOG_FLOOR)),
+        expression=_times(exp.Sub(this=_number(1.0), expression=y.copy()), _at_least(
+            exp.Sub(this=log_mu.copy(), expression=eta.copy()), LOG_FLOOR))))
+    residual, weight = terms.derive(
+        exp.Sub(this=y.copy(), expression=mu.copy()),
+        _times(mu, exp.Sub(this=_number(1.0), expression=mu.copy())))
+    return [*(_sum(_times(xi, residual)) for xi in x),
+            *(_sum(_times(weight, _times(x[i], x[j])))
+              for i in range(len(x)) for j in range(i, len(x))),
+            _sum(log_likelihood)]
+
+
+def _at_least(value: exp.Expression, floor: float) -> exp.Expression:
+    """max(value, floor) as numpy's `maximum` (a CASE: engines' GREATEST differ on NULL)."""
+    return exp.Case(ifs=[exp.If(this=exp.LT(this=value.copy(), expression=_number(floor)),
+                                true=_number(floor))], default=value.copy())
+
+
+def _dot(terms: list[exp.Column], coefficients: list[float]) -> exp.Expression:
+    """Σ βᵢxᵢ, in the order of the terms."""
+    total: exp.Expression = _number(0.0)
+    for term, beta in zip(terms, coefficients, strict=True):
+        total = exp.Add(this=total, expression=_times(term, _number(beta)))
+    return total
+
+
+def _gram(x: list[exp.Column]) -> list[exp.Expression]:
+    """Σxᵢxⱼ over the upper triangle, row by row (`gram_upper`'s order)."""
+    return [_sum(_times(x[i], x[j])) for i in range(len(x)) for j in range(i, len(x))]
+
+
+def _times(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    return exp.Mul(this=exp.paren(a.copy()), expression=exp.paren(b.copy()))
 
 
 def _sum(value: exp.Expression) -> exp.Expression:
@@ -398,18 +553,18 @@ def _all(conditions: list[exp.Expression]) -> exp.Expression | None:
     return exp.and_(*conditions) if conditions else None
 
 
-def _head_only(query: Query, schema: Schema, values: Mapping[str, exp.Expression],
+def _head_only(query: Query, schema: Schema, state: State, values: Values,
                terms: Terms) -> list[exp.Expression]:
     """No sums beyond the head: a count, or a table whose cells GROUP BY counts."""
     return []
 
 
-SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Terms],
-                          list[exp.Expression]]] = {
+SUMS: dict[type, Callable[[Query, Schema, State, Values, Terms], list[exp.Expression]]] = {
     Count: _head_only, Histogram: _head_only, Contingency: _head_only,
+    Quantiles: _head_only, KaplanMeier: _head_only,
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Covariance: _covariance, Correlation: _covariance,
-    LinearRegression: _linear,
+    LinearRegression: _linear, LogisticRegression: _logistic,
 }
 """The queries whose local pass compiles, by exact type (a subclass may change its sums)."""
 
@@ -417,11 +572,13 @@ SUMS: dict[type, Callable[[Query, Schema, Mapping[str, exp.Expression], Terms],
 @dataclass(frozen=True)
 class Cells:
     """How a query that counts rows per cell numbers them: how many cells, how many bin
-    edges a row is compared with, and each row's cell from its encoded values."""
+    edges a row is compared with, each row's cell from its encoded values (a term's
+    column), and how the counts per cell become the layout's elements."""
 
     count: Callable[[Query, Schema], int]
     edges: Callable[[Query], int]
-    index: Callable[[Query, Schema, Mapping[str, exp.Expression]], exp.Expression]
+    index: Callable[[Query, Schema, Values, Terms], exp.Column]
+    fold: Callable[[np.ndarray], np.ndarray] = np.asarray
 
 
 CELLS: dict[type, Cells] = {
@@ -431,4 +588,10 @@ CELLS: dict[type, Cells] = {
     Contingency: Cells(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
                        lambda query: sum(map(len, query.bins.values())),  # type: ignore[attr-defined]
                        _table_cell),
+    Quantiles: Cells(lambda query, schema: query.bins + 1, lambda query: 2,  # type: ignore[attr-defined]
+                     _quantiles_cell, _last_bin_closed),
+    KaplanMeier: Cells(lambda query, schema: 2 * (query.steps() + 2),  # type: ignore[attr-defined]
+                       lambda query: 2 if isinstance(query.grid, int)  # type: ignore[attr-defined]
+                       else len(query.grid),  # type: ignore[attr-defined]
+                       _survival_cell, _survival_counts),
 }

@@ -163,10 +163,13 @@ class SqlTable(Table):
         """The query's partial vector: one aggregate on the engine where the query's local
         pass compiles to one (`pet.pushdown`) and every value it reads is valid; otherwise
         (or to name a bad value's row) pet's own pass over the streamed rows."""
-        query.validate(self.schema)  # a filter is checked before any SQL is built from it
+        query.validate(self.schema)  # filter and state are checked before any SQL is built
+        size = query.layout(self.schema, state).size
         plan = pushdown.compile(query, self.schema, state, self.types, self._from.copy())
         vector = None if plan is None else self._pushed(self._precise(plan))
-        return vector if vector is not None else super().partial(query, state, site=site)
+        if vector is not None and vector.size == size:
+            return vector
+        return super().partial(query, state, site=site)
 
     def _precise(self, plan: pushdown.Plan) -> pushdown.Plan:
         """The plan with the engine's most accurate floating-point sum (as is: SUM)."""
