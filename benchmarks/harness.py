@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from benchmarks import postgres
 from benchmarks.profile import Cell, Profile
 from benchmarks.queries import preset
 from benchmarks.report import by_transport, markdown_summary, plot_all
@@ -38,9 +39,9 @@ from pet.client import RemoteStudy
 from pet.disclosure import DisclosurePolicy
 from pet.result import Result, answer_vector
 from pet.site import Site
-from pet.sources import DuckDBTable, Relation
+from pet.sources import DuckDBTable, PostgresTable, Relation, SparkTable, spark_session
 from pet.study import Study
-from pet.table import ParquetTable
+from pet.table import ParquetTable, Table
 from pet.workloads import Workload, cohort, load
 from services.local import LocalFederation, table_data, workload_data
 
@@ -50,8 +51,8 @@ CSV_COLUMNS = (
     "abs_error", "rel_error", "rho", "epsilon_spent", "delta",
     "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "comm_rounds", "scan_s", "local_s",
     "protect_s",
-    "combine_s", "reveal_s", "session_bytes", "startup_s", "transport", "engine", "status",
-    "message",
+    "combine_s", "reveal_s", "session_bytes", "startup_s", "transport", "engine",
+    "engine_start_s", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "transport", "engine", "status",
@@ -116,18 +117,59 @@ def run_cell(cell: Cell, data_dir: str) -> dict[str, Any]:
     return record
 
 
-def on_engine(workload: Workload, engine: str) -> Workload:
-    """The workload with each site's Parquet file read by `engine` (pet: as it is)."""
+@contextmanager
+def on_engine(workload: Workload, engine: str,
+              data_dir: Path) -> Iterator[tuple[Workload, float]]:
+    """The workload with each site's Parquet file read by `engine` (pet: as it is; DuckDB
+    and Spark read it in place; PostgreSQL holds it as a table, loaded once into a
+    cluster kept under `data_dir`), and the seconds the engine took to start: Spark's
+    session, PostgreSQL's server and first connection."""
+    files = {name: table.path for name, table in workload.tables.items()
+             if isinstance(table, ParquetTable)}
+    start = time.perf_counter()
     if engine == "pet":
-        return workload
-    tables = {name: DuckDBTable(None, Relation(parquet=table.path), workload.schema)
-              for name, table in workload.tables.items() if isinstance(table, ParquetTable)}
+        yield workload, 0.0
+    elif engine == "duckdb":
+        yield _tables(workload, {name: DuckDBTable(None, Relation(parquet=path),
+                                                   workload.schema)
+                                 for name, path in files.items()}), 0.0
+    elif engine == "spark":
+        spark_session(SPARK_MASTER)
+        started = time.perf_counter() - start
+        yield _tables(workload, {name: SparkTable(SPARK_MASTER, Relation(parquet=str(path)),
+                                                  workload.schema)
+                                 for name, path in files.items()}), started
+    else:
+        with postgres.kept(data_dir / "postgres") as dsn:
+            started = time.perf_counter() - start
+            yield _tables(workload, {name: PostgresTable(dsn, Relation(_loaded(dsn, path)),
+                                                         workload.schema)
+                                     for name, path in files.items()}), started
+
+
+SPARK_MASTER = "local[*]"
+
+
+def _tables(workload: Workload, tables: dict[str, Table]) -> Workload:
     return Workload(workload.name, workload.schema, tables)
+
+
+def _loaded(dsn: str, path: Path) -> str:
+    """The name of the PostgreSQL table holding the Parquet file's rows (its folder and
+    name), loaded on first use."""
+    name = f"{path.parent.name}-{path.stem}".replace("-", "_")
+    if not postgres.has_table(dsn, name):
+        postgres.load_parquet(dsn, name, path)
+    return name
 
 
 def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
     files = build_workload(cell, data_dir)
-    workload = on_engine(files, cell.engine)
+    with on_engine(files, cell.engine, data_dir) as (workload, engine_start_s):
+        return {**_measured(cell, files, workload), "engine_start_s": engine_start_s}
+
+
+def _measured(cell: Cell, files: Workload, workload: Workload) -> dict[str, Any]:
     query = preset(cell.workload, cell.query)
     options = {} if cell.epsilon is None else {"epsilon": cell.epsilon}
     with tempfile.TemporaryDirectory(prefix="pet-bench-") as folder, \
@@ -164,7 +206,7 @@ def _measure(cell: Cell, data_dir: Path) -> dict[str, Any]:
         "rho": last.privacy.rho,
         "epsilon_spent": last.privacy.epsilon,
         "delta": last.privacy.delta,
-        **_errors(results, workload, query, cell),
+        **_errors(results, files, query, cell),
         "scan_s": _bare_scan(files, query.used_columns(), cell.warmup, cell.repeats),
     }
 
@@ -213,13 +255,14 @@ def _phases(results: list[Result]) -> dict[str, float]:
     }
 
 
-def _errors(results: list[Result], workload: Workload, query: Any,
+def _errors(results: list[Result], files: Workload, query: Any,
             cell: Cell) -> dict[str, float]:
-    """Absolute and relative (max-norm) error of the answer against plaintext: the median
-    over the repeats (one draw of DP noise says little)."""
-    if cell.backend == "plaintext":
+    """Absolute and relative (max-norm) error of the answer against plaintext on pet's own
+    pass over the sites' files (an engine's plaintext answer is compared with it too):
+    the median over the repeats (one draw of DP noise says little)."""
+    if cell.backend == "plaintext" and cell.engine == "pet":
         return {"abs_error": 0.0, "rel_error": 0.0}
-    reference = answer_vector(workload.study("plaintext", policy=OPEN).run(query).value)
+    reference = answer_vector(files.study("plaintext", policy=OPEN).run(query).value)
     error = float(np.median([np.max(np.abs(answer_vector(r.value) - reference))
                              for r in results]))
     scale = float(np.max(np.abs(reference)))

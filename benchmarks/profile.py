@@ -21,9 +21,10 @@ GENERATED = frozenset({"cohort"})
 
 
 TRANSPORTS = ("in-process", "services")
-ENGINES = ("pet", "duckdb")
-"""What runs a site's local pass: pet's own pass over its Parquet file, or DuckDB reading
-the same file in place (`pet.sources`)."""
+ENGINES = ("pet", "duckdb", "postgres", "spark")
+"""What runs a site's local pass: pet's own pass over its Parquet file, DuckDB or a local
+Spark session reading the same file in place, or a PostgreSQL server holding its rows as
+a table (`pet.sources`)."""
 
 
 @dataclass(frozen=True)

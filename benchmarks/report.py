@@ -592,18 +592,22 @@ def by_transport(frame: pd.DataFrame) -> pd.DataFrame:
 def engine_floor(frame: pd.DataFrame) -> list[str]:
     """Markdown lines: per query and size, each engine's local pass (one site's, median)
     against the bare scan of the same columns; nothing unless a cell ran on an engine
-    other than pet's own pass."""
+    other than pet's own pass; with the engine's start-up (a Spark session, a PostgreSQL
+    server), paid once before any query."""
     if "engine" not in frame or set(frame["engine"].fillna("pet")) <= {"pet"}:
         return []
     cells = frame[frame["scan_s"].notna() & frame["local_s"].notna()]
     lines = ["## Local pass against the bare scan, by engine", "",
-             "| query | rows/site | engine | local pass | bare scan | local ÷ scan |",
-             "|---|---:|---|---:|---:|---:|"]
+             "| query | rows/site | engine | local pass | bare scan | local ÷ scan "
+             "| engine start |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for _, cell in cells.sort_values(["query", "rows_per_site", "engine"]).iterrows():
         ratio = cell["local_s"] / cell["scan_s"] / max(cell["rounds"], 1)
+        start = cell.get("engine_start_s")
+        started = human_seconds(start) if pd.notna(start) and start > 0 else ""
         lines.append(f"| {_cell_text(cell['query'])} | {_integer(cell['rows_per_site'])} "
                      f"| {_cell_text(cell['engine'])} | {human_seconds(cell['local_s'])} "
-                     f"| {human_seconds(cell['scan_s'])} | {ratio:.2f}× |")
+                     f"| {human_seconds(cell['scan_s'])} | {ratio:.2f}× | {started} |")
     return [*lines, ""]
 
 

@@ -4,9 +4,11 @@ skips finished cells. Timings are recorded, never asserted."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -143,17 +145,24 @@ def test_shipped_profiles_load_and_full_reaches_ten_million_rows_at_eight_sites(
     assert {c.workload for c in full} == {"lung", "breast_cancer", "diabetes", "cohort"}
 
 
-def test_a_duckdb_cell_runs_the_same_query_on_the_same_file(tmp_path) -> None:
-    """The engines dimension: each query once on pet's own pass and once on DuckDB over
-    the same Parquet file, in as many rounds, each compared with the one bare scan."""
-    spec = {**TINY, "matrices": [{"workloads": ["cohort"], "queries": ["mean", "logistic"],
+def test_every_engine_runs_the_same_query_on_the_same_rows(tmp_path) -> None:
+    """The engines dimension: each query on pet's own pass, on DuckDB and a local Spark
+    session over the same Parquet file, and on a real PostgreSQL server holding its rows
+    (loaded once, kept under the data folder), in as many rounds with the same answer,
+    each compared with the one bare scan; the servers' start-up is recorded."""
+    spec = {**TINY, "matrices": [{"workloads": ["cohort"], "queries": ["logistic"],
                                   "sites": [1], "rows_per_site": [2000],
-                                  "engines": ["pet", "duckdb"]}]}
-    frame = run_tiny(tmp_path / "out", tmp_path / "data", spec)
-    assert frame.status.tolist() == ["ok"] * 4
-    assert sorted(frame.engine) == ["duckdb", "duckdb", "pet", "pet"]
-    for _, pair in frame.groupby("query"):
-        assert pair.scan_s.notna().all() and (pair.local_s > 0).all()
-        assert pair.rounds.nunique() == 1
+                                  "engines": ["pet", "duckdb", "postgres", "spark"]}]}
+    with tempfile.TemporaryDirectory(prefix="pet-engines-") as data:
+        os.chmod(data, 0o755)  # PostgreSQL's own account (where tests run as root) keeps
+        frame = run_tiny(tmp_path / "out", Path(data), spec)  # its cluster in there
+    assert frame.status.tolist() == ["ok"] * 4, frame.message.tolist()
+    assert sorted(frame.engine) == ["duckdb", "pet", "postgres", "spark"]
+    assert frame.scan_s.notna().all() and (frame.local_s > 0).all()
+    assert frame.rounds.nunique() == 1 and frame.rounds.iloc[0] > 1
+    assert (frame.rel_error < 1e-9).all()
+    servers = frame[frame.engine.isin(["postgres", "spark"])]
+    assert (servers.engine_start_s > 0).all()
+    assert (frame[frame.engine.isin(["pet", "duckdb"])].engine_start_s == 0).all()
     assert "## Local pass against the bare scan, by engine" in (
         tmp_path / "out" / "summary.md").read_text()

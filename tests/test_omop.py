@@ -14,6 +14,7 @@ import pytest
 import yaml
 from lifelines import KaplanMeierFitter
 
+from benchmarks import postgres
 from pet.errors import SchemaError
 from pet.omop import CohortDefinition
 from pet.queries import KaplanMeier, Mean
@@ -21,7 +22,6 @@ from pet.sources import DuckDBTable, PostgresTable, Relation
 from pet.workloads import Workload
 from pet.workloads.omop import OmopSite, definition, omop_site, omop_workload
 from services.config import read_site
-from tests import postgres
 from tests.conftest import NO_CELL_LIMIT
 
 ROWS, SEED = 400, 11

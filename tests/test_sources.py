@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from benchmarks import postgres
 from pet import pushdown
 from pet.errors import QueryError, SchemaError
 from pet.queries import (
@@ -41,7 +42,6 @@ from pet.schema import Boolean, Categorical, Continuous, Integer, Schema, TimeTo
 from pet.sources import DuckDBTable, PostgresTable, Relation, SourceError, SqlTable
 from pet.table import FrameTable, Table
 from pet.workloads import Workload
-from tests import postgres
 
 PUSHED = [
     Count(), Count(where="sex == 'female'"), Mean("age"), Mean("wt_loss"),

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from benchmarks import postgres
 from pet.client import Client
 from pet.queries import Histogram, Mean, Variance
 from pet.sources import SourceError
@@ -21,7 +22,6 @@ from pet.workloads import Workload
 from services.config import ConfigError, read_site
 from services.local import LocalFederation
 from services.status import code_of
-from tests import postgres
 
 
 @pytest.fixture(scope="module")
