@@ -15,6 +15,7 @@ does not know gives None: pet's own pass then serves it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pet.queries.base import Query, State, affine
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
 from pet.queries.regression import LOG_FLOOR, LinearRegression, LogisticRegression, Regression
-from pet.queries.survival import KaplanMeier
+from pet.queries.survival import KaplanMeier, LogRank
 from pet.queries.tables import Contingency, Histogram, Quantiles
 from pet.schema import Boolean, Categorical, Column, Schema, cell_text
 from pet.where import Where
@@ -157,7 +158,8 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         return Plan(select, tuple(checks))
     by_cell = exp.select(cell.copy(), exp.Count(this=exp.Star())).from_(rows.copy()).where(
         cell.copy().is_(exp.null()).not_()).group_by(cell.copy())
-    return Plan(select, tuple(checks), by_cell, cells.count(query, schema), cells.fold)
+    return Plan(select, tuple(checks), by_cell, cells.count(query, schema),
+                functools.partial(cells.fold, query))
 
 
 class Terms:
@@ -406,18 +408,19 @@ def _quantiles_cell(query: Query, schema: Schema, encoded: Values,
     return terms.derive(index)[0]
 
 
-def _last_bin_closed(counts: np.ndarray) -> np.ndarray:
+def _last_bin_closed(query: Query, counts: np.ndarray) -> np.ndarray:
     """The counts of a grid's bins, those one beyond the last moved into it."""
     return np.concatenate([counts[:-2], [counts[-2] + counts[-1]]])
 
 
 def _survival_cell(query: Query, schema: Schema, encoded: Values,
                    terms: Terms) -> exp.Column:
-    """2·(1 + the row's grid interval) + its event indicator, where a time of 0 may fall
-    one interval before the first and the upper bound one beyond the last:
-    `_survival_counts` turns the cells' counts into the events and the rows removed per
-    interval."""
-    assert isinstance(query, KaplanMeier)
+    """Per row, its tally cell as `TimeGrid.tally` numbers it (a log-rank test's stratum
+    and group, then its grid interval) with room for a time of 0 to fall one interval
+    before the first and the upper bound one beyond the last, times 2, plus its event
+    indicator: `_survival_counts` turns the counts into the events and the rows removed
+    per cell and interval."""
+    assert isinstance(query, KaplanMeier | LogRank)
     time, event = encoded[query.time], encoded[query.event]
     if isinstance(query.grid, int):
         upper = schema[query.time].bounds()[1]
@@ -425,19 +428,36 @@ def _survival_cell(query: Query, schema: Schema, encoded: Values,
     else:  # as many comparisons as grid times (at most MAX_EDGES)
         index = terms.add(sum((_indicator(exp.GT(this=time.copy(), expression=_number(t)))
                                for t in query.grid), start=_number(0.0)))
-    cell = exp.Add(this=_times(exp.Add(this=index, expression=_number(1.0)), _number(2.0)),
-                   expression=event.copy())
+    group: exp.Expression = _number(0.0)
+    if isinstance(query, LogRank):
+        _, groups, _ = query.shape(schema)
+        group = encoded[query.by].copy()
+        if query.strata is not None:
+            group = exp.Add(this=_times(encoded[query.strata], _number(float(groups))),
+                            expression=group)
+    slot = exp.Add(this=exp.Add(this=_times(group, _number(float(query.steps() + 2))),
+                                expression=index), expression=_number(1.0))
+    cell = exp.Add(this=_times(slot, _number(2.0)), expression=event.copy())
     return terms.derive(cell)[0]
 
 
-def _survival_counts(counts: np.ndarray) -> np.ndarray:
-    """Events, then rows removed, per grid interval, from the counts per (interval,
-    event) cell, those before the first interval and beyond the last moved into it."""
-    by_interval = counts.reshape(-1, 2)
-    by_interval[1] += by_interval[0]
-    by_interval[-2] += by_interval[-1]
-    inside = by_interval[1:-1]
-    return np.concatenate([inside[:, 1], inside.sum(axis=1)])
+def _tally_cells(query: Query, schema: Schema) -> int:
+    """How many GROUP BY cells a survival query's rows fall in (`_survival_cell`)."""
+    assert isinstance(query, KaplanMeier | LogRank)
+    groups = 1 if isinstance(query, KaplanMeier) else math.prod(query.shape(schema)[:2])
+    return groups * (query.steps() + 2) * 2
+
+
+def _survival_counts(query: Query, counts: np.ndarray) -> np.ndarray:
+    """Events, then rows removed, per tally cell and grid interval, from the counts per
+    (cell, interval, event), those before the first interval and beyond the last moved
+    into it."""
+    assert isinstance(query, KaplanMeier | LogRank)
+    by_interval = counts.reshape(-1, query.steps() + 2, 2)
+    by_interval[:, 1] += by_interval[:, 0]
+    by_interval[:, -2] += by_interval[:, -1]
+    inside = by_interval[:, 1:-1]
+    return np.concatenate([inside[..., 1].ravel(), inside.sum(axis=-1).ravel()])
 
 
 def _table_cell(query: Query, schema: Schema, encoded: Values, terms: Terms) -> exp.Column:
@@ -561,7 +581,7 @@ def _head_only(query: Query, schema: Schema, state: State, values: Values,
 
 SUMS: dict[type, Callable[[Query, Schema, State, Values, Terms], list[exp.Expression]]] = {
     Count: _head_only, Histogram: _head_only, Contingency: _head_only,
-    Quantiles: _head_only, KaplanMeier: _head_only,
+    Quantiles: _head_only, KaplanMeier: _head_only, LogRank: _head_only,
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Covariance: _covariance, Correlation: _covariance,
     LinearRegression: _linear, LogisticRegression: _logistic,
@@ -578,7 +598,14 @@ class Cells:
     count: Callable[[Query, Schema], int]
     edges: Callable[[Query], int]
     index: Callable[[Query, Schema, Values, Terms], exp.Column]
-    fold: Callable[[np.ndarray], np.ndarray] = np.asarray
+    fold: Callable[[Query, np.ndarray], np.ndarray] = lambda query, counts: counts
+
+
+def _grid_edges(query: Query) -> int:
+    """The comparisons a row costs on a survival grid: two for equal steps, one per time
+    for the grid's own times."""
+    assert isinstance(query, KaplanMeier | LogRank)
+    return 2 if isinstance(query.grid, int) else len(query.grid)
 
 
 CELLS: dict[type, Cells] = {
@@ -590,8 +617,6 @@ CELLS: dict[type, Cells] = {
                        _table_cell),
     Quantiles: Cells(lambda query, schema: query.bins + 1, lambda query: 2,  # type: ignore[attr-defined]
                      _quantiles_cell, _last_bin_closed),
-    KaplanMeier: Cells(lambda query, schema: 2 * (query.steps() + 2),  # type: ignore[attr-defined]
-                       lambda query: 2 if isinstance(query.grid, int)  # type: ignore[attr-defined]
-                       else len(query.grid),  # type: ignore[attr-defined]
-                       _survival_cell, _survival_counts),
+    **{kind: Cells(_tally_cells, _grid_edges, _survival_cell, _survival_counts)
+       for kind in (KaplanMeier, LogRank)},
 }

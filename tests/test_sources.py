@@ -23,6 +23,7 @@ from pet.queries import (
     Correlation,
     Count,
     Covariance,
+    Cox,
     ExactQuantiles,
     Histogram,
     KaplanMeier,
@@ -60,13 +61,15 @@ PUSHED = [
     Quantiles("time", probs=(0.5,), bins=100_000),
     KaplanMeier("time", "dead", grid=20), KaplanMeier("time", "dead", grid=1000),
     KaplanMeier("time", "dead", grid=(30, 180, 365, 730, 1100), where="ph_ecog >= 1"),
+    LogRank("time", "dead", "sex", grid=20),
+    LogRank("time", "dead", "sex", grid=(100, 365, 1100), where="age > 50"),
     LogisticRegression("dead", ("age", "sex", "ph_ecog")),
     LogisticRegression("dead", ("wt_loss", "meal_cal"), intercept=False, where="age > 60"),
 ]
 """Queries the engines compute, over nullable columns, booleans, categories and filters
 (an iterative query's round at coefficients far from zero: `a_round`)."""
 STREAMED = [
-    PoissonRegression("ph_ecog", ("age", "sex")), LogRank("time", "dead", "sex", grid=20),
+    PoissonRegression("ph_ecog", ("age", "sex")), Cox("time", "dead", ("age", "sex")),
     ExactQuantiles("age"), Mean("age", clip={"age": (50, 70)}),
 ]
 """Queries pet's own pass serves on the rows the engines stream."""
@@ -264,13 +267,14 @@ def test_the_engines_column_types_are_read(engine: SqlTable) -> None:
 SCHEMA = Schema([
     Continuous("x", -5.0, 5.0, nullable=True), Integer("k", 0, 9),
     Categorical("g", ("a", "b", "c"), nullable=True), Boolean("flag", nullable=True),
-    TimeToEvent("t", event="flag", upper=3.0, nullable=True),
+    TimeToEvent("t", event="flag", upper=3.0, nullable=True), Boolean("b"),
 ])
 QUERIES = [Count(where="g == 'b' or flag == 1"), Mean("x", where="k >= 3 and g != 'c'"),
            Variance("x", where="not flag == 1"), Sum("k", where="x < 0.5"),
            Histogram("x", edges=(-5, -1, 0, 1, 5), where="g in ['a', 'c']"),
            Quantiles("x", bins=10, where="k < 8"), Quantiles("x", bins=7),
            KaplanMeier("t", "flag", grid=3), KaplanMeier("t", "flag", grid=7, where="k > 2"),
+           LogRank("t", "flag", "g", grid=7, strata="b"),
            LogisticRegression("flag", ("x", "g"))]
 GRIDS = [float(e) for e in np.linspace(-5, 5, 11)] + [float(e) for e in np.linspace(-5, 5, 8)]
 """Values on the queries' grid edges, where a row's bin turns on one comparison."""
@@ -285,6 +289,7 @@ def frames(draw: st.DrawFn) -> pd.DataFrame:
                                 st.floats(0, 3, allow_nan=False)), min_size=n, max_size=n))
     return pd.DataFrame({
         "x": pd.array(x, dtype="float64"), "t": pd.array(t, dtype="float64"),
+        "b": draw(st.lists(st.booleans(), min_size=n, max_size=n)),
         "k": draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)),
         "g": draw(st.lists(st.sampled_from(["a", "b", "c", None]), min_size=n, max_size=n)),
         "flag": pd.array(draw(st.lists(st.sampled_from([True, False, None]), min_size=n,
@@ -335,7 +340,7 @@ def test_an_aggregate_the_engine_refuses_is_left_to_pets_pass(dsn: str) -> None:
     compiled aggregate fail, and pet's own pass answers instead."""
     frame = pd.DataFrame({"x": [5e-324, 1.0, -2.0], "k": [1, 2, 3], "g": ["a", "b", None],
                           "flag": pd.array([True, None, False], dtype="boolean"),
-                          "t": [0.5, None, 3.0]})
+                          "t": [0.5, None, 3.0], "b": [True, False, True]})
     postgres.load(dsn, "subnormal", frame)
     table = PostgresTable(dsn, Relation("subnormal"), SCHEMA)
     with pytest.raises(SourceError, match="underflow"):
