@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.profile import PROFILES_DIR, Profile
+from benchmarks.profiles import PROFILES_DIR
 
 RUNS_DIR = Path("benchmarks/runs")
 DATA_DIR = Path("benchmarks/.data")
@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the profile and say where the results are."""
-    # Imported here: the harness pulls in matplotlib and tqdm, which only a run needs.
+    # Imported here: profiles and the harness pull in pet's backends, matplotlib and tqdm,
+    # which only a run needs.
     from benchmarks.harness import run_profile
+    from benchmarks.profile import Profile
 
     profile = Profile.load(args.profile).only(backends=args.backends,
                                               workloads=args.workloads)

@@ -10,12 +10,12 @@ from typing import Any
 
 import yaml
 
+from benchmarks.profiles import PROFILES_DIR
 from benchmarks.queries import QUERY_NAMES, preset
 from pet.backends import backend_class
 from pet.errors import PetError
 from pet.workloads import WORKLOADS
 
-PROFILES_DIR = Path(__file__).parent / "profiles"
 GENERATED = frozenset({"cohort"})
 """Workloads made at any size (rows per site is a dimension); the others have fixed data."""
 

@@ -1,22 +1,23 @@
 """The `pet` command line: the demo, servers, the analyst's queries, and the site's
-budget and audit log. Every report is human-readable, or JSON with `--json`."""
+budget and audit log. Every report is human-readable, or JSON with `--json`.
+
+Building the parser imports nothing heavy, and each command imports what it uses when it
+runs: `pet --help` answers in the time Python takes to start, not the seconds that
+numpy, scipy, OpenDP and gRPC take to import."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cli import add_arguments, run
+from benchmarks.cli import add_arguments as add_bench
 from pet.connection import add_connection, client_of
 from pet.errors import PetError
-from pet.evaluate.commands import add_arguments as add_evaluate
-from pet.evaluate.commands import run as run_evaluate
-from pet.synth.commands import add_arguments as add_synth
-from pet.synth.commands import run as run_synth
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,10 +25,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return _command(args.command)(args)
     except PetError as error:
         print(f"pet {args.command}: {error}", file=sys.stderr)
         return 1
+
+
+class Names:
+    """The names of a registry (`module.attribute`, a dict) as argparse choices, read when
+    argparse first checks or lists one: building the parser imports nothing (an argument
+    with these choices names a metavar, which argparse would otherwise make from them)."""
+
+    def __init__(self, module: str, attribute: str) -> None:
+        self.module, self.attribute = module, attribute
+
+    def _names(self) -> list[str]:
+        return sorted(getattr(importlib.import_module(self.module), self.attribute))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+
+WORKLOAD_NAMES = Names("pet.workloads", "WORKLOADS")
+SYNTHESIZER_NAMES = Names("pet.synth", "SYNTHESIZERS")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the demo study through a coordinator and "
                                             "three site servers on loopback")
     demo.add_argument("--sites", type=int, default=3, help="number of sites (3-18)")
-    add_arguments(commands.add_parser("bench", help="run a benchmark profile (quick, ...)"))
+    add_bench(commands.add_parser("bench", help="run a benchmark profile (quick, ...)"))
 
     serve = commands.add_parser("serve", help="run a site or coordinator server")
     serve.add_argument("role", choices=("site", "coordinator"))
@@ -74,10 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true", help="check the hash chain first")
     _json(audit)
 
-    add_synth(commands.add_parser("synth", help="fit a DP synthesizer (fit) or sample a "
+    _synth(commands.add_parser("synth", help="fit a DP synthesizer (fit) or sample a "
                                                 "synthetic table with its data card (sample)"))
 
-    add_evaluate(commands.add_parser("evaluate", help="evaluate a synthetic table: fidelity, "
+    _evaluate(commands.add_parser("evaluate", help="evaluate a synthetic table: fidelity, "
                                                       "utility, privacy; writes a report"))
 
     health = commands.add_parser("health", help="check that a server is SERVING")
@@ -85,6 +108,72 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--tls", required=True, help="folder with ca.pem and ROLE.pem/.key")
     health.add_argument("--role", required=True, help="the certificate to present")
     return parser
+
+
+def _synth(parser: argparse.ArgumentParser) -> None:
+    """The `synth` subcommands."""
+    steps = parser.add_subparsers(dest="step", required=True)
+    fitting = steps.add_parser("fit", help="fit a synthesizer, charging every site's ledger")
+    data = fitting.add_mutually_exclusive_group(required=True)
+    data.add_argument("--workload", choices=WORKLOAD_NAMES, metavar="NAME",
+                      help="a built-in workload: %(choices)s")
+    data.add_argument("--data", help="one data holder's table (CSV or Parquet)")
+    data.add_argument("--coordinator", metavar="ADDRESS",
+                      help="fit across a running federation's sites (under mpc+dp); the "
+                           "fit stays at the coordinator")
+    add_connection(fitting, address=False)
+    fitting.add_argument("--schema", help="the table's schema (YAML or JSON), with --data")
+    fitting.add_argument("--sites", type=int, default=1,
+                         help="split a workload over this many sites (default 1: central DP)")
+    fitting.add_argument("--rows", type=int, help="rows per site of the cohort workload")
+    fitting.add_argument("--method", choices=SYNTHESIZER_NAMES, default="aim", metavar="NAME",
+                         help="%(choices)s (default: %(default)s)")
+    fitting.add_argument("--epsilon", type=float, required=True)
+    fitting.add_argument("--delta", type=float, default=1e-6)
+    fitting.add_argument("--backend", choices=("dp", "he+dp", "mpc+dp"),
+                         help="dp at one site; he+dp (default) or mpc+dp across several; "
+                              "mpc+dp (default) or he+dp through a coordinator")
+    fitting.add_argument("--bins", type=int, default=16, help="bins of each numeric column")
+    fitting.add_argument("--ledgers", help="folder of the sites' ledgers (default: under --out)")
+    fitting.add_argument("--out", required=True, help="folder for the saved fit")
+    sampling = steps.add_parser("sample", help="sample a synthetic table and its data card")
+    sampling.add_argument("fit", help="a folder written by `pet synth fit`")
+    sampling.add_argument("--rows", type=int, required=True)
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
+    add_connection(sampling, address=False)
+    exporting = steps.add_parser("export", help="write a fit's noisy marginals (Parquet and "
+                                                "JSON) for other generators")
+    exporting.add_argument("fit", help="a folder written by `pet synth fit`")
+    exporting.add_argument("--out", required=True, help="folder for the marginals")
+    refitting = steps.add_parser("refit", help="rebuild a release's model from its data card "
+                                               "and sample its rows again")
+    refitting.add_argument("card", help="a release's card.json")
+    refitting.add_argument("--rows", type=int, help="rows to sample (default: the card's)")
+    refitting.add_argument("--seed", type=int, help="sampling seed (default: the card's)")
+    refitting.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
+
+
+def _evaluate(parser: argparse.ArgumentParser) -> None:
+    """The `evaluate` options."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--schema", help="the tables' schema (YAML or JSON)")
+    which.add_argument("--workload", choices=WORKLOAD_NAMES, metavar="NAME",
+                       help="use a built-in workload's schema (and its outcome): "
+                            "%(choices)s")
+    parser.add_argument("--train", required=True,
+                        help="the real rows the synthesizer saw (CSV or Parquet)")
+    parser.add_argument("--holdout", required=True,
+                        help="real rows the synthesizer never saw (CSV or Parquet)")
+    parser.add_argument("--synthetic", required=True, help="the synthetic table")
+    parser.add_argument("--target", help="two-level outcome for utility: boolean, or "
+                                         "categorical with two categories (default: the "
+                                         "workload's)")
+    parser.add_argument("--secret", help="the column attribute inference guesses "
+                                         "(default: the target)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--card", help="a data card (card.json) to link the report from")
+    parser.add_argument("--out", required=True, help="folder for the report")
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
@@ -209,9 +298,16 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-COMMANDS = {"demo": _demo, "bench": run, "serve": _serve, "certs": _certs, "query": _query,
-            "budget": _budget, "audit": _audit, "health": _health, "synth": run_synth,
-            "evaluate": run_evaluate}
+ELSEWHERE = {"bench": "benchmarks.cli", "synth": "pet.synth.commands",
+             "evaluate": "pet.evaluate.commands"}
+"""Commands carried out by another module's `run`, imported when the command runs."""
+
+
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    if name in ELSEWHERE:
+        return importlib.import_module(ELSEWHERE[name]).run  # type: ignore[no-any-return]
+    return {"demo": _demo, "serve": _serve, "certs": _certs, "query": _query,
+            "budget": _budget, "audit": _audit, "health": _health}[name]
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
-import opendp.prelude as dp
+from opendp import accuracy, combinators, domains, measurements, measures, metrics, mod
 
 from pet.errors import ArgumentError, PetError
 from pet.layout import Layout
 
-dp.enable_features("contrib")
+mod.enable_features("contrib")
 
 CONFIDENCE = 0.95
 """The coverage of the accuracy intervals every DP result carries."""
@@ -59,7 +59,7 @@ class Mechanism:
                            f"{self.size} elements")
         return np.asarray(self.measurement()(vector.astype(np.float64).tolist()))
 
-    def measurement(self) -> dp.Measurement:
+    def measurement(self) -> mod.Measurement:
         """The OpenDP measurement (its privacy map is the guarantee)."""
         return _measurement(self.kind, self.size, self.scale)
 
@@ -75,8 +75,8 @@ class Mechanism:
         """Half-width a of the interval that holds each element's noise with probability
         1 − alpha: P(|noise| > a) = alpha (OpenDP's accuracy utilities)."""
         if self.kind == "laplace":
-            return float(dp.laplacian_scale_to_accuracy(self.scale, alpha))
-        return float(dp.gaussian_scale_to_accuracy(self.scale, alpha))
+            return float(accuracy.laplacian_scale_to_accuracy(self.scale, alpha))
+        return float(accuracy.gaussian_scale_to_accuracy(self.scale, alpha))
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def _block(kind: str, size: int, sensitivity: float, amount: float, delta: float
     """One block's mechanism, calibrated once for every block alike (a synthesizer's
     release has many of one shape): Laplace to ε = `amount` at L1 `sensitivity`, or
     Gaussian to ρ = `amount` at L2 `sensitivity`."""
-    def measurement(scale: float) -> dp.Measurement:
+    def measurement(scale: float) -> mod.Measurement:
         return _measurement(kind, size, scale)
 
     if kind == "laplace":
@@ -197,7 +197,7 @@ def calibrate(layout: Layout, epsilon: float, delta: float = 0.0) -> Mechanism:
         scale = least_scale(lambda s: _measurement("laplace", layout.size, s), layout.l1,
                             epsilon, power=1)
         return Mechanism("laplace", scale, layout.l1, layout.size, epsilon, 0.0)
-    scale = dp.binary_search_param(
+    scale = mod.binary_search_param(
         lambda s: _approximate(_measurement("gaussian", layout.size, s), delta),
         d_in=layout.l2, d_out=(epsilon, delta))
     rho = _measurement("gaussian", layout.size, scale).map(layout.l2)
@@ -221,7 +221,7 @@ def rho_of(epsilon: float, delta: float) -> float:
     check_privacy(epsilon, delta)
     if delta == 0:
         raise ArgumentError("a zCDP budget needs δ > 0 (ρ-zCDP implies no pure ε-DP)")
-    scale = dp.binary_search_param(lambda s: _approximate(_measurement("gaussian", 1, s), delta),
+    scale = mod.binary_search_param(lambda s: _approximate(_measurement("gaussian", 1, s), delta),
                                    d_in=1.0, d_out=(epsilon, delta))
     return float(_measurement("gaussian", 1, scale).map(1.0))
 
@@ -270,17 +270,17 @@ def noisy_max(scores: np.ndarray, sensitivity: float, rho: float) -> int:
     """The index of the highest score by OpenDP's exponential mechanism (Gumbel noisy max),
     ρ-zCDP for scores that one row moves by at most `sensitivity` each."""
     check_rho(rho)
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=len(scores))
+    domain = domains.vector_domain(domains.atom_domain(T=float, nan=False), size=len(scores))
 
-    def selection(s: float) -> dp.Measurement:
-        return dp.m.make_noisy_max(domain, dp.linf_distance(T=float),
-                                   dp.zero_concentrated_divergence(), scale=s)
+    def selection(s: float) -> mod.Measurement:
+        return measurements.make_noisy_max(domain, metrics.linf_distance(T=float),
+                                   measures.zero_concentrated_divergence(), scale=s)
 
     scale = least_scale(selection, float(sensitivity), rho)
     return int(selection(scale)(np.asarray(scores, dtype=np.float64).tolist()))
 
 
-def least_scale(make: Callable[[float], dp.Measurement], d_in: float, d_out: float, *,
+def least_scale(make: Callable[[float], mod.Measurement], d_in: float, d_out: float, *,
                 power: int = 2) -> float:
     """The least noise scale at which `make(scale)` maps `d_in` within `d_out`, for a map
     that falls as 1/scale^power (2: zCDP of Gaussian noise and Gumbel noisy max; 1: pure
@@ -291,7 +291,7 @@ def least_scale(make: Callable[[float], dp.Measurement], d_in: float, d_out: flo
     for nudge in (0.0, 1e-14, 1e-12, 1e-10):
         if make(scale * (1 + nudge)).map(d_in) <= d_out:
             return scale * (1 + nudge)
-    return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out))
+    return float(mod.binary_search_param(make, d_in=d_in, d_out=d_out))
 
 
 def whole_counts(total: np.ndarray, layout: Layout) -> np.ndarray:
@@ -324,13 +324,13 @@ def check_budget(epsilon: float, delta: float,
     return epsilon, delta, rho
 
 
-def _measurement(kind: str, size: int, scale: float) -> dp.Measurement:
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=size)
+def _measurement(kind: str, size: int, scale: float) -> mod.Measurement:
+    domain = domains.vector_domain(domains.atom_domain(T=float, nan=False), size=size)
     if kind == "laplace":
-        return dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=scale)
-    return dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=scale)
+        return measurements.make_laplace(domain, metrics.l1_distance(T=float), scale=scale)
+    return measurements.make_gaussian(domain, metrics.l2_distance(T=float), scale=scale)
 
 
-def _approximate(gaussian: dp.Measurement, delta: float) -> dp.Measurement:
+def _approximate(gaussian: mod.Measurement, delta: float) -> mod.Measurement:
     """The zCDP Gaussian as an (ε, δ)-DP measurement at the given δ."""
-    return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta)
+    return combinators.make_fix_delta(combinators.make_zCDP_to_approxDP(gaussian), delta)

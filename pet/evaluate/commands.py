@@ -13,29 +13,7 @@ from pet.evaluate import Evaluation, evaluate, write_report
 from pet.schema import Schema
 from pet.synth.card import write
 from pet.table import open_table
-from pet.workloads import WORKLOADS
 from pet.workloads.base import packaged_schema
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `evaluate` options."""
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--schema", help="the tables' schema (YAML or JSON)")
-    which.add_argument("--workload", choices=sorted(WORKLOADS),
-                       help="use a built-in workload's schema (and its outcome)")
-    parser.add_argument("--train", required=True,
-                        help="the real rows the synthesizer saw (CSV or Parquet)")
-    parser.add_argument("--holdout", required=True,
-                        help="real rows the synthesizer never saw (CSV or Parquet)")
-    parser.add_argument("--synthetic", required=True, help="the synthetic table")
-    parser.add_argument("--target", help="two-level outcome for utility: boolean, or "
-                                         "categorical with two categories (default: the "
-                                         "workload's)")
-    parser.add_argument("--secret", help="the column attribute inference guesses "
-                                         "(default: the target)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--card", help="a data card (card.json) to link the report from")
-    parser.add_argument("--out", required=True, help="folder for the report")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,59 +12,16 @@ from typing import Any
 
 import pandas as pd
 
-from pet.connection import add_connection, client_of
+from pet.connection import client_of
 from pet.errors import PetError
 from pet.ledger import Ledger
 from pet.schema import Schema
 from pet.site import Site
-from pet.synth import SYNTHESIZERS, Release, card, fit, load, save
+from pet.synth import Release, card, fit, load, save
 from pet.synth.card import resample, write
 from pet.synth.export import export
 from pet.table import open_table
-from pet.workloads import WORKLOADS
 from pet.workloads import load as load_workload
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `synth` subcommands."""
-    steps = parser.add_subparsers(dest="step", required=True)
-    fitting = steps.add_parser("fit", help="fit a synthesizer, charging every site's ledger")
-    data = fitting.add_mutually_exclusive_group(required=True)
-    data.add_argument("--workload", choices=sorted(WORKLOADS))
-    data.add_argument("--data", help="one data holder's table (CSV or Parquet)")
-    data.add_argument("--coordinator", metavar="ADDRESS",
-                      help="fit across a running federation's sites (under mpc+dp); the "
-                           "fit stays at the coordinator")
-    add_connection(fitting, address=False)
-    fitting.add_argument("--schema", help="the table's schema (YAML or JSON), with --data")
-    fitting.add_argument("--sites", type=int, default=1,
-                         help="split a workload over this many sites (default 1: central DP)")
-    fitting.add_argument("--rows", type=int, help="rows per site of the cohort workload")
-    fitting.add_argument("--method", choices=sorted(SYNTHESIZERS), default="aim")
-    fitting.add_argument("--epsilon", type=float, required=True)
-    fitting.add_argument("--delta", type=float, default=1e-6)
-    fitting.add_argument("--backend", choices=("dp", "he+dp", "mpc+dp"),
-                         help="dp at one site; he+dp (default) or mpc+dp across several; "
-                              "mpc+dp (default) or he+dp through a coordinator")
-    fitting.add_argument("--bins", type=int, default=16, help="bins of each numeric column")
-    fitting.add_argument("--ledgers", help="folder of the sites' ledgers (default: under --out)")
-    fitting.add_argument("--out", required=True, help="folder for the saved fit")
-    sampling = steps.add_parser("sample", help="sample a synthetic table and its data card")
-    sampling.add_argument("fit", help="a folder written by `pet synth fit`")
-    sampling.add_argument("--rows", type=int, required=True)
-    sampling.add_argument("--seed", type=int, default=0)
-    sampling.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
-    add_connection(sampling, address=False)
-    exporting = steps.add_parser("export", help="write a fit's noisy marginals (Parquet and "
-                                                "JSON) for other generators")
-    exporting.add_argument("fit", help="a folder written by `pet synth fit`")
-    exporting.add_argument("--out", required=True, help="folder for the marginals")
-    refitting = steps.add_parser("refit", help="rebuild a release's model from its data card "
-                                               "and sample its rows again")
-    refitting.add_argument("card", help="a release's card.json")
-    refitting.add_argument("--rows", type=int, help="rows to sample (default: the card's)")
-    refitting.add_argument("--seed", type=int, help="sampling seed (default: the card's)")
-    refitting.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
 
 
 def run(args: argparse.Namespace) -> int:

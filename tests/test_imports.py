@@ -1,0 +1,46 @@
+"""Imports run one way, and the command line starts without the heavy libraries: checked
+in fresh interpreters, where `sys.modules` shows everything an import pulled in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("numpy", "scipy", "pandas", "pyarrow", "opendp", "grpc", "torch", "tenseal",
+         "sklearn", "duckdb", "sqlglot")
+LIBRARY = ("pet", "pet.schema", "pet.queries", "pet.backends", "pet.synth", "pet.evaluate",
+           "pet.study", "pet.site", "pet.sources", "pet.omop", "pet.workloads")
+ABOVE = ("grpc", "services", "benchmarks")
+
+
+def loaded_after(*modules: str, then: str = "") -> set[str]:
+    """The top-level packages a fresh interpreter holds after importing `modules` and
+    running `then`."""
+    code = (f"import sys\nfor m in {list(modules)!r}: __import__(m)\n{then}\n"
+            "import json; print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True)
+    return set(json.loads(found.stdout))
+
+
+def test_the_command_line_imports_no_heavy_library_to_build_its_parser() -> None:
+    """`pet --help` and every parser of `pet`'s commands load none of numpy, scipy,
+    OpenDP, gRPC, torch and the rest: each command imports what it uses when it runs."""
+    parsed = loaded_after("pet.cli", then="from pet.cli import _parser; _parser()")
+    assert parsed & set(HEAVY) == set()
+
+
+def test_the_library_imports_neither_grpc_nor_services_nor_benchmarks() -> None:
+    """pet's library (schema, queries, backends, synthesizers, evaluation, sources) sits
+    below the services, the benchmarks and gRPC, which use it."""
+    assert loaded_after(*LIBRARY) & set(ABOVE) == set()
+
+
+def test_the_package_exports_its_names_when_first_used() -> None:
+    """`from pet import Study` still works, importing what it needs then."""
+    assert "numpy" not in loaded_after("pet")
+    assert {"numpy", "scipy"} <= loaded_after("pet.study")
+    import pet
+
+    assert pet.Study.__module__ == "pet.study" and "Mean" in dir(pet)
