@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from sqlglot import exp
 
 from pet.queries.base import Query, State, affine
@@ -73,33 +74,43 @@ class Check:
 
 @dataclass(frozen=True)
 class Plan:
-    """One SELECT whose single row holds the checks' values, then the partial vector up
-    to a table's cell counts; for a histogram or table, a second SELECT of (cell, count)
-    per cell that holds complete rows (GROUP BY: one hash per row, where one aggregate
-    per cell would test every row once per cell)."""
+    """One statement: a row holding the checks' values, then the partial vector up to a
+    table's cell counts; for a query that counts rows per cell, one more row per cell
+    that holds complete rows (GROUP BY: one hash per row, where one aggregate per cell
+    would test every row once per cell). A column `pet_part` tells them apart (0: the
+    aggregates, 1: a cell's `pet_cell` and `pet_count`). One statement reads one
+    snapshot of the rows: what the checks saw is what the cells count."""
 
-    select: exp.Select
+    select: exp.Query
     checks: tuple[Check, ...]
-    grouped: exp.Select | None = None
     cells: int = 0
     fold: Callable[[np.ndarray], np.ndarray] = np.asarray
 
-    def vector(self, row: list[float | None],
-               groups: list[tuple[float | None, float]] = ()) -> np.ndarray | None:
-        """The partial vector, or None when a check finds a value the SQL encoding refuses
-        (pet's own reader then names it, or reads a form this encoding does not know) or
-        an element is not a number (a NaN the encoding let through): never a wrong one."""
-        k = len(self.checks)
-        if any(check.broken(v) for check, v in zip(self.checks, row[:k], strict=True)):
+    def vector(self, rows: pa.Table) -> np.ndarray | None:
+        """The partial vector from the statement's rows, or None when a check finds a
+        value the SQL encoding refuses (pet's own reader then names it, or reads a form
+        this encoding does not know), a cell is not one of the query's, or an element is
+        not a number (a NaN the encoding let through): never a wrong one."""
+        columns = {name: rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                   for name in rows.column_names}
+        part = columns.pop("pet_part", np.zeros(1))
+        cell, count = columns.pop("pet_cell", None), columns.pop("pet_count", None)
+        heads = np.flatnonzero(part == 0)
+        if heads.size != 1:
             return None
-        values = np.array([np.nan if v is None else v for v in row[k:]], dtype=np.float64)
-        if self.grouped is not None:
-            counts = np.zeros(self.cells)
-            for cell, count in groups:
-                if cell is None or not (0 <= cell < self.cells and float(cell).is_integer()):
-                    return None
-                counts[int(cell)] += count
-            values = np.concatenate([values, self.fold(counts)])
+        row = [float(values[heads[0]]) for values in columns.values()]
+        k = len(self.checks)
+        if any(check.broken(None if math.isnan(v) else v)
+               for check, v in zip(self.checks, row[:k], strict=True)):
+            return None
+        values = np.array(row[k:], dtype=np.float64)
+        if self.cells:
+            counted = part == 1
+            cells, counts = cell[counted], count[counted]  # type: ignore[index]
+            if not np.all((cells >= 0) & (cells < self.cells) & (cells == np.floor(cells))):
+                return None
+            tally = np.bincount(cells.astype(np.int64), weights=counts, minlength=self.cells)
+            values = np.concatenate([values, self.fold(tally)])
         return values if np.isfinite(values).all() else None
 
 
@@ -150,16 +161,31 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         level = exp.select(*(k.copy() for k in kept), *items).from_(level.subquery(alias))
     for k, items in enumerate(terms.derived):
         level = exp.select(exp.Star(), *items).from_(level.subquery(f"pet_derived{k}"))
-    rows = level.subquery("pet_rows")
     items = [*(c.aggregate for c in checks), *aggregates]
-    select = exp.select(*(a.as_(f"v{i}", quoted=True) for i, a in enumerate(items))
-                        ).from_(rows)
+    named = [a.as_(f"v{i}", quoted=True) for i, a in enumerate(items)]
     if cell is None:
-        return Plan(select, tuple(checks))
-    by_cell = exp.select(cell.copy(), exp.Count(this=exp.Star())).from_(rows.copy()).where(
-        cell.copy().is_(exp.null()).not_()).group_by(cell.copy())
-    return Plan(select, tuple(checks), by_cell, cells.count(query, schema),
+        return Plan(exp.select(*named).from_(level.subquery("pet_rows")), tuple(checks))
+    return Plan(_with_cells(named, cell, level), tuple(checks), cells.count(query, schema),
                 functools.partial(cells.fold, query))
+
+
+def _with_cells(named: list[exp.Expression], cell: exp.Column,
+                level: exp.Select) -> exp.Query:
+    """The aggregates' row and a row per cell (its number of complete rows), in one
+    statement over the rows once written (`pet_rows`): one snapshot of the rows, and on
+    PostgreSQL one scan."""
+    nothing = [exp.cast(exp.null(), exp.DataType.Type.DOUBLE)]
+    head = exp.select(_number(0.0).as_("pet_part", quoted=True), *named,
+                      nothing[0].as_("pet_cell", quoted=True),
+                      nothing[0].copy().as_("pet_count", quoted=True)).from_("pet_rows")
+    counted = exp.select(
+        _number(1.0).as_("pet_part", quoted=True),
+        *(nothing[0].copy().as_(f"v{i}", quoted=True) for i in range(len(named))),
+        cell.copy().as_("pet_cell", quoted=True),
+        exp.cast(exp.Count(this=exp.Star()), exp.DataType.Type.DOUBLE).as_(
+            "pet_count", quoted=True)).from_("pet_rows").where(
+        cell.copy().is_(exp.null()).not_()).group_by(cell.copy())
+    return exp.union(head, counted, distinct=False).with_("pet_rows", as_=level)
 
 
 class Terms:
@@ -369,8 +395,10 @@ def _grid_index(value: exp.Expression, lower: float, step: float, *, left: bool,
     edge. Not clamped (SQL's GREATEST and LEAST differ on NULL between engines): a value
     on the grid's first or last edge may fall one interval beyond it, and the query's
     `fold` moves those counts back."""
-    if not (math.isfinite(step) and step > 0):
-        raise Unsupported(f"a grid step of {step!r}")
+    if not (math.isfinite(step) and step >= 4 * math.ulp(abs(lower) + abs(step))):
+        # Edges closer than a few doubles apart repeat or round past each other, and the
+        # division no longer finds an edge's neighbours.
+        raise Unsupported(f"a grid step of {step!r} from {lower!r}")
     position = exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=_number(lower))),
                        expression=_number(step))
     guess = (exp.Sub(this=exp.Ceil(this=position), expression=_number(1.0)) if left
@@ -516,28 +544,43 @@ def _linear(query: Query, schema: Schema, state: State, values: Values,
 def _logistic(query: Query, schema: Schema, state: State, values: Values,
               terms: Terms) -> list[exp.Expression]:
     """One Newton round at the state's coefficients β, as `LogisticRegression.accumulate`
-    computes it: with η = xβ, log μ = −log(1 + e^(−η)) (stable for any η), the gradient
-    Σ(y − μ)x, the Hessian Σμ(1 − μ)xxᵀ (upper triangle) and the log-likelihood
-    Σ y·log μ + (1 − y)·log(1 − μ), each log floored at `LOG_FLOOR`."""
+    computes it: with η = xβ, log μ = −log(1 + e^(−η)) (stable for any η) and
+    log(1 − μ) = log μ − η, the gradient Σ(y − μ)x, the Hessian Σμ(1 − μ)xxᵀ (upper
+    triangle) and the log-likelihood Σ y·log μ + (1 − y)·log(1 − μ), each log floored
+    at `LOG_FLOOR`."""
     assert isinstance(query, LogisticRegression) and state is not None
     x = _design(query, schema, values, terms)
     y = terms.add(values[query.outcome].copy())
     (eta,) = terms.derive(_dot(x, [float(b) for b in state.beta]))
-    softplus = exp.Add(this=_at_least(exp.Neg(this=eta.copy()), 0.0), expression=exp.Ln(
-        this=exp.Add(this=_number(1.0), expression=exp.Exp(
-            this=exp.Neg(this=exp.Abs(this=eta.copy()))))))
+    (tail,) = terms.derive(exp.Exp(this=exp.Neg(this=exp.Abs(this=eta.copy()))))
+    softplus = exp.Add(this=_at_least(exp.Neg(this=eta.copy()), 0.0), expression=_log1p(tail))
     (log_mu,) = terms.derive(exp.Neg(this=exp.paren(softplus)))
-    mu, log_likelihood = terms.derive(exp.Exp(this=log_mu.copy()), exp.Add(
-        this=_times(y, _at_least(log_mu, LOG_FLOOR)),
-        expression=_times(exp.Sub(this=_number(1.0), expression=y.copy()), _at_least(
-            exp.Sub(this=log_mu.copy(), expression=eta.copy()), LOG_FLOOR))))
+    (log_not_mu,) = terms.derive(exp.Sub(this=log_mu.copy(), expression=eta.copy()))
+    mu, not_mu, log_likelihood = terms.derive(
+        exp.Exp(this=log_mu.copy()), exp.Exp(this=log_not_mu.copy()), exp.Add(
+            this=_times(y, _at_least(log_mu, LOG_FLOOR)),
+            expression=_times(exp.Sub(this=_number(1.0), expression=y.copy()),
+                              _at_least(log_not_mu, LOG_FLOOR))))
     residual, weight = terms.derive(
-        exp.Sub(this=y.copy(), expression=mu.copy()),
-        _times(mu, exp.Sub(this=_number(1.0), expression=mu.copy())))
+        exp.Sub(this=_times(y, not_mu),
+                expression=_times(exp.Sub(this=_number(1.0), expression=y.copy()), mu)),
+        _times(mu, not_mu))
     return [*(_sum(_times(xi, residual)) for xi in x),
             *(_sum(_times(weight, _times(x[i], x[j])))
               for i in range(len(x)) for j in range(i, len(x))),
             _sum(log_likelihood)]
+
+
+def _log1p(z: exp.Expression) -> exp.Expression:
+    """log(1 + z) to within a few units in the last place for small z, as numpy's
+    `log1p` (engines have only LN): with u = 1 + z rounded, log(u)·z/(u − 1) corrects
+    the rounding of u (Goldberg's identity); z itself where u rounds to 1."""
+    u = exp.paren(exp.Add(this=_number(1.0), expression=z.copy()))
+    return exp.Case(ifs=[exp.If(this=exp.EQ(this=u.copy(), expression=_number(1.0)),
+                                true=z.copy())],
+                    default=exp.Div(this=_times(exp.Ln(this=u.copy()), z),
+                                    expression=exp.paren(exp.Sub(this=u.copy(),
+                                                                 expression=_number(1.0)))))
 
 
 def _at_least(value: exp.Expression, floor: float) -> exp.Expression:

@@ -29,6 +29,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
+from psycopg.types.numeric import FloatLoader
 from sqlglot import exp
 
 from pet import pushdown
@@ -181,14 +182,10 @@ class SqlTable(Table):
         float arithmetic that underflows, on a subnormal value): pet's own pass then
         serves the query, and any error of the source itself is raised there."""
         try:
-            row = next(iter(self._run(plan.select, 1)))
-            groups = [] if plan.grouped is None else [
-                (cell, count) for batch in self._run(plan.grouped, CHUNK_ROWS)
-                for cell, count in zip(batch.column(0).to_pylist(),
-                                       batch.column(1).to_pylist(), strict=True)]
+            batches = list(self._run(plan.select, CHUNK_ROWS))
         except SourceError:
             return None
-        return plan.vector([row.column(i)[0].as_py() for i in range(row.num_columns)], groups)
+        return plan.vector(pa.Table.from_batches(batches)) if batches else None
 
 
 class DuckDBTable(SqlTable):
@@ -256,11 +253,15 @@ class PostgresTable(SqlTable):
         """A connection; a failure to connect is reported without the driver's message,
         which quotes parts of the connection string (a password, the server's address)."""
         try:
-            return psycopg.connect(self._dsn, autocommit=False)
+            connection = psycopg.connect(self._dsn, autocommit=False)
         except psycopg.Error as exc:
             raise SourceError(f"cannot connect to the site's PostgreSQL server "
                               f"({type(exc).__name__}; the driver's message is not shown, "
                               "as it may quote the connection string)") from None
+        # NUMERIC as the double pet reads (correctly rounded from its text), where a
+        # Decimal beyond 38 digits (1e-320) has no Arrow type.
+        connection.adapters.register_loader("numeric", FloatLoader)
+        return connection
 
     def _describe(self) -> dict[str, str]:
         with self._connect() as connection, connection.cursor() as cursor:

@@ -119,8 +119,10 @@ def test_a_logistic_round_state_from_a_peer_is_checked(lung3: Workload) -> None:
     query = LogisticRegression("dead", ("age", "sex"))
     schema = lung3.schema
     check_round(query, schema, LogisticState(3, (0.1, -0.2, 0.3)))
+    check_round(query, schema, LogisticState(3, (2**64, 0, 0)))  # a whole number, finite
     for state in (None, "beta", LogisticState(0, (0.0, 0.0)), LogisticState(-1, (0.0,) * 3),
-                  LogisticState(0, (float("nan"), 0.0, 0.0)), LogisticState(25, (0.0,) * 3)):
+                  LogisticState(0, (float("nan"), 0.0, 0.0)), LogisticState(25, (0.0,) * 3),
+                  LogisticState(0, (10**400, 0, 0))):
         with pytest.raises(QueryError, match="LogisticRegression"):
             check_round(query, schema, state)
 

@@ -16,6 +16,7 @@ how far the noise alone may have moved its coefficients (`Fit.noise_se`).
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -594,7 +595,7 @@ class NewtonRegression(Regression):
         check_iteration(self, state, self.state_type, self.max_iter)
         beta = state.beta
         if not (isinstance(beta, tuple | list) and len(beta) == p and all(
-                isinstance(b, int | float) and not isinstance(b, bool) and np.isfinite(b)
+                isinstance(b, int | float) and not isinstance(b, bool) and _finite(b)
                 for b in beta)):
             raise QueryError(f"{self.describe()}: the state's beta must be {p} finite numbers")
 
@@ -734,14 +735,24 @@ class LogisticRegression(NewtonRegression):
         y = data[self.outcome]
         eta = x @ np.asarray(state.beta)
         log_mu = -np.logaddexp(0, -eta)  # log μ, stable for any η
-        mu = np.exp(log_mu)
-        log_not_mu = np.maximum(log_mu - eta, LOG_FLOOR)  # log(1 - μ) = log μ - η
-        log_mu = np.maximum(log_mu, LOG_FLOOR)
+        log_not_mu = log_mu - eta  # log(1 - μ)
+        # 1 - μ from its own log, never as 1 minus μ: where μ is within 1e-12 of 1 the
+        # difference would keep only 4 of its digits.
+        mu, not_mu = np.exp(log_mu), np.exp(log_not_mu)
         return {
-            "gradient": x.T @ (y - mu),
-            "hessian": gram_upper(x * np.sqrt(mu * (1 - mu))[:, None]),
-            "log_likelihood": np.array([y @ log_mu + (1 - y) @ log_not_mu]),
+            "gradient": x.T @ (y * not_mu - (1 - y) * mu),
+            "hessian": gram_upper(x * np.sqrt(mu * not_mu)[:, None]),
+            "log_likelihood": np.array([y @ np.maximum(log_mu, LOG_FLOOR)
+                                        + (1 - y) @ np.maximum(log_not_mu, LOG_FLOOR)]),
         }
+
+
+def _finite(value: int | float) -> bool:
+    """Whether a number from a peer is a finite double (an int beyond 2¹⁰²⁴ is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 STEP_LIMIT = 4.0
