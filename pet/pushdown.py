@@ -25,6 +25,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from pet.queries.base import Query, State, affine
+from pet.queries.comparisons import Anova, ChiSquare, GroupMoments, TTest, group_levels
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
 from pet.queries.regression import LOG_FLOOR, LinearRegression, LogisticRegression, Regression
@@ -490,7 +491,9 @@ def _survival_counts(query: Query, counts: np.ndarray) -> np.ndarray:
 
 def _table_cell(query: Query, schema: Schema, encoded: Values, terms: Terms) -> exp.Column:
     """The row's cell in the table's C-order (as `np.ravel_multi_index` numbers it): a
-    column's code, or its bin where the query bins it."""
+    column's code, or its bin where the query bins it; a χ² test's is its table's."""
+    if isinstance(query, ChiSquare):
+        query = query.table()
     assert isinstance(query, Contingency)
     index: exp.Expression = _number(0.0)
     for column, size in zip(query.columns, query.shape(schema), strict=True):
@@ -616,6 +619,24 @@ def _all(conditions: list[exp.Expression]) -> exp.Expression | None:
     return exp.and_(*conditions) if conditions else None
 
 
+def _group_moments(query: Query, schema: Schema, state: State, values: Values,
+                   terms: Terms) -> list[exp.Expression]:
+    """Per level of the group column, the count of its complete rows, then per level
+    Σs, then Σs² of the column scaled to [-1, 1]: a few levels, one aggregate each."""
+    assert isinstance(query, GroupMoments)
+    levels = group_levels(query, schema, query.by)
+    group = terms.add(values[query.by].copy())
+    s = terms.add(_scaled(values[query.column], schema[query.column]))
+
+    def within(level: int, value: exp.Expression) -> exp.Expression:
+        return exp.Case(ifs=[exp.If(this=exp.EQ(this=group.copy(), expression=_number(
+            float(level))), true=value.copy())])
+
+    return [*(exp.Count(this=within(j, _number(1.0))) for j in range(levels)),
+            *(_sum(within(j, s)) for j in range(levels)),
+            *(_sum(within(j, _times(s, s))) for j in range(levels))]
+
+
 def _head_only(query: Query, schema: Schema, state: State, values: Values,
                terms: Terms) -> list[exp.Expression]:
     """No sums beyond the head: a count, or a table whose cells GROUP BY counts."""
@@ -625,6 +646,7 @@ def _head_only(query: Query, schema: Schema, state: State, values: Values,
 SUMS: dict[type, Callable[[Query, Schema, State, Values, Terms], list[exp.Expression]]] = {
     Count: _head_only, Histogram: _head_only, Contingency: _head_only,
     Quantiles: _head_only, KaplanMeier: _head_only, LogRank: _head_only,
+    ChiSquare: _head_only, TTest: _group_moments, Anova: _group_moments,
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Covariance: _covariance, Correlation: _covariance,
     LinearRegression: _linear, LogisticRegression: _logistic,
@@ -658,6 +680,8 @@ CELLS: dict[type, Cells] = {
     Contingency: Cells(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
                        lambda query: sum(map(len, query.bins.values())),  # type: ignore[attr-defined]
                        _table_cell),
+    ChiSquare: Cells(lambda query, schema: math.prod(query.table().shape(schema)),  # type: ignore[attr-defined]
+                     lambda query: 0, _table_cell),
     Quantiles: Cells(lambda query, schema: query.bins + 1, lambda query: 2,  # type: ignore[attr-defined]
                      _quantiles_cell, _last_bin_closed),
     **{kind: Cells(_tally_cells, _grid_edges, _survival_cell, _survival_counts)

@@ -21,6 +21,8 @@ from benchmarks import postgres
 from pet import pushdown
 from pet.errors import QueryError, SchemaError
 from pet.queries import (
+    Anova,
+    ChiSquare,
     Contingency,
     Correlation,
     Count,
@@ -37,6 +39,7 @@ from pet.queries import (
     Quantiles,
     StdDev,
     Sum,
+    TTest,
     Variance,
 )
 from pet.queries.base import Query, State
@@ -67,6 +70,7 @@ PUSHED = [
     LogRank("time", "dead", "sex", grid=(100, 365, 1100), where="age > 50"),
     LogisticRegression("dead", ("age", "sex", "ph_ecog")),
     LogisticRegression("dead", ("wt_loss", "meal_cal"), intercept=False, where="age > 60"),
+    ChiSquare("sex", "dead"), TTest("age", "sex"), Anova("wt_loss", "dead", where="age > 55"),
 ]
 """Queries the engines compute, over nullable columns, booleans, categories and filters
 (an iterative query's round at coefficients far from zero: `a_round`)."""
@@ -276,7 +280,8 @@ QUERIES = [Count(where="g == 'b' or flag == 1"), Mean("x", where="k >= 3 and g !
            Histogram("x", edges=(-5, -1, 0, 1, 5), where="g in ['a', 'c']"),
            Quantiles("x", bins=10, where="k < 8"), Quantiles("x", bins=7),
            KaplanMeier("t", "flag", grid=3), KaplanMeier("t", "flag", grid=7, where="k > 2"),
-           LogRank("t", "flag", "g", grid=7, strata="b"),
+           LogRank("t", "flag", "g", grid=7, strata="b"), ChiSquare("g", "b"),
+           Anova("x", "g", where="k > 1"), TTest("t", "b"),
            LogisticRegression("flag", ("x", "g"))]
 GRIDS = [float(e) for e in np.linspace(-5, 5, 11)] + [float(e) for e in np.linspace(-5, 5, 8)]
 """Values on the queries' grid edges, where a row's bin turns on one comparison."""
