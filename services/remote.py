@@ -168,13 +168,17 @@ class RemoteParties:
             raise PartyError(f"MPC session ended: {cause}; nothing was revealed") from None
 
     def close(self) -> None:
-        """Every site leaves the session; the dealer stops."""
+        """Every site leaves the session, all at once (each stops its party process); the
+        dealer stops."""
         self._ended = True
-        for rank in range(self.n):
-            with contextlib.suppress(PetError):  # a site that is down has no party to stop
-                self._call(rank, "LeaveMpc", site_pb2.LeaveMpcRequest(session=self.session), 10)
+        for leaving in [self._pool.submit(self._leave, rank) for rank in range(self.n)]:
+            leaving.result()
         if self._dealer is not None:
             self._dealer.stop()
+
+    def _leave(self, rank: int) -> None:
+        with contextlib.suppress(PetError):  # a site that is down has no party to stop
+            self._call(rank, "LeaveMpc", site_pb2.LeaveMpcRequest(session=self.session), 10)
 
     def _call(self, rank: int, method: str, request: Any, timeout: float) -> Any:
         return self._peers[rank].call(method, request, timeout)

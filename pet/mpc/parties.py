@@ -32,13 +32,14 @@ import contextlib
 import multiprocessing
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from pet.certs import COORDINATOR, make_certificates
 from pet.errors import PetError
@@ -305,7 +306,7 @@ def _party_main(rank: int, roster: tuple[str, ...], config: PartyConfig,
         pipe.send(("error", f"{type(error).__name__}: {error}"))
         raise SystemExit(f"{describe(rank, roster)} could not join: {error}") from None
     if crypten is None:  # the dealer has served every request and been told to stop
-        return
+        _exit_now()
     from pet.mpc.programs import PROGRAMS
 
     pipe.send(("ok", None))
@@ -326,6 +327,16 @@ def _party_main(rank: int, roster: tuple[str, ...], config: PartyConfig,
         except Exception as exc:  # reported to the session, which then ends every party
             pipe.send(("error", f"{type(exc).__name__}: {exc}"))
     crypten.uninit()
+    _exit_now()
+
+
+def _exit_now() -> NoReturn:
+    """End a party's process at once once its session is over: the interpreter's own
+    teardown of torch takes about a second, which every stop of a session (and so every
+    server's stop) would wait for. Nothing is left to write but the standard streams."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _join(rank: int, roster: tuple[str, ...], config: PartyConfig,
