@@ -14,7 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,17 +97,12 @@ PG_TYPES = {"b": "boolean", "i": "bigint", "f": "double precision", "O": "text",
 
 def load(dsn: str, name: str, frame: pd.DataFrame) -> None:
     """Create table `name` with the frame's columns and load its rows with COPY."""
-    columns = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(PG_TYPES[frame[c].dtype.kind]))
-        for c in frame.columns)
-    with psycopg.connect(dsn) as connection:
-        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-        connection.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(name),
-                                                                   columns))
-        copy = sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(name))
-        with connection.cursor().copy(copy) as rows:
-            for row in frame.astype(object).itertuples(index=False):
-                rows.write_row([None if pd.isna(v) else v for v in row])
+    def rows(copy: psycopg.Copy) -> None:
+        for row in frame.astype(object).itertuples(index=False):
+            copy.write_row([None if pd.isna(v) else v for v in row])
+
+    _create(dsn, name, [(c, PG_TYPES[frame[c].dtype.kind]) for c in frame.columns],
+            sql.SQL(""), rows)
 
 
 ARROW_TYPES = ((pa.types.is_boolean, "boolean"), (pa.types.is_integer, "bigint"),
@@ -119,20 +114,31 @@ def load_parquet(dsn: str, name: str, path: Path) -> None:
     """Create table `name` with the Parquet file's columns and COPY its rows in, batch by
     batch as CSV (Arrow writes it; a row-by-row COPY of 10⁷ rows takes minutes)."""
     file = pq.ParquetFile(path)
-    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(
-        next((kind for test, kind in ARROW_TYPES if test(f.type)), "text")))
-        for f in file.schema_arrow)
+
+    def batches(copy: psycopg.Copy) -> None:
+        for batch in file.iter_batches():
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=False))
+            copy.write(sink.getvalue().to_pybytes())
+
+    _create(dsn, name, [(f.name, next((kind for test, kind in ARROW_TYPES if test(f.type)),
+                                      "text")) for f in file.schema_arrow],
+            sql.SQL(" (FORMAT csv)"), batches)
+
+
+def _create(dsn: str, name: str, columns: list[tuple[str, str]], options: sql.Composable,
+            write: Callable[[psycopg.Copy], None]) -> None:
+    """(Re)create table `name` with the (column, type) pairs, COPY its rows in with
+    `write`, and ANALYZE it."""
+    table = sql.Identifier(name)
     with psycopg.connect(dsn) as connection:
-        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-        connection.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(name),
-                                                                   columns))
-        copy = sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(sql.Identifier(name))
-        with connection.cursor().copy(copy) as rows:
-            for batch in file.iter_batches():
-                sink = pa.BufferOutputStream()
-                pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=False))
-                rows.write(sink.getvalue().to_pybytes())
-        connection.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))
+        connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        connection.execute(sql.SQL("CREATE TABLE {} ({})").format(table, sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(kind)) for c, kind in columns)))
+        with connection.cursor().copy(sql.SQL("COPY {} FROM STDIN{}").format(
+                table, options)) as copy:
+            write(copy)
+        connection.execute(sql.SQL("ANALYZE {}").format(table))
 
 
 def has_table(dsn: str, name: str) -> bool:

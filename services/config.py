@@ -64,6 +64,9 @@ class SiteConfig:
     mpc_host: str
     mpc_ports: tuple[int, int] = DEFAULT_PORTS
     """The ports this site's MPC party may listen on (it takes the first free one)."""
+    mpc_warm: bool = True
+    """Keep a spare party process (CrypTen imported) for the next MPC session, started
+    once the server serves (`mpc: {warm: false}`: start one per session instead)."""
     federation: tuple[str, ...] = ()
     """The sites this site federates with (itself included), from its own configuration:
     distributed DP sizes this site's noise share by their number."""
@@ -143,6 +146,8 @@ class CoordinatorConfig:
     """Runs and fits one analyst may have under way at once."""
     limits: RequestLimits = DEFAULT_LIMITS
     """The most one request may ask of the coordinator (`limits:`)."""
+    mpc_warm: bool = True
+    """Keep a spare dealer process for the next MPC session (`mpc: {warm: false}`)."""
 
     def analyst(self, token: str) -> str | None:
         """The analyst whose bearer token this is, if any (compared as SHA-256 digests)."""
@@ -173,17 +178,23 @@ def read_site(path: str | Path) -> SiteConfig:
         allow_plaintext=bool(spec.get("allow_plaintext", True)),
         mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
         mpc_ports=_ports(spec, path),
+        mpc_warm=_warm(spec, path),
         federation=_federation(spec, path),
         limits=_limits(spec, path),
     )
 
 
-def _flag(spec: dict[str, Any], key: str, path: str | Path) -> bool:
-    """A true/false setting (false when absent); anything else is refused by name."""
-    value = spec.get(key, False)
+def _flag(spec: dict[str, Any], key: str, path: str | Path, default: bool = False) -> bool:
+    """A true/false setting (`default` when absent); anything else is refused by name."""
+    value = spec.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
     return value
+
+
+def _warm(spec: dict[str, Any], path: str | Path) -> bool:
+    """`mpc: {warm: ...}` (true when absent)."""
+    return _flag(spec.get("mpc") or {}, "warm", f"{path}: mpc", default=True)
 
 
 def read_coordinator(path: str | Path) -> CoordinatorConfig:
@@ -202,6 +213,7 @@ def read_coordinator(path: str | Path) -> CoordinatorConfig:
         fits=Path(_text(spec, "fits", path)) if "fits" in spec else None,
         run_deadline_s=_positive(spec, "run_deadline_s", 600.0, path),
         runs_per_analyst=int(_positive(spec, "runs_per_analyst", 4, path)),
+        mpc_warm=_warm(spec, path),
         limits=_limits(spec, path),
     )
 

@@ -139,4 +139,5 @@ def serve(config_path: str) -> None:
                banner=lambda port: f"coordinator serving on port {port} for sites "
                                    f"{list(sites.names)}",
                on_stop=sites.close, interceptors=[TokenInterceptor(config.analyst)],
-               max_request_bytes=config.limits.request_bytes)
+               max_request_bytes=config.limits.request_bytes,
+               on_serving=sites.mpc.warm.start if config.mpc_warm else lambda: None)

@@ -22,7 +22,7 @@ import grpc
 from pet import codec
 from pet.backends import Backend
 from pet.errors import PetError
-from pet.mpc.parties import Party, PartyConfig, PartyError
+from pet.mpc.parties import Party, PartyConfig, PartyError, Spare, Warm
 from pet.queries.base import Query, State
 from pet.schema import Schema
 from pet.site import Contribution
@@ -124,7 +124,8 @@ class RemoteParties:
     """An MPC session whose parties run at the sites (one each) and whose dealer runs
     here; `pet.backends.MPC` drives it like local parties."""
 
-    def __init__(self, peers: Sequence[SitePeer], *, config: PartyConfig) -> None:
+    def __init__(self, peers: Sequence[SitePeer], *, config: PartyConfig,
+                 spare: Spare | None = None) -> None:
         self.n = len(peers)
         self.session = uuid.uuid4().hex
         self._peers, self._config = list(peers), config
@@ -142,7 +143,7 @@ class RemoteParties:
             for join in joins:
                 join.result()
             self._dealer = Party(self.n, self.n, replace(config, names=names),
-                                 (first.address, first.port))
+                                 (first.address, first.port), spare=spare)
         except PetError:
             self.close()
             raise
@@ -192,6 +193,8 @@ class MpcSession:
         self._peers, self._config = list(peers), config
         self._parties: RemoteParties | None = None
         self._lock = threading.Lock()
+        self.warm = Warm()
+        """A spare dealer process, kept once the coordinator serves."""
 
     @contextlib.contextmanager
     def held(self) -> Iterator[RemoteParties]:
@@ -203,15 +206,17 @@ class MpcSession:
             if self._parties is None or not self._parties.alive:
                 if self._parties is not None:
                     self._parties.close()
-                self._parties = RemoteParties(self._peers, config=self._config)
+                self._parties = RemoteParties(self._peers, config=self._config,
+                                              spare=self.warm.take())
             yield self._parties
 
     def close(self) -> None:
-        """End the session, if one runs."""
+        """End the session, if one runs, and the spare dealer."""
         with self._lock:
             if self._parties is not None:
                 self._parties.close()
                 self._parties = None
+        self.warm.close()
 
 
 class Sites:

@@ -58,13 +58,16 @@ def start(listen: str, credentials: grpc.ServerCredentials, services: Sequence[H
 
 def run(listen: str, credentials: grpc.ServerCredentials, services: Sequence[Hosted], *,
         banner: Callable[[int], str], on_stop: Callable[[], Any],
+        on_serving: Callable[[], Any] = lambda: None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         max_request_bytes: int = DEFAULT_LIMITS.request_bytes) -> None:
-    """Start a server as `start` does, print its banner, and serve until SIGTERM or SIGINT
-    (then `on_stop` releases what the servicers hold)."""
+    """Start a server as `start` does, print its banner, run `on_serving` (what may warm
+    up once calls are taken), and serve until SIGTERM or SIGINT (then `on_stop` releases
+    what the servicers hold)."""
     server, port = start(listen, credentials, services, interceptors=interceptors,
                          max_request_bytes=max_request_bytes)
     print(banner(port), flush=True)
+    on_serving()
     serve_until_stopped(server, on_stop)
 
 

@@ -27,7 +27,7 @@ from pet.backends import BACKENDS, Backend, get_backend
 from pet.errors import PetError, QueryError
 from pet.ledger import Ledger
 from pet.limits import check_query, check_round
-from pet.mpc.parties import Party, PartyConfig, PartyError
+from pet.mpc.parties import Party, PartyConfig, PartyError, Warm
 from pet.queries.base import Query
 from pet.releases import Ask
 from pet.site import Site
@@ -115,6 +115,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
         if config.budget and not any(b.dataset == self.site.dataset for b in ledger.budgets()):
             ledger.set_budget(self.site.dataset, *config.budget)
         self.party_config = party or PartyConfig()
+        self.warm = Warm()
+        """A spare party process, kept once the server serves (`mpc: {warm: true}`)."""
         self.seats: dict[str, Seat] = {}
         self._seats_lock = threading.Lock()
 
@@ -189,7 +191,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
                 raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this site already sits in {MAX_SEATS} MPC sessions, its "
                                 "limit; end one (LeaveMpc) first")
-            party = Party(request.rank, request.world, config, rendezvous)
+            party = Party(request.rank, request.world, config, rendezvous,
+                          spare=self.warm.take())
             self.seats[request.session] = Seat(party)
         host, port = party.address or ("", 0)
         return site_pb2.JoinMpcReply(address=host, port=port)
@@ -257,9 +260,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
             for b in known])
 
     def close(self) -> None:
-        """Stop every MPC party this site runs."""
+        """Stop every MPC party this site runs, and its spare."""
         for session in list(self.seats):
             self._leave(session)
+        self.warm.close()
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 - one server object lives as long as its cache
     def _backend(self, spec: bytes, n_sites: int) -> Backend:
@@ -374,4 +378,5 @@ def serve(config_path: str) -> None:
                banner=lambda port: f"site {config.name!r} serving on port {port} "
                                    f"({service.site.table.n_rows} rows, backends "
                                    f"{service.backends})",
-               on_stop=service.close, max_request_bytes=config.limits.request_bytes)
+               on_stop=service.close, max_request_bytes=config.limits.request_bytes,
+               on_serving=service.warm.start if config.mpc_warm else lambda: None)

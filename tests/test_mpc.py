@@ -15,7 +15,7 @@ from pet.backends.mpc import MPC, SECURE, _agree, _answers
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import scale_bits
-from pet.mpc.parties import PartyConfig, PartyError
+from pet.mpc.parties import Parties, PartyConfig, PartyError, Spare, Warm
 from pet.queries import (
     Correlation,
     Covariance,
@@ -258,3 +258,33 @@ def test_copies_of_a_logistic_round_disagree_when_only_one_has_converged() -> No
     step = Next(LogisticState(5, beta))
     assert _agree([(fit, 0.01), (fit, 0.01)])
     assert not _agree([(fit, 0.01), (step, 0.01)])
+
+
+def test_spare_processes_become_the_parties_and_the_dealer(lung3: Workload) -> None:
+    """A server keeps a spare process with CrypTen imported; a session hands it its rank
+    and listener, and it computes as a freshly started party would."""
+    spares = [Spare() for _ in range(4)]
+    parties = Parties(3, PartyConfig(timeout_s=60), spares=spares)
+    try:
+        assert [p.process for p in parties._parties] == [s.process for s in spares]
+        backend = MPC(parties=parties)
+        study = Study(lung3.sites(policy=NO_CELL_LIMIT), backend=backend)
+        exact = lung3.study("plaintext", policy=NO_CELL_LIMIT).run(Mean("age")).value
+        assert study.run(Mean("age")).value == pytest.approx(exact, rel=1e-4)
+    finally:
+        parties.close()
+
+
+def test_a_server_takes_its_spare_and_keeps_none_once_closed() -> None:
+    """`Warm` hands its spare to the first session and none after closing; a spare that
+    is closed takes no session (a fresh party starts instead)."""
+    warm = Warm()
+    assert warm.take() is None  # never started: every session starts its own
+    warm.start()
+    spare = warm.take()
+    assert spare is not None and spare.alive
+    spare.close()
+    assert not spare.take(("join",))
+    warm.close()
+    warm.start()
+    assert warm.take() is None

@@ -29,6 +29,7 @@ terminated, nothing partial is returned) and the next query starts a fresh one.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import socket
@@ -135,7 +136,8 @@ class Party:
     """
 
     def __init__(self, rank: int, world: int, config: PartyConfig,
-                 rendezvous: tuple[str, int] | None = None) -> None:
+                 rendezvous: tuple[str, int] | None = None, *,
+                 spare: Spare | None = None) -> None:
         self.rank, self.world = rank, world
         roster = _roster(rank, world, config, rendezvous)
         listener = _listen(rank, roster, config) if rank < world else None
@@ -143,16 +145,14 @@ class Party:
             (config.host, listener.getsockname()[1]) if listener is not None else None)
         """Where the others reach this party: its configured host and the port it took
         (None for the dealer)."""
-        context = multiprocessing.get_context("spawn")
-        self._pipe, theirs = context.Pipe()
-        role = "dealer" if rank == world else f"party-{rank}"
-        self.process = context.Process(target=_party_main,
-                                       args=(rank, roster, config, listener, rendezvous, theirs),
-                                       name=f"pet-mpc-{role}", daemon=True)
+        session = (rank, roster, config, listener, rendezvous)
         try:
-            self.process.start()
+            if spare is not None and spare.alive and spare.take(session):  # warm
+                self.process, self._pipe = spare.process, spare.pipe
+            else:
+                self.process, self._pipe = _spawn(_party_main, session,
+                                                  "dealer" if rank == world else f"party-{rank}")
         finally:
-            theirs.close()
             if listener is not None:  # the process has its own copy now
                 listener.close()
         self._started = rank == world  # the dealer sends nothing: it serves until the end
@@ -219,13 +219,115 @@ class Party:
         self._pipe.close()
 
 
+class Spare:
+    """A process that has imported CrypTen (seconds of torch) and waits to become a party
+    or the dealer of the next session: started when a server starts, so that its first
+    MPC session meets at once. `Party(..., spare=...)` hands it the session."""
+
+    def __init__(self) -> None:
+        self.process, self.pipe = _spawn(_spare_main, (), "spare")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process still waits (a spare killed is replaced by a fresh one)."""
+        return self.process.is_alive()
+
+    def take(self, session: tuple) -> bool:
+        """Hand the process a session to join; False if it is gone."""
+        try:
+            self.pipe.send(("join", *session))
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the process, if no session took it."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        self.pipe.close()
+
+
+class Warm:
+    """A server's spare kept ready for its next MPC session (once `start`ed). A session
+    takes it; its replacement starts `REFILL_S` later, so that importing torch does not
+    compete with the session that has just begun."""
+
+    def __init__(self) -> None:
+        self._spare: Spare | None = None
+        self._refill: threading.Timer | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start keeping a spare (not once closed)."""
+        with self._lock:
+            if self._spare is None and not self._closed:
+                self._spare = Spare()
+
+    def take(self) -> Spare | None:
+        """The spare, if one is ready (its replacement follows); None otherwise."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                self._refill = threading.Timer(REFILL_S, self.start)
+                self._refill.daemon = True
+                self._refill.start()
+        return spare
+
+    def close(self) -> None:
+        """End the spare no session took, and keep none."""
+        with self._lock:
+            self._closed = True
+            if self._refill is not None:
+                self._refill.cancel()
+            if self._spare is not None:
+                self._spare.close()
+                self._spare = None
+
+
+REFILL_S = 30.0
+"""Seconds after a session takes a server's spare before the next spare starts."""
+
+
+def _spawn(target: Callable[..., None], args: tuple,
+           role: str) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """A fresh interpreter running `target(*args, pipe)`, and this end of its pipe."""
+    context = multiprocessing.get_context("spawn")
+    mine, theirs = context.Pipe()
+    process = context.Process(target=target, args=(*args, theirs), name=f"pet-mpc-{role}",
+                              daemon=True)
+    try:
+        process.start()
+    finally:
+        theirs.close()
+    return process, mine
+
+
+def _spare_main(pipe: Connection) -> None:
+    """Import what a party needs, then wait for a session to join (its listener comes
+    over the pipe); end when the pipe closes first."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    for module in ("pet.crypten_shim", "pet.mpc.programs"):  # torch, CrypTen: seconds
+        importlib.import_module(module)
+
+    try:
+        kind, *session = pipe.recv()
+    except EOFError:
+        _exit_now()
+    if kind == "join":
+        _party_main(*session, pipe)
+    _exit_now()
+
+
 class Parties:
     """`n` party processes and one dealer on this host, started once and reused by every
     query. They meet over TLS as parties at different sites do, with the certificates of
     a throwaway federation made for the session: its CA's key is never written, and its
     files are deleted when the session closes."""
 
-    def __init__(self, n: int, config: PartyConfig | None = None) -> None:
+    def __init__(self, n: int, config: PartyConfig | None = None, *,
+                 spares: Sequence[Spare] = ()) -> None:
         if n < 2:
             raise PetError(f"MPC needs at least 2 parties, got {n}")
         self.n = n
@@ -236,14 +338,14 @@ class Parties:
         start = time.perf_counter()
         self._folder = tempfile.TemporaryDirectory(prefix="pet-mpc-")
         self._parties: list[Party] = []
-        self._guard(self._start)
+        self._guard(lambda: self._start(spares))
         self._guard(lambda: [p.wait_started(self.config.startup_timeout_s)
                              for p in self._parties])
         self.startup_s = time.perf_counter() - start
 
-    def _start(self) -> None:
+    def _start(self, spares: Sequence[Spare]) -> None:
         """Start party 0, then the other parties and the dealer, each with its own
-        certificate."""
+        certificate (in the spares, by rank, where given)."""
         names = tuple(f"party-{rank}" for rank in range(self.n))
         certificates = make_certificates(self._folder.name, sites=names)
         for rank, name in enumerate((*names, self.config.dealer)):
@@ -251,7 +353,8 @@ class Parties:
                                    certificates.ca)
             config = replace(self.config, tls=identity, names=names)
             rendezvous = self._parties[0].address if rank else None
-            self._parties.append(Party(rank, self.n, config, rendezvous))
+            self._parties.append(Party(rank, self.n, config, rendezvous,
+                                       spare=spares[rank] if spares else None))
 
     def run(self, program: str, inputs: Sequence[Any], public: Any = None) -> list[Any]:
         """Run `program` with each party's private input; return each party's output (what
