@@ -8,6 +8,7 @@ import signal
 
 import numpy as np
 import pytest
+import yaml
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
@@ -33,6 +34,7 @@ from pet.queries.regression import LogisticFit, LogisticState
 from pet.result import answer_vector
 from pet.study import Study
 from pet.workloads import Workload, cohort
+from services.config import ConfigError, read_site
 from tests.conftest import NO_CELL_LIMIT
 
 
@@ -288,3 +290,17 @@ def test_a_server_takes_its_spare_and_keeps_none_once_closed() -> None:
     warm.close()
     warm.start()
     assert warm.take() is None
+
+
+@pytest.mark.parametrize(("mpc", "warm"), [(None, True), ({"warm": False}, False),
+                                           ({"warm": "no"}, None)])
+def test_a_server_keeps_a_spare_unless_its_configuration_says_not(tmp_path, mpc, warm) -> None:
+    spec = {"name": "s", "listen": "127.0.0.1:1", "coordinator": "c", "data": {},
+            "tls": {"cert": "c", "key": "k", "ca": "a"}, "ledger": "l", "audit": "a",
+            **({"mpc": mpc} if mpc is not None else {})}
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(spec))
+    if warm is None:
+        with pytest.raises(ConfigError, match="mpc: warm must be true or false"):
+            read_site(tmp_path / "site.yaml")
+    else:
+        assert read_site(tmp_path / "site.yaml").mpc_warm is warm
