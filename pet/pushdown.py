@@ -22,13 +22,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from scipy import special
 from sqlglot import exp
 
 from pet.queries.base import Query, State, affine
 from pet.queries.comparisons import Anova, ChiSquare, GroupMoments, TTest, group_levels
 from pet.queries.covariance import Correlation, Covariance
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
-from pet.queries.regression import LOG_FLOOR, LinearRegression, LogisticRegression, Regression
+from pet.queries.regression import (
+    LOG_FLOOR,
+    LinearRegression,
+    LogisticRegression,
+    NewtonRegression,
+    PoissonRegression,
+    Regression,
+)
 from pet.queries.survival import KaplanMeier, LogRank
 from pet.queries.tables import Contingency, Histogram, Quantiles
 from pet.schema import Boolean, Categorical, Column, Schema, cell_text
@@ -85,7 +93,8 @@ class Plan:
     select: exp.Query
     checks: tuple[Check, ...]
     cells: int = 0
-    fold: Callable[[np.ndarray], np.ndarray] = np.asarray
+    fold: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.append
+    """(the aggregates' elements, the rows per cell) → the partial vector."""
 
     def vector(self, rows: pa.Table) -> np.ndarray | None:
         """The partial vector from the statement's rows, or None when a check finds a
@@ -111,7 +120,7 @@ class Plan:
             if not np.all((cells >= 0) & (cells < self.cells) & (cells == np.floor(cells))):
                 return None
             tally = np.bincount(cells.astype(np.int64), weights=counts, minlength=self.cells)
-            values = np.concatenate([values, self.fold(tally)])
+            values = self.fold(values, tally)
         return values if np.isfinite(values).all() else None
 
 
@@ -129,7 +138,7 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
     MIN and MAX, missing and unmatched values by COUNT), the head, the terms' sums."""
     sums = SUMS.get(type(query))
     if sums is None or query.clip or (state is not None) != isinstance(query,
-                                                                       LogisticRegression):
+                                                                       NewtonRegression):
         return None
     cells = CELLS.get(type(query))
     if cells is not None and cells.edges(query) > MAX_EDGES:
@@ -437,9 +446,9 @@ def _quantiles_cell(query: Query, schema: Schema, encoded: Values,
     return terms.derive(index)[0]
 
 
-def _last_bin_closed(query: Query, counts: np.ndarray) -> np.ndarray:
+def _last_bin_closed(query: Query, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The counts of a grid's bins, those one beyond the last moved into it."""
-    return np.concatenate([counts[:-2], [counts[-2] + counts[-1]]])
+    return np.concatenate([values, counts[:-2], [counts[-2] + counts[-1]]])
 
 
 def _survival_cell(query: Query, schema: Schema, encoded: Values,
@@ -477,7 +486,7 @@ def _tally_cells(query: Query, schema: Schema) -> int:
     return groups * (query.steps() + 2) * 2
 
 
-def _survival_counts(query: Query, counts: np.ndarray) -> np.ndarray:
+def _survival_counts(query: Query, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Events, then rows removed, per tally cell and grid interval, from the counts per
     (cell, interval, event), those before the first interval and beyond the last moved
     into it."""
@@ -486,7 +495,7 @@ def _survival_counts(query: Query, counts: np.ndarray) -> np.ndarray:
     by_interval[:, 1] += by_interval[:, 0]
     by_interval[:, -2] += by_interval[:, -1]
     inside = by_interval[:, 1:-1]
-    return np.concatenate([inside[..., 1].ravel(), inside.sum(axis=-1).ravel()])
+    return np.concatenate([values, inside[..., 1].ravel(), inside.sum(axis=-1).ravel()])
 
 
 def _table_cell(query: Query, schema: Schema, encoded: Values, terms: Terms) -> exp.Column:
@@ -574,6 +583,64 @@ def _logistic(query: Query, schema: Schema, state: State, values: Values,
             _sum(log_likelihood)]
 
 
+def _poisson(query: Query, schema: Schema, state: State, values: Values,
+             terms: Terms) -> list[exp.Expression]:
+    """One Newton round at the state's coefficients β, as `PoissonRegression.accumulate`
+    computes it: with η = xβ + log t and the public normaliser c, μ = e^(η − c), the
+    gradient Σ(y·e^(−c) − μ)x, the Hessian Σμxxᵀ, with `robust` the meat
+    Σ(y·e^(−c) − μ)²xxᵀ, then Σ y·max(η, floor) and Σ e^η: `_log_factorials` subtracts
+    the one from the other and Σ log y! from the rows per outcome value. An exposure of
+    0 or less makes η NaN, so pet's own pass refuses that row."""
+    assert isinstance(query, PoissonRegression) and state is not None
+    x = _design(query, schema, values, terms)
+    y = terms.add(values[query.outcome].copy())
+    linear = _dot(x, [float(b) for b in state.beta])
+    if query.exposure is not None:
+        t = terms.add(values[query.exposure].copy())
+        nan = exp.cast(exp.Literal.string("NaN"), exp.DataType.Type.DOUBLE)
+        linear = exp.Add(this=linear, expression=exp.Case(ifs=[exp.If(
+            this=exp.GT(this=t.copy(), expression=_number(0.0)), true=exp.Ln(this=t.copy()))],
+            default=nan))
+    (eta,) = terms.derive(linear)
+    c = query._normaliser(schema, state)
+    (mu,) = terms.derive(exp.Exp(this=exp.Sub(this=eta.copy(), expression=_number(c))))
+    residual, log_mu, rate = terms.derive(
+        exp.Sub(this=_times(y, _number(float(np.exp(-c)))), expression=mu.copy()),
+        _times(y, _at_least(eta, LOG_FLOOR)), exp.Exp(this=eta.copy()))
+    meat = ([_sum(_times(_times(residual, residual), _times(x[i], x[j])))
+             for i in range(len(x)) for j in range(i, len(x))] if query.robust else [])
+    return [*(_sum(_times(xi, residual)) for xi in x),
+            *(_sum(_times(mu, _times(x[i], x[j]))) for i in range(len(x))
+              for j in range(i, len(x))),
+            *meat, _sum(log_mu), _sum(rate)]
+
+
+def _outcome_cell(query: Query, schema: Schema, encoded: Values,
+                  terms: Terms) -> exp.Column:
+    """A Poisson row's outcome value, whose rows `_log_factorials` counts."""
+    assert isinstance(query, PoissonRegression)
+    if _outcome_values(query, schema) > MAX_OUTCOME_VALUES:
+        raise Unsupported(f"an outcome reaching {schema[query.outcome].bounds()[1]:g}")
+    return terms.add(encoded[query.outcome].copy())
+
+
+MAX_OUTCOME_VALUES = 1_000_000
+"""Most outcome values a compiled Poisson round counts rows of; beyond, pet's pass."""
+
+
+def _outcome_values(query: Query, schema: Schema) -> int:
+    assert isinstance(query, PoissonRegression)
+    return int(schema[query.outcome].bounds()[1]) + 1
+
+
+def _log_factorials(query: Query, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The round's vector: its log-likelihood Σ y·log μ − Σ μ − Σ log y!, the last from
+    the rows per outcome value k (log k! once per value, not once per row)."""
+    log_mu, rate = values[-2:]
+    factorials = float(counts @ special.gammaln(np.arange(counts.size) + 1.0))
+    return np.append(values[:-2], log_mu - rate - factorials)
+
+
 def _log1p(z: exp.Expression) -> exp.Expression:
     """log(1 + z) to within a few units in the last place for small z, as numpy's
     `log1p` (engines have only LN): with u = 1 + z rounded, log(u)·z/(u − 1) corrects
@@ -649,7 +716,7 @@ SUMS: dict[type, Callable[[Query, Schema, State, Values, Terms], list[exp.Expres
     ChiSquare: _head_only, TTest: _group_moments, Anova: _group_moments,
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Covariance: _covariance, Correlation: _covariance,
-    LinearRegression: _linear, LogisticRegression: _logistic,
+    LinearRegression: _linear, LogisticRegression: _logistic, PoissonRegression: _poisson,
 }
 """The queries whose local pass compiles, by exact type (a subclass may change its sums)."""
 
@@ -663,7 +730,9 @@ class Cells:
     count: Callable[[Query, Schema], int]
     edges: Callable[[Query], int]
     index: Callable[[Query, Schema, Values, Terms], exp.Column]
-    fold: Callable[[Query, np.ndarray], np.ndarray] = lambda query, counts: counts
+    fold: Callable[[Query, np.ndarray, np.ndarray], np.ndarray] = (
+        lambda query, values, counts: np.append(values, counts))
+    """(the query, the aggregates' elements, the rows per cell) → the partial vector."""
 
 
 def _grid_edges(query: Query) -> int:
@@ -686,4 +755,6 @@ CELLS: dict[type, Cells] = {
                      _quantiles_cell, _last_bin_closed),
     **{kind: Cells(_tally_cells, _grid_edges, _survival_cell, _survival_counts)
        for kind in (KaplanMeier, LogRank)},
+    PoissonRegression: Cells(_outcome_values, lambda query: 0, _outcome_cell,
+                             _log_factorials),
 }
