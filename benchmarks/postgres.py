@@ -60,6 +60,7 @@ def kept(folder: Path) -> Iterator[str]:
     """Start the cluster kept in `folder` (made there on first use); yield its DSN; stop
     it, leaving its tables for the next run. The folder's parents must be open to the
     server's account."""
+    folder = folder.resolve()  # the server runs in its data folder
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
     yield from _running(data if (data / "PG_VERSION").exists() else _initialised(folder))

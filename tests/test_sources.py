@@ -491,7 +491,7 @@ def test_a_logistic_round_on_well_fitted_rows_keeps_every_digit(engine: SqlTable
     query = LogisticRegression("y", ("a",))
     for intercept in (10.0, 27.6, 34.0):
         state = query.state_type(1, (intercept, 0.5))
-        pushed = table._pushed(table._precise(pushdown.compile(query, schema, state,
+        pushed = table._pushed(table._tuned(pushdown.compile(query, schema, state,
                                                                table.types, table._from)))
         expected = FrameTable(frame, schema).partial(query, state)
         np.testing.assert_allclose(pushed, expected, rtol=1e-12, atol=0)
