@@ -184,13 +184,14 @@ def _with_cells(named: list[exp.Expression], cell: exp.Column,
     """The aggregates' row and a row per cell (its number of complete rows), in one
     statement over the rows once written (`pet_rows`): one snapshot of the rows, and on
     PostgreSQL one scan."""
-    nothing = [exp.cast(exp.null(), exp.DataType.Type.DOUBLE)]
-    head = exp.select(_number(0.0).as_("pet_part", quoted=True), *named,
-                      nothing[0].as_("pet_cell", quoted=True),
-                      nothing[0].copy().as_("pet_count", quoted=True)).from_("pet_rows")
+    def nothing(name: str) -> exp.Expression:
+        return exp.cast(exp.null(), exp.DataType.Type.DOUBLE).as_(name, quoted=True)
+
+    head = exp.select(_number(0.0).as_("pet_part", quoted=True), *named, nothing("pet_cell"),
+                      nothing("pet_count")).from_("pet_rows")
     counted = exp.select(
         _number(1.0).as_("pet_part", quoted=True),
-        *(nothing[0].copy().as_(f"v{i}", quoted=True) for i in range(len(named))),
+        *(nothing(f"v{i}") for i in range(len(named))),
         cell.copy().as_("pet_cell", quoted=True),
         exp.cast(exp.Count(this=exp.Star()), exp.DataType.Type.DOUBLE).as_(
             "pet_count", quoted=True)).from_("pet_rows").where(
@@ -361,7 +362,7 @@ def _moments(query: Query, schema: Schema, state: State, values: Values,
     s = terms.add(_scaled(values[query.column], query.bounded(schema)[query.column]))
     if isinstance(query, Sum):  # Sum and Mean: Σs alone
         return [_sum(s)]
-    return [_sum(s), _sum(exp.Mul(this=s.copy(), expression=s.copy()))]
+    return [_sum(s), _sum(_times(s, s))]
 
 
 def _scaled(value: exp.Expression, column: Column) -> exp.Expression:
@@ -534,9 +535,8 @@ def _design(query: Regression, schema: Schema, values: Values,
         column = schema[name]
         if isinstance(column, Categorical):
             for code in range(1, len(column.categories)):
-                columns.append(exp.Case(ifs=[exp.If(this=exp.EQ(
-                    this=values[name].copy(), expression=_number(float(code))),
-                    true=_number(1.0))], default=_number(0.0)))
+                columns.append(_indicator(exp.EQ(this=values[name].copy(),
+                                                 expression=_number(float(code)))))
                 term += 1
         else:
             columns.append(_affine(values[name], design.center[term], design.half[term]))
