@@ -16,7 +16,7 @@ from pet.backends.mpc import MPC, SECURE, _agree, _answers
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import scale_bits
-from pet.mpc.parties import Parties, PartyConfig, PartyError, Spare, Warm
+from pet.mpc.parties import Parties, Party, PartyConfig, PartyError, Spare, Warm
 from pet.queries import (
     Correlation,
     Covariance,
@@ -304,3 +304,12 @@ def test_a_server_keeps_a_spare_unless_its_configuration_says_not(tmp_path, mpc,
             read_site(tmp_path / "site.yaml")
     else:
         assert read_site(tmp_path / "site.yaml").mpc_warm is warm
+
+
+def test_a_spare_a_session_cannot_use_is_ended(tmp_path) -> None:
+    """A join refused before the spare is handed its session (here: no certificate)
+    ends the spare rather than leaving it idle until the server exits."""
+    spare = Spare()
+    with pytest.raises(PartyError, match="needs the federation's certificate"):
+        Party(0, 3, PartyConfig(names=("a", "b", "c")), spare=spare)
+    assert not spare.alive

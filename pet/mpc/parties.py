@@ -139,8 +139,13 @@ class Party:
                  rendezvous: tuple[str, int] | None = None, *,
                  spare: Spare | None = None) -> None:
         self.rank, self.world = rank, world
-        roster = _roster(rank, world, config, rendezvous)
-        listener = _listen(rank, roster, config) if rank < world else None
+        try:
+            roster = _roster(rank, world, config, rendezvous)
+            listener = _listen(rank, roster, config) if rank < world else None
+        except PartyError:
+            if spare is not None:  # no session will take it: it would idle until exit
+                spare.close()
+            raise
         self.address: tuple[str, int] | None = (
             (config.host, listener.getsockname()[1]) if listener is not None else None)
         """Where the others reach this party: its configured host and the port it took
@@ -150,6 +155,8 @@ class Party:
             if spare is not None and spare.alive and spare.take(session):  # warm
                 self.process, self._pipe = spare.process, spare.pipe
             else:
+                if spare is not None:
+                    spare.close()
                 self.process, self._pipe = _spawn(_party_main, session,
                                                   "dealer" if rank == world else f"party-{rank}")
         finally:
@@ -229,7 +236,8 @@ class Spare:
 
     @property
     def alive(self) -> bool:
-        """Whether the process still waits (a spare killed is replaced by a fresh one)."""
+        """Whether the process still waits (a session finding it dead starts a fresh
+        party instead)."""
         return self.process.is_alive()
 
     def take(self, session: tuple) -> bool:
