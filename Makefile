@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CRYPTEN := crypten==0.4.1
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test test-all lint clean
 
@@ -15,14 +17,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -qq --no-deps $(CRYPTEN)
 	touch $(STAMP)
 
+# The console's browser test drives Debian's Chromium; Playwright downloads no browser.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
 demo: $(STAMP)
 	$(PY) -m pet demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check pet services tests benchmarks
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)

@@ -13,9 +13,12 @@ _HOMES = {
     **dict.fromkeys(("DisclosureError", "PetError", "QueryError", "SchemaError"), "pet.errors"),
     **dict.fromkeys(("Boolean", "Categorical", "Continuous", "Integer", "Schema",
                      "TimeToEvent"), "pet.schema"),
-    **dict.fromkeys(("Contingency", "Correlation", "Count", "Covariance", "Histogram",
-                     "KaplanMeier", "LinearRegression", "LogisticRegression", "Mean",
-                     "Quantiles", "StdDev", "Sum", "Variance"), "pet.queries"),
+    "Ledger": "pet.ledger",
+    **dict.fromkeys(("Anova", "ChiSquare", "Contingency", "Correlation", "Count", "Covariance",
+                     "Cox", "ExactQuantiles", "Histogram", "KaplanMeier", "LinearRegression",
+                     "LogisticRegression", "LogRank", "Mean", "PoissonRegression",
+                     "Quantiles", "StdDev", "Sum", "TableOne", "TTest", "Variance"),
+                    "pet.queries"),
 }
 """Where each public name lives: imported when first used (PEP 562), so that a command
 which needs none of them (`pet --help`) does not pay for numpy, scipy and OpenDP."""
@@ -33,33 +36,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_HOMES})
 
 
-__all__ = [
-    "Boolean",
-    "Categorical",
-    "Contingency",
-    "Continuous",
-    "Correlation",
-    "Count",
-    "Covariance",
-    "DisclosureError",
-    "DisclosurePolicy",
-    "Histogram",
-    "Integer",
-    "KaplanMeier",
-    "LinearRegression",
-    "LogisticRegression",
-    "Mean",
-    "PetError",
-    "Quantiles",
-    "QueryError",
-    "Result",
-    "Schema",
-    "SchemaError",
-    "Site",
-    "StdDev",
-    "Study",
-    "Sum",
-    "TimeToEvent",
-    "Variance",
-    "open_table",
-]
+__all__ = sorted(_HOMES)

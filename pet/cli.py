@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="host names and addresses every certificate is valid for")
 
     query = commands.add_parser("query", help="ask the federation a question")
-    query.add_argument("query", nargs="+", help='e.g. \'Mean("age", where="sex == \\"female\\"")\'')
+    query.add_argument("query", nargs="+", help='one or more queries, each one argument, e.g. '
+                       '\'Mean("age", where="sex == \\"female\\"")\' \'Count()\'')
     add_connection(query)
     query.add_argument("--backend", default="plaintext")
     query.add_argument("--epsilon", type=float, help="DP backends: ε per round")
@@ -97,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true", help="check the hash chain first")
     _json(audit)
 
+    schema = commands.add_parser("schema", help="propose a schema from a data file")
+    schema_steps = schema.add_subparsers(dest="step", required=True)
+    infer = schema_steps.add_parser("infer", help="a draft schema (YAML) of a CSV or Parquet "
+                                                  "file, each bound read off it marked for "
+                                                  "review")
+    infer.add_argument("file", help="a CSV or Parquet file")
+    infer.add_argument("--name", help="the schema's name (default: the file's)")
+    infer.add_argument("--max-categories", type=int, default=50,
+                       help="most distinct texts of a categorical column (default 50)")
+
     _synth(commands.add_parser("synth", help="fit a DP synthesizer (fit) or sample a "
                                                 "synthetic table with its data card (sample)"))
 
@@ -105,8 +116,13 @@ def _parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", help="check that a server is SERVING")
     health.add_argument("address")
-    health.add_argument("--tls", required=True, help="folder with ca.pem and ROLE.pem/.key")
-    health.add_argument("--role", required=True, help="the certificate to present")
+    how = health.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ca", help="the CA certificate (PEM), to check the coordinator as an "
+                                  "analyst does, with no certificate of one's own")
+    how.add_argument("--tls", help="folder with ca.pem and ROLE.pem/.key, to check a site")
+    health.add_argument("--role", help="with --tls: the certificate to present")
+    health.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="keep asking until the server serves, for up to this long")
     return parser
 
 
@@ -205,27 +221,23 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pet import codec
+    """Each query in turn, in one study: a table row each, or with --json one plain JSON
+    object (`Result.to_dict`) for one query and a list of them for several."""
     from pet.queries import parse
     from pet.report import RESULT_HEADERS, result_row, table
 
-    query = parse(" ".join(args.query))
+    queries = [parse(text) for text in args.query]
     options = {k: v for k, v in (("epsilon", args.epsilon), ("delta", args.delta))
                if v is not None}
     with client_of(args) as client, client.study(args.backend, **options) as study:
-        result = study.run(query)
+        results = [study.run(query) for query in queries]
     if args.json:
-        print(codec.dumps(result_fields(result), indent=2))
+        fields = [result.to_dict() for result in results]
+        print(json.dumps(fields[0] if len(fields) == 1 else fields, indent=2,
+                         allow_nan=False))
     else:
-        print(table([result_row(result)], RESULT_HEADERS))
+        print(table([result_row(result) for result in results], RESULT_HEADERS))
     return 0
-
-
-def result_fields(result: Any) -> dict[str, Any]:
-    """A result as a dict of plain fields, for JSON output."""
-    from dataclasses import asdict
-
-    return {**asdict(result), "value": result.value}
 
 
 def _budget(args: argparse.Namespace) -> int:
@@ -270,32 +282,56 @@ def _audit(args: argparse.Namespace) -> int:
     from pet.audit import AuditLog, entries_json, format_entries
 
     log = AuditLog(args.log)
-    if args.verify:
-        print(f"audit chain intact: {log.verify()} entries", file=sys.stderr)
+    intact = log.verify() if args.verify else None  # a broken chain stops here, by name
     entries = log.entries(analyst=args.analyst, since=args.since, limit=args.limit)
-    print(entries_json(entries) if args.json else format_entries(entries))
+    print(entries_json(entries) if args.json else format_entries(entries), flush=True)
+    if intact is not None:  # after the entries, on a line of its own, off the JSON stream
+        print(f"audit chain intact: {intact} entries", file=sys.stderr)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from pet.infer import infer
+
+    print(infer(args.file, name=args.name, max_categories=args.max_categories), end="")
     return 0
 
 
 def _health(args: argparse.Namespace) -> int:
+    """Ask a server's health service, again every half second for up to `--wait` seconds
+    while it is not (yet) SERVING; 0 once it serves, 1 otherwise."""
+    import time
+
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from services.config import Tls
-    from services.security import peer_channel
+    from services.security import CHANNEL_OPTIONS, peer_channel
 
-    folder = Path(args.tls)
-    tls = Tls(folder / f"{args.role}.pem", folder / f"{args.role}.key", folder / "ca.pem")
-    with peer_channel(args.address, tls) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=5)
-        except grpc.RpcError as error:
-            print(f"{args.address}: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{args.address}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    if args.tls:
+        if not args.role:
+            raise PetError("--tls needs --role: the certificate to present")
+        folder = Path(args.tls)
+        channel = peer_channel(args.address, Tls(folder / f"{args.role}.pem",
+                                                 folder / f"{args.role}.key",
+                                                 folder / "ca.pem"))
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.ca).read_bytes())
+        channel = grpc.secure_channel(args.address, credentials, options=CHANNEL_OPTIONS)
+    deadline = time.monotonic() + args.wait
+    with channel:
+        while True:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as error:
+                status = f"{error.code().name}: {error.details()}"
+            if status == "SERVING" or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    print(f"{args.address}: {status}", file=sys.stdout if status == "SERVING" else sys.stderr)
+    return 0 if status == "SERVING" else 1
 
 
 ELSEWHERE = {"bench": "benchmarks.cli", "synth": "pet.synth.commands",
@@ -307,7 +343,7 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
     if name in ELSEWHERE:
         return importlib.import_module(ELSEWHERE[name]).run  # type: ignore[no-any-return]
     return {"demo": _demo, "serve": _serve, "certs": _certs, "query": _query,
-            "budget": _budget, "audit": _audit, "health": _health}[name]
+            "budget": _budget, "audit": _audit, "schema": _schema, "health": _health}[name]
 
 
 if __name__ == "__main__":

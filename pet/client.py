@@ -163,7 +163,12 @@ class RemoteFit:
                     self.card = json.loads(chunk.card_json)
         except grpc.RpcError as error:
             raise RemoteError(error.code(), error.details()) from None
-        return pa.Table.from_batches(batches).to_pandas()
+        return pa.Table.from_batches(batches).to_pandas(types_mapper=_NULLABLE.get)
+
+
+_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+"""Arrow types read as pandas' nullable types, so that a whole-number column with a
+missing value stays whole (numpy's int64 would turn it into floats)."""
 
 
 class RemoteStudy:
@@ -199,9 +204,12 @@ class RemoteStudy:
         try:
             for reply in replies:
                 if reply.WhichOneof("kind") == "result":
-                    result = convert.result_of(reply.result)
-                    return dataclasses.replace(result,
-                                               latency_s=time.perf_counter() - start)
+                    latency_s = time.perf_counter() - start
+                    outgoing.put(None)  # nothing more to say: read the call to its status
+                    for _ in replies:
+                        pass
+                    return dataclasses.replace(convert.result_of(reply.result),
+                                               latency_s=latency_s)
                 if reply.reveal.state_json:
                     state = codec.loads(reply.reveal.state_json)
                 pieces.append(reply.reveal.data)

@@ -466,7 +466,8 @@ def _units(value: float, name: str, *, up: bool) -> int:
     unit = {"epsilon": EPSILON_SCALE, "delta": DELTA_SCALE, "rho": RHO_SCALE}[name]
     whole = _scaled(value, unit, up=up)
     if whole > LARGEST:
-        raise BudgetError(f"{name}={value:g} is larger than the ledger can hold")
+        raise BudgetError(f"{name}={value:g} is larger than the ledger can hold (at most "
+                          f"{LARGEST / unit:.4g}: it keeps whole units of {1 / unit:g})")
     return whole
 
 

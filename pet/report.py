@@ -30,14 +30,13 @@ def summarize(value: Any) -> str:
         return value.to_text()
     if isinstance(value, LinearFit | LogisticFit):
         terms = [f"{name} {number(c)} (SE {number(s)})"
-                 for name, c, s in zip(value.names, value.coef, value.total_se(), strict=True)
-                 if name != "intercept"]
+                 for name, c, s in zip(value.names, value.coef, value.total_se(), strict=True)]
         extra = f"R²={value.r2:.3f}" if isinstance(value, LinearFit) else _rounds(value)
         return "; ".join([*terms, extra])
     if isinstance(value, PoissonFit):
         ratios = value.rate_ratios()
         terms = [f"{name} RR {number(r)} [{number(lo)}, {number(hi)}]"
-                 for name, (r, lo, hi) in ratios.iterrows() if name != "intercept"]
+                 for name, (r, lo, hi) in ratios.iterrows()]
         return "; ".join([*terms, _rounds(value)])
     if isinstance(value, CoxFit):
         ratios = value.hazard_ratios()
@@ -53,7 +52,9 @@ def summarize(value: Any) -> str:
         if value.ndim == 2:
             return "; ".join("[" + ", ".join(number(v) for v in row) + "]" for row in value)
         return "[" + ", ".join(number(v) for v in np.ravel(value)) + "]"
-    if isinstance(value, float | int | np.floating | np.integer):
+    if isinstance(value, int | np.integer):
+        return str(value)
+    if isinstance(value, float | np.floating):
         return number(float(value))
     return str(value)
 

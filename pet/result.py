@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pet.backends.base import Privacy
 from pet.hypothesis import Test
 from pet.intervals import Interval
+from pet.plain import plain
 from pet.queries import (
     CoxFit,
     LinearFit,
@@ -72,6 +74,52 @@ class Result:
     def bytes_total(self) -> int:
         """Bytes all sites sent, over all rounds."""
         return sum(s.bytes_sent for s in self.sites)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The answer as a table (`answer_frame`), with each number's 95% interval from the
+        DP noise (`interval_low`, `interval_high`) where the answer is a few numbers."""
+        frame = answer_frame(self.value)
+        if self.interval is not None and frame.shape == (np.size(self.interval[0]), 1):
+            frame = frame.assign(interval_low=self.interval[0], interval_high=self.interval[1])
+        return frame
+
+    def summary(self) -> str:
+        """What was asked, under which backend, of how many rows, with what error bound and
+        privacy cost, then the answer's table: a report like statsmodels' `summary()`."""
+        missing = ", ".join(f"{k} {v}" for k, v in self.missing.items() if v)
+        lines = [self.query,
+                 f"backend {self.backend}; {self.n} rows from {len(self.sites)} sites"
+                 + (f" (left out as missing: {missing})" if missing else ""),
+                 f"error bound {self.error_bound:.3g}; privacy {self.privacy}; "
+                 f"{self.rounds} rounds, {self.latency_s * 1000:.0f} ms, "
+                 f"{self.bytes_total} bytes sent",
+                 "", self.to_frame().to_string()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON (`pet.plain`), the answer's table as `table` records."""
+        fields = {k: v for k, v in asdict(self).items() if k != "value"}
+        return plain({**fields, "value": self.value, "table": self.to_frame()})
+
+
+def answer_frame(value: Any) -> pd.DataFrame:
+    """An answer as a table: a fit's coefficients with SEs, p-values and 95% intervals, a
+    curve's survival per grid time, a test's statistic and p-value, a Table 1 as laid out
+    in a paper, a matrix as is, else its numbers as one column `value`."""
+    if isinstance(value, LinearFit | LogisticFit | PoissonFit | CoxFit):
+        return value.table()
+    if isinstance(value, SurvivalCurve):
+        return pd.DataFrame({"survival": value.survival, "lower": value.lower,
+                             "upper": value.upper, "at_risk": value.at_risk,
+                             "events": value.events}, index=pd.Index(value.times, name="time"))
+    if isinstance(value, TableOneResult):
+        return value.to_frame()
+    if isinstance(value, Test):
+        return pd.DataFrame([{"method": value.method, "statistic": value.statistic,
+                              "df": ", ".join(f"{d:g}" for d in value.df), "p": value.p}])
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return pd.DataFrame(value)
+    return pd.DataFrame({"value": np.ravel(np.asarray(value))})
 
 
 def answer_vector(value: Any) -> np.ndarray:

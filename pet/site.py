@@ -45,7 +45,8 @@ class Contribution:
 
 
 class Site:
-    """A data holder with one table, validated against the study's public schema."""
+    """A data holder with one table, validated against the study's public schema. Its
+    privacy ledger charges `dataset`, by default the schema's name."""
 
     def __init__(self, name: str, table: Table, *, policy: DisclosurePolicy | None = None,
                  ledger: Ledger | None = None, dataset: str | None = None,
@@ -54,7 +55,7 @@ class Site:
         self.table = table
         self.policy = policy or DisclosurePolicy()
         self.ledger = ledger
-        self.dataset = dataset or name
+        self.dataset = dataset or table.schema.name
         self.audit = audit
         self.releases = Releases(ledger, audit) if ledger is not None else None
         self.subsets = subsets

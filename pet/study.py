@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +26,11 @@ from pet.site import Contribution, Site
 
 
 class Study:
-    """Sites sharing one public schema, queried under one backend."""
+    """Sites sharing one public schema, queried under one backend: a name with its options
+    (`Study(sites, backend="dp", epsilon=1.0, delta=1e-6)`) or a backend made beforehand."""
 
     def __init__(self, sites: Sequence[Site], *, backend: str | Backend = "plaintext",
-                 parallel: bool = False) -> None:
+                 parallel: bool = False, **options: Any) -> None:
         if not sites:
             raise PetError("a study needs at least one site")
         names = [s.name for s in sites]
@@ -40,7 +42,10 @@ class Study:
                 raise PetError(f"site {site.name!r} follows a different schema from site "
                                f"{sites[0].name!r}; every site must use the study's schema")
         self.sites = tuple(sites)
-        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        if options and not isinstance(backend, str):
+            raise PetError(f"options {sorted(options)} go with a backend's name, not with a "
+                           "backend already made")
+        self.backend = get_backend(backend, **options) if isinstance(backend, str) else backend
         self.parallel = parallel
         """Ask every site at once (sites that are servers elsewhere) instead of in turn."""
         self._asked: dict[str, int] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """A server's HTTPS port for its metrics and (at a site) its console, and the SHA-256
+    digests of the bearer tokens that may read them, by name (`console: {listen,
+    officers}`; the officers' file has the analysts' file's form)."""
+
+    listen: str
+    officers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """A site server: its name, where it listens, its data, ledger, audit log and limits."""
 
@@ -72,6 +83,11 @@ class SiteConfig:
     distributed DP sizes this site's noise share by their number."""
     limits: RequestLimits = DEFAULT_LIMITS
     """The most one request may ask of this site (`limits:`)."""
+    dataset: str | None = None
+    """The name its ledger charges and `budget` configures (`dataset:`; default the
+    schema's name)."""
+    console: ConsoleConfig | None = None
+    """Where its console and metrics are served, and to whom (`console:`; none if absent)."""
 
     def table(self) -> Table:
         """The site's table: a part of a packaged workload, or a file with a schema."""
@@ -93,9 +109,41 @@ class SiteConfig:
 
 
 def _schema(name: str) -> Schema:
-    """A schema file's path, or the name of a schema shipped with pet."""
+    """A schema file's path (.yaml, .yml or .json), or the name of a schema shipped with
+    pet."""
     path = Path(name)
-    return Schema.from_file(path) if path.suffix in {".yaml", ".yml"} else packaged_schema(name)
+    if path.suffix not in FILE_SUFFIXES:
+        try:
+            return packaged_schema(name)
+        except FileNotFoundError:
+            raise ConfigError(f"data.schema: {name!r} is neither a schema file (.yaml, .yml "
+                              "or .json) nor a schema shipped with pet") from None
+    try:
+        return Schema.from_file(path)
+    except OSError as exc:
+        raise ConfigError(f"data.schema: cannot read {path}: {exc.strerror}") from None
+
+
+FILE_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
+"""What a schema or cohort definition file's name ends in (anything else names one
+shipped with pet)."""
+
+FILE_KEYS = ("path", "parquet", "database", "dsn_file")
+"""Keys of `data:` that name a file: a relative one is read from the configuration's
+folder, as the TLS files are."""
+
+
+def _data(spec: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The `data:` mapping with its relative file names taken from the configuration
+    file's folder (a DuckDB `:memory:` database stays as it is)."""
+    data, folder = dict(_mapping(spec, "data", path)), Path(path).parent
+    for key in FILE_KEYS:
+        if isinstance(data.get(key), str) and not data[key].startswith(":"):
+            data[key] = str(folder / data[key])
+    for key in ("schema", "cohort"):
+        if isinstance(data.get(key), str) and Path(data[key]).suffix in FILE_SUFFIXES:
+            data[key] = str(folder / data[key])
+    return data
 
 
 def _dsn(data: dict[str, Any]) -> str | None:
@@ -148,6 +196,8 @@ class CoordinatorConfig:
     """The most one request may ask of the coordinator (`limits:`)."""
     mpc_warm: bool = True
     """Keep a spare dealer process for the next MPC session (`mpc: {warm: false}`)."""
+    console: ConsoleConfig | None = None
+    """Where its metrics are served, and to whom (`console:`; none if absent)."""
 
     def analyst(self, token: str) -> str | None:
         """The analyst whose bearer token this is, if any (compared as SHA-256 digests)."""
@@ -165,9 +215,9 @@ def read_site(path: str | Path) -> SiteConfig:
         listen=_text(spec, "listen", path),
         tls=_tls(spec, path),
         coordinator=_text(spec, "coordinator", path),
-        data=_mapping(spec, "data", path),
-        ledger=Path(_text(spec, "ledger", path)),
-        audit=Path(_text(spec, "audit", path)),
+        data=_data(spec, path),
+        ledger=Path(path).parent / _text(spec, "ledger", path),
+        audit=Path(path).parent / _text(spec, "audit", path),
         budget=(float(budget["epsilon"]), float(budget.get("delta", 0.0))) if budget else None,
         policy=DisclosurePolicy(min_cell=int(disclosure.get("min_cell", 3)),
                                 max_parameter_ratio=float(
@@ -181,6 +231,8 @@ def read_site(path: str | Path) -> SiteConfig:
         mpc_warm=_warm(spec, path),
         federation=_federation(spec, path),
         limits=_limits(spec, path),
+        dataset=_text(spec, "dataset", path) if "dataset" in spec else None,
+        console=_console(spec, path),
     )
 
 
@@ -200,22 +252,46 @@ def _warm(spec: dict[str, Any], path: str | Path) -> bool:
 def read_coordinator(path: str | Path) -> CoordinatorConfig:
     """The coordinator's configuration file (analysts' digests from their own file)."""
     spec = _read(path)
-    analysts = _read(Path(path).parent / _text(spec, "analysts", path))
+    analysts = _digests(spec, "analysts", path)
     sites = spec.get("sites")
     if not isinstance(sites, list) or not sites:
         raise ConfigError(f"{path}: 'sites' must list at least one {{name, address}}")
     return CoordinatorConfig(
         listen=_text(spec, "listen", path),
         tls=_tls(spec, path),
-        analysts={str(name): str(entry["token_sha256"]) for name, entry in analysts.items()},
+        analysts=analysts,
         sites=tuple(SiteAddress(str(s["name"]), str(s["address"])) for s in sites),
         deadline_s=float(spec.get("deadline_s", 120.0)),
-        fits=Path(_text(spec, "fits", path)) if "fits" in spec else None,
+        fits=Path(path).parent / _text(spec, "fits", path) if "fits" in spec else None,
         run_deadline_s=_positive(spec, "run_deadline_s", 600.0, path),
         runs_per_analyst=int(_positive(spec, "runs_per_analyst", 4, path)),
         mpc_warm=_warm(spec, path),
         limits=_limits(spec, path),
+        console=_console(spec, path),
     )
+
+
+def _digests(spec: dict[str, Any], key: str, path: str | Path) -> dict[str, str]:
+    """The file named by `key` (from the configuration's folder): per person, the SHA-256
+    of their bearer token (`name: {token_sha256: HEX}`), never a token itself."""
+    file = Path(path).parent / _text(spec, key, path)
+    digests = {}
+    for name, entry in _read(file).items():
+        digest = entry.get("token_sha256") if isinstance(entry, dict) else None
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ConfigError(f"{file}: {name!r} needs token_sha256, the 64 hexadecimal digits "
+                              "of their token's SHA-256")
+        digests[str(name)] = digest
+    return digests
+
+
+def _console(spec: dict[str, Any], path: str | Path) -> ConsoleConfig | None:
+    """The optional `console: {listen, officers}` section."""
+    if "console" not in spec:
+        return None
+    section = _mapping(spec, "console", path)
+    return ConsoleConfig(listen=_text(section, "listen", f"{path}: console"),
+                         officers=_digests(section, "officers", path))
 
 
 def _federation(spec: dict[str, Any], path: str | Path) -> tuple[str, ...]:

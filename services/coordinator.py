@@ -21,9 +21,11 @@ from pet.limits import RequestLimits, check_query
 from pet.mpc.parties import PartyConfig
 from pet.queries.base import Query
 from pet.schema import Schema
-from services import convert, server
+from services import convert, logs, server
 from services.config import CoordinatorConfig, read_coordinator
+from services.console import Console, Endpoints
 from services.jobs import Post, Runs, deadline_of, streamed
+from services.metrics import Metrics
 from services.pb import (
     common_pb2,
     coordinator_pb2,
@@ -126,8 +128,15 @@ def _checked(message: common_pb2.Query, schema: Schema, limits: RequestLimits) -
 def serve(config_path: str) -> None:
     """Run the coordinator from its configuration file until SIGTERM or SIGINT."""
     config = read_coordinator(config_path)
+    logs.configure("coordinator")
     sites = Sites(config.sites, config.tls, party=PartyConfig(timeout_s=config.deadline_s))
     runs = Runs(config.runs_per_analyst)
+    metrics = Metrics()
+    metrics.gauge("pet_runs", "Runs and fits under way", runs.under_way)
+    metrics.gauge("pet_mpc_sessions", "MPC sessions open among the sites",
+                  lambda: int(sites.mpc.open))
+    console = None if config.console is None else Console(
+        config.console.listen, config.tls, config.console.officers, Endpoints(metrics.exposition))
     hosted = [server.Hosted(CoordinatorService(config, sites, runs),
                             coordinator_pb2_grpc.add_CoordinatorServicer_to_server,
                             coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name),
@@ -135,7 +144,7 @@ def serve(config_path: str) -> None:
                             synthesis_pb2_grpc.add_SynthesisServicer_to_server,
                             synthesis_pb2.DESCRIPTOR.services_by_name["Synthesis"].full_name)]
     server.run(config.listen, server_credentials(config.tls, require_client_certificate=False),
-               hosted,
+               hosted, metrics=metrics, console=console,
                banner=lambda port: f"coordinator serving on port {port} for sites "
                                    f"{list(sites.names)}",
                on_stop=sites.close, interceptors=[TokenInterceptor(config.analyst)],

@@ -69,6 +69,11 @@ class Runs:
         self._running: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def under_way(self) -> int:
+        """Runs under way, of every analyst."""
+        with self._lock:
+            return sum(self._running.values())
+
     @contextlib.contextmanager
     def admitted(self, analyst: str) -> Iterator[None]:
         """Hold one of the analyst's places for the block; refuse past the limit."""

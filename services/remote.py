@@ -196,6 +196,12 @@ class MpcSession:
         self.warm = Warm()
         """A spare dealer process, kept once the coordinator serves."""
 
+    @property
+    def open(self) -> bool:
+        """Whether a session runs (its parties alive)."""
+        parties = self._parties
+        return parties is not None and parties.alive
+
     @contextlib.contextmanager
     def held(self) -> Iterator[RemoteParties]:
         """The live session, for the caller alone until the block ends."""

@@ -3,6 +3,7 @@ clean stop on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -15,6 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pet.limits import DEFAULT_LIMITS
+from services.console import Console
+from services.metrics import Metrics
+
+log = logging.getLogger("pet.services")
 
 MAX_WORKERS = 64
 """Threads serving calls at once; more calls wait their turn instead of being refused."""
@@ -57,18 +62,31 @@ def start(listen: str, credentials: grpc.ServerCredentials, services: Sequence[H
 
 
 def run(listen: str, credentials: grpc.ServerCredentials, services: Sequence[Hosted], *,
-        banner: Callable[[int], str], on_stop: Callable[[], Any],
-        on_serving: Callable[[], Any] = lambda: None,
+        banner: Callable[[int], str], on_stop: Callable[[], Any], metrics: Metrics,
+        console: Console | None = None, on_serving: Callable[[], Any] = lambda: None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         max_request_bytes: int = DEFAULT_LIMITS.request_bytes) -> None:
-    """Start a server as `start` does, print its banner, run `on_serving` (what may warm
-    up once calls are taken), and serve until SIGTERM or SIGINT (then `on_stop` releases
-    what the servicers hold)."""
-    server, port = start(listen, credentials, services, interceptors=interceptors,
+    """Start a server as `start` does, with `metrics` seeing every call, log its banner,
+    serve its console (if any), run `on_serving` (what may warm up once calls are
+    taken), and serve until SIGTERM or SIGINT (then `on_stop` releases what the servicers
+    hold)."""
+    server, port = start(listen, credentials, services,
+                         interceptors=[metrics.interceptor(), *interceptors],
                          max_request_bytes=max_request_bytes)
-    print(banner(port), flush=True)
+    log.info(banner(port), extra={"port": port})
+    if console is not None:
+        console.start()
+        log.info(f"console and metrics on https port {console.port}",
+                 extra={"console_port": console.port})
     on_serving()
-    serve_until_stopped(server, on_stop)
+    serve_until_stopped(server, lambda: _stop(console, on_stop))
+
+
+def _stop(console: Console | None, on_stop: Callable[[], Any]) -> None:
+    """Close the console's port, then release what the servicers hold."""
+    if console is not None:
+        console.close()
+    on_stop()
 
 
 def serve_until_stopped(server: grpc.Server, on_stop: Callable[[], Any] = lambda: None,

@@ -16,7 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -32,8 +32,10 @@ from pet.queries.base import Query
 from pet.releases import Ask
 from pet.site import Site
 from pet.subsets import SubsetControl
-from services import convert, server
+from services import convert, logs, server
 from services.config import SiteConfig, read_site
+from services.console import Console, Endpoints
+from services.metrics import Metrics
 from services.pb import common_pb2, site_pb2, site_pb2_grpc
 from services.security import peer_name, require_peer, server_credentials
 from services.status import CallError, handled, handled_stream
@@ -108,9 +110,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
 
     def __init__(self, config: SiteConfig, *, party: PartyConfig | None = None) -> None:
         self.config = config
-        ledger = Ledger(config.ledger)
+        self.ledger = ledger = Ledger(config.ledger)
         self.audit = AuditLog(config.audit)
         self.site = Site(config.name, config.table(), policy=config.policy, ledger=ledger,
+                         dataset=config.dataset,
                          audit=self.audit, subsets=SubsetControl(config.ledger))
         if config.budget and not any(b.dataset == self.site.dataset for b in ledger.budgets()):
             ledger.set_budget(self.site.dataset, *config.budget)
@@ -119,6 +122,18 @@ class SiteService(site_pb2_grpc.SiteServicer):
         """A spare party process, kept once the server serves (`mpc: {warm: true}`)."""
         self.seats: dict[str, Seat] = {}
         self._seats_lock = threading.Lock()
+
+    def overview(self) -> dict[str, Any]:
+        """What the console shows: every dataset's budget, the audit log's chain checked,
+        its latest entries (who asked what, when, at what cost) and its refusals."""
+        try:
+            chain = {"intact": True, "entries": self.audit.verify(), "problem": None}
+        except PetError as error:
+            chain = {"intact": False, "entries": None, "problem": str(error)}
+        entries = [asdict(e) for e in self.audit.entries(limit=CONSOLE_ENTRIES)]
+        return {"site": self.config.name, "budgets": [asdict(b) for b in self.ledger.budgets()],
+                "chain": chain, "entries": entries[::-1],
+                "refusals": [e for e in entries[::-1] if e["outcome"] != "answered"]}
 
     @property
     def backends(self) -> list[str]:
@@ -341,6 +356,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
                           outcome=outcome, detail=detail[:1000])
 
 
+CONSOLE_ENTRIES = 500
+"""The most recent audit entries the console shows."""
+
+
 def _check_ids(*names: str) -> None:
     """Refuse a request id or session name that is not short and plain."""
     for name in names:
@@ -368,13 +387,22 @@ def _session(spec: common_pb2.Backend) -> str:
 
 
 def serve(config_path: str) -> None:
-    """Run a site server from its configuration file until SIGTERM or SIGINT."""
+    """Run a site server from its configuration file until SIGTERM or SIGINT, logging
+    JSON lines, with its console and metrics where its configuration asks for them."""
     config = read_site(config_path)
+    logs.configure(config.name)
     service = SiteService(config)
     hosted = server.Hosted(service, site_pb2_grpc.add_SiteServicer_to_server,
                            site_pb2.DESCRIPTOR.services_by_name["Site"].full_name)
+    metrics = Metrics()
+    metrics.budgets(service.ledger.budgets)
+    metrics.gauge("pet_mpc_sessions", "MPC sessions this site's party is in",
+                  lambda: len(service.seats))
+    console = None if config.console is None else Console(
+        config.console.listen, config.tls, config.console.officers,
+        Endpoints(metrics.exposition, service.overview))
     server.run(config.listen, server_credentials(config.tls, require_client_certificate=True),
-               [hosted],
+               [hosted], metrics=metrics, console=console,
                banner=lambda port: f"site {config.name!r} serving on port {port} "
                                    f"({service.site.table.n_rows} rows, backends "
                                    f"{service.backends})",

@@ -95,10 +95,10 @@ def _refused(call: object, code: grpc.StatusCode) -> str:
 def test_a_replayed_request_id_gets_the_stored_release_and_pays_once(
         federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
     ledger, audit = _ledger(federation), _audit(federation)
-    before, logged = ledger.budget("site-1").spent_rho, len(audit.entries())
+    before, logged = ledger.budget("lung").spent_rho, len(audit.entries())
     answers = {_ask(hostile, _dp_count("replayed")) for _ in range(20)}
     assert len(answers) == 1  # one draw, byte for byte: averaging removes no noise
-    assert ledger.budget("site-1").spent_rho == pytest.approx(before + 0.5)  # ε = 1: ε²/2
+    assert ledger.budget("lung").spent_rho == pytest.approx(before + 0.5)  # ε = 1: ε²/2
     entries = audit.entries()[logged:]
     assert len(entries) == 20 and [e.epsilon for e in entries] == [1.0] + [0.0] * 19
     assert all(e.analyst == "mallory" and e.outcome == "answered" for e in entries)
@@ -114,13 +114,13 @@ def test_any_other_request_under_a_used_id_is_refused(
         change: dict[str, object]) -> None:
     request = "bound-" + "-".join(sorted(change))
     _ask(hostile, _dp_count(request))
-    spent = _ledger(federation).budget("site-1").spent_epsilon
+    spent = _ledger(federation).budget("lung").spent_epsilon
     other = _dp_count(request, where=change.pop("where", None))  # type: ignore[arg-type]
     for name, value in change.items():
         getattr(other, name).CopyFrom(value)
     details = _refused(lambda: _ask(hostile, other), grpc.StatusCode.ALREADY_EXISTS)
     assert "a retry must ask exactly" in details or "buys one release" in details
-    assert _ledger(federation).budget("site-1").spent_epsilon == spent
+    assert _ledger(federation).budget("lung").spent_epsilon == spent
     assert _audit(federation).entries()[-1].outcome == "refused"
 
 
@@ -146,7 +146,7 @@ def test_a_fit_s_releases_are_new_draws_only_when_new_and_paid_by_rho(
 
     assert _ask(hostile, release(1)) == _ask(hostile, release(1))
     assert _ask(hostile, release(2)) != _ask(hostile, release(1))
-    assert _ledger(federation).spent_rho("fit", "site-1") == pytest.approx(0.02)
+    assert _ledger(federation).spent_rho("fit", "lung") == pytest.approx(0.02)
     for number in range(3, 100):
         try:
             _ask(hostile, release(number))
@@ -155,7 +155,7 @@ def test_a_fit_s_releases_are_new_draws_only_when_new_and_paid_by_rho(
             break
     else:
         pytest.fail("the fit's releases were never refused")
-    assert _ledger(federation).budget("site-1").spent_epsilon <= BUDGET["epsilon"]
+    assert _ledger(federation).budget("lung").spent_epsilon <= BUDGET["epsilon"]
 
 
 def test_the_number_of_sites_comes_from_the_site_s_configuration(
@@ -174,13 +174,13 @@ def test_the_number_of_sites_comes_from_the_site_s_configuration(
 
 def test_the_audited_cost_is_the_ledger_s_never_the_round_field(
         federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
-    spent = _ledger(federation).budget("site-1").spent_epsilon
+    spent = _ledger(federation).budget("lung").spent_epsilon
     details = _refused(lambda: _ask(hostile, _dp_count("far-round", round=2147483647)),
                        grpc.StatusCode.INVALID_ARGUMENT)
     assert "outside the rounds 1..1" in details
-    assert _ledger(federation).budget("site-1").spent_epsilon == spent
+    assert _ledger(federation).budget("lung").spent_epsilon == spent
     _ask(hostile, _dp_count("ledger-cost"))
-    charged = {c.request: c.epsilon for c in _ledger(federation).charges("site-1")}
+    charged = {c.request: c.epsilon for c in _ledger(federation).charges("lung")}
     audited = [e for e in _audit(federation).entries() if e.request == "ledger-cost"]
     assert [e.epsilon for e in audited] == [charged["ledger-cost"]] == [1.0]
 
@@ -214,7 +214,7 @@ def test_a_budget_of_an_unknown_dataset_is_not_found(
     _refused(lambda: hostile.Budget(common_pb2.BudgetRequest(dataset="nobody"), timeout=10),
              grpc.StatusCode.NOT_FOUND)
     with federation.client() as client:
-        assert [b.site for b in client.budgets("site-2")] == ["site-2"]
+        assert [b.site for b in client.budgets("lung")] == federation.names
         with pytest.raises(RemoteError) as refused:
             client.budgets("nobody")
         assert refused.value.code == grpc.StatusCode.NOT_FOUND
@@ -347,7 +347,7 @@ def test_a_dp_site_answers_no_question_for_free(federation: LocalFederation,
     a refusal would answer without noise or charge (here: the outcome of one patient, or
     whether a count exceeds a chosen number)."""
     rare = _rare_age(lung3)
-    spent = _ledger(federation).budget("site-1").spent_rho
+    spent = _ledger(federation).budget("lung").spent_rho
     with federation.client() as client:
         for outcome in ("True", "False"):
             study = client.study("dp", epsilon=0.1, delta=0.0)
@@ -356,7 +356,7 @@ def test_a_dp_site_answers_no_question_for_free(federation: LocalFederation,
             study = client.study("dp", epsilon=0.1, delta=0.0, max_rows_per_site=limit)
             assert study.run(Count(where="age >= 60")).value >= 0
     # four pure charges of ε = 0.1, each ρ = ε²/2 = 0.005
-    assert _ledger(federation).budget("site-1").spent_rho == pytest.approx(spent + 0.02)
+    assert _ledger(federation).budget("lung").spent_rho == pytest.approx(spent + 0.02)
 
 
 def test_a_chosen_round_state_cannot_single_out_a_patient(
@@ -400,13 +400,13 @@ def test_ids_are_short_and_plain(hostile: site_pb2_grpc.SiteStub, field: str,
 
 def test_an_input_for_no_mpc_session_is_refused_before_any_charge(
         federation: LocalFederation, hostile: site_pb2_grpc.SiteStub) -> None:
-    spent = _ledger(federation).budget("site-1").spent_epsilon
+    spent = _ledger(federation).budget("lung").spent_epsilon
     ask = site_pb2.ContributeRequest(
         request="no-session", query=query_message(Count()), state_json="null", n_sites=3,
         round=1, mpc_session="nowhere",
         backend=backend_message("mpc+dp", {"epsilon": 1.0, "delta": 1e-6}))
     _refused(lambda: _ask(hostile, ask), grpc.StatusCode.FAILED_PRECONDITION)
-    assert _ledger(federation).budget("site-1").spent_epsilon == spent
+    assert _ledger(federation).budget("lung").spent_epsilon == spent
 
 
 def test_a_site_runs_only_the_programs_it_serves(hostile: site_pb2_grpc.SiteStub) -> None:

@@ -73,9 +73,9 @@ def test_sigkill_under_load_leaves_ledgers_and_audit_logs_in_agreement(
         ledger = Ledger(federation.directory / name / "ledger.sqlite")
         audit = AuditLog(federation.directory / name / "audit.sqlite")
         audit.verify()
-        budget = ledger.budget(name)
+        budget = ledger.budget("lung")
         assert budget.spent_epsilon <= BUDGET
-        charges = {c.request: c.epsilon for c in ledger.charges(name)}
+        charges = {c.request: c.epsilon for c in ledger.charges("lung")}
         paid = {}
         for entry in audit.entries():
             if entry.epsilon > 0:

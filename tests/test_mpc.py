@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +316,23 @@ def test_a_spare_a_session_cannot_use_is_ended(tmp_path) -> None:
     with pytest.raises(PartyError, match="needs the federation's certificate"):
         Party(0, 3, PartyConfig(names=("a", "b", "c")), spare=spare)
     assert not spare.alive
+
+
+def test_a_script_that_starts_parties_outside_a_main_guard_is_told_the_fix(
+        tmp_path: Path) -> None:
+    """A spawned party imports the script again; without the guard it used to die with
+    multiprocessing's bootstrapping error and the study saw only 'party 0 died'."""
+    script = tmp_path / "study.py"
+    script.write_text("from pet.mpc.parties import Parties\n\nParties(3)\n")
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert ran.returncode == 1
+    assert f"{script}, line 3" in ran.stderr and 'if __name__ == "__main__":' in ran.stderr
+    assert "died" not in ran.stderr and "bootstrapping" not in ran.stderr
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("from pet.mpc.parties import _require_main_guard\n\n"
+                       "if __name__ == \"__main__\":\n    _require_main_guard()\n"
+                       "    print(\"checked\")\n")
+    ran = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert ran.returncode == 0 and ran.stdout == "checked\n", ran.stderr

@@ -22,11 +22,11 @@ import statsmodels.api as sm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pet import codec
 from pet.audit import AuditLog
 from pet.backends import BACKENDS
 from pet.client import Client, RemoteError
 from pet.ledger import Ledger
+from pet.mpc.parties import free_port
 from pet.queries import (
     QUERIES,
     Count,
@@ -212,12 +212,21 @@ def test_the_command_line_asks_the_federation_and_reads_a_site_s_files(
     asked = _pet("query", "Mean('age', where=\"sex == 'female'\")", *connect, "--backend", "he",
                  "--json", token=federation.token)
     assert asked.returncode == 0, asked.stderr
-    answer = codec.loads(asked.stdout)
+    answer = json.loads(asked.stdout)  # plain JSON: no pet code needed to read it
     pooled = lung3.pooled()
     # CKKS noise is random: the answer lies within the bound it reports, a small one.
     truth = pooled.age[pooled.sex == "female"].mean()
     assert abs(answer["value"] - truth) <= answer["error_bound"] < 0.01
     assert answer["backend"] == "he" and answer["n"] == (pooled.sex == "female").sum()
+    several = _pet("query", "Count()", 'LinearRegression("wt_loss", ("age", "sex"))', *connect,
+                   "--json", token=federation.token)
+    count, fit = json.loads(several.stdout)
+    assert count["value"] == 228 and count["table"] == [{"value": 228}]
+    rows = pooled.dropna(subset=["wt_loss"])
+    design = np.column_stack([np.ones(len(rows)), rows.age, rows.sex == "female"])
+    coef = np.linalg.lstsq(design, rows.wt_loss.to_numpy(), rcond=None)[0]
+    assert [row["term"] for row in fit["table"]] == ["intercept", "age", "sex[female]"]
+    np.testing.assert_allclose([row["coef"] for row in fit["table"]], coef, rtol=1e-9)
     table = _pet("query", "Count()", *connect, token=federation.token)
     assert re.search(r"^Count\(\)\s+228\s+228\s", table.stdout, re.M), table.stdout
     budgets = json.loads(_pet("budget", *connect, "--json", token=federation.token).stdout)
@@ -231,6 +240,11 @@ def test_the_command_line_asks_the_federation_and_reads_a_site_s_files(
     health = _pet("health", f"127.0.0.1:{federation.ports['site-1']}", "--tls",
                   str(federation.certs.directory), "--role", "coordinator")
     assert health.returncode == 0 and "SERVING" in health.stdout
+    health = _pet("health", federation.address, "--ca", str(federation.certs.ca))
+    assert health.returncode == 0 and "SERVING" in health.stdout
+    closed = _pet("health", f"127.0.0.1:{free_port('127.0.0.1')}", "--ca",
+                  str(federation.certs.ca), "--wait", "1")
+    assert closed.returncode == 1 and "UNAVAILABLE" in closed.stderr
 
 
 def test_a_bad_query_is_invalid_argument(federation: LocalFederation) -> None:
@@ -276,14 +290,12 @@ def test_the_readme_clinical_example_passes_disclosure_control(guarded: LocalFed
 def test_an_exhausted_budget_is_resource_exhausted_and_charges_nothing(
         guarded: LocalFederation) -> None:
     ledgers = [Ledger(guarded.directory / name / "ledger.sqlite") for name in guarded.names]
-    before = [ledger.budget(name).spent_epsilon
-              for ledger, name in zip(ledgers, guarded.names, strict=True)]
+    before = [ledger.budget("lung").spent_epsilon for ledger in ledgers]
     with guarded.client() as client, client.study("dp", epsilon=5.0, delta=0.0) as study, \
             pytest.raises(RemoteError) as refused:
         study.run(Count())
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert [ledger.budget(name).spent_epsilon
-            for ledger, name in zip(ledgers, guarded.names, strict=True)] == before
+    assert [ledger.budget("lung").spent_epsilon for ledger in ledgers] == before
     entries = AuditLog(guarded.directory / "site-1" / "audit.sqlite").entries()
     assert entries[-1].outcome == "refused"
     assert entries[-1].epsilon == 0.0
@@ -402,7 +414,7 @@ def test_fuzzed_requests_are_invalid_arguments_and_the_servers_keep_serving(
 def test_a_hundred_concurrent_clients_get_exact_answers_and_consistent_ledgers(
         federation: LocalFederation, lung3: Workload) -> None:
     ledgers = {n: Ledger(federation.directory / n / "ledger.sqlite") for n in federation.names}
-    spent = {n: ledger.budget(n).spent_rho for n, ledger in ledgers.items()}
+    spent = {n: ledger.budget("lung").spent_rho for n, ledger in ledgers.items()}
     audits = {n: len(AuditLog(federation.directory / n / "audit.sqlite").entries())
               for n in federation.names}
     exact = lung3.pooled().age.mean()
@@ -418,7 +430,7 @@ def test_a_hundred_concurrent_clients_get_exact_answers_and_consistent_ledgers(
     assert all(mean == pytest.approx(exact, rel=1e-12) for mean, _ in answers)
     assert all(count >= 0 for _, count in answers)
     for name, ledger in ledgers.items():
-        budget = ledger.budget(name)
+        budget = ledger.budget("lung")
         # 100 pure counts of ε = 0.25, each ρ = ε²/2 (zCDP adds)
         assert budget.spent_rho == pytest.approx(spent[name] + 100 * 0.25**2 / 2, abs=1e-9)
         log = AuditLog(federation.directory / name / "audit.sqlite")

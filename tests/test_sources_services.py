@@ -95,6 +95,36 @@ def test_a_dsn_comes_from_the_environment_or_a_file(tmp_path: Path, data: dict,
         read_site(site_config(tmp_path, data)).table()
 
 
+def test_relative_files_are_read_from_the_configuration_s_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lung3: Workload) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    lung3.schema.to_file(folder / "schema.yaml")
+    frame = lung3.tables["site-1"].to_frame()
+    frame.to_csv(folder / "rows.csv", index=False)
+    config = folder / "site.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "s", "listen": "127.0.0.1:1", "coordinator": "c",
+        "tls": {"cert": "c", "key": "k", "ca": "a"}, "ledger": "state/ledger.sqlite",
+        "audit": "state/audit.sqlite", "data": {"path": "rows.csv", "schema": "schema.yaml"}}))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the paths are the configuration's, not the shell's
+    site = read_site(config)
+    assert site.ledger == folder / "state" / "ledger.sqlite"
+    assert site.audit == folder / "state" / "audit.sqlite"
+    assert site.table().n_rows == len(frame)
+
+
+@pytest.mark.parametrize(("schema", "message"), [
+    ("missing.yaml", "data.schema: cannot read .*missing.yaml"),
+    ("no_such_study", "'no_such_study' is neither a schema file"),
+])
+def test_a_schema_the_site_cannot_find_is_named(tmp_path: Path, schema: str,
+                                                message: str) -> None:
+    (tmp_path / "rows.csv").write_text("age\n1\n")
+    with pytest.raises(ConfigError, match=message):
+        read_site(site_config(tmp_path, {"path": "rows.csv", "schema": schema})).table()
+
+
 def test_a_dsn_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     lung3: Workload) -> None:
     frame = pd.concat([t.to_frame() for t in lung3.tables.values()], ignore_index=True)

@@ -65,3 +65,11 @@ def test_sites_must_share_the_schema_and_have_distinct_names(lung3: Workload) ->
         Study([sites[0], stranger])
     with pytest.raises(PetError, match="at least one site"):
         Study([])
+
+
+def test_a_backend_is_chosen_by_name_with_its_options(lung3: Workload) -> None:
+    sites = lung3.sites()
+    with Study(sites, backend="dp", epsilon=0.5, delta=1e-7) as study:
+        assert (study.backend.epsilon, study.backend.delta) == (0.5, 1e-7)
+    with pytest.raises(PetError, match="go with a backend's name"):
+        Study(sites, backend=Plaintext(), epsilon=1.0)

@@ -17,6 +17,7 @@ from pet.audit import AuditLog
 from pet.client import Client, RemoteError
 from pet.ledger import Ledger
 from pet.mechanisms import rho_of
+from pet.schema import Integer
 from pet.workloads import Workload
 from services.local import LocalFederation
 
@@ -55,7 +56,7 @@ def test_a_fit_across_the_sites_reports_every_step_and_charges_each_site_once(
     assert steps[-1].rho_spent == pytest.approx(fit.rho) and fit.rho <= rho_of(EPSILON, DELTA)
     assert steps[-1].rho_total == pytest.approx(rho_of(EPSILON, DELTA))
     for site in federation.names:
-        budget = _ledger(federation, site).budget(site)
+        budget = _ledger(federation, site).budget("lung")
         assert budget.spent_rho == pytest.approx(rho_of(EPSILON, DELTA), rel=1e-12)
         assert budget.releases == 1  # one charge for the whole fit
         log = AuditLog(Path(federation.directory) / site / "audit.sqlite")
@@ -65,6 +66,8 @@ def test_a_fit_across_the_sites_reports_every_step_and_charges_each_site_once(
     rows = fit.sample(2500, seed=3, chunk_rows=1000)
     assert len(rows) == 2500 and list(rows.columns) == list(lung3.schema.names)
     lung3.schema.validate(rows)  # every value inside the schema's bounds and categories
+    whole = [c.name for c in lung3.schema.columns if isinstance(c, Integer)]
+    assert {str(rows[name].dtype) for name in whole} == {"Int64"}  # 81, not 81.0
     assert fit.card["backend"] == "mpc+dp" and fit.card["sites"] == federation.names
     assert fit.card["rows"] == 2500 and fit.card["seed"] == 3
     assert sum(s["rho"] for s in fit.card["privacy"]["itemised"]) == pytest.approx(fit.rho)
@@ -126,7 +129,7 @@ def test_the_command_line_fits_through_the_coordinator_and_samples_from_it(
     assert data["backend"] == "mpc+dp" and data["sites"] == federation.names
     assert data["privacy"]["charged"]["epsilon"] == 0.4 and data["rows"] == 300
     for site in federation.names:  # the first fit's ρ, and this one's (zCDP adds)
-        spent = _ledger(federation, site).budget(site).spent_rho
+        spent = _ledger(federation, site).budget("lung").spent_rho
         assert spent == pytest.approx(rho_of(EPSILON, DELTA) + rho_of(0.4, 1e-6), rel=1e-12)
         # The card names the request; the site's own log holds its data's fingerprint.
         audit = AuditLog(Path(federation.directory) / site / "audit.sqlite")
@@ -150,7 +153,7 @@ def test_a_fit_under_he_dp_is_revealed_by_the_analyst_alone(
         client: Client, federation: LocalFederation, lung3: Workload) -> None:
     """The coordinator holds no secret key: each release comes to the client, which
     reveals it with a key made for this fit; each site charges the fit once."""
-    before = {site: _ledger(federation, site).budget(site).spent_rho
+    before = {site: _ledger(federation, site).budget("lung").spent_rho
               for site in federation.names}
     steps = []
     fit = client.synthesize("mst", epsilon=0.3, delta=DELTA, bins=6, backend="he+dp",
@@ -160,7 +163,7 @@ def test_a_fit_under_he_dp_is_revealed_by_the_analyst_alone(
     lung3.schema.validate(rows)
     assert fit.card["backend"] == "he+dp" and fit.card["sites"] == federation.names
     for site in federation.names:
-        spent = _ledger(federation, site).budget(site).spent_rho - before[site]
+        spent = _ledger(federation, site).budget("lung").spent_rho - before[site]
         assert spent == pytest.approx(rho_of(0.3, DELTA), rel=1e-9)
 
 

@@ -28,6 +28,7 @@ terminated, nothing partial is returned) and the next query starts a fresh one.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import multiprocessing
@@ -40,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from pet.certs import COORDINATOR, make_certificates
@@ -301,6 +303,7 @@ REFILL_S = 30.0
 def _spawn(target: Callable[..., None], args: tuple,
            role: str) -> tuple[multiprocessing.process.BaseProcess, Connection]:
     """A fresh interpreter running `target(*args, pipe)`, and this end of its pipe."""
+    _require_main_guard()
     context = multiprocessing.get_context("spawn")
     mine, theirs = context.Pipe()
     process = context.Process(target=target, args=(*args, theirs), name=f"pet-mpc-{role}",
@@ -310,6 +313,45 @@ def _spawn(target: Callable[..., None], args: tuple,
     finally:
         theirs.close()
     return process, mine
+
+
+def _require_main_guard() -> None:
+    """Refuse to start a party from a script's top level outside `if __name__ ==
+    "__main__":`. A party is a spawned interpreter that imports the script again; the
+    script would then start parties again, and the party would die with only
+    multiprocessing's bootstrapping error to show for it. What multiprocessing does not
+    import again (an interactive session, a notebook, `python -c`, a package's
+    `__main__`) passes."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.split(".")[-1] == "__main__":
+        return  # a package run with -m: multiprocessing does not import it again
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main)
+                                     and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if path is None or frame is None:  # not run by a script's top level (a thread, a REPL)
+        return
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    if not any(_main_guard(node) and node.lineno <= line <= (node.end_lineno or line)
+               for node in ast.walk(tree)):
+        raise PetError(f"{path}, line {line}: MPC starts its parties as new Python processes, "
+                       "which import this script again; put the code that runs the study "
+                       'under `if __name__ == "__main__":`')
+
+
+def _main_guard(node: ast.AST) -> bool:
+    """Whether a node is `if __name__ == "__main__":` (either way round)."""
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and len(node.test.ops) == 1 and isinstance(node.test.ops[0], ast.Eq)):
+        return False
+    sides = {ast.dump(node.test.left), ast.dump(node.test.comparators[0])}
+    return sides == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))}
 
 
 def _spare_main(pipe: Connection) -> None:

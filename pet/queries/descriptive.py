@@ -30,8 +30,11 @@ class Count(Query):
                    state: State) -> dict[str, np.ndarray]:
         return {}
 
-    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> float:
-        return max(float(parts["n"][0]), 0.0)
+    def answer(self, parts: dict[str, np.ndarray], schema: Schema, state: State) -> int | float:
+        """A whole number of rows (exact, or a DP count after its rounding); a float only
+        where the sum came back inexact (CKKS sums too large to round back)."""
+        n = max(float(parts["n"][0]), 0.0)
+        return int(n) if n.is_integer() else n
 
     def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
                  answer: Any) -> Interval | None:

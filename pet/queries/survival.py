@@ -73,7 +73,8 @@ class TimeGrid(Query):
             raise QueryError(f"{self.describe()}: grid times must be positive and increasing")
         if ends[1] < upper:
             raise QueryError(f"{self.describe()}: the grid ends at {ends[1]:g} but must reach "
-                             f"the schema's upper bound {upper:g} of {self.time!r}")
+                             f"the schema's upper bound {upper:g} of {self.time!r}, so that "
+                             "every row falls in an interval: end it with that bound")
 
     def steps(self) -> int:
         """Number of grid times, known without making the grid."""

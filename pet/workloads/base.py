@@ -29,7 +29,7 @@ class Workload:
     def sites(self, policy: DisclosurePolicy | None = None, *,
               ledgers: Path | None = None) -> list[Site]:
         """One in-process site per table, each with the given disclosure policy and, with
-        `ledgers`, its own privacy ledger there (NAME.sqlite; its dataset is the site's
+        `ledgers`, its own privacy ledger there (NAME.sqlite; its dataset is the schema's
         name)."""
         return [Site(name, table, policy=policy,
                      ledger=Ledger(ledgers / f"{name}.sqlite") if ledgers else None)

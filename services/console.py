@@ -1,0 +1,139 @@
+"""A server's HTTPS port for people and monitoring: Prometheus metrics (`/metrics`) and,
+at a site, a read-only console for its data-protection officer (`/`).
+
+The console shows what the site's own files say: the privacy budget of every dataset,
+the audit log with its hash chain verified, the refusals, and who asked what and when.
+It changes nothing. The page is static; its data (`/api/overview`) and the metrics are
+served only to a bearer token whose SHA-256 the site's configuration lists (`officers`),
+over the site's own TLS certificate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+from services.config import Tls
+
+log = logging.getLogger("pet.services.console")
+
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+          "/console.css": ("console.css", "text/css; charset=utf-8")}
+"""The page's files (in `services/console/`), by path."""
+
+HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+           "Cache-Control": "no-store"}
+"""Sent with every answer: the page runs only its own script and is never framed."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What the port serves: the metrics in Prometheus' text format, and at a site the
+    console's data (None at the coordinator, which has no console page)."""
+
+    metrics: Callable[[], bytes]
+    overview: Callable[[], dict[str, Any]] | None = None
+
+
+class Console:
+    """The HTTPS server of one pet server, in a thread of its own."""
+
+    def __init__(self, listen: str, tls: Tls, officers: dict[str, str],
+                 endpoints: Endpoints) -> None:
+        host, _, port = listen.rpartition(":")
+        handler = _handler(officers, endpoints)
+        self._server = ThreadingHTTPServer((host, int(port)), handler)
+        self._server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(tls.cert, tls.key)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="pet-console")
+
+    def start(self) -> Console:
+        """Serve in the background."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and close the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(officers: dict[str, str],
+             endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to the officers' token digests and the endpoints."""
+    digests = list(officers.values())
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "pet"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path in STATIC and endpoints.overview is not None:
+                name, kind = STATIC[path]
+                self._send(HTTPStatus.OK, kind, _static(name))
+            elif path in {"/metrics", "/api/overview"}:
+                self._authorized(path)
+            else:
+                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+
+        def _authorized(self, path: str) -> None:
+            """The metrics or the overview, for an officer's bearer token only."""
+            if not _known(self.headers.get("Authorization", ""), digests):
+                self._send(HTTPStatus.UNAUTHORIZED, "text/plain",
+                           b"an officer's bearer token is needed\n",
+                           {"WWW-Authenticate": 'Bearer realm="pet"'})
+            elif path == "/metrics":
+                self._send(HTTPStatus.OK, "text/plain; version=0.0.4", endpoints.metrics())
+            elif endpoints.overview is None:
+                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"no console here\n")
+            else:
+                body = json.dumps(endpoints.overview(), allow_nan=False).encode()
+                self._send(HTTPStatus.OK, "application/json", body)
+
+        def _send(self, status: HTTPStatus, kind: str, body: bytes,
+                  extra: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for name, value in {**HEADERS, "Content-Type": kind,
+                                "Content-Length": str(len(body)), **(extra or {})}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.info("console", extra={"path": self.path.split("?", 1)[0][:200],
+                                       "status": args[1] if len(args) > 1 else None})
+
+    return Handler
+
+
+def _known(header: str, digests: list[str]) -> bool:
+    """Whether an Authorization header carries the bearer token of a listed officer
+    (compared as SHA-256 digests, in constant time)."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    return any(hmac.compare_digest(digest, known) for known in digests)
+
+
+def _static(name: str) -> bytes:
+    """One of the page's files."""
+    return (resources.files("services") / "console" / name).read_bytes()
