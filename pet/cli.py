@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--sites", nargs="+", required=True, help="the sites' names")
     certs.add_argument("--hosts", nargs="+", default=["localhost", "127.0.0.1"],
                        help="host names and addresses every certificate is valid for")
+    _json(certs)
 
     query = commands.add_parser("query", help="ask the federation a question")
     query.add_argument("query", nargs="+", help='one or more queries, each one argument, e.g. '
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--role", help="with --tls: the certificate to present")
     health.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="keep asking until the server serves, for up to this long")
+    _json(health)
     return parser
 
 
@@ -168,6 +170,8 @@ def _synth(parser: argparse.ArgumentParser) -> None:
     refitting.add_argument("--rows", type=int, help="rows to sample (default: the card's)")
     refitting.add_argument("--seed", type=int, help="sampling seed (default: the card's)")
     refitting.add_argument("--out", required=True, help="the synthetic table (CSV or Parquet)")
+    for step in (fitting, sampling, exporting, refitting):
+        _json(step)
 
 
 def _evaluate(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +194,7 @@ def _evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--card", help="a data card (card.json) to link the report from")
     parser.add_argument("--out", required=True, help="folder for the report")
+    _json(parser)
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
@@ -214,9 +219,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     from pet.certs import make_certificates
+    from pet.plain import emit
 
     made = make_certificates(args.directory, sites=args.sites, hosts=args.hosts)
-    print(f"CA and certificates for coordinator, {', '.join(args.sites)} in {made.directory}")
+    emit(args.json, f"CA and certificates for coordinator, {', '.join(args.sites)} in "
+                    f"{made.directory}",
+         {"directory": str(made.directory), "ca": str(made.ca),
+          "names": ["coordinator", *args.sites]})
     return 0
 
 
@@ -330,7 +339,10 @@ def _health(args: argparse.Namespace) -> int:
             if status == "SERVING" or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
-    print(f"{args.address}: {status}", file=sys.stdout if status == "SERVING" else sys.stderr)
+    if args.json:
+        print(json.dumps({"address": args.address, "status": status}))
+    else:
+        print(f"{args.address}: {status}", file=sys.stdout if status == "SERVING" else sys.stderr)
     return 0 if status == "SERVING" else 1
 
 

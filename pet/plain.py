@@ -11,6 +11,7 @@ read as is.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -53,3 +54,8 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
                    zip(frame.index.names, ("term", "level", "index_2"), strict=False)]
     flat.index = flat.index.set_names(index_names)
     return flat.reset_index().to_dict("records")  # type: ignore[return-value]
+
+
+def emit(as_json: bool, text: str, fields: dict[str, Any]) -> None:
+    """A command's report: its text, or with `--json` its fields as plain JSON."""
+    print(json.dumps(plain(fields), indent=2, allow_nan=False) if as_json else text)

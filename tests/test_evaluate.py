@@ -159,7 +159,8 @@ def test_the_report_and_the_data_card_link(tables: dict, evaluations: dict,
     assert summary["tvd2"] == pytest.approx(evaluations["dp"].fidelity.tvd[2])
 
 
-def test_the_command_line_evaluates_and_links_the_card(tmp_path: Path) -> None:
+def test_the_command_line_evaluates_and_links_the_card(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pet.cli import main
 
     workload: Workload = breast_cancer(1)
@@ -178,8 +179,11 @@ def test_the_command_line_evaluates_and_links_the_card(tmp_path: Path) -> None:
                     tmp_path / "release")
     assert main(["evaluate", "--workload", "breast_cancer", "--train", str(paths["train"]),
                  "--holdout", str(paths["holdout"]), "--synthetic", str(paths["synthetic"]),
-                 "--out", str(tmp_path / "report"), "--card", str(card)]) == 0
+                 "--out", str(tmp_path / "report"), "--card", str(card), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    assert reported["report"]["html"] == str(tmp_path / "report" / "report.html")
     linked = json.loads(card.read_text())["evaluation"]
+    assert reported["verdicts"] == linked["verdicts"]
     assert linked["report"] == "../report/report.html"
     assert [v["pillar"] for v in linked["verdicts"]] == ["Fidelity", "Utility", "Privacy"]
     assert linked["verdicts"][2]["grade"] == "high risk"  # the "synthetic" table is a copy

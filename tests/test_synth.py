@@ -366,7 +366,8 @@ def test_a_saved_fit_samples_the_same_rows_after_loading(lung1: Workload, tmp_pa
     pd.testing.assert_frame_equal(loaded.sample(400, seed=2), fit.sample(400, seed=2))
 
 
-def test_the_command_line_fits_and_samples_with_a_data_card(tmp_path: Path) -> None:
+def test_the_command_line_fits_and_samples_with_a_data_card(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pet.cli import main
 
     fitted = tmp_path / "fit"
@@ -374,7 +375,10 @@ def test_the_command_line_fits_and_samples_with_a_data_card(tmp_path: Path) -> N
                  "--epsilon", "2", "--bins", "6", "--out", str(fitted)]) == 0
     out = tmp_path / "release" / "synthetic.csv"
     assert main(["synth", "sample", str(fitted), "--rows", "150", "--seed", "1",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after fit's own line
+    assert reported == {"rows": 150, "table": str(out), "card": str(out.parent / "card.json"),
+                        "card_markdown": str(out.parent / "card.md")}
     rows = pd.read_csv(out)
     assert len(rows) == 150 and list(rows.columns) == list(lung(1).schema.names)
     data = json.loads((out.parent / "card.json").read_text())

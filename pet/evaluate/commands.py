@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pet.errors import PetError
 from pet.evaluate import Evaluation, evaluate, write_report
+from pet.plain import emit
 from pet.schema import Schema
 from pet.synth.card import write
 from pet.table import open_table
@@ -24,12 +25,16 @@ def run(args: argparse.Namespace) -> int:
     evaluation = evaluate(train, holdout, synthetic, schema, target=args.target,
                           secret=args.secret, seed=args.seed)
     paths = write_report(evaluation, args.out, real=train, synthetic=synthetic)
-    for verdict in evaluation.verdicts():
-        print(f"{verdict.pillar}: {verdict.grade} — {verdict.numbers}")
-    print(f"report in {paths['html']} and {paths['markdown']}")
     if args.card:
         link(Path(args.card), evaluation, paths["html"])
-        print(f"data card {args.card} now links the report")
+    lines = [f"{v.pillar}: {v.grade} — {v.numbers}" for v in evaluation.verdicts()]
+    lines.append(f"report in {paths['html']} and {paths['markdown']}")
+    if args.card:
+        lines.append(f"data card {args.card} now links the report")
+    emit(args.json, "\n".join(lines), {
+        "verdicts": [{"pillar": v.pillar, "grade": v.grade, "numbers": v.numbers}
+                     for v in evaluation.verdicts()],
+        "report": {k: str(v) for k, v in paths.items()}, "card": args.card})
     return 0
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from pet.connection import client_of
 from pet.errors import PetError
 from pet.ledger import Ledger
+from pet.plain import emit
 from pet.schema import Schema
 from pet.site import Site
 from pet.synth import Release, card, fit, load, save
@@ -37,7 +38,8 @@ def _refit(args: argparse.Namespace) -> int:
         raise PetError(f"cannot read the data card {args.card}: {error}") from None
     table = resample(data, args.rows, args.seed)
     _write_table(table, Path(args.out))
-    print(f"{len(table)} rows rebuilt from {args.card} in {args.out}")
+    emit(args.json, f"{len(table)} rows rebuilt from {args.card} in {args.out}",
+         {"rows": len(table), "card": args.card, "table": args.out})
     return 0
 
 
@@ -56,8 +58,9 @@ def _export(args: argparse.Namespace) -> int:
                        "there (export a fit saved here by `pet synth fit --data` or "
                        "`--workload`)")
     folder = export(load(args.fit), args.out)
-    print(f"noisy marginals of {args.fit} in {folder / 'marginals.parquet'} and "
-          f"{folder / 'marginals.json'}")
+    files = {"parquet": str(folder / "marginals.parquet"), "json": str(folder / "marginals.json")}
+    emit(args.json, f"noisy marginals of {args.fit} in {files['parquet']} and {files['json']}",
+         {"fit": args.fit, **files})
     return 0
 
 
@@ -81,9 +84,12 @@ def _fit(args: argparse.Namespace) -> int:
     who = {"sites": [s.name for s in sites],
            "backend": args.backend or ("dp" if len(sites) == 1 else "he+dp")}
     (out / "sites.json").write_text(json.dumps(who) + "\n")
-    print(f"{fitted.method}: ρ = {fitted.rho:.6g} spent of (ε = {fitted.epsilon:g}, "
-          f"δ = {fitted.delta:g}) charged at {len(sites)} site(s); "
-          f"{len(fitted.measurements)} marginals measured; saved in {out}")
+    emit(args.json, f"{fitted.method}: ρ = {fitted.rho:.6g} spent of (ε = {fitted.epsilon:g}, "
+                    f"δ = {fitted.delta:g}) charged at {len(sites)} site(s); "
+                    f"{len(fitted.measurements)} marginals measured; saved in {out}",
+         {"method": fitted.method, "rho": fitted.rho, "epsilon": fitted.epsilon,
+          "delta": fitted.delta, **who, "measurements": len(fitted.measurements),
+          "saved": str(out)})
     return 0
 
 
@@ -103,8 +109,9 @@ def _sites(args: argparse.Namespace, ledgers: Path) -> list[Site]:
 def _fit_remote(args: argparse.Namespace, out: Path) -> int:
     """A fit across the coordinator's sites: its progress printed, its id kept in `out`."""
     def report(step: Any) -> None:
-        print(f"  {step.step}: ρ {step.rho:.4g} (spent {step.rho_spent:.4g} of "
-              f"{step.rho_total:.4g})", flush=True)
+        if not args.json:
+            print(f"  {step.step}: ρ {step.rho:.4g} (spent {step.rho_spent:.4g} of "
+                  f"{step.rho_total:.4g})", flush=True)
 
     with client_of(args) as client:
         remote = client.synthesize(args.method, epsilon=args.epsilon, delta=args.delta,
@@ -114,9 +121,13 @@ def _fit_remote(args: argparse.Namespace, out: Path) -> int:
     (out / REMOTE).write_text(json.dumps({"coordinator": args.coordinator, "fit": remote.id,
                                           "method": remote.method, "rho": remote.rho,
                                           "measurements": remote.measurements}) + "\n")
-    print(f"{remote.method}: ρ = {remote.rho:.6g} spent of (ε = {args.epsilon:g}, "
-          f"δ = {args.delta:g}) charged at every site; {remote.measurements} marginals "
-          f"measured; kept at {args.coordinator} as {remote.id} (noted in {out / REMOTE})")
+    emit(args.json, f"{remote.method}: ρ = {remote.rho:.6g} spent of (ε = {args.epsilon:g}, "
+                    f"δ = {args.delta:g}) charged at every site; {remote.measurements} "
+                    f"marginals measured; kept at {args.coordinator} as {remote.id} (noted "
+                    f"in {out / REMOTE})",
+         {"method": remote.method, "rho": remote.rho, "epsilon": args.epsilon,
+          "delta": args.delta, "measurements": remote.measurements,
+          "coordinator": args.coordinator, "fit": remote.id, "noted": str(out / REMOTE)})
     return 0
 
 
@@ -125,7 +136,10 @@ def _sample(args: argparse.Namespace) -> int:
     table, data = _drawn(args)
     _write_table(table, out)
     as_json, as_markdown = write(data, out.parent if out.parent != Path() else Path.cwd())
-    print(f"{args.rows} synthetic rows in {out}; data card in {as_json} and {as_markdown}")
+    emit(args.json, f"{args.rows} synthetic rows in {out}; data card in {as_json} and "
+                    f"{as_markdown}",
+         {"rows": args.rows, "table": str(out), "card": str(as_json),
+          "card_markdown": str(as_markdown)})
     return 0
 
 
