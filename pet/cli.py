@@ -230,23 +230,39 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    """Each query in turn, in one study: a table row each, or with --json one plain JSON
-    object (`Result.to_dict`) for one query and a list of them for several."""
+    """Each query in turn, in one study, every one checked against the federation's schema
+    before the first runs: a table row each, or with --json one plain JSON object
+    (`Result.to_dict`) for one query and a list of them for several. A refusal stops the
+    rest, after the answers already paid for are shown."""
     from pet.queries import parse
-    from pet.report import RESULT_HEADERS, result_row, table
 
     queries = [parse(text) for text in args.query]
     options = {k: v for k, v in (("epsilon", args.epsilon), ("delta", args.delta))
                if v is not None}
-    with client_of(args) as client, client.study(args.backend, **options) as study:
-        results = [study.run(query) for query in queries]
-    if args.json:
+    results: list[Any] = []
+    with client_of(args) as client:
+        for query in queries:
+            query.validate(client.schema)
+        with client.study(args.backend, **options) as study:
+            try:
+                for query in queries:
+                    results.append(study.run(query))
+            finally:
+                _show(results, args.json, several=len(queries) > 1)
+    return 0
+
+
+def _show(results: list[Any], as_json: bool, *, several: bool) -> None:
+    """Results as table rows, or as plain JSON (a list when several were asked)."""
+    from pet.report import RESULT_HEADERS, result_row, table
+
+    if not results:
+        return
+    if as_json:
         fields = [result.to_dict() for result in results]
-        print(json.dumps(fields[0] if len(fields) == 1 else fields, indent=2,
-                         allow_nan=False))
+        print(json.dumps(fields if several else fields[0], indent=2, allow_nan=False))
     else:
         print(table([result_row(result) for result in results], RESULT_HEADERS))
-    return 0
 
 
 def _budget(args: argparse.Namespace) -> int:

@@ -62,15 +62,24 @@ def _name(text: str) -> str:
 
 
 def _column(name: str, values: pd.Series, max_categories: int) -> str:
-    """One column's entry, as a YAML flow mapping with its review comment."""
+    """One column's entry, as a YAML flow mapping with its review comment (or a comment
+    saying why the column cannot be proposed)."""
     known = values.dropna()
+    known = known[known.astype(str) != ""] if known.dtype == object else known
     entry: dict[str, object] = {"name": name}
     comment = ""
     if _is_boolean(known):
         entry["type"] = "boolean"
+    elif known.nunique() < 2:
+        return (f"  # - {name}: {'no values' if known.empty else 'a single value'}: it tells "
+                "nothing; leave it out of the study's table")
     elif pd.api.types.is_numeric_dtype(known.dtype):
-        whole = bool(np.all(np.mod(known.to_numpy(dtype=np.float64), 1) == 0))
-        lower, upper = outward(float(known.min()), float(known.max()))
+        numbers = known.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(numbers)) or np.max(np.abs(numbers)) > LARGEST:
+            return (f"  # - {name}: values beyond ±{LARGEST:g}, or not finite: rescale it "
+                    "(e.g. to other units) before proposing it")
+        lower, upper = outward(float(numbers.min()), float(numbers.max()))
+        whole = bool(np.all(np.mod(numbers, 1) == 0))
         entry.update(type="integer" if whole else "continuous", lower=lower, upper=upper)
         comment = f"bounds {REVIEW}"
     else:
@@ -80,28 +89,41 @@ def _column(name: str, values: pd.Series, max_categories: int) -> str:
                     "column: recode it, or leave it out of the study's table")
         entry.update(type="categorical", categories=levels)
         comment = f"categories {REVIEW}"
-    if values.isna().any():
+    if len(known) < len(values):
         entry["nullable"] = True
     text = yaml.safe_dump(entry, default_flow_style=True, sort_keys=False, width=10_000).strip()
     return f"  - {text}" + (f"  # {comment}" if comment else "")
 
 
+LARGEST = 1e15
+"""Largest magnitude proposed as a bound: beyond it a double no longer holds every whole
+number, and pet's scaled sums lose the precision they are checked to."""
+
+
 def _is_boolean(known: pd.Series) -> bool:
-    """Booleans, or numbers that are all 0 or 1 (an event or yes/no indicator)."""
+    """Booleans (also as text: true/false in any case), or numbers that are all 0 or 1
+    (an event or yes/no indicator)."""
+    if len(known) == 0:
+        return False
     if pd.api.types.is_bool_dtype(known.dtype):
         return True
-    return (pd.api.types.is_numeric_dtype(known.dtype) and len(known) > 0
-            and bool(known.isin([0, 1]).all()))
+    if pd.api.types.is_numeric_dtype(known.dtype):
+        return bool(known.isin([0, 1]).all())
+    words = {str(v).lower() for v in known}
+    return words <= {"true", "false"}
 
 
 def outward(low: float, high: float) -> tuple[float | int, float | int]:
-    """Bounds around [low, high] rounded outward to a multiple of a power of ten one
-    at the range's order of magnitude (21–80 becomes 20–80; 72–2659, 0–3000)."""
-    size = (high - low) or abs(high) or 1.0  # one value: round around the value itself
-    step = 10.0 ** math.floor(math.log10(size))
+    """Bounds around [low, high] rounded outward to a multiple of the power of ten at the
+    values' order of magnitude (one order up for a single value), never equal to a value
+    of the data but 0: 21–80 becomes 20–90; 41–49, 40–50; 72–2659, 0–3000."""
+    size = max(abs(low), abs(high)) or 1.0
+    step = 10.0 ** math.floor(math.log10(size)) * (10 if low == high else 1)
     lower, upper = math.floor(low / step) * step, math.ceil(high / step) * step
-    if lower == upper:
-        lower, upper = lower - step, upper + step
+    if lower == low and low != 0:
+        lower -= step
+    if upper == high:
+        upper += step
     return _tidy(lower), _tidy(upper)
 
 

@@ -161,9 +161,9 @@ class CohortDefinition:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> CohortDefinition:
-        """A definition file by path (.yaml), or one shipped with pet by name
+        """A definition file by path (.yaml, .yml or .json), or one shipped with pet by name
         (`omop_cvd`)."""
-        if Path(name_or_path).suffix in {".yaml", ".yml"}:
+        if Path(name_or_path).suffix in {".yaml", ".yml", ".json"}:  # YAML reads JSON
             return cls.from_file(name_or_path)
         path = resources.files("pet.workloads") / f"{name_or_path}.yaml"
         if not path.is_file():

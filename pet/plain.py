@@ -1,11 +1,11 @@
 """Plain JSON of pet's values, for programs that do not run pet (`--json`, `Result.to_dict`).
 
-Only JSON's own kinds come out: numbers, text, true/false, null, lists and objects. Arrays
-and tuples become (nested) lists, a DataFrame a list of records (its index as the first
-fields), a dataclass an object of its fields with a `"type"` field naming its class, and
-NaN or ±∞, which JSON has no number for, null. Unlike `pet.codec` (the wire format), the
-output is not meant to be read back into pet's classes: it is what `jq`, R or JavaScript
-read as is.
+Only JSON's own kinds come out: numbers, text, true/false, null, lists and objects. Arrays,
+Series and tuples become (nested) lists, a DataFrame a list of records (its index as the
+first fields), a dataclass an object of its fields with a `"type"` field naming its
+class, a time ISO 8601 text, and NaN, ±∞ or a missing value, which JSON has no number
+for, null. Unlike `pet.codec` (the wire format), the output is not meant to be read back
+into pet's classes: it is what `jq`, R or JavaScript read as is.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ import pandas as pd
 
 def plain(value: Any) -> Any:
     """The JSON-ready structure of a value (raises TypeError for a kind it cannot show)."""
-    if value is None or isinstance(value, str | bool | np.bool_):
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, str | bool | np.bool_):
         return value if not isinstance(value, np.bool_) else bool(value)
+    if isinstance(value, pd.Timestamp | np.datetime64):
+        return pd.Timestamp(value).isoformat()
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating):
@@ -32,6 +36,8 @@ def plain(value: Any) -> Any:
         return plain(value.tolist())
     if isinstance(value, pd.DataFrame):
         return plain(records(value))
+    if isinstance(value, pd.Series):
+        return plain(value.tolist())
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, dict):

@@ -44,6 +44,19 @@ class Contribution:
     audited: bool = False
 
 
+def _check_dataset(ledger: Ledger, site: str, dataset: str) -> None:
+    """Refuse a ledger that keeps a budget under the site's name and none under the
+    schema's: pet once charged a site's name by default, and taking the schema's now would
+    start a fresh budget beside what was spent."""
+    kept = {b.dataset for b in ledger.budgets()}
+    if site != dataset and site in kept and dataset not in kept:
+        raise PetError(f"site {site!r}: its ledger keeps a budget for dataset {site!r} (the "
+                       f"site's name, which pet once charged by default) and none for "
+                       f"{dataset!r}, the schema's name it charges now; to keep charging what "
+                       f"was spent, name the dataset: Site(..., dataset={site!r}), or "
+                       f"`dataset: {site}` in the site's configuration")
+
+
 class Site:
     """A data holder with one table, validated against the study's public schema. Its
     privacy ledger charges `dataset`, by default the schema's name."""
@@ -56,6 +69,8 @@ class Site:
         self.policy = policy or DisclosurePolicy()
         self.ledger = ledger
         self.dataset = dataset or table.schema.name
+        if dataset is None and ledger is not None:
+            _check_dataset(ledger, name, self.dataset)
         self.audit = audit
         self.releases = Releases(ledger, audit) if ledger is not None else None
         self.subsets = subsets

@@ -133,6 +133,21 @@ FILE_KEYS = ("path", "parquet", "database", "dsn_file")
 folder, as the TLS files are."""
 
 
+def _state_file(spec: dict[str, Any], key: str, path: str | Path) -> Path:
+    """The ledger or audit file, a relative name read from the configuration's folder.
+    pet once read it from the working directory: a file found there and not here is
+    refused by name rather than a fresh, empty one started beside it."""
+    name = Path(_text(spec, key, path))
+    resolved = Path(path).parent / name
+    if not name.is_absolute() and not resolved.exists() and name.exists() \
+            and name.resolve() != resolved.resolve():
+        raise ConfigError(f"{path}: {key} {str(name)!r} is read from the configuration's "
+                          f"folder ({resolved}), where there is none; {name.resolve()} is "
+                          "where pet once looked (the working directory): move it, or give "
+                          "its absolute path")
+    return resolved
+
+
 def _data(spec: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """The `data:` mapping with its relative file names taken from the configuration
     file's folder (a DuckDB `:memory:` database stays as it is)."""
@@ -216,8 +231,8 @@ def read_site(path: str | Path) -> SiteConfig:
         tls=_tls(spec, path),
         coordinator=_text(spec, "coordinator", path),
         data=_data(spec, path),
-        ledger=Path(path).parent / _text(spec, "ledger", path),
-        audit=Path(path).parent / _text(spec, "audit", path),
+        ledger=_state_file(spec, "ledger", path),
+        audit=_state_file(spec, "audit", path),
         budget=(float(budget["epsilon"]), float(budget.get("delta", 0.0))) if budget else None,
         policy=DisclosurePolicy(min_cell=int(disclosure.get("min_cell", 3)),
                                 max_parameter_ratio=float(

@@ -14,7 +14,9 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,13 +55,11 @@ class Console:
     def __init__(self, listen: str, tls: Tls, officers: dict[str, str],
                  endpoints: Endpoints) -> None:
         host, _, port = listen.rpartition(":")
-        handler = _handler(officers, endpoints)
-        self._server = ThreadingHTTPServer((host, int(port)), handler)
-        self._server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(tls.cert, tls.key)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server = _TlsServer((host.strip("[]"), int(port)),
+                                  _handler(officers, endpoints), context)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="pet-console")
@@ -70,9 +70,54 @@ class Console:
         return self
 
     def close(self) -> None:
-        """Stop serving and close the port."""
+        """Stop serving and close the port (connections still open end on their own
+        timeouts: the accepting thread never waits on a client)."""
         self._server.shutdown()
         self._server.server_close()
+
+
+TIMEOUT_S = 10.0
+"""The longest a client may take over its TLS handshake, or be silent within a request."""
+
+MAX_CONNECTIONS = 32
+"""Connections served at once; a client past them is disconnected at once."""
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """An HTTP server whose connections start TLS in their own thread, under a timeout, so
+    that no client (one that never finishes its handshake, say) can hold up the accepting
+    thread, the others, or the server's shutdown; at most MAX_CONNECTIONS at a time."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 context: ssl.SSLContext) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+        self._context = context
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(TIMEOUT_S)
+        secure = self._context.wrap_socket(request, server_side=True)
+        super().finish_request(secure, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that broke its connection (a failed handshake, a timeout) is logged
+        as one JSON line; the server goes on."""
+        log.info("console connection failed", extra={"error": repr(sys.exc_info()[1])[:200]})
 
 
 def _handler(officers: dict[str, str],
@@ -83,6 +128,7 @@ def _handler(officers: dict[str, str],
     class Handler(BaseHTTPRequestHandler):
         server_version = "pet"
         sys_version = ""
+        timeout = TIMEOUT_S
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -105,7 +151,14 @@ def _handler(officers: dict[str, str],
             elif endpoints.overview is None:
                 self._send(HTTPStatus.NOT_FOUND, "text/plain", b"no console here\n")
             else:
-                body = json.dumps(endpoints.overview(), allow_nan=False).encode()
+                try:
+                    body = json.dumps(endpoints.overview(), allow_nan=False).encode()
+                except Exception as error:  # a file the site cannot read: say so, go on
+                    log.exception("console overview failed", exc_info=error)
+                    self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain",
+                               b"the site could not read its ledger or audit log; see its "
+                               b"log\n")
+                    return
                 self._send(HTTPStatus.OK, "application/json", body)
 
         def _send(self, status: HTTPStatus, kind: str, body: bytes,

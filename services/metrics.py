@@ -1,10 +1,12 @@
 """A server's Prometheus metrics and its structured log of calls.
 
-One interceptor sees every call (health checks and refusals by other interceptors
-included): it counts calls by method and status code, times them, counts refusals by
-reason (the kind of error a servicer refused with, e.g. `budget`, `disclosure`, `limit`,
-or the status code where no servicer ran) and writes one JSON log line per call. Gauges
-that describe state (budgets left per dataset, MPC sessions open) are read when scraped.
+One interceptor sees every call that reaches a handler (health checks and refusals by
+other interceptors included; not what gRPC refuses before any handler runs, a request
+over the size limit or one that does not parse). It counts calls by method and status
+code, times them, counts refusals by reason (the kind of error a servicer refused with,
+e.g. `budget`, `disclosure`, `limit`, or the status code where no servicer ran) and
+writes one JSON log line per call. Gauges that describe state (budgets left per dataset,
+MPC sessions open) are read when scraped.
 """
 
 from __future__ import annotations
@@ -77,11 +79,12 @@ class Metrics:
 
 def reason_of(error: BaseException | None, code: grpc.StatusCode) -> str:
     """Why a call was refused: the kind of pet error a servicer raised (`BudgetError` →
-    `budget`; the error behind `context.abort` is its `__context__`), else the status
-    code (`unauthenticated`)."""
-    cause = error.__context__ if error is not None else None
-    name = type(cause).__name__ if cause is not None else ""
-    if not name or name in {"CallError", "Exception", "RpcError"}:
+    `budget`; the error behind `context.abort` is its `__context__`; an error raised
+    without abort is its own kind), else the status code (`unauthenticated`)."""
+    if error is None:
+        return code.name.lower()
+    name = type(error.__context__ or error).__name__
+    if name in {"CallError", "Exception", "RpcError", "GeneratorExit"}:
         return code.name.lower()
     words = re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
     return words or code.name.lower()
@@ -140,13 +143,17 @@ class _Observer(grpc.ServerInterceptor):
 
     def _finish(self, method: str, context: grpc.ServicerContext, start: float,
                 error: BaseException | None) -> None:
-        """Record the call's status: the one it was aborted with, CANCELLED where the
-        client went away first (a stream closed under it, or no longer active), else OK
-        (UNKNOWN for an error that set none)."""
+        """Record the call's status: the one it was aborted with; where the call ended
+        under it (a stream closed, the call no longer active), DEADLINE_EXCEEDED past its
+        deadline, else CANCELLED (the client went away); else OK (UNKNOWN for an error
+        that set none)."""
         code = context.code()
         if code is None:
             if isinstance(error, GeneratorExit) or not context.is_active():
-                code = grpc.StatusCode.CANCELLED
+                remaining = context.time_remaining()
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED
+                        if remaining is not None and remaining <= 0
+                        else grpc.StatusCode.CANCELLED)
             else:
                 code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
         self._metrics.observe(method, code, time.perf_counter() - start, error)

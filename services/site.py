@@ -125,7 +125,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
 
     def overview(self) -> dict[str, Any]:
         """What the console shows: every dataset's budget, the audit log's chain checked,
-        its latest entries (who asked what, when, at what cost) and its refusals."""
+        and its latest CONSOLE_ENTRIES entries (who asked what, when, at what cost), the
+        refusals among them apart."""
         try:
             chain = {"intact": True, "entries": self.audit.verify(), "problem": None}
         except PetError as error:

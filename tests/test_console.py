@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import ssl
 import urllib.error
@@ -28,6 +29,8 @@ from pet.ledger import Ledger
 from pet.mpc.parties import free_port
 from pet.queries import Count, Mean
 from pet.workloads import lung
+from services.config import Tls
+from services.console import Console, Endpoints
 from services.local import LocalFederation
 
 HOST = "127.0.0.1"
@@ -108,6 +111,32 @@ def test_a_site_exports_calls_refusals_and_budgets(federation: LocalFederation) 
     assert samples[("pet_budget_remaining_epsilon", (("dataset", "lung"),))] == \
         pytest.approx(budget.epsilon - budget.spent_epsilon)
     assert samples[("pet_mpc_sessions", ())] == 0
+
+
+def test_a_client_that_never_speaks_holds_up_nobody(federation: LocalFederation) -> None:
+    port = federation.console_ports["site-1"]  # type: ignore[attr-defined]
+    with socket.create_connection((HOST, port)), socket.create_connection((HOST, port)):
+        assert _get(federation, "site-1", "/metrics")[0] == 200  # no TLS hello came first
+
+
+def test_an_overview_the_site_cannot_read_is_a_500_and_the_console_goes_on(
+        federation: LocalFederation) -> None:
+    def unreadable() -> dict:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    tls = Tls(federation.certs.cert("site-1"), federation.certs.key("site-1"), federation.certs.ca)
+    digests = {"dpo": hashlib.sha256(OFFICER.encode()).hexdigest()}
+    console = Console(f"{HOST}:0", tls, digests, Endpoints(lambda: b"", unreadable)).start()
+    context = ssl.create_default_context(cafile=str(federation.certs.ca))
+    try:
+        for _ in range(2):
+            request = urllib.request.Request(f"https://{HOST}:{console.port}/api/overview",
+                                             headers={"Authorization": f"Bearer {OFFICER}"})
+            with pytest.raises(urllib.error.HTTPError) as failed:
+                urllib.request.urlopen(request, context=context, timeout=30)
+            assert failed.value.code == 500
+    finally:
+        console.close()
 
 
 def test_metrics_need_an_officer_s_token(federation: LocalFederation) -> None:

@@ -27,8 +27,13 @@ def table(tmp_path: Path) -> Path:
         "arm": rng.choice(["placebo", "drug"], 300),
         "died": rng.integers(0, 2, 300),
         "note": [f"free text {k}" for k in range(300)],
+        "consent": rng.choice(["true", "false", "True"], 300),
+        "site": "north",
+        "unused": np.nan,
+        "huge": rng.uniform(0, 1e300, 300),
     })
     frame.loc[[5, 17], "bmi"] = np.nan
+    frame.loc[3, "consent"] = None
     path = tmp_path / "trial.csv"
     frame.to_csv(path, index=False)
     return path
@@ -40,29 +45,34 @@ def test_the_draft_reads_its_file_with_round_bounds_marked_for_review(table: Pat
     columns = {c["name"]: c for c in spec["columns"]}
     frame = pd.read_csv(table)
     assert spec["name"] == "trial"
-    assert columns["age"] == {"name": "age", "type": "integer", "lower": 20, "upper": 80}
+    assert columns["age"] == {"name": "age", "type": "integer", "lower": 20, "upper": 90}
     assert columns["bmi"]["type"] == "continuous" and columns["bmi"]["nullable"] is True
     assert columns["bmi"]["lower"] <= frame.bmi.min() and columns["bmi"]["upper"] >= frame.bmi.max()
     assert columns["arm"]["categories"] == ["drug", "placebo"]
     assert columns["died"]["type"] == "boolean"
     assert "note" not in columns and "note: 300 distinct texts" in text
+    assert columns["consent"] == {"name": "consent", "type": "boolean", "nullable": True}
+    assert "site: a single value" in text and "unused: no values" in text
+    assert "huge: values beyond" in text
+    assert {columns["bmi"]["lower"], columns["bmi"]["upper"]}.isdisjoint(frame.bmi)
     for line in text.splitlines():
         if "lower:" in line or "categories:" in line:
             assert line.endswith(REVIEW), line
     schema = Schema.from_dict(spec)
     kept = table.with_name("kept.csv")  # a column too varied to categorize is left out
-    frame.drop(columns="note").to_csv(kept, index=False)
+    frame.drop(columns=["note", "site", "unused", "huge"]).to_csv(kept, index=False)
     rows = sum(chunk.n_rows for chunk in open_table(kept, schema).chunks(schema.names))
     assert rows == 300  # every value of the file is valid under the draft
 
 
 @pytest.mark.parametrize(("low", "high", "expected"), [
-    (21, 80, (20, 80)), (72, 2659, (0, 3000)), (-3.2, 4.9, (-4, 5)), (0.013, 0.087, (0.01, 0.09)),
-    (5, 5, (4, 6)), (0, 0, (-1, 1))])
-def test_bounds_round_outward(low: float, high: float, expected: tuple[float, float]) -> None:
+    (21, 80, (20, 90)), (72, 2659, (0, 3000)), (-3.2, 4.9, (-4, 5)), (0.013, 0.087, (0.01, 0.09)),
+    (41, 49, (40, 50)), (100, 104, (0, 200)), (5, 5, (0, 10)), (0, 0, (0, 10))])
+def test_bounds_round_outward_past_every_value(low: float, high: float,
+                                               expected: tuple[float, float]) -> None:
     lower, upper = outward(low, high)
     assert (lower, upper) == pytest.approx(expected)
-    assert lower <= low and upper >= high and lower < upper
+    assert (lower < low or lower == low == 0) and upper > high  # never an extreme itself
 
 
 def test_the_command_prints_the_draft_and_refuses_other_files(table: Path) -> None:

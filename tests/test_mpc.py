@@ -336,3 +336,12 @@ def test_a_script_that_starts_parties_outside_a_main_guard_is_told_the_fix(
     ran = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert ran.returncode == 0 and ran.stdout == "checked\n", ran.stderr
+    guarded.write_text("import os\nfrom pet.mpc.parties import _require_main_guard\n\n"
+                       "if __name__ == \"__main__\" and not os.environ.get(\"DRY\"):\n"
+                       "    _require_main_guard()\nelse:\n    _require_main_guard()\n")
+    ran = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr  # one term of an `and` guards too
+    ran = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={**os.environ, "DRY": "1"})
+    assert ran.returncode == 1 and "line 7" in ran.stderr  # the `else:` is not guarded

@@ -13,6 +13,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from pet.ledger import Ledger
+from pet.plain import plain
 from pet.queries import Count, KaplanMeier, LinearRegression, Mean, TTest
 from pet.report import summarize
 from pet.site import Site
@@ -85,3 +86,12 @@ def test_a_dp_answer_s_frame_carries_its_interval(lung3: Workload, tmp_path: Pat
         frame = study.run(Mean("age")).to_frame()
     assert list(frame.columns) == ["value", "interval_low", "interval_high"]
     assert frame.interval_low[0] < frame.value[0] < frame.interval_high[0]
+
+
+def test_plain_json_has_no_values_json_cannot_hold() -> None:
+    values = {"na": pd.NA, "nat": pd.NaT, "nan": np.nan, "inf": -np.inf,
+              "when": pd.Timestamp("2026-01-02T03:04:05"), "series": pd.Series([1, 2]),
+              "flag": np.bool_(True), "count": np.int64(3)}
+    assert json.loads(json.dumps(plain(values), allow_nan=False)) == {
+        "na": None, "nat": None, "nan": None, "inf": None, "when": "2026-01-02T03:04:05",
+        "series": [1, 2], "flag": True, "count": 3}

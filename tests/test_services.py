@@ -227,6 +227,11 @@ def test_the_command_line_asks_the_federation_and_reads_a_site_s_files(
     coef = np.linalg.lstsq(design, rows.wt_loss.to_numpy(), rcond=None)[0]
     assert [row["term"] for row in fit["table"]] == ["intercept", "age", "sex[female]"]
     np.testing.assert_allclose([row["coef"] for row in fit["table"]], coef, rtol=1e-9)
+    entries = len(AuditLog(federation.directory / "site-1" / "audit.sqlite").entries())
+    checked = _pet("query", "Count()", 'Mean("height")', *connect, token=federation.token)
+    assert checked.returncode == 1 and "unknown column 'height'" in checked.stderr
+    assert checked.stdout == ""  # checked before any ran: nothing asked, nothing shown
+    assert len(AuditLog(federation.directory / "site-1" / "audit.sqlite").entries()) == entries
     table = _pet("query", "Count()", *connect, token=federation.token)
     assert re.search(r"^Count\(\)\s+228\s+228\s", table.stdout, re.M), table.stdout
     budgets = json.loads(_pet("budget", *connect, "--json", token=federation.token).stdout)

@@ -114,6 +114,22 @@ def test_relative_files_are_read_from_the_configuration_s_folder(
     assert site.table().n_rows == len(frame)
 
 
+def test_a_ledger_where_pet_once_looked_is_not_started_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative ledger used to be read from the working directory: found there and not
+    in the configuration's folder, it is named rather than replaced by an empty one."""
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "site.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "s", "listen": "127.0.0.1:1", "coordinator": "c",
+        "tls": {"cert": "c", "key": "k", "ca": "a"}, "data": {"workload": "lung"},
+        "ledger": "ledger.sqlite", "audit": "audit.sqlite"}))
+    (tmp_path / "ledger.sqlite").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="where pet once looked"):
+        read_site(config)
+
+
 @pytest.mark.parametrize(("schema", "message"), [
     ("missing.yaml", "data.schema: cannot read .*missing.yaml"),
     ("no_such_study", "'no_such_study' is neither a schema file"),

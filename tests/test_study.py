@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pet.backends import BACKENDS, Plaintext, get_backend
 from pet.errors import PetError
+from pet.ledger import Ledger
 from pet.queries import LogisticRegression, Mean
 from pet.schema import Continuous, Schema
 from pet.site import Site
@@ -73,3 +75,16 @@ def test_a_backend_is_chosen_by_name_with_its_options(lung3: Workload) -> None:
         assert (study.backend.epsilon, study.backend.delta) == (0.5, 1e-7)
     with pytest.raises(PetError, match="go with a backend's name"):
         Study(sites, backend=Plaintext(), epsilon=1.0)
+
+
+def test_a_ledger_kept_under_the_site_s_name_is_not_started_afresh(lung3: Workload,
+                                                                   tmp_path: Path) -> None:
+    """pet once charged a site's name by default; the schema's name, charged now, would
+    start a fresh budget beside what was spent."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.set_budget("site-1", 1.0, 1e-6)
+    table = lung3.tables["site-1"]
+    with pytest.raises(PetError, match="dataset: site-1"):
+        Site("site-1", table, ledger=ledger)
+    assert Site("site-1", table, ledger=ledger, dataset="site-1").dataset == "site-1"
+    assert Site("site-1", table).dataset == "lung"  # no ledger: nothing to keep

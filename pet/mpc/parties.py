@@ -338,20 +338,31 @@ def _require_main_guard() -> None:
     except (OSError, SyntaxError, ValueError):
         return
     line = frame.f_lineno
-    if not any(_main_guard(node) and node.lineno <= line <= (node.end_lineno or line)
-               for node in ast.walk(tree)):
+    if not any(_main_guard(node) and node.body[0].lineno <= line
+               <= (node.body[-1].end_lineno or line) for node in ast.walk(tree)):
         raise PetError(f"{path}, line {line}: MPC starts its parties as new Python processes, "
                        "which import this script again; put the code that runs the study "
                        'under `if __name__ == "__main__":`')
 
 
 def _main_guard(node: ast.AST) -> bool:
-    """Whether a node is `if __name__ == "__main__":` (either way round)."""
-    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and len(node.test.ops) == 1 and isinstance(node.test.ops[0], ast.Eq)):
+    """Whether a node is `if __name__ == "__main__":` (either way round, or as one term
+    of an `and`), whose body runs only in the script itself."""
+    if not isinstance(node, ast.If):
         return False
-    sides = {ast.dump(node.test.left), ast.dump(node.test.comparators[0])}
-    return sides == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))}
+    terms = node.test.values if isinstance(node.test, ast.BoolOp) and isinstance(
+        node.test.op, ast.And) else [node.test]
+    return any(_is_main_test(term) for term in terms)
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """Whether an expression is `__name__ == "__main__"` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = {ast.dump(test.left), ast.dump(test.comparators[0])}
+    return sides == {ast.dump(ast.Name("__name__", ast.Load())),
+                     ast.dump(ast.Constant("__main__"))}
 
 
 def _spare_main(pipe: Connection) -> None:

@@ -44,12 +44,17 @@ function show(overview) {
 async function open(event) {
   event.preventDefault();
   const token = byId("token").value;
-  const reply = await fetch("/api/overview", { headers: { Authorization: "Bearer " + token } });
-  if (!reply.ok) {
-    byId("login-error").textContent = reply.status === 401 ? "Unknown token." : "Error " + reply.status;
-    return;
+  const error = byId("login-error");
+  try {
+    const reply = await fetch("/api/overview", { headers: { Authorization: "Bearer " + token } });
+    if (!reply.ok) {
+      error.textContent = reply.status === 401 ? "Unknown token." : (await reply.text()).trim();
+      return;
+    }
+    show(await reply.json());
+  } catch (failure) {
+    error.textContent = "The site did not answer: " + failure.message;
   }
-  show(await reply.json());
 }
 
 byId("login").addEventListener("submit", open);
