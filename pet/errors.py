@@ -51,3 +51,9 @@ class DisclosureError(PetError):
         super().__init__(f"site {site!r} refused: {message}" if site else message)
         self.site = site
         self.limit = limit
+
+
+class SourceError(PetError):
+    """A source that cannot be read: no such table, a query that is not one SELECT, an
+    engine that refuses the connection (`pet.sources`; here, so that what reports it
+    need not load the engines)."""

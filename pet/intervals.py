@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import integrate, optimize, special
+from scipy import special
 
 from pet.mechanisms import CONFIDENCE
 
@@ -144,7 +144,11 @@ def _laplace_quantile(scales: np.ndarray, copies: int) -> float:
 def _unit_laplace_quantile(steps: tuple[int, ...], copies: int) -> float:
     """`_laplace_quantile` for scales RATIO^step (at most 1), by Newton's method on the
     Gil-Pelaez inversion F(x) = ½ + (1/π)∫₀^∞ φ(t)·sin(tx)/t dt, f(x) = (1/π)∫₀^∞
-    φ(t)·cos(tx) dt, with φ(t) = Π (1 + bᵢ²t²)^(−copies) the characteristic function."""
+    φ(t)·cos(tx) dt, with φ(t) = Π (1 + bᵢ²t²)^(−copies) the characteristic function.
+    scipy's integrate and optimize are imported here, where they are used: they take a
+    tenth of a second to import, which every command that reads a query would pay."""
+    from scipy import integrate, optimize
+
     b = RATIO ** np.asarray(steps, dtype=np.float64)
 
     def phi(t: float) -> float:

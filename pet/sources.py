@@ -33,16 +33,11 @@ from psycopg.types.numeric import FloatLoader
 from sqlglot import exp
 
 from pet import pushdown
-from pet.errors import PetError, SchemaError
+from pet.errors import SchemaError, SourceError
 from pet.omop import CohortDefinition
 from pet.queries.base import Query, State
 from pet.schema import Categorical, Schema
 from pet.table import CHUNK_ROWS, Chunk, Table
-
-
-class SourceError(PetError):
-    """A source that cannot be read: no such table, a query that is not one SELECT, an
-    engine that refuses the connection."""
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,16 @@ import operator
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlglot import exp
 
 from pet.errors import QueryError, SchemaError
 from pet.limits import DEFAULT_LIMITS, RequestLimits, check_where_text
 from pet.schema import Categorical, Schema
+
+if TYPE_CHECKING:  # sqlglot is imported where SQL is written (a tenth of a second)
+    from sqlglot import exp
 
 _COMPARE: dict[type[ast.cmpop], Callable[[np.ndarray, float], np.ndarray]] = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
@@ -124,16 +127,17 @@ def _evaluate(node: ast.AST, schema: Schema, columns: Mapping[str, np.ndarray],
     return result & ~np.isnan(values)
 
 
-_SQL_COMPARE: dict[type[ast.cmpop], type[exp.Binary]] = {
-    ast.Eq: exp.EQ, ast.NotEq: exp.NEQ, ast.Lt: exp.LT, ast.LtE: exp.LTE, ast.Gt: exp.GT,
-    ast.GtE: exp.GTE,
-}
+_SQL_COMPARE = {ast.Eq: "EQ", ast.NotEq: "NEQ", ast.Lt: "LT", ast.LtE: "LTE", ast.Gt: "GT",
+                ast.GtE: "GTE"}
+"""Each comparison's sqlglot expression class, by name."""
 
 
 def _sql(node: ast.AST, schema: Schema, columns: Mapping[str, exp.Expression],
          number: Callable[[float], exp.Expression], text: str) -> exp.Expression:
     """`_evaluate` in SQL, on a tree that `check` has accepted: constants are encoded as
     `_encode` encodes them, comparisons are the same."""
+    from sqlglot import exp  # only where SQL is written: a command reading a query skips it
+
     if isinstance(node, ast.BoolOp):
         parts = [exp.paren(_sql(v, schema, columns, number, text)) for v in node.values]
         return exp.and_(*parts) if isinstance(node.op, ast.And) else exp.or_(*parts)
@@ -148,7 +152,7 @@ def _sql(node: ast.AST, schema: Schema, columns: Mapping[str, exp.Expression],
         hit = value.isin(*(number(_encode(column, c, text)) for c in constants))
         return hit if isinstance(op, ast.In) else exp.not_(hit)
     constant = number(_encode(column, _constant(right, text), text))
-    return _SQL_COMPARE[type(op)](this=value, expression=constant)
+    return getattr(exp, _SQL_COMPARE[type(op)])(this=value, expression=constant)
 
 
 def _constant(node: ast.AST, text: str) -> object:

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,9 +21,9 @@ from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.mpc.channel import TlsIdentity
 from pet.mpc.parties import DEFAULT_PORTS
 from pet.schema import Schema
-from pet.sources import open_source
-from pet.table import Table, open_table
-from pet.workloads import load, packaged_schema
+
+if TYPE_CHECKING:  # a site's data modules load where a site opens its table
+    from pet.table import Table
 
 
 class ConfigError(PetError):
@@ -90,7 +90,13 @@ class SiteConfig:
     """Where its console and metrics are served, and to whom (`console:`; none if absent)."""
 
     def table(self) -> Table:
-        """The site's table: a part of a packaged workload, or a file with a schema."""
+        """The site's table: a part of a packaged workload, or a file with a schema. The
+        data modules (DuckDB, PostgreSQL, Spark, the workloads) are imported here, not by
+        everyone who reads a configuration (the analyst's client among them)."""
+        from pet.sources import open_source
+        from pet.table import open_table
+        from pet.workloads import load
+
         data = self.data
         if "workload" in data:
             workload = load(data["workload"], n_sites=int(data.get("sites", 3)))
@@ -111,6 +117,8 @@ class SiteConfig:
 def _schema(name: str) -> Schema:
     """A schema file's path (.yaml, .yml or .json), or the name of a schema shipped with
     pet."""
+    from pet.workloads import packaged_schema
+
     path = Path(name)
     if path.suffix not in FILE_SUFFIXES:
         try:

@@ -15,12 +15,11 @@ from typing import Any, TypeVar
 import grpc
 
 from pet.codec import CodecError
-from pet.errors import DisclosureError, PetError, QueryError, SchemaError
+from pet.errors import DisclosureError, PetError, QueryError, SchemaError, SourceError
 from pet.ledger import BudgetError
 from pet.limits import FilterLimitError, LimitError
 from pet.mpc.parties import PartyError
 from pet.releases import KeyReuse, ReleaseError
-from pet.sources import SourceError
 
 log = logging.getLogger("pet.services")
 

@@ -44,3 +44,17 @@ def test_the_package_exports_its_names_when_first_used() -> None:
     import pet
 
     assert pet.Study.__module__ == "pet.study" and "Mean" in dir(pet)
+
+
+def test_asking_the_coordinator_loads_no_engine_nor_statistics_package() -> None:
+    """What `pet query` imports (reading a query, the client, the report) leaves out the
+    data engines, statsmodels, scipy.stats and torch: they cost the command line over a
+    second, and only a site's data or a test's p-value needs them."""
+    code = ("from pet.queries import parse; from pet.client import Client; "
+            "from pet.report import RESULT_HEADERS; parse('Mean(\"age\", where=\"age > 1\")')")
+    found = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                            "print(json.dumps(sorted(sys.modules)))"],
+                           capture_output=True, text=True, check=True)
+    modules = set(json.loads(found.stdout))
+    assert {"duckdb", "psycopg", "pyspark", "sqlglot", "statsmodels", "scipy.stats",
+            "scipy.integrate", "torch", "crypten"} & modules == set()

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from statsmodels.stats.correlation_tools import corr_nearest
-from statsmodels.tools.sm_exceptions import IterationLimitWarning
 
 from pet.errors import QueryError
 from pet.intervals import Interval, Spread
@@ -153,6 +151,11 @@ class Correlation(Covariance):
             inner = np.clip(inner, -1.0, 1.0)
         np.fill_diagonal(inner, 1.0)
         if project and inner.size and np.linalg.eigvalsh(inner)[0] < 0:
+            # statsmodels (and the scipy.stats it loads) takes half a second to import:
+            # only a noisy matrix that is not a correlation matrix pays for it
+            from statsmodels.stats.correlation_tools import corr_nearest
+            from statsmodels.tools.sm_exceptions import IterationLimitWarning
+
             with warnings.catch_warnings():  # it stops at its iteration limit within 1e-12
                 warnings.simplefilter("ignore", IterationLimitWarning)
                 inner = np.clip(corr_nearest(inner, threshold=1e-12), -1.0, 1.0)
