@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from statsmodels.stats import correlation_tools
 
 from pet import intervals
 from pet.backends.base import Limits
@@ -26,7 +27,6 @@ from pet.queries import (
     KaplanMeier,
     LogisticRegression,
     Sum,
-    covariance,
 )
 from pet.queries.marginals import Marginals
 from pet.queries.regression import LogisticState
@@ -142,7 +142,7 @@ def test_a_correlations_interval_never_runs_the_projection(
     sd = np.full(layout.size, 5.0)
     answer = query.finalize(total, schema, error_bounds=sd, noise_sd=sd)
     calls = []
-    monkeypatch.setattr(covariance, "corr_nearest",
+    monkeypatch.setattr(correlation_tools, "corr_nearest",  # imported where it is used
                         lambda matrix, **kw: calls.append(1) or np.eye(len(matrix)))
     low, high = query.interval(total, intervals.Spread("gaussian", sd), schema, None,
                                answer)
