@@ -85,7 +85,7 @@ def anova(n: ArrayLike, mean: ArrayLike, var: ArrayLike) -> Test:
     if not (within > 0 and df[1] > 0):
         return Test(ANOVA, np.nan, df, np.nan)
     f = (between / df[0]) / (within / df[1])
-    return Test(ANOVA, f, df, float(special.fdtrc(*df, f)))
+    return Test(ANOVA, f, df, float(special.fdtrc(*df, np.maximum(f, 0.0))))
 
 
 def chi_square(table: ArrayLike, *, yates: bool = True) -> Test:
@@ -129,7 +129,8 @@ def log_rank(events: ArrayLike, at_risk: ArrayLike) -> Test:
         return untestable(LOG_RANK)
     d = observed_minus_expected[:-1]
     statistic = float(d @ np.linalg.pinv(covariance[:-1, :-1]) @ d)
-    return Test(LOG_RANK, statistic, (k - 1.0,), float(special.chdtrc(k - 1, statistic)))
+    p = float(special.chdtrc(k - 1, np.maximum(statistic, 0.0)))  # rounding can dip below 0
+    return Test(LOG_RANK, statistic, (k - 1.0,), p)
 
 
 def _groups(n: ArrayLike, mean: ArrayLike, var: ArrayLike,

@@ -119,12 +119,12 @@ def outward(low: float, high: float) -> tuple[float | int, float | int]:
     of the data but 0: 21–80 becomes 20–90; 41–49, 40–50; 72–2659, 0–3000."""
     size = max(abs(low), abs(high)) or 1.0
     step = 10.0 ** math.floor(math.log10(size)) * (10 if low == high else 1)
-    lower, upper = math.floor(low / step) * step, math.ceil(high / step) * step
-    if lower == low and low != 0:
-        lower -= step
-    if upper == high:
-        upper += step
-    return _tidy(lower), _tidy(upper)
+    lower, upper = _tidy(math.floor(low / step) * step), _tidy(math.ceil(high / step) * step)
+    if lower >= low and low != 0:  # compared once tidied: 0.3 / 0.1 is not 3 in floats
+        lower = _tidy(lower - step)
+    if upper <= high:
+        upper = _tidy(upper + step)
+    return lower, upper
 
 
 def _tidy(value: float) -> float | int:

@@ -101,7 +101,11 @@ class _TlsServer(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started, so none will give the slot back
+            self._slots.release()
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -112,7 +116,10 @@ class _TlsServer(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(TIMEOUT_S)
         secure = self._context.wrap_socket(request, server_side=True)
-        super().finish_request(secure, client_address)
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that broke its connection (a failed handshake, a timeout) is logged

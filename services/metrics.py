@@ -83,7 +83,8 @@ def reason_of(error: BaseException | None, code: grpc.StatusCode) -> str:
     without abort is its own kind), else the status code (`unauthenticated`)."""
     if error is None:
         return code.name.lower()
-    name = type(error.__context__ or error).__name__
+    behind = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    name = type(behind or error).__name__
     if name in {"CallError", "Exception", "RpcError", "GeneratorExit"}:
         return code.name.lower()
     words = re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()

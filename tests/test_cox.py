@@ -17,7 +17,7 @@ from pet.backends.central_dp import HEDP
 from pet.backends.dp import LocalDP
 from pet.backends.mpc import MPC
 from pet.errors import DisclosureError, QueryError
-from pet.queries import Cox
+from pet.queries import Cox, CoxFit
 from pet.queries.cox import SITE, CoxState
 from pet.site import Site
 from pet.study import Study
@@ -248,3 +248,14 @@ def test_closing_round_inside_mpc_counts_concordant_pairs_exactly(lung3: Workloa
     np.testing.assert_array_equal(fit.coef, plain.coef)
     np.testing.assert_allclose(fit.se, plain.se, rtol=1e-3)
     assert fit.log_likelihood == pytest.approx(plain.log_likelihood, abs=0.05)
+
+
+def test_a_statistic_rounded_just_below_zero_has_p_one() -> None:
+    """2·(ℓ − ℓ₀) of a model no better than the null can round to −1e-13 (an inexact or
+    noisy backend): its p-value is 1, as scipy.stats' χ² gives, never NaN."""
+    fit = CoxFit(("age",), np.array([1e-9]), np.array([1.0]), 10,
+                 covariance=np.array([[-1.0]]), log_likelihood=-100.0 - 5e-14,
+                 null_log_likelihood=-100.0, concordance=0.5, events=5, iterations=1,
+                 converged=True)
+    assert fit.likelihood_ratio().statistic < 0 and fit.likelihood_ratio().p == 1.0
+    assert fit.wald().statistic < 0 and fit.wald().p == 1.0

@@ -67,7 +67,8 @@ def test_the_draft_reads_its_file_with_round_bounds_marked_for_review(table: Pat
 
 @pytest.mark.parametrize(("low", "high", "expected"), [
     (21, 80, (20, 90)), (72, 2659, (0, 3000)), (-3.2, 4.9, (-4, 5)), (0.013, 0.087, (0.01, 0.09)),
-    (41, 49, (40, 50)), (100, 104, (0, 200)), (5, 5, (0, 10)), (0, 0, (0, 10))])
+    (41, 49, (40, 50)), (100, 104, (0, 200)), (5, 5, (0, 10)), (0, 0, (0, 10)),
+    (0.3, 0.7, (0.2, 0.8)), (0.0009, 0.00099, (0.0008, 0.001))])
 def test_bounds_round_outward_past_every_value(low: float, high: float,
                                                expected: tuple[float, float]) -> None:
     lower, upper = outward(low, high)

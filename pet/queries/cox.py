@@ -115,14 +115,15 @@ class CoxFit(Fit):
         """The Wald test that every coefficient is 0: βᵀ·Cov⁻¹·β against χ²(p)."""
         statistic = float(self.coef @ np.linalg.solve(self.covariance, self.coef))
         p = len(self.coef)
-        return Test("Wald test", statistic, (float(p),), float(special.chdtrc(p, statistic)))
+        return Test("Wald test", statistic, (float(p),),
+                    float(special.chdtrc(p, np.maximum(statistic, 0.0))))
 
     def likelihood_ratio(self) -> Test:
         """The likelihood-ratio test against the model without covariates."""
         statistic = 2 * (self.log_likelihood - self.null_log_likelihood)
         p = len(self.coef)
         return Test("likelihood-ratio test", statistic, (float(p),),
-                    float(special.chdtrc(p, statistic)))
+                    float(special.chdtrc(p, np.maximum(statistic, 0.0))))
 
 
 @dataclass(frozen=True)
