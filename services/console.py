@@ -10,6 +10,7 @@ over the site's own TLS certificate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -79,6 +80,9 @@ class Console:
 TIMEOUT_S = 10.0
 """The longest a client may take over its TLS handshake, or be silent within a request."""
 
+CONNECTION_S = 30.0
+"""The longest one connection may last, handshake and request included."""
+
 MAX_CONNECTIONS = 32
 """Connections served at once; a client past them is disconnected at once."""
 
@@ -114,12 +118,22 @@ class _TlsServer(ThreadingHTTPServer):
             self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
+        """TLS, then the request, within CONNECTION_S in all: a client that drips a byte
+        at a time is cut off then (each byte would reset a per-read timeout)."""
         request.settimeout(TIMEOUT_S)
-        secure = self._context.wrap_socket(request, server_side=True)
+        guard = request.dup()  # the same connection, kept to cut it from the timer's thread
+        deadline = threading.Timer(CONNECTION_S, _cut, (guard,))
+        deadline.daemon = True
+        deadline.start()
         try:
-            super().finish_request(secure, client_address)
+            secure = self._context.wrap_socket(request, server_side=True)
+            try:
+                super().finish_request(secure, client_address)
+            finally:
+                secure.close()
         finally:
-            secure.close()
+            deadline.cancel()
+            guard.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that broke its connection (a failed handshake, a timeout) is logged
@@ -182,6 +196,12 @@ def _handler(officers: dict[str, str],
                                        "status": args[1] if len(args) > 1 else None})
 
     return Handler
+
+
+def _cut(connection: socket.socket) -> None:
+    """End a connection past its deadline (a read blocked on it returns at once)."""
+    with contextlib.suppress(OSError):  # it may have ended meanwhile
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 def _known(header: str, digests: list[str]) -> bool:

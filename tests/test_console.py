@@ -12,6 +12,7 @@ import shutil
 import socket
 import sqlite3
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pet.ledger import Ledger
 from pet.mpc.parties import free_port
 from pet.queries import Count, Mean
 from pet.workloads import lung
+from services import console as console_module
 from services.config import Tls
 from services.console import Console, Endpoints
 from services.local import LocalFederation
@@ -117,6 +119,34 @@ def test_a_client_that_never_speaks_holds_up_nobody(federation: LocalFederation)
     port = federation.console_ports["site-1"]  # type: ignore[attr-defined]
     with socket.create_connection((HOST, port)), socket.create_connection((HOST, port)):
         assert _get(federation, "site-1", "/metrics")[0] == 200  # no TLS hello came first
+
+
+def test_a_client_that_drips_its_request_is_cut_off(federation: LocalFederation,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte every 0.2 s resets every per-read timeout; the connection's own deadline
+    (1 s here, CONNECTION_S) ends it all the same."""
+    monkeypatch.setattr(console_module, "CONNECTION_S", 1.0)
+    tls = Tls(federation.certs.cert("site-1"), federation.certs.key("site-1"), federation.certs.ca)
+    console = Console(f"{HOST}:0", tls, {}, Endpoints(lambda: b"", dict)).start()
+    context = ssl.create_default_context(cafile=str(federation.certs.ca))
+    cut_after = None
+    try:
+        with socket.create_connection((HOST, console.port)) as raw, \
+                context.wrap_socket(raw, server_hostname=HOST) as drip:
+            drip.settimeout(0.2)
+            start = time.monotonic()
+            while cut_after is None and time.monotonic() - start < 8:
+                try:
+                    drip.sendall(b"G")
+                    if drip.recv(1) == b"":
+                        cut_after = time.monotonic() - start
+                except TimeoutError:
+                    continue
+                except OSError:
+                    cut_after = time.monotonic() - start
+    finally:
+        console.close()
+    assert cut_after is not None and cut_after < 4
 
 
 def test_an_overview_the_site_cannot_read_is_a_500_and_the_console_goes_on(
