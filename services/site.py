@@ -131,10 +131,10 @@ class SiteService(site_pb2_grpc.SiteServicer):
             chain = {"intact": True, "entries": self.audit.verify(), "problem": None}
         except PetError as error:
             chain = {"intact": False, "entries": None, "problem": str(error)}
-        entries = [asdict(e) for e in self.audit.entries(limit=CONSOLE_ENTRIES)]
+        newest = [asdict(e) for e in reversed(self.audit.entries(limit=CONSOLE_ENTRIES))]
         return {"site": self.config.name, "budgets": [asdict(b) for b in self.ledger.budgets()],
-                "chain": chain, "entries": entries[::-1],
-                "refusals": [e for e in entries[::-1] if e["outcome"] != "answered"]}
+                "chain": chain, "entries": newest,
+                "refusals": [e for e in newest if e["outcome"] != "answered"]}
 
     @property
     def backends(self) -> list[str]:
