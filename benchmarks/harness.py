@@ -52,7 +52,7 @@ CSV_COLUMNS = (
     "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "comm_rounds", "scan_s", "local_s",
     "protect_s",
     "combine_s", "reveal_s", "session_bytes", "startup_s", "transport", "engine",
-    "engine_start_s", "status", "message",
+    "engine_start_s", "bound_ratio", "bound_held", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "transport", "engine", "status",
@@ -263,11 +263,23 @@ def _errors(results: list[Result], files: Workload, query: Any,
     if cell.backend == "plaintext" and cell.engine == "pet":
         return {"abs_error": 0.0, "rel_error": 0.0}
     reference = answer_vector(files.study("plaintext", policy=OPEN).run(query).value)
-    error = float(np.median([np.max(np.abs(answer_vector(r.value) - reference))
-                             for r in results]))
+    errors = np.array([answer_vector(r.value) - reference for r in results])
+    error = float(np.median(np.max(np.abs(errors), axis=1)))
     scale = float(np.max(np.abs(reference)))
     relative = error / scale if scale else (0.0 if error == 0 else math.inf)
-    return {"abs_error": error, "rel_error": relative}
+    return {"abs_error": error, "rel_error": relative,
+            **_bound_fit(errors, np.array([r.error_bounds for r in results]))}
+
+
+def _bound_fit(errors: np.ndarray, bounds: np.ndarray) -> dict[str, float]:
+    """How well the reported bounds fit the errors over the repeats (rows): the largest,
+    over the answer's numbers that err at all, of mean bound ÷ root-mean-square error,
+    and the share of (repeat, number) errors within their bounds."""
+    rms = np.sqrt(np.mean(errors**2, axis=0))
+    erring = rms > 0
+    ratio = float(np.max(bounds.mean(axis=0)[erring] / rms[erring])) if erring.any() else 0.0
+    return {"bound_ratio": ratio,
+            "bound_held": float(np.mean(np.abs(errors) <= bounds))}
 
 
 def _bare_scan(workload: Workload, columns: tuple[str, ...], warmup: int = 0,

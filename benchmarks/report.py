@@ -566,6 +566,7 @@ def markdown_summary(frame: pd.DataFrame, machine: Mapping[str, str]) -> str:
         lines.append("")
     lines += service_overhead(frame[ok_mask])
     lines += engine_floor(frame[ok_mask])
+    lines += bound_fit(frame[ok_mask])
     failed = by_transport(frame)[~ok_mask]
     if not failed.empty:
         lines += ["## Failed cells", ""]
@@ -608,6 +609,28 @@ def engine_floor(frame: pd.DataFrame) -> list[str]:
         lines.append(f"| {_cell_text(cell['query'])} | {_integer(cell['rows_per_site'])} "
                      f"| {_cell_text(cell['engine'])} | {human_seconds(cell['local_s'])} "
                      f"| {human_seconds(cell['scan_s'])} | {ratio:.2f}× | {started} |")
+    return [*lines, ""]
+
+
+def bound_fit(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines: per cell of an inexact backend without DP noise (he, mpc), how tight
+    its numbers' error bounds were over the repeats (`harness._bound_fit`): the largest
+    mean bound ÷ root-mean-square error, and the share of errors within their bounds."""
+    if "bound_ratio" not in frame:
+        return []
+    cells = frame[frame["bound_ratio"].notna() & (frame["bound_ratio"] > 0)
+                  & frame["epsilon_spent"].isna()]
+    if cells.empty:
+        return []
+    lines = ["## Error bounds against the errors", "",
+             "| workload | query | backend | rows/site | repeats | bound ÷ RMS error "
+             "(largest) | errors within bound |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for _, cell in _sorted_cells(cells).iterrows():
+        lines.append(f"| {_cell_text(cell['workload'])} | {_cell_text(cell['query'])} "
+                     f"| {_cell_text(cell['backend'])} | {_integer(cell['rows_per_site'])} "
+                     f"| {_integer(cell['repeats'])} | {cell['bound_ratio']:.1f} "
+                     f"| {cell['bound_held']:.0%} |")
     return [*lines, ""]
 
 

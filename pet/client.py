@@ -271,7 +271,7 @@ def _concluded(backend: Backend, query: Query, schema: Schema, state: Any,
     conclusion = backend.conclude(query, schema, state, combined, layout)
     return coordinator_pb2.Conclusion(
         outcome_json=codec.dumps(conclusion.outcome),
-        head=[float(h) for h in conclusion.head], error_bound=conclusion.error_bound,
+        head=[float(h) for h in conclusion.head], error_bounds=conclusion.error_bounds,
         guarantee=convert.guarantee_message(conclusion.privacy),
         interval=convert.interval_message(conclusion.interval))
 

@@ -31,6 +31,11 @@ STEP = 0.01
 """Finite-difference step, as a fraction of each element's noise scale."""
 RATIO = 1.001
 """Resolution of the relative scales at which Laplace quantiles are solved and kept."""
+BOUND_FAILURE = 1e-9
+"""The chance, per number, that an error bound set on random rounding noise (CKKS
+decoding) is exceeded."""
+BOUND_Z = float(special.ndtri(1 - BOUND_FAILURE / 2))
+"""Standard deviations of Gaussian rounding noise that a bound spans (6.1)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,21 @@ def delta_method(answer: Callable[[np.ndarray], np.ndarray], total: np.ndarray,
     jacobian = _jacobian(answer, total, spread.scales, value.size)
     half = np.array([_half_width(row, spread) for row in jacobian])
     return value - half, value + half
+
+
+def propagated(answer: Callable[[np.ndarray], np.ndarray], total: np.ndarray,
+               bounds: np.ndarray, independent: bool) -> np.ndarray:
+    """Each number's error bound from the sums' bounds, to first order through `answer`:
+    Σ|J·b| for worst-case bounds (fixed-point rounding), √Σ(J·b)² for independent
+    Gaussian errors each bounded at `BOUND_Z` standard deviations (CKKS), which then
+    bounds the number at `BOUND_Z` of its own. Only elements with a bound are varied."""
+    value = answer(total)
+    if value.size * np.count_nonzero(bounds) > MAX_JACOBIAN:
+        return np.full(value.size, np.nan)
+    weighted = _jacobian(answer, total, bounds, value.size) * bounds
+    if independent:
+        return np.sqrt(np.sum(weighted**2, axis=1))
+    return np.sum(np.abs(weighted), axis=1)
 
 
 def cellwise(values: np.ndarray, spread: Spread) -> Interval:

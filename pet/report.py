@@ -88,13 +88,24 @@ def result_row(result: Result) -> list[str]:
     if result.clipped:
         missing += f"; clipped {sum(result.clipped.values())}{noisy}"
     return [result.query, with_interval(result), f"{result.n}{noisy}", missing,
-            f"{result.error_bound:.2g}", f"{result.latency_s * 1000:.1f}",
-            str(result.bytes_total)]
+            bound_cell(result), f"{result.latency_s * 1000:.1f}", str(result.bytes_total)]
+
+
+def bound_cell(result: Result) -> str:
+    """Each number's error bound, in the answer's order and units, where there are few;
+    the largest ("≤ …") where there are many."""
+    bounds = np.asarray(result.error_bounds)
+    if not np.any(bounds):
+        return "0"
+    if bounds.size > MAX_SHOWN:
+        return f"≤ {result.error_bound:.2g}"
+    return "; ".join(f"{b:.2g}" for b in bounds)
 
 
 RESULT_HEADERS = ("query", "answer", "n", "missing", "± bound", "ms", "bytes")
-"""`± bound`: the backend's bound on the error of every aggregated sum (0: exact);
-`missing`: rows left out for a missing value, counted for the nullable columns read."""
+"""`± bound`: each number's error bound in its own units (0: exact; under DP the 95%
+half-width); `missing`: rows left out for a missing value, counted for the nullable
+columns read."""
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str], *,

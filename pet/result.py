@@ -44,8 +44,13 @@ class Result:
 
     `n` counts the rows used (complete rows of the subgroup, all sites); `missing` counts,
     per column read, rows of the subgroup left out because that value was missing.
-    `error_bound` bounds the backend's error on each aggregated sum (0: exact), or on
-    each revealed number of the answer when the backend finalizes it securely (MPC).
+    `error_bounds` holds, for each number of the answer (flattened as `answer_vector`: a
+    fit's coefficients, a curve's survival), how far the backend's computation may have
+    moved it from the answer the exact sums give, in the answer's units: 0 for plaintext
+    and exact counts; for `he` BOUND_Z = 6.1 standard deviations of the CKKS noise carried
+    through finalize (exceeded with probability below 10⁻⁹); for `mpc` the fixed-point
+    error. A DP answer's bounds are the half-widths of its 95% interval from the noise,
+    beside which the computation's error is negligible. `error_bound` is the largest.
     `combine_s` and `reveal_s` are the coordinator's and the analyst's time, over rounds;
     `comm_rounds` the rounds of communication among MPC parties (0 for other backends).
     `clipped` counts, per column the query clips (`pet.clipping`), rows whose value was
@@ -59,7 +64,7 @@ class Result:
     backend: str
     n: int
     missing: dict[str, int]
-    error_bound: float
+    error_bounds: np.ndarray
     privacy: Privacy
     rounds: int
     latency_s: float
@@ -71,16 +76,27 @@ class Result:
     clipped: dict[str, int] = field(default_factory=dict)
 
     @property
+    def error_bound(self) -> float:
+        """The largest of the numbers' error bounds (NaN where one is unknown)."""
+        return float(np.max(self.error_bounds, initial=0.0))
+
+    @property
     def bytes_total(self) -> int:
         """Bytes all sites sent, over all rounds."""
         return sum(s.bytes_sent for s in self.sites)
 
     def to_frame(self) -> pd.DataFrame:
         """The answer as a table (`answer_frame`), with each number's 95% interval from the
-        DP noise (`interval_low`, `interval_high`) where the answer is a few numbers."""
+        DP noise (`interval_low`, `interval_high`) where the answer is a few numbers, or
+        its error bound where the backend is inexact and the table has a row per number."""
         frame = answer_frame(self.value)
-        if self.interval is not None and frame.shape == (np.size(self.interval[0]), 1):
-            frame = frame.assign(interval_low=self.interval[0], interval_high=self.interval[1])
+        bounds = np.asarray(self.error_bounds)
+        if self.interval is not None:
+            if frame.shape == (np.size(self.interval[0]), 1):
+                frame = frame.assign(interval_low=self.interval[0],
+                                     interval_high=self.interval[1])
+        elif len(frame) == bounds.size and np.any(bounds != 0):
+            frame = frame.assign(error_bound=bounds)
         return frame
 
     def summary(self) -> str:
@@ -90,7 +106,7 @@ class Result:
         lines = [self.query,
                  f"backend {self.backend}; {self.n} rows from {len(self.sites)} sites"
                  + (f" (left out as missing: {missing})" if missing else ""),
-                 f"error bound {self.error_bound:.3g}; privacy {self.privacy}; "
+                 f"largest error bound {self.error_bound:.3g}; privacy {self.privacy}; "
                  f"{self.rounds} rounds, {self.latency_s * 1000:.0f} ms, "
                  f"{self.bytes_total} bytes sent",
                  "", self.to_frame().to_string()]
@@ -99,7 +115,8 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain JSON (`pet.plain`), the answer's table as `table` records."""
         fields = {k: v for k, v in asdict(self).items() if k != "value"}
-        return plain({**fields, "value": self.value, "table": self.to_frame()})
+        return plain({**fields, "error_bound": self.error_bound, "value": self.value,
+                      "table": self.to_frame()})
 
 
 def answer_frame(value: Any) -> pd.DataFrame:

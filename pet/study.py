@@ -108,7 +108,7 @@ class Study:
             n=head[0],
             missing=dict(zip(nullable, head[1:1 + len(nullable)], strict=True)),
             clipped=dict(zip(query.clip, head[1 + len(nullable):], strict=True)),
-            error_bound=conclusion.error_bound,
+            error_bounds=conclusion.error_bounds,
             privacy=conclusion.privacy,
             rounds=rounds,
             latency_s=time.perf_counter() - start,

@@ -165,6 +165,7 @@ def result_message(result: Result) -> pb.Result:
     return pb.Result(
         query=result.query, backend=result.backend, value_json=codec.dumps(result.value),
         n=result.n, missing=result.missing, error_bound=result.error_bound,
+        error_bounds=result.error_bounds,
         guarantee=guarantee_message(result.privacy), interval=interval_message(result.interval),
         clipped=result.clipped,
         cost=pb.Cost(latency_s=result.latency_s, rounds=result.rounds,
@@ -179,7 +180,8 @@ def result_of(message: pb.Result) -> Result:
     cost = message.cost
     return Result(
         query=message.query, value=codec.loads(message.value_json), backend=message.backend,
-        n=message.n, missing=dict(message.missing), error_bound=message.error_bound,
+        n=message.n, missing=dict(message.missing),
+        error_bounds=np.asarray(message.error_bounds, dtype=np.float64),
         privacy=privacy_of(message.guarantee), rounds=cost.rounds, latency_s=cost.latency_s,
         sites=tuple(SiteReport(s.site, s.local_s, s.protect_s, s.bytes_sent)
                     for s in cost.sites),

@@ -74,5 +74,6 @@ class AnalystReveal(Backend):
             raise QueryError("the analyst must answer a Reveal with a Conclusion")
         answer = request.conclusion
         return Conclusion(codec.loads(answer.outcome_json), np.asarray(answer.head),
-                          answer.error_bound, convert.privacy_of(answer.guarantee),
+                          np.asarray(answer.error_bounds, dtype=np.float64),
+                          convert.privacy_of(answer.guarantee),
                           interval=convert.interval_of(answer))

@@ -15,7 +15,7 @@ import yaml
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, SECURE, _agree, _answers
+from pet.backends.mpc import MPC, SECURE, Units, _agree, _answers
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import scale_bits
@@ -244,15 +244,16 @@ def test_a_refusal_in_one_copy_only_reruns_and_in_both_refuses(lung3: Workload) 
     def copy(small: float) -> dict[str, np.ndarray]:
         return {"values": np.array([0.1]), "twin": np.array([0.1]), "small": np.array(small),
                 "imprecise": np.array(0.0), "log_likelihood_per_row": np.array(-1.0),
-                "residual": np.array(0.0), "diagonal": np.array([1.0]),
+                "residual": np.array([0.0]), "diagonal": np.array([1.0]),
                 "corner": np.array(0.0)}
 
     run = (SECURE[Cox], query, lung3.schema, state)
-    assert _answers(*run, [copy(0.0), copy(1.0)], 200.0, 1e-6) is None
-    answers = _answers(*run, [copy(0.0), copy(0.0)], 200.0, 1e-6)
+    units = Units.of(3, 3, 200, 12, low=True)
+    assert _answers(*run, [copy(0.0), copy(1.0)], 200.0, units) is None
+    answers = _answers(*run, [copy(0.0), copy(0.0)], 200.0, units)
     assert answers is not None and _agree(answers)
     with pytest.raises(QueryError, match="nearly collinear"):
-        _answers(*run, [copy(1.0), copy(1.0)], 200.0, 1e-6)
+        _answers(*run, [copy(1.0), copy(1.0)], 200.0, units)
 
 
 def test_copies_of_a_logistic_round_disagree_when_only_one_has_converged() -> None:

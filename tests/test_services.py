@@ -101,12 +101,10 @@ def test_every_backend_answers_through_the_services(client: Client, lung3: Workl
     exact_counts = np.histogram(pooled.age, (18, 50, 60, 70, 100))[0]
     if BACKENDS[backend].differentially_private:
         assert mean.privacy.epsilon == 1.0
-        # n and the sum of ages scaled onto [-1, 1] each carry noise within a = 3× the
-        # 95% half-width but with probability 1 - 1e-8; then the mean is off by at most
-        # half-range × 2a / (n - a), since a scaled mean lies in [-1, 1].
-        a, half = 3 * mean.error_bound, (100 - 18) / 2
-        assert abs(mean.value - pooled.age.mean()) <= half * 2 * a / (len(pooled) - a)
-        assert np.abs(counts.value - exact_counts).max() <= counts.error_bound * 3
+        # Each number's bound is the 95% half-width of its interval: five of them are
+        # exceeded with probability below 10⁻⁶ even under local DP's Laplace noise.
+        assert abs(mean.value - pooled.age.mean()) <= 5 * mean.error_bound
+        assert np.all(np.abs(counts.value - exact_counts) <= 5 * counts.error_bounds)
     else:
         assert mean.privacy.epsilon is None  # exact, or within CKKS / fixed-point rounding
         assert mean.value == pytest.approx(pooled.age.mean(), rel=1e-9 if mean.error_bound == 0

@@ -18,6 +18,7 @@ import numpy as np
 from pet.errors import ArgumentError, PetError
 from pet.intervals import Interval, Spread
 from pet.layout import Layout
+from pet.queries.base import Next
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ class Limits:
 class Aggregate:
     """The aggregated vector as the analyst receives it.
 
-    `error_bounds` bounds |aggregate - exact sum| element by element (0 where exact).
-    `site_bytes`, when given, is what each site sent on the wire if that is not its
-    message (MPC parties exchange shares among themselves); `comm_rounds` counts the
-    rounds of communication among parties (0 where sites send one message each).
+    `error_bounds` bounds |aggregate - exact sum| element by element (0 where exact):
+    worst-case bounds (fixed-point rounding) unless `independent`, when each element's
+    error is independent Gaussian noise (CKKS decoding) and its bound spans `BOUND_Z`
+    standard deviations. `site_bytes`, when given, is what each site sent on the wire
+    if that is not its message (MPC parties exchange shares among themselves);
+    `comm_rounds` counts the rounds of communication among parties (0 where sites send
+    one message each).
     `spread` is the DP noise the total carries, element by element (None without DP).
     """
 
@@ -99,28 +103,30 @@ class Aggregate:
     site_bytes: tuple[int, ...] | None = None
     comm_rounds: int = 0
     spread: Spread | None = None
-
-    @property
-    def error_bound(self) -> float:
-        """The largest error bound of any element."""
-        return float(np.max(self.error_bounds, initial=0.0))
+    independent: bool = False
 
 
 @dataclass(frozen=True)
 class Conclusion:
     """A round's outcome as the analyst receives it: the answer (or the next round's
     state), the head of the layout (n, the missing counts, the clipped counts), the error
-    bound of what was revealed, the guarantee, each site's bytes where they are not its message, the
-    rounds of communication among parties, and for a DP answer the 95% interval of each
-    of its numbers from the noise it carries (`pet.intervals`)."""
+    bound of each number of the answer (see `Result`), the guarantee, each site's bytes
+    where they are not its message, the rounds of communication among parties, and for a
+    DP answer the 95% interval of each of its numbers from the noise it carries
+    (`pet.intervals`)."""
 
     outcome: Any
     head: np.ndarray
-    error_bound: float
+    error_bounds: np.ndarray
     privacy: Privacy
     site_bytes: tuple[int, ...] | None = None
     comm_rounds: int = 0
     interval: Interval | None = None
+
+    @property
+    def error_bound(self) -> float:
+        """The largest of the numbers' error bounds (NaN if one is unknown)."""
+        return float(np.max(self.error_bounds, initial=0.0))
 
 
 class Backend(ABC):
@@ -200,5 +206,23 @@ class Backend(ABC):
         interval = (query.interval(aggregate.total, spread, schema, state, outcome)
                     if spread is not None and determined else None)
         return Conclusion(outcome, layout.head(aggregate.total),
-                          aggregate.error_bound, aggregate.privacy, aggregate.site_bytes,
-                          aggregate.comm_rounds, interval)
+                          _answer_bounds(query, schema, state, aggregate, outcome, interval),
+                          aggregate.privacy, aggregate.site_bytes, aggregate.comm_rounds,
+                          interval)
+
+
+def _answer_bounds(query: Any, schema: Any, state: Any, aggregate: Aggregate, outcome: Any,
+                   interval: Interval | None) -> np.ndarray:
+    """The error bound of each number of the answer: under DP noise the half-width of its
+    95% interval (NaN where it has none; the computation's own error is orders of
+    magnitude below the noise), else the computation's bounds propagated through
+    finalize."""
+    if aggregate.spread is None:
+        return query.error_bounds(aggregate.total, aggregate.error_bounds,
+                                  aggregate.independent, schema, state, outcome)
+    if isinstance(outcome, Next):
+        return np.zeros(0)
+    if interval is None:
+        return np.full(query.numbers(outcome).size, np.nan)
+    value = query.numbers(outcome)
+    return np.maximum(interval[1] - value, value - interval[0])

@@ -2,8 +2,9 @@
 the coordinator adds ciphertexts, and only the analyst decrypts, only the aggregate.
 
 Integer layouts (counts) use BFV and come back exact; any layout with a real-valued block
-uses CKKS, whose error is bounded (see `ckks_error_bound`) and reported with the result;
-count blocks in a CKKS layout are rounded back to whole numbers whenever that bound is
+uses CKKS, whose decoding noise the analyst measures for each slot (`slot_noise`) and
+bounds, sum by sum; the bound of each number of an answer follows through finalize.
+Count blocks in a CKKS layout are rounded back to whole numbers whenever their bound is
 below one half, which makes them exact too.
 
 Encryption touches the layout, never the rows: each site encrypts one short vector, packed
@@ -23,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
+from scipy import special
 
 from pet.backends.base import Aggregate, Backend, Limits, Privacy
 from pet.errors import PetError
+from pet.intervals import BOUND_Z
 from pet.layout import Layout
 
 RING_DEGREE = 4096
@@ -101,19 +104,34 @@ def ckks_scale_bits(limits: Limits) -> int:
     return bits
 
 
-def ckks_error_bound(limits: Limits, n_sites: int) -> float:
-    """Bound on |decrypted − exact| of one normalised slot after summing n_sites fresh
-    CKKS encryptions: 10 standard deviations of the decoding error.
+CALIBRATION = 256
+"""Encryptions of zero the analyst decrypts, once a session, to measure each CKKS slot's
+decoding noise (0.4 s)."""
+CALIBRATION_FAILURE = 1e-6
+"""The chance, per slot, that the measured noise understates the true one."""
+CALIBRATION_UPPER = math.sqrt(CALIBRATION / special.chdtri(CALIBRATION, 1 - CALIBRATION_FAILURE))
+"""The factor (1.26) from a slot's measured standard deviation to its upper confidence
+bound: CALIBRATION squared errors of mean zero sum to σ² times a χ² of as many degrees."""
 
-    Public-key encryption leaves the error polynomial v·e + e₀ + e₁·s with ternary v, s
-    and Gaussian e, e₀, e₁ (σ = 3.2), so each coefficient has variance σ²(4N/3 + 1); a
-    slot sums N coefficients on the unit circle, giving a real-part standard deviation
-    σ·√(N(4N/3 + 1)/2) / Δ per ciphertext, and √n_sites times that for the sum. The chance
-    of exceeding ten standard deviations is below 10⁻²² per slot.
-    """
-    n = RING_DEGREE
-    per_ciphertext = SIGMA * math.sqrt(n * (4 * n / 3 + 1) / 2) / 2.0 ** ckks_scale_bits(limits)
-    return 10 * math.sqrt(n_sites) * per_ciphertext
+
+def slot_noise(public: Any, secret: Any) -> np.ndarray:
+    """Each CKKS slot's standard deviation of decoding error for one fresh encryption (of a
+    normalised value), measured from CALIBRATION encryptions of zero under the public key
+    and raised to its upper 1 − CALIBRATION_FAILURE confidence bound.
+
+    Measured, and per slot, because no constant describes it: SEAL encrypts at the key's
+    level and divides by the special prime, which leaves that division's rounding,
+    r₀ + r₁·s in every coefficient (s the secret key; the encryption noise itself is
+    divided away). In slot k that is R₀ₖ + R₁ₖ·s(ζₖ), Gaussian with a variance that grows
+    with |s(ζₖ)|², which differs from slot to slot by more than ten times; over all slots
+    the mean variance is N(1/6 + N/18)/(2Δ²), a test's independent check. Only the
+    analyst, who holds s, can measure it."""
+    slots = _slots("ckks")
+    squares = np.zeros(slots)
+    for _ in range(CALIBRATION):
+        zero = ts.ckks_vector(public, [0.0] * slots).serialize()
+        squares += np.asarray(ts.ckks_vector_from(secret, zero).decrypt()) ** 2
+    return np.sqrt(squares / CALIBRATION) * CALIBRATION_UPPER
 
 
 class PublicHE:
@@ -143,6 +161,10 @@ class PublicHE:
             self._identities = tuple(hashlib.sha256(_public_bytes(c)).hexdigest()
                                      for c in self._contexts.values())
         return self._identities
+
+    def context(self, scheme: str) -> Any:
+        """The public TenSEAL context of one scheme ("bfv" or "ckks")."""
+        return self._contexts[scheme]
 
     def scheme(self, layout: Layout) -> str:
         """BFV for layouts of counts only, else CKKS."""
@@ -220,6 +242,7 @@ class HE(Backend):
         start = time.perf_counter()
         self.limits = Limits(max_rows_per_site, max_sites)
         self._secret: dict[str, Any] | None = None
+        self._slot_noise: np.ndarray | None = None
         if public_context is None:
             bfv = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=RING_DEGREE,
                              plain_modulus=bfv_plain_modulus(self.limits))
@@ -254,12 +277,20 @@ class HE(Backend):
             return Aggregate(values, np.zeros(layout.size), Privacy(CONFIDENTIALITY))
         limit = _normaliser(layout, self.limits)
         total = values * limit
-        bounds = ckks_error_bound(self.limits, n_sites) * limit
+        bounds = BOUND_Z * np.sqrt(n_sites) * self._noise(layout.size) * limit
         counts = layout.counts_mask()
         exact = counts & (bounds < 0.5)
         total[exact] = np.rint(total[exact])
         bounds[exact] = 0.0
-        return Aggregate(total, bounds, Privacy(CONFIDENTIALITY))
+        return Aggregate(total, bounds, Privacy(CONFIDENTIALITY), independent=True)
+
+    def _noise(self, size: int) -> np.ndarray:
+        """Each element's decoding noise (`slot_noise`, measured at the first CKKS reveal
+        of the session), by the slot it was packed into."""
+        if self._slot_noise is None:
+            assert self._secret is not None
+            self._slot_noise = slot_noise(self.public.context("ckks"), self._secret["ckks"])
+        return np.resize(self._slot_noise, size)
 
 
 def _slots(scheme: str) -> int:

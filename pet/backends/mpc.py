@@ -23,7 +23,13 @@ import numpy as np
 from pet.backends.base import Aggregate, Backend, Conclusion, Limits, Privacy
 from pet.errors import PetError, QueryError
 from pet.layout import Layout
-from pet.mpc.fixed_point import precision, scale_bits
+from pet.mpc.fixed_point import (
+    MEAN_GAP,
+    low_bits,
+    moment_precision,
+    precision,
+    scale_bits,
+)
 from pet.mpc.parties import ASKED_BYTES, Parties, PartyConfig, PartyError, PartySession
 from pet.queries import (
     Correlation,
@@ -146,13 +152,17 @@ class MPC(Backend):
             if outputs[0]["values"] is None:
                 raise QueryError(f"{query.describe()}: too few complete rows ({head[0]:g}) "
                                  "at all sites together for this statistic")
-            digits = precision(int(head[0]))
-            unit = _unit(self._session(n_sites).n, n_sites, digits, bits, head[0])
-            answers = _answers(secure, query, schema, state,
-                               secure.copies(outputs[0]["values"], digits, bits), head[0], unit)
+            rows = int(head[0])
+            units = Units.of(self._session(n_sites).n, n_sites, rows, bits,
+                             low=not layout.integer)
+            copies = secure.copies(outputs[0]["values"], precision(rows),
+                                   moment_precision(rows), bits)
+            answers = _answers(secure, query, schema, state, copies, head[0], units)
             if answers is not None and _agree(answers):
                 value, bound = answers[0]
-                return Conclusion(value, head, bound, Privacy(SECURE_CONFIDENTIALITY),
+                bounds = (np.zeros(0) if isinstance(value, Next) else
+                          np.broadcast_to(bound, _numbers(value).shape).astype(np.float64))
+                return Conclusion(value, head, bounds, Privacy(SECURE_CONFIDENTIALITY),
                                   tuple(spent.tolist()), rounds)
         raise PetError(f"{query.describe()}: the secure computation failed its consistency "
                        f"check {ATTEMPTS} times; no answer was released")
@@ -172,8 +182,10 @@ class MPC(Backend):
         return {"share_sum": self.share_public(layout), "reveal_sum": {}}
 
     def share_public(self, layout: Layout) -> dict[str, Any]:
-        """share_sum's public parameters: the layout's fixed-point scale and size."""
-        return {"scale": 2.0**scale_bits(layout, self.limits), "size": layout.size}
+        """share_sum's public parameters: the layout's fixed-point scale and size, and
+        whether the sums are real (then a low limb is shared too, for secure programs)."""
+        return {"scale": 2.0**scale_bits(layout, self.limits), "size": layout.size,
+                "low": not layout.integer}
 
     def secure_public(self, query: Any, schema: Schema, layout: Layout,
                       state: Any = None) -> dict[str, Any]:
@@ -197,14 +209,14 @@ class MPC(Backend):
 
 def _answers(secure: SecureProgram, query: Any, schema: Schema, state: Any,
              copies: list[dict[str, Any]], n: float,
-             unit: float) -> list[tuple[Any, float]] | None:
+             units: Units) -> list[tuple[Any, Any]] | None:
     """Each copy's answer and bound. A refusal in only some copies (a count such as
     "small" or "imprecise" that a wrapped truncation inflated in one) is a disagreement:
     None, and the program runs again; a refusal in every copy is the answer."""
     answers, refusals = [], []
     for values in copies:
         try:
-            answers.append(secure.answer(query, schema, state, values, n, unit))
+            answers.append(secure.answer(query, schema, state, values, n, units))
         except QueryError as refusal:
             refusals.append(refusal)
     if refusals and not answers:
@@ -223,9 +235,52 @@ def _add_bytes(sent: Sequence[int], outputs: list[Any]) -> tuple[int, ...]:
     return tuple(s + int(o["bytes"]) for s, o in zip(sent, outputs, strict=False))
 
 
-def _unit(parties: int, sites: int, digits: int, bits: int, n: float) -> float:
-    """The error bound of a revealed moment, in scaled units (see `SecureProgram`)."""
-    return (4 * parties + 1) * 2.0**-digits + 3 * sites * 2.0 ** -(bits + 1) / max(n, 1.0)
+@dataclass(frozen=True)
+class Units:
+    """Worst-case errors of a secure program's steps, in scaled units.
+
+    `moment`: a per-row value, one shared sum divided by the public n (`_quotients` in
+    `pet.mpc.programs`). Each site rounded its sum to 2^-bits, or 2^-(bits + L) with the
+    low limb (half a unit each, so S·2^-(bits+L+1)/n per row), and CrypTen's division by a
+    public integer y truncates each party's share toward zero (less than one unit each)
+    and corrects each wrap of the shares by 4·⌊2^62/y⌋ where 2^64/y is due: 4·frac(2^62/y)
+    units short per wrap, at most ⌊parties/2⌋ wraps. `fine_mean` and `fine_product`: the
+    same for a (co)variance's means, divided at `moment_precision` bits, and its means
+    of products, MEAN_GAP bits coarser. `product`: a truncated
+    product, whose divisor 2^digits needs no correction. `last`: one unit of 2^-digits.
+    `legacy`: the single per-moment bound of earlier releases, (4·parties + 1) units plus
+    three sites' roundings at 2^-bits, kept for the Cox kernel, whose risk-set ratios and
+    sums over the grid it was set for.
+    """
+
+    moment: float
+    fine_mean: float
+    fine_product: float
+    product: float
+    last: float
+    legacy: float
+
+    @classmethod
+    def of(cls, parties: int, sites: int, n: int, bits: int, *, low: bool) -> Units:
+        """The units of a secure program over sums at 2^-bits of n rows (`low`: with the
+        low limb)."""
+        rows = max(n, 1)
+        extra = low_bits(rows, bits) if low else 0
+        wraps = parties // 2  # p signed shares of a small x add up to x + W·2^64, |W| ≤ p/2
+
+        def divided(digits: int) -> float:
+            shift = bits + extra - digits
+            divisor = rows * 2**shift if shift > 0 else rows
+            correction = 4 * (2**62 % divisor) / divisor * wraps
+            return (parties + correction) * 2.0**-digits + sites * 2.0 ** -(
+                bits + extra + 1) / rows
+
+        digits = precision(rows)
+        last = 2.0**-digits
+        fine = moment_precision(rows)
+        return cls(moment=divided(digits), fine_mean=divided(fine),
+                   fine_product=divided(fine - MEAN_GAP), product=parties * last, last=last,
+                   legacy=(4 * parties + 1) * last + 3 * sites * 2.0 ** -(bits + 1) / rows)
 
 
 SPREAD_AGREEMENT = 1e-2
@@ -267,17 +322,14 @@ class SecureProgram:
     its error bound. `exact` kernels only compare and add, so they run on one copy.
     The public inputs may raise "min_rows", below which nothing but n is revealed.
 
-    `unit` bounds the error of a revealed moment (a mean of scaled values, or a mean of
-    products minus a product of means): each division by the public n truncates by less
-    than one unit of 2^-precision per party, a product of two such means adds two of
-    those errors and a truncation, and each site's rounding of its sums to 2^-bits adds
-    half a unit of that, divided by n, to each mean (three means at most).
+    `answer` takes the program's `Units` and returns the answer with each of its numbers'
+    worst-case error bound, in the answer's units (or one bound for all of them).
     """
 
     kind: str
     public: Callable[[Any, Schema, Layout], dict[str, Any]]
-    answer: Callable[[Any, Schema, Any, dict[str, np.ndarray], float, float],
-                     tuple[Any, float]]
+    answer: Callable[[Any, Schema, Any, dict[str, np.ndarray], float, Units],
+                     tuple[Any, Any]]
     exact: bool = False
     stateful: bool = False
     """Whether `public` also takes the round's public state (after the schema)."""
@@ -288,15 +340,15 @@ class SecureProgram:
             return self.public(query, schema, state, layout)
         return self.public(query, schema, layout)
 
-    def copies(self, values: dict[str, np.ndarray], digits: int,
+    def copies(self, values: dict[str, np.ndarray], digits: int, fine: int,
                bits: int) -> list[dict[str, Any]]:
-        """Each copy's outputs, decoded: fixed-point ones at the programs' precision (or
-        twice that, "fine"), raw sums at the layout's scale, the rest integers (the
-        outputs of an exact kernel are counts); with each, as "twin", the other copy's
-        main output."""
+        """Each copy's outputs, decoded: fixed-point ones at the programs' precision, a
+        (co)variance ("fine") at twice `fine` (`moment_precision`), raw sums at the
+        layout's scale, the rest integers (the outputs of an exact kernel are counts);
+        with each, as "twin", the other copy's main output."""
         if self.exact:
             return [values]
-        scales = {**dict.fromkeys(FIXED_POINT, 2.0**digits), "fine": 4.0**digits,
+        scales = {**dict.fromkeys(FIXED_POINT, 2.0**digits), "fine": 4.0**fine,
                   **dict.fromkeys(RAW_SUMS, 2.0**bits)}
         copies = [{k: v[i] / scales.get(k, 1.0) for k, v in values.items()} for i in range(2)]
         for copy, twin in zip(copies, copies[::-1], strict=True):
@@ -342,29 +394,46 @@ def _halves(query: Any, schema: Schema) -> np.ndarray:
 
 
 def _mean(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], n: float,
-          unit: float) -> tuple[float, float]:
+          units: Units) -> tuple[float, float]:
     center, half = affine(schema[query.column])
-    return float(center + half * values["values"][0]), float(half * unit)
+    return float(center + half * values["values"][0]), float(half * units.moment)
+
+
+def _moment_error(units: Units) -> float:
+    """The worst-case error of a (co)variance revealed as mean(xy) − mean(x)·mean(y) of
+    scaled values: the mean of products' error, each mean's times the other mean (at most
+    1 in magnitude), and their product's. The means are divided at `moment_precision`
+    and their product is exact."""
+    return units.fine_product + 2 * units.fine_mean + units.fine_mean**2
+
+
+def _covariance_error(units: Units) -> float:
+    """`_moment_error` for the correlation kernel's covariances, whose means are at the
+    programs' precision and whose product is truncated."""
+    return 3 * units.moment + units.moment**2 + units.product
 
 
 def _variance(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-              n: float, unit: float) -> tuple[float, float]:
+              n: float, units: Units) -> tuple[float, float]:
     half = _halves(query, schema)[0]
     unbiased = n / (n - 1)
     variance = max(float(values["fine"][0]), 0.0) * half**2 * unbiased
-    bound = float(unit * half**2 * unbiased)
-    if isinstance(query, StdDev):  # |√a − √b| = |a − b| / (√a + √b)
-        spread = bound / np.sqrt(variance - bound) if variance > 2 * bound else np.sqrt(bound)
-        return float(np.sqrt(variance)), float(spread)
+    bound = float(_moment_error(units) * half**2 * unbiased)
+    if isinstance(query, StdDev):  # |√a − √b| = |a − b| / (√a + √b), b ≥ a − bound
+        spread = bound / (np.sqrt(variance) + np.sqrt(max(variance - bound, 0.0)))
+        return float(np.sqrt(variance)), float(min(spread, np.sqrt(bound)))
     return variance, bound
 
 
 def _covariance(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-                n: float, unit: float) -> tuple[np.ndarray, float]:
+                n: float, units: Units) -> tuple[np.ndarray, np.ndarray]:
+    """The covariance matrix, and each entry's bound in its own units (the product of its
+    two columns' half-ranges)."""
     halves = _halves(query, schema)
     unbiased = n / (n - 1)
     scaled = from_upper_triangle(values["fine"], len(halves)) * unbiased
-    return scaled * np.outer(halves, halves), float(unit * np.max(halves) ** 2 * unbiased)
+    units_of = np.outer(halves, halves) * unbiased
+    return scaled * np.outer(halves, halves), (_moment_error(units) * units_of).ravel()
 
 
 CORRELATION_STEPS = 10
@@ -373,14 +442,14 @@ CORRELATION_STEPS = 10
 
 
 def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-                 n: float, unit: float) -> tuple[np.ndarray, float]:
-    """Correlations, with the bound of their error.
+                 n: float, units: Units) -> tuple[np.ndarray, np.ndarray]:
+    """Correlations, with the bound of their error (0 on the diagonal, which is exact).
 
-    With each covariance within `unit`, |δr_ij| ≤ u/√(c_ii·c_jj) + |r|·u/2·(1/c_ii + 1/c_jj),
+    With each covariance within u, |δr_ij| ≤ u/√(c_ii·c_jj) + |r|·u/2·(1/c_ii + 1/c_jj),
     and normalising puts c_ii·4^m_i in [1/4, 1), so 1/c_ii ≤ 4·4^m_i: the error is at most
     8·u·Σ_i 4^m_i (the revealed `spread`), plus the few units of 2^-precision that the
     inverse square roots (relative error 2^-24 after three Newton steps) and the last
-    products add (sixteen units cover them, as `unit` is at least that)."""
+    products add (sixteen units cover them)."""
     if values["small"] > 0:
         raise QueryError(f"{query.describe()}: a column's variance is below "
                          f"{4.0**-CORRELATION_STEPS:.1e} of its range squared; its "
@@ -388,7 +457,9 @@ def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.nd
     d = len(_columns(query))
     matrix = np.clip(from_upper_triangle(values["values"], d), -1.0, 1.0)
     np.fill_diagonal(matrix, 1.0)
-    return matrix, float(8 * unit * values["spread"] + unit)
+    bound = np.full((d, d), 8 * _covariance_error(units) * values["spread"] + 16 * units.last)
+    np.fill_diagonal(bound, 0.0)
+    return matrix, bound.ravel()
 
 
 SOLVE_STEPS = 10
@@ -418,12 +489,14 @@ def _linear_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]
 
 
 def _linear(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-            n: float, unit: float) -> tuple[Any, float]:
-    """The fit, and a bound on its coefficients' error (see `_solution_error`)."""
+            n: float, units: Units) -> tuple[Any, np.ndarray]:
+    """The fit, and each coefficient's bound (see `_solution_error`)."""
     _refuse_small(query, values)
     fit = query.fit(schema, n, values["values"], _spread(query, schema, values),
                     float(values["rss"]), float(values["tss"]))
-    return fit, _to_original(query, schema, _solution_error(values, unit, 0))
+    half_y = query._outcome_scaling(schema)[1]
+    error = _solution_error(values, units.moment, 0)
+    return fit, half_y * _coefficient_errors(query, schema, values, error)
 
 
 LOGISTIC_SHIFT = 4
@@ -448,18 +521,20 @@ def _poisson_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any
 
 
 def _logistic(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-              n: float, unit: float) -> tuple[Any, float]:
+              n: float, units: Units) -> tuple[Any, Any]:
     """A Newton round of a logistic or Poisson fit (`NewtonRegression`): the next round's
     public coefficients, or the fit once the step is below `tol` or within the
     computation's own noise, eight times the two copies' disagreement (their truncation
     errors are independent; the worst-case bound is far too loose to stop on). After a
     converged Newton step the distance to the maximum-likelihood coefficients is below
-    the step itself, so the fit's bound adds the step to its error."""
+    the step itself, so each coefficient's bound adds the step, mapped to original units,
+    to its error."""
     _refuse_small(query, values)
     step = values["values"]
-    error = _solution_error(values, unit, LOGISTIC_SHIFT)
+    error = _solution_error(values, units.moment, LOGISTIC_SHIFT)
+    scaled = _scaled_errors(values, error)
     beta = query.advance(schema, state, step)
-    moved = query.advance_error(schema, state, step, error)
+    moved = query.advance_error(schema, state, step, float(np.max(scaled)))
     noise = 8 * float(np.max(np.abs(step - values["twin"])))
     converged = bool(np.max(np.abs(step)) < max(query.tol, noise))
     if not converged and state.iteration + 1 < query.max_iter:
@@ -468,8 +543,9 @@ def _logistic(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarr
     variance = query.information_scale(schema, state) * _spread(query, schema, values) / n
     fit = query.make_fit(schema, state, beta, np.sqrt(np.maximum(variance, 0.0)), n,
                          float(values["log_likelihood"][0]), converged)
-    bound = moved + float(np.max(np.abs(step)))
-    return fit, float(np.max(np.abs(design.to_original()).sum(axis=1)) * bound)
+    widened = moved / float(np.max(scaled)) if np.max(scaled) > 0 else 1.0
+    solve = widened * _coefficient_errors(query, schema, values, error)
+    return fit, solve + np.abs(design.to_original()) @ np.abs(step)
 
 
 def _cox_inputs(query: Any, schema: Schema, state: Any, layout: Layout) -> dict[str, Any]:
@@ -492,19 +568,20 @@ def _cox_inputs(query: Any, schema: Schema, state: Any, layout: Layout) -> dict[
 
 
 def _cox(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], n: float,
-         unit: float) -> tuple[Any, float]:
+         units: Units) -> tuple[Any, Any]:
     """A Cox round inside MPC: the next round's public coefficients (converged once the
     step is below `tol` or eight times the copies' disagreement, as for logistic
     regression), or, in the closing round, the fit at the round's coefficients from the
-    revealed inverse information. Its bound adds the closing step to the solve's error:
-    the distance to the maximum of the partial likelihood is below it."""
+    revealed inverse information. Each coefficient's bound adds the closing step to the
+    solve's error: the distance to the maximum of the partial likelihood is below it."""
     _refuse_small(query, values)
     if values["imprecise"] > 0:
         raise QueryError(f"{query.describe()}: {values['imprecise']:g} events have risk sets "
                          "whose weights are too small for MPC's fixed point; use a coarser "
                          "grid, narrower covariate bounds (clip=), or the he backend")
     step = values["values"]
-    error = _solution_error(values, unit, LOGISTIC_SHIFT)
+    error = _solution_error(values, units.legacy, LOGISTIC_SHIFT)
+    scaled = _scaled_errors(values, error)
     log_likelihood = n * float(values["log_likelihood_per_row"])
     null = state.null_log_likelihood if state.iteration else log_likelihood
     half = query.design(schema).half
@@ -514,13 +591,13 @@ def _cox(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], 
         closing = converged or state.iteration + 2 >= query.max_rounds
         beta = np.asarray(state.beta) + step
         return Next(CoxState(state.iteration + 1, tuple(beta.tolist()), null, closing=closing,
-                             converged=converged)), float(np.max(error / half))
+                             converged=converged)), float(np.max(scaled))
     comparable = float(values["comparable"])
     fit = query.fit(schema, state, np.asarray(state.beta), values["inverse"] / n, n=n,
                     events=float(values["events"]), log_likelihood=log_likelihood, null=null,
                     concordance=float(values["concordant"]) / (2 * comparable)
                     if comparable > 0 else np.nan)
-    return fit, float(np.max((error + np.max(np.abs(step))) / half))
+    return fit, (scaled + np.abs(step)) / half
 
 
 def _refuse_small(query: Any, values: dict[str, np.ndarray]) -> None:
@@ -540,25 +617,34 @@ def _spread(query: Any, schema: Schema, values: dict[str, np.ndarray]) -> np.nda
     return spread
 
 
-def _solution_error(values: dict[str, np.ndarray], unit: float, shift: int) -> float:
-    """A bound on the solution's error in the scaled design.
+def _solution_error(values: dict[str, np.ndarray], moment: float, shift: int) -> float:
+    """A bound on ‖η‖, where x̂ − x = M⁻¹·η for the solution x̂ in the scaled design.
 
-    With M and b each within `unit` per element, the computed x̂ obeys
-    x̂ − x = M⁻¹(r + δM·x̂ − δb), r = Mx̂ − b the solver's residual (revealed as ‖r‖² of
-    the equilibrated system shifted down by 2^shift, whose rows are those of M scaled
-    up), so ‖x̂ − x‖ ≤ ‖M⁻¹‖·(‖r‖ + p·u·‖x̂‖ + √p·u) with ‖M⁻¹‖ ≤ trace(M⁻¹), the sum of
-    the revealed diagonal; doubling covers the first-order terms and the residual's own
-    rounding."""
+    With M and b each within `moment` per element, the computed x̂ obeys
+    x̂ − x = M⁻¹·η, η = r + δM·x̂ − δb, r = Mx̂ − b the solver's residual. The residual is
+    revealed as the vector of the equilibrated system shifted down by 2^shift (rows of M
+    scaled up, so r is at most 2^shift times it); ‖δM‖ ≤ p·moment and ‖δb‖ ≤ √p·moment.
+    Doubling covers the first-order terms and the residual's own rounding."""
     x = values["values"]
+    residual = 2.0**shift * float(np.linalg.norm(values["residual"]))
+    p = len(x)
+    return 2 * (residual + moment * (np.sqrt(p) + p * float(np.linalg.norm(x))))
+
+
+def _scaled_errors(values: dict[str, np.ndarray], error: float) -> np.ndarray:
+    """Each scaled coefficient's bound |(M⁻¹·η)_k| ≤ ‖row k of M⁻¹‖·‖η‖, with
+    ‖row k‖² = (M⁻²)_kk ≤ λmax(M⁻¹)·(M⁻¹)_kk ≤ trace(M⁻¹)·(M⁻¹)_kk, all revealed."""
+    diagonal = np.maximum(values["diagonal"], 0.0)
+    return np.sqrt(float(np.sum(diagonal)) * diagonal) * error
+
+
+def _coefficient_errors(query: Any, schema: Schema, values: dict[str, np.ndarray],
+                        error: float) -> np.ndarray:
+    """Each coefficient's bound in original units before the outcome's scaling:
+    |aᵢᵀ·M⁻¹·η| ≤ √(trace(M⁻¹)·aᵢᵀM⁻¹aᵢ)·‖η‖ for aᵢ row i of the public map Aₒ, with
+    aᵢᵀM⁻¹aᵢ the revealed spread of coefficient i (`_spread`)."""
     trace = float(np.sum(np.maximum(values["diagonal"], 0.0)))
-    residual = 2.0**shift * np.sqrt(max(float(values["residual"]), 0.0))
-    return 2 * trace * (residual + 2 * len(x) * unit * (1 + float(np.linalg.norm(x))))
-
-
-def _to_original(query: Any, schema: Schema, error: float) -> float:
-    """The bound on coefficients in original units: half_y·Aₒ·β, Aₒ the public map."""
-    half_y = query._outcome_scaling(schema)[1]
-    return float(half_y * np.max(np.abs(query.design(schema).to_original()).sum(axis=1)) * error)
+    return np.sqrt(trace * np.maximum(_spread(query, schema, values), 0.0)) * error
 
 
 def _quantile_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
@@ -567,7 +653,7 @@ def _quantile_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, An
 
 
 def _grid_quantiles(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-                    n: float, unit: float) -> tuple[np.ndarray, float]:
+                    n: float, units: Units) -> tuple[np.ndarray, float]:
     """The middle of the grid bin holding each quantile: within half a bin of the value
     interpolated from the whole histogram, which MPC does not reveal."""
     edges = query.edges(schema)
@@ -582,7 +668,7 @@ def _exact_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
 
 
 def _exact_quantiles(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
-                     n: float, unit: float) -> tuple[Any, float]:
+                     n: float, units: Units) -> tuple[Any, float]:
     return query.advance(values["values"], state), 0.0
 
 

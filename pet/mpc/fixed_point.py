@@ -45,6 +45,31 @@ def scale_bits(layout: Layout, limits: Limits) -> int:
     return bits
 
 
+LOW_BITS = 16
+"""Fractional bits the low limb adds to a shared sum (`pet.mpc.programs.share_sum`)."""
+
+
+def low_bits(n: int, bits: int) -> int:
+    """The bits the low limb adds to the sums of n rows that secure programs divide:
+    LOW_BITS while n·2^(bits + LOW_BITS) stays below 2^TRUNCATION_BITS (sums of at most
+    1 per row), else none, and then the sites' rounding, below 2^-bits/n per row, is
+    already far below the programs' resolution."""
+    return LOW_BITS if n * 2 ** (bits + LOW_BITS) < 2**TRUNCATION_BITS else 0
+
+
+MEAN_GAP = 4
+"""Bits by which a (co)variance's means are finer than its means of products, so that
+the means' error, which the product doubles, adds an eighth of theirs."""
+
+
+def moment_precision(n: int) -> int:
+    """Fractional bits of the means that a (co)variance subtracts the product of: as many
+    as the division allows (n·2^bits below 2^TRUNCATION_BITS) and their exact product
+    keeps (2·bits ≤ RING_BITS); its means of products take MEAN_GAP fewer."""
+    return max(1 + MEAN_GAP,
+               min(RING_BITS // 2, TRUNCATION_BITS - math.ceil(math.log2(n + 1))))
+
+
 def precision(n: int) -> int:
     """Fractional bits of the per-row values (sums divided by the public n) that secure
     programs compute with: PRODUCT_BITS, unless n is so large that the dividend n·2^bits

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from pet.mpc import kernels
-from pet.mpc.fixed_point import TRUNCATION_BITS
+from pet.mpc.fixed_point import (
+    LOW_BITS,
+    MEAN_GAP,
+    TRUNCATION_BITS,
+    low_bits,
+    moment_precision,
+)
 from pet.mpc.fixed_point import precision as fixed_precision
 from pet.mpc.parties import ASKED_BYTES
 from pet.queries.tables import rank
@@ -24,7 +30,10 @@ from pet.queries.tables import rank
 def share_sum(crypten: Any, rank: int, world: int, value: bytes,
               public: dict[str, Any], memory: dict[str, Any]) -> dict[str, int]:
     """Secret-share every party's vector and add the shares; the sum stays shared (in
-    `memory`) for the next program. `public["scale"]` is the fixed-point scale.
+    `memory`) for the next program. `public["scale"]` is the fixed-point scale. With
+    `public["low"]` each party also shares what its rounding to that scale left, in
+    units of 2^-LOW_BITS of it (the low limb): secure programs divide the sums of few
+    rows with it (see `_per_row`), where the sites' rounding would otherwise dominate.
 
     Each input carries, before its numbers, the digest of the query round it answers (its
     site put it there); the parties compare digests first and share nothing unless all
@@ -44,14 +53,23 @@ def share_sum(crypten: Any, rank: int, world: int, value: bytes,
     if vector.shape != (public["size"],):
         raise ValueError(f"party {rank}'s input has {vector.size} numbers; the layout has "
                          f"{public['size']}")
-    encoded = torch.from_numpy(np.rint(vector * public["scale"]).astype(np.int64))
+    scaled = vector * public["scale"]  # exact: the scale is a power of two
+    encoded = np.rint(scaled)
+    memory["total"] = _share(crypten, rank, world, encoded)
+    memory["low"] = (_share(crypten, rank, world, np.rint((scaled - encoded) * 2.0**LOW_BITS))
+                     if public.get("low") else None)
+    return _stats(communicator)
+
+
+def _share(crypten: Any, rank: int, world: int, encoded: np.ndarray) -> Any:
+    """The sum of every party's whole-number vector, secret-shared."""
+    mine = torch.from_numpy(encoded.astype(np.int64))
     total = None
     for source in range(world):
-        mine = encoded if source == rank else torch.zeros_like(encoded)
-        share = crypten.cryptensor(mine, src=source, precision=0)
+        share = crypten.cryptensor(mine if source == rank else torch.zeros_like(mine),
+                                   src=source, precision=0)
         total = share if total is None else total + share
-    memory["total"] = total
-    return _stats(communicator)
+    return total
 
 
 def reveal_sum(crypten: Any, rank: int, world: int, value: np.ndarray,
@@ -77,69 +95,90 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
     n = int(head[0]) // scale  # a count: exact in fixed point
     outputs: dict[str, Any] = {"head": head.numpy(), "values": None}
     if n >= public["min_rows"]:  # else too few rows: reveal nothing more
-        values = KERNELS[public["kind"]](crypten, total, n, scale.bit_length() - 1, public)
+        values = KERNELS[public["kind"]](crypten, total, memory.get("low"), n,
+                                         scale.bit_length() - 1, public)
         revealed = {name: v.reveal(dst=0) for name, v in values.items()}
         outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
                              else None)
     return {**outputs, **_stats(crypten.communicator.get())}
 
 
-def _per_row(crypten: Any, total: Any, span: tuple[int, int], n: int, bits: int) -> Any:
+def _per_row(crypten: Any, total: Any, low: Any, span: tuple[int, int], n: int,
+             bits: int) -> Any:
     """The blocks in `span` divided by n, at `precision(n)` fractional bits, in two copies
-    (leading axis): values of at most 1 per row land in [-1, 1]; one truncation each.
-    A sum with fewer fractional bits is first shifted up, exactly, so that the quotient
-    keeps every bit the per-row value can carry."""
+    (leading axis): values of at most 1 per row land in [-1, 1] (see `_quotients`)."""
     digits = fixed_precision(n)
-    copies = crypten.stack([total[span[0]:span[1]]] * 2)
-    if digits >= bits:
-        raw = (copies * 2 ** (digits - bits)).div(n)
-    else:
-        raw = copies.div(n * 2 ** (bits - digits))
+    raw = _quotients(crypten, total, low, span, n, bits, np.full(span[1] - span[0], digits))
     return crypten.mpc.MPCTensor.from_shares(raw.share, precision=digits)
 
 
-def _moments(crypten: Any, total: Any, n: int, bits: int,
+def _quotients(crypten: Any, total: Any, low: Any, span: tuple[int, int], n: int, bits: int,
+               digits: np.ndarray) -> Any:
+    """The blocks in `span` divided by n, element i at digits[i] fractional bits, in two
+    copies, raw: one truncation each, by a public divisor per element. The low limb,
+    where there is one and n is small enough (`low_bits`), joins the sum first
+    (hi·2^L + low, exact), so that the sites' rounding is 2^-L of what it was; a sum with
+    fewer fractional bits than its quotient keeps is shifted up, exactly, so that the
+    quotient keeps every bit the per-row value carries."""
+    extra = low_bits(n, bits) if low is not None else 0
+    sums = total[span[0]:span[1]]
+    if extra:
+        sums = sums * 2**extra + low[span[0]:span[1]]
+    up = np.maximum(digits - bits - extra, 0)
+    down = np.maximum(bits + extra - digits, 0)
+    copies = crypten.stack([sums] * 2)
+    if np.any(up):
+        copies = copies * torch.from_numpy(2**up)
+    return copies.div(torch.from_numpy(n * 2**down))
+
+
+def _moments(crypten: Any, total: Any, low: Any, n: int, bits: int,
              public: dict[str, Any]) -> dict[str, Any]:
-    """Means of scaled values ("values"), or (Σx²/n − mean²) for each pair ("fine", at
-    twice the precision); the public factor n / (n − 1) is applied after the reveal.
+    """Means of scaled values ("values"), or (Σx²/n − mean²) for each pair ("fine"); the
+    public factor n / (n − 1) is applied after the reveal.
 
-    The product of means is taken with one factor read as an integer, so CrypTen does
-    not truncate it: the difference is revealed at 2^-(2·precision), which saves the
-    truncation's rounds of communication and its error."""
-    sums, squares = _sums_and_squares(crypten, total, n, bits, public)
+    For the difference, the means are divided at `moment_precision(n)` bits (up to 31),
+    MEAN_GAP bits finer than the means of products, so that their error, which the
+    product doubles, adds little. Every step works on the raw integers (precision 0),
+    where CrypTen neither scales a public factor nor truncates a product: the difference
+    is exact and revealed at 2^-(2·moment_precision), below 2^62 in magnitude."""
+    start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
     if public["kind"] == "mean":
-        return {"values": sums}
+        return {"values": _per_row(crypten, total, low, public["sums"], n, bits)}
+    stop = public["squares"][1]
+    fine = moment_precision(n)
+    digits = fine - MEAN_GAP
+    precisions = np.array([fine] * width + [digits] * (stop - start - width))
+    raw = _quotients(crypten, total, low, (start, stop), n, bits, precisions)
+    sums, squares = raw[:, :width], raw[:, width:]
     rows, cols = public["pairs"]
-    digits = fixed_precision(n)
-    whole = type(sums).from_shares(sums[:, cols].share, precision=0)
-    return {"fine": squares * 2**digits - sums[:, rows] * whole}
+    return {"fine": squares * 2 ** (2 * fine - digits) - sums[:, rows] * sums[:, cols]}
 
 
-def _covariances(crypten: Any, total: Any, n: int, bits: int,
+def _covariances(crypten: Any, total: Any, low: Any, n: int, bits: int,
                  public: dict[str, Any]) -> Any:
     """(Σx_i·x_j/n − mean_i·mean_j) for each pair, at the programs' precision."""
-    sums, squares = _sums_and_squares(crypten, total, n, bits, public)
+    sums, squares = _sums_and_squares(crypten, total, low, n, bits, public)
     rows, cols = public["pairs"]
     return squares - sums[:, rows] * sums[:, cols]
 
 
-def _sums_and_squares(crypten: Any, total: Any, n: int, bits: int,
+def _sums_and_squares(crypten: Any, total: Any, low: Any, n: int, bits: int,
                       public: dict[str, Any]) -> tuple[Any, Any]:
     """The sums and the squares (or cross products) of a moments layout, per row: the two
     blocks are adjacent, so one division serves both."""
     start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
-    moments = _per_row(crypten, total, (start, public.get("squares", public["sums"])[1]),
-                       n, bits)
+    moments = _per_row(crypten, total, low, (start, public["squares"][1]), n, bits)
     return moments[:, :width], moments[:, width:]
 
 
-def _correlation(crypten: Any, total: Any, n: int, bits: int,
+def _correlation(crypten: Any, total: Any, low: Any, n: int, bits: int,
                  public: dict[str, Any]) -> dict[str, Any]:
     """Correlations of every pair: c_ij · r_i · r_j with r = 1/√c_ii, the inverse square
     root normalised by powers of four. Also reveals Σ_i 4^m_i (each variance's power of
     four, summed), from which the error bound follows, and how many variances were too
     small to normalise (the query is then refused)."""
-    covariance = _covariances(crypten, total, n, bits, public)
+    covariance = _covariances(crypten, total, low, n, bits, public)
     diagonal = covariance[:, public["diagonal"]]
     y, s, small = kernels.inv_sqrt(diagonal, public["steps"])
     rows, cols = public["pairs"]
@@ -148,12 +187,12 @@ def _correlation(crypten: Any, total: Any, n: int, bits: int,
             "small": small.sum(-1)}
 
 
-def _linear(crypten: Any, total: Any, n: int, bits: int,
+def _linear(crypten: Any, total: Any, low: Any, n: int, bits: int,
             public: dict[str, Any]) -> dict[str, Any]:
     """Least squares inside MPC from XᵀX/n, Xᵀy/n and yᵀy/n (see `_solve`); also
     reveals the residual and total sums of squares per row."""
     p = public["terms"]
-    moments = _per_row(crypten, total, public["span"], n, bits)
+    moments = _per_row(crypten, total, low, public["span"], n, bits)
     triangle = p * (p + 1) // 2
     tri, xty, yty = moments[:, :triangle], moments[:, triangle:-1], moments[:, -1]
     solved = _solve(crypten, tri, xty, public)
@@ -162,12 +201,12 @@ def _linear(crypten: Any, total: Any, n: int, bits: int,
     return {**solved, "rss": yty - fitted, "tss": total_ss}
 
 
-def _logistic(crypten: Any, total: Any, n: int, bits: int,
+def _logistic(crypten: Any, total: Any, low: Any, n: int, bits: int,
               public: dict[str, Any]) -> dict[str, Any]:
     """One Newton step inside MPC from the gradient and Hessian per row at the round's
     public coefficients (see `_solve`); also reveals the log-likelihood's sum, exactly."""
     p = public["terms"]
-    moments = _per_row(crypten, total, public["span"], n, bits)
+    moments = _per_row(crypten, total, low, public["span"], n, bits)
     solved = _solve(crypten, moments[:, p:], moments[:, :p], public)
     del solved["z"], solved["rhs"]
     start, stop = public["log_likelihood"]
@@ -181,8 +220,8 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     public power of two because D·b, unlike D·A·D, has no bound of 1 (a gradient is not
     bounded by the Hessian's diagonal).
 
-    Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, the squared norm of the solver's residual
-    in the equilibrated, shifted system (rounding noise, for the error bound) and how
+    Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, the solver's residual in the
+    equilibrated, shifted system (rounding noise, for the error bound) and how
     many values were too small to normalise (the query is then refused). Returns also z
     and D·b (shifted), shared, for the caller."""
     p, shift = public["terms"], public["shift"]
@@ -199,14 +238,14 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     factor = y * s
     outputs = {"values": (z * factor) * 2**shift,
                "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
-               "corner": (corner * w).sum(-1), "residual": (residual * residual).sum(-1),
+               "corner": (corner * w).sum(-1), "residual": residual,
                "small": small + tiny, "z": z, "rhs": rhs}
     if public.get("covariance"):  # the whole inverse, for a joint (Wald) test
         outputs["inverse"] = (inverse * factor.unsqueeze(-1)) * factor.unsqueeze(-2)
     return outputs
 
 
-def _cox(crypten: Any, total: Any, n: int, bits: int,
+def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
          public: dict[str, Any]) -> dict[str, Any]:
     """One Newton step of a Cox model inside MPC (see `pet.queries.cox`), from the shared
     sums per stratum and grid time; reveals the step (see `_solve`), the log partial
@@ -238,7 +277,8 @@ def _cox(crypten: Any, total: Any, n: int, bits: int,
     reciprocal = kernels.newton_reciprocal(scaled[..., 0])
     ratios = scaled[..., 1:] * reciprocal.unsqueeze(-1)
     r1, r2 = ratios[..., :p], ratios[..., p:]
-    counts = _per_row(crypten, total, (public["events"][0], public["event_x"][1]), n, bits)
+    counts = _per_row(crypten, total, low, (public["events"][0], public["event_x"][1]), n,
+                      bits)
     d, e = counts[:, :g * k].view(2, g * k, 1), counts[:, g * k:].view(2, g * k, p).sum(1)
     r1, r2 = r1.view(2, g * k, p), r2.view(2, g * k, -1)
     score = e - (d * r1).sum(1)
@@ -307,7 +347,7 @@ def exact_quotient(crypten: Any, x: Any, divisor: int) -> Any:
     return result
 
 
-def _positions(crypten: Any, total: Any, n: int, bits: int,
+def _positions(crypten: Any, total: Any, low: Any, n: int, bits: int,
                public: dict[str, Any]) -> dict[str, Any]:
     """For each probability, how many counts (rows of `width`, cumulated first for a
     histogram; one row serves every probability) lie below its rank among the n values:

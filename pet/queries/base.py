@@ -20,7 +20,7 @@ import numpy as np
 from pet import clipping
 from pet.clipping import Clip
 from pet.errors import QueryError
-from pet.intervals import Interval, Spread, delta_method
+from pet.intervals import Interval, Spread, delta_method, propagated
 from pet.layout import Block, Layout
 from pet.schema import Boolean, Categorical, Column, Schema
 from pet.table import Chunk
@@ -244,6 +244,21 @@ class Query(ABC):
                                               noise_sd=sd))
 
         return delta_method(numbers, total, spread)
+
+    def error_bounds(self, total: np.ndarray, bounds: np.ndarray, independent: bool,
+                     schema: Schema, state: State, answer: Any) -> np.ndarray:
+        """Each of the answer's `numbers` within its bound of the answer the exact sums
+        give, from the backend's per-element bounds (`pet.intervals.propagated`); none for
+        a round that only leads to the next one."""
+        if isinstance(answer, Next):
+            return np.zeros(0)
+        if not np.any(bounds > 0):
+            return np.zeros(self.numbers(answer).size)
+
+        def numbers(vector: np.ndarray) -> np.ndarray:
+            return self.numbers(self.finalize(vector, schema, state, error_bounds=bounds))
+
+        return propagated(numbers, total, bounds, independent)
 
     def block_spread(self, spread: Spread, schema: Schema, state: State,
                      name: str) -> Spread:

@@ -29,7 +29,7 @@ from scipy import special
 
 from pet.errors import QueryError
 from pet.hypothesis import Test
-from pet.intervals import Interval, Spread
+from pet.intervals import Interval, Spread, propagated
 from pet.layout import Block
 from pet.queries.base import Next, Query, State, check_iteration, whole
 from pet.queries.regression import (
@@ -531,6 +531,31 @@ class Cox(Query):
                       covariance=np.full((len(names), len(names)), np.nan),
                       log_likelihood=np.nan, null_log_likelihood=np.nan, concordance=np.nan,
                       events=0, iterations=state.iteration, converged=False)
+
+    def error_bounds(self, total: np.ndarray, bounds: np.ndarray, independent: bool,
+                     schema: Schema, state: State, answer: Any) -> np.ndarray:
+        """Each coefficient's bound: the closing round answers the coefficients it was
+        given, which earlier rounds' sums moved, so no derivative through it bounds them.
+        Their distance to the maximum of the partial likelihood is below the closing
+        round's own Newton step, which the sums' errors move by at most its bound
+        propagated through the step alone (`pet.intervals.propagated`; not through the
+        concordance cells, which the coefficients do not read)."""
+        if not isinstance(answer, CoxFit) or not np.any(bounds > 0):
+            return super().error_bounds(total, bounds, independent, schema, state, answer)
+        layout = self.layout(schema, state)
+        beta = np.asarray(state.beta, dtype=np.float64)
+        masked = layout.split(bounds)
+        for name in ("c_events", "c_censored"):
+            masked[name] = np.zeros_like(masked[name])
+
+        def step(vector: np.ndarray) -> np.ndarray:
+            score, information, _ = newton_terms(self.sums(layout.split(vector), schema), beta)
+            if not np.all(np.isfinite(information)) or np.linalg.cond(information) > 1e12:
+                return np.full(beta.size, np.nan)  # as the fit's standard errors
+            return np.linalg.solve(information, score)
+
+        moved = propagated(step, total, layout.join(masked), independent)
+        return (np.abs(step(total)) + moved) / self.design(schema).half
 
     def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
                  answer: Any) -> Interval | None:

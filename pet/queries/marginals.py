@@ -142,6 +142,11 @@ class Marginals(Query):
         with no rows (the estimator weighs it like any other measurement)."""
         return self.answer(self.layout(schema, state).split(total), schema, state)
 
+    def numbers(self, answer: Any) -> np.ndarray:
+        """Every clique's cells, flattened, one clique after another."""
+        return np.concatenate([np.ravel(np.asarray(table, dtype=np.float64))
+                               for table in answer])
+
     def interval(self, total: np.ndarray, spread: Spread, schema: Schema, state: State,
                  answer: Any) -> Interval | None:
         """None: a synthesizer weighs each noisy marginal by its noise's scale instead."""

@@ -133,7 +133,7 @@ class Cost(_message.Message):
     def __init__(self, latency_s: _Optional[float] = ..., rounds: _Optional[int] = ..., comm_rounds: _Optional[int] = ..., combine_s: _Optional[float] = ..., reveal_s: _Optional[float] = ..., sites: _Optional[_Iterable[_Union[SiteCost, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("query", "backend", "value_json", "n", "missing", "error_bound", "guarantee", "cost", "interval", "clipped")
+    __slots__ = ("query", "backend", "value_json", "n", "missing", "error_bound", "guarantee", "cost", "interval", "clipped", "error_bounds")
     class MissingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Result(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     query: str
     backend: str
     value_json: str
@@ -168,7 +169,8 @@ class Result(_message.Message):
     cost: Cost
     interval: Interval
     clipped: _containers.ScalarMap[str, int]
-    def __init__(self, query: _Optional[str] = ..., backend: _Optional[str] = ..., value_json: _Optional[str] = ..., n: _Optional[int] = ..., missing: _Optional[_Mapping[str, int]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[Guarantee, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., interval: _Optional[_Union[Interval, _Mapping]] = ..., clipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    error_bounds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, query: _Optional[str] = ..., backend: _Optional[str] = ..., value_json: _Optional[str] = ..., n: _Optional[int] = ..., missing: _Optional[_Mapping[str, int]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[Guarantee, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., interval: _Optional[_Union[Interval, _Mapping]] = ..., clipped: _Optional[_Mapping[str, int]] = ..., error_bounds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Interval(_message.Message):
     __slots__ = ("low", "high")

@@ -58,15 +58,15 @@ class Reveal(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., last: _Optional[bool] = ..., state_json: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Conclusion(_message.Message):
-    __slots__ = ("outcome_json", "head", "error_bound", "guarantee", "interval")
+    __slots__ = ("outcome_json", "head", "guarantee", "interval", "error_bounds")
     OUTCOME_JSON_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
-    ERROR_BOUND_FIELD_NUMBER: _ClassVar[int]
     GUARANTEE_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     outcome_json: str
     head: _containers.RepeatedScalarFieldContainer[float]
-    error_bound: float
     guarantee: _common_pb2.Guarantee
     interval: _common_pb2.Interval
-    def __init__(self, outcome_json: _Optional[str] = ..., head: _Optional[_Iterable[float]] = ..., error_bound: _Optional[float] = ..., guarantee: _Optional[_Union[_common_pb2.Guarantee, _Mapping]] = ..., interval: _Optional[_Union[_common_pb2.Interval, _Mapping]] = ...) -> None: ...
+    error_bounds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, outcome_json: _Optional[str] = ..., head: _Optional[_Iterable[float]] = ..., guarantee: _Optional[_Union[_common_pb2.Guarantee, _Mapping]] = ..., interval: _Optional[_Union[_common_pb2.Interval, _Mapping]] = ..., error_bounds: _Optional[_Iterable[float]] = ...) -> None: ...
