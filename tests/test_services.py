@@ -215,6 +215,7 @@ def test_the_command_line_asks_the_federation_and_reads_a_site_s_files(
     # CKKS noise is random: the answer lies within the bound it reports, a small one.
     truth = pooled.age[pooled.sex == "female"].mean()
     assert abs(answer["value"] - truth) <= answer["error_bound"] < 0.01
+    assert answer["error_bounds"] == [answer["error_bound"]]  # one per number, in years
     assert answer["backend"] == "he" and answer["n"] == (pooled.sex == "female").sum()
     several = _pet("query", "Count()", 'LinearRegression("wt_loss", ("age", "sex"))', *connect,
                    "--json", token=federation.token)

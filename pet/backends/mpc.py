@@ -445,11 +445,12 @@ def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.nd
                  n: float, units: Units) -> tuple[np.ndarray, np.ndarray]:
     """Correlations, with the bound of their error (0 on the diagonal, which is exact).
 
-    With each covariance within u, |δr_ij| ≤ u/√(c_ii·c_jj) + |r|·u/2·(1/c_ii + 1/c_jj),
-    and normalising puts c_ii·4^m_i in [1/4, 1), so 1/c_ii ≤ 4·4^m_i: the error is at most
-    8·u·Σ_i 4^m_i (the revealed `spread`), plus the few units of 2^-precision that the
-    inverse square roots (relative error 2^-24 after three Newton steps) and the last
-    products add (sixteen units cover them)."""
+    With each covariance within u, |δr_ij| ≤ u/√(c_ii·c_jj) + |r_ij|·u/2·(1/c_ii + 1/c_jj),
+    and normalising puts c_ii·4^m_i in [1/4, 1), so 1/c_ii ≤ 4·4^m_i and
+    1/√(c_ii·c_jj) ≤ 2·(4^m_i + 4^m_j): the error is at most (2 + 2·|r_ij|)·u·Σ_i 4^m_i
+    (the revealed `spread`; the pair's own powers are not revealed), plus the few units
+    of 2^-precision that the inverse square roots (relative error 2^-24 after three
+    Newton steps) and the last products add (sixteen units cover them)."""
     if values["small"] > 0:
         raise QueryError(f"{query.describe()}: a column's variance is below "
                          f"{4.0**-CORRELATION_STEPS:.1e} of its range squared; its "
@@ -457,7 +458,8 @@ def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.nd
     d = len(_columns(query))
     matrix = np.clip(from_upper_triangle(values["values"], d), -1.0, 1.0)
     np.fill_diagonal(matrix, 1.0)
-    bound = np.full((d, d), 8 * _covariance_error(units) * values["spread"] + 16 * units.last)
+    bound = ((2 + 2 * np.abs(matrix)) * _covariance_error(units) * values["spread"]
+             + 16 * units.last)
     np.fill_diagonal(bound, 0.0)
     return matrix, bound.ravel()
 
