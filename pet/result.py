@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pet.backends.base import Privacy
+from pet.backends.base import Privacy, largest
 from pet.hypothesis import Test
 from pet.intervals import Interval
 from pet.plain import plain
@@ -77,8 +77,8 @@ class Result:
 
     @property
     def error_bound(self) -> float:
-        """The largest of the numbers' error bounds (NaN where one is unknown)."""
-        return float(np.max(self.error_bounds, initial=0.0))
+        """The largest of the numbers' known error bounds (NaN when none is known)."""
+        return largest(self.error_bounds)
 
     @property
     def bytes_total(self) -> int:

@@ -23,7 +23,7 @@ from pet.intervals import Interval
 from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.queries import QUERIES
 from pet.queries.base import Query
-from pet.result import Result, SiteReport
+from pet.result import Result, SiteReport, answer_vector
 from pet.schema import Schema
 from pet.where import Where
 from services.pb import common_pb2 as pb
@@ -178,15 +178,23 @@ def result_message(result: Result) -> pb.Result:
 def result_of(message: pb.Result) -> Result:
     """A result from its wire form."""
     cost = message.cost
+    value = codec.loads(message.value_json)
     return Result(
-        query=message.query, value=codec.loads(message.value_json), backend=message.backend,
-        n=message.n, missing=dict(message.missing),
-        error_bounds=np.asarray(message.error_bounds, dtype=np.float64),
+        query=message.query, value=value, backend=message.backend,
+        n=message.n, missing=dict(message.missing), error_bounds=_error_bounds(message, value),
         privacy=privacy_of(message.guarantee), rounds=cost.rounds, latency_s=cost.latency_s,
         sites=tuple(SiteReport(s.site, s.local_s, s.protect_s, s.bytes_sent)
                     for s in cost.sites),
         combine_s=cost.combine_s, reveal_s=cost.reveal_s, comm_rounds=cost.comm_rounds,
         interval=interval_of(message), clipped=dict(message.clipped))
+
+
+def _error_bounds(message: pb.Result, value: Any) -> np.ndarray:
+    """Each number's bound, or, from a server that sends only the largest, that one for
+    every number (never 0 for an inexact answer)."""
+    if message.error_bounds or not message.error_bound:
+        return np.asarray(message.error_bounds, dtype=np.float64)
+    return np.full(answer_vector(value).size, message.error_bound)
 
 
 def _default(field: dataclasses.Field) -> Any:

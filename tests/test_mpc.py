@@ -18,7 +18,7 @@ from pet.backends.base import Limits
 from pet.backends.mpc import MPC, SECURE, Units, _agree, _answers
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
-from pet.mpc.fixed_point import scale_bits
+from pet.mpc.fixed_point import MEAN_GAP, moment_precision, scale_bits
 from pet.mpc.parties import Parties, Party, PartyConfig, PartyError, Spare, Warm
 from pet.queries import (
     Correlation,
@@ -346,3 +346,38 @@ def test_a_script_that_starts_parties_outside_a_main_guard_is_told_the_fix(
     ran = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path, env={**os.environ, "DRY": "1"})
     assert ran.returncode == 1 and "line 7" in ran.stderr  # the `else:` is not guarded
+
+
+def _square_modulo(a: int, bits: int) -> bool:
+    """Whether a is a square modulo 2^bits: 0, or 4^e·u with u ≡ 1 (mod 8) (or u below
+    what the remaining bits can tell apart)."""
+    a %= 1 << bits
+    if a == 0:
+        return True
+    zeros = (a & -a).bit_length() - 1
+    left = bits - zeros
+    return zeros % 2 == 0 and (left < 3 or (a >> zeros) % min(8, 1 << left) == 1)
+
+
+def test_an_opened_variance_keeps_the_mean_s_low_bits_secret(lung3: Workload, mpc: MPC,
+                                                             monkeypatch) -> None:
+    """The variance kernel opens A·2^k − m² exactly: unmasked, every opened value would be
+    minus a square modulo 2^k, and the square root would give the mean away. Each party
+    masks those bits, so most opened values are not: none of six passes by chance with
+    probability (1/6)^6."""
+    opened = []
+    run = MPC._run
+
+    def spy(self: MPC, program: str, n_sites: int, public: dict) -> list:
+        outputs = run(self, program, n_sites, public)
+        if program == "secure" and outputs[0]["values"] is not None:
+            opened.extend(int(v) for v in np.ravel(outputs[0]["values"]["fine"]))
+        return outputs
+
+    monkeypatch.setattr(MPC, "_run", spy)
+    study = lung3.study(mpc, policy=NO_CELL_LIMIT)
+    results = [study.run(Variance("age")) for _ in range(3)]
+    bits = MEAN_GAP + moment_precision(results[0].n)
+    assert len(opened) == 6
+    assert not all(_square_modulo(-value, bits) for value in opened)
+    assert all(_square_modulo(k * k, bits) for k in range(1, 200))  # the test's own check

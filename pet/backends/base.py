@@ -125,8 +125,18 @@ class Conclusion:
 
     @property
     def error_bound(self) -> float:
-        """The largest of the numbers' error bounds (NaN if one is unknown)."""
-        return float(np.max(self.error_bounds, initial=0.0))
+        """The largest of the numbers' known error bounds (`largest`)."""
+        return largest(self.error_bounds)
+
+
+def largest(bounds: np.ndarray) -> float:
+    """The largest known bound: 0 for none at all, NaN when every one is unknown (a DP
+    test's, which states its uncertainty by its p-value)."""
+    known = np.asarray(bounds, dtype=np.float64)
+    known = known[~np.isnan(known)]
+    if known.size:
+        return float(np.max(known))
+    return 0.0 if np.size(bounds) == 0 else float("nan")
 
 
 class Backend(ABC):

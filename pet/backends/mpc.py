@@ -246,7 +246,8 @@ class Units:
     and corrects each wrap of the shares by 4·⌊2^62/y⌋ where 2^64/y is due: 4·frac(2^62/y)
     units short per wrap, at most ⌊parties/2⌋ wraps. `fine_mean` and `fine_product`: the
     same for a (co)variance's means, divided at `moment_precision` bits, and its means
-    of products, MEAN_GAP bits coarser. `product`: a truncated
+    of products, MEAN_GAP bits coarser; `fine_mask`, what the parties' masks of its low
+    bits add (parties/2 units of the latter). `product`: a truncated
     product, whose divisor 2^digits needs no correction. `last`: one unit of 2^-digits.
     `legacy`: the single per-moment bound of earlier releases, (4·parties + 1) units plus
     three sites' roundings at 2^-bits, kept for the Cox kernel, whose risk-set ratios and
@@ -256,6 +257,7 @@ class Units:
     moment: float
     fine_mean: float
     fine_product: float
+    fine_mask: float
     product: float
     last: float
     legacy: float
@@ -279,7 +281,9 @@ class Units:
         last = 2.0**-digits
         fine = moment_precision(rows)
         return cls(moment=divided(digits), fine_mean=divided(fine),
-                   fine_product=divided(fine - MEAN_GAP), product=parties * last, last=last,
+                   fine_product=divided(fine - MEAN_GAP),
+                   fine_mask=parties / 2 * 2.0 ** -(fine - MEAN_GAP),
+                   product=parties * last, last=last,
                    legacy=(4 * parties + 1) * last + 3 * sites * 2.0 ** -(bits + 1) / rows)
 
 
@@ -402,9 +406,9 @@ def _mean(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
 def _moment_error(units: Units) -> float:
     """The worst-case error of a (co)variance revealed as mean(xy) − mean(x)·mean(y) of
     scaled values: the mean of products' error, each mean's times the other mean (at most
-    1 in magnitude), and their product's. The means are divided at `moment_precision`
-    and their product is exact."""
-    return units.fine_product + 2 * units.fine_mean + units.fine_mean**2
+    1 in magnitude), their product's, and the mask on the difference's low bits. The
+    means are divided at `moment_precision` and their product is exact."""
+    return units.fine_product + 2 * units.fine_mean + units.fine_mean**2 + units.fine_mask
 
 
 def _covariance_error(units: Units) -> float:

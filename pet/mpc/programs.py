@@ -8,6 +8,7 @@ to int64 with numpy in float64, shared with precision 0, and revealed raw.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -141,7 +142,8 @@ def _moments(crypten: Any, total: Any, low: Any, n: int, bits: int,
     MEAN_GAP bits finer than the means of products, so that their error, which the
     product doubles, adds little. Every step works on the raw integers (precision 0),
     where CrypTen neither scales a public factor nor truncates a product: the difference
-    is exact and revealed at 2^-(2·moment_precision), below 2^62 in magnitude."""
+    is exact, masked in its low bits (`_masked`) and revealed at 2^-(2·moment_precision),
+    below 2^62 in magnitude."""
     start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
     if public["kind"] == "mean":
         return {"values": _per_row(crypten, total, low, public["sums"], n, bits)}
@@ -152,7 +154,23 @@ def _moments(crypten: Any, total: Any, low: Any, n: int, bits: int,
     raw = _quotients(crypten, total, low, (start, stop), n, bits, precisions)
     sums, squares = raw[:, :width], raw[:, width:]
     rows, cols = public["pairs"]
-    return {"fine": squares * 2 ** (2 * fine - digits) - sums[:, rows] * sums[:, cols]}
+    exact = squares * 2 ** (2 * fine - digits) - sums[:, rows] * sums[:, cols]
+    return {"fine": _masked(exact, 2 * fine - digits)}
+
+
+def _masked(x: Any, bits: int) -> Any:
+    """x plus a secret whole number below 2^(bits−1) in magnitude from each party.
+
+    An exact difference A·2^bits − mean_i·mean_j would, opened, give away
+    mean_i·mean_j modulo 2^bits (its low bits), and so the means themselves (a square
+    root modulo 2^bits leaves a handful of candidates). Each party adds its own uniform
+    number to its share: whoever lacks one of them sees those bits uniformly at random.
+    The value moves by less than parties/2 units of 2^bits, which the bound covers.
+    The numbers come from the operating system's generator, as keys do."""
+    count = int(np.prod(x.share.shape))
+    draws = np.frombuffer(os.urandom(8 * count), dtype=np.int64) >> (64 - bits)
+    x.share = x.share + torch.from_numpy(draws.reshape(tuple(x.share.shape)).copy())
+    return x
 
 
 def _covariances(crypten: Any, total: Any, low: Any, n: int, bits: int,

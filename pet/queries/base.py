@@ -249,14 +249,20 @@ class Query(ABC):
                      schema: Schema, state: State, answer: Any) -> np.ndarray:
         """Each of the answer's `numbers` within its bound of the answer the exact sums
         give, from the backend's per-element bounds (`pet.intervals.propagated`); none for
-        a round that only leads to the next one."""
+        a round that only leads to the next one. Where a slight change of the sums changes
+        the kind of answer (a Newton fit whose last step sits at its stopping threshold
+        would take another round) no derivative bounds it: NaN, unknown."""
         if isinstance(answer, Next):
             return np.zeros(0)
+        size = self.numbers(answer).size
         if not np.any(bounds > 0):
-            return np.zeros(self.numbers(answer).size)
+            return np.zeros(size)
 
         def numbers(vector: np.ndarray) -> np.ndarray:
-            return self.numbers(self.finalize(vector, schema, state, error_bounds=bounds))
+            outcome = self.finalize(vector, schema, state, error_bounds=bounds)
+            if type(outcome) is not type(answer):
+                return np.full(size, np.nan)
+            return self.numbers(outcome)
 
         return propagated(numbers, total, bounds, independent)
 
