@@ -78,9 +78,16 @@ def assert_same(one, many) -> None:
         return
     assert (one.n, one.missing, one.rounds) == (many.n, many.missing, many.rounds)
     a, b = one.value, many.value
+    # A Newton fit that did not converge (separated outcomes) has coefficients drifting
+    # off to infinity, and its ill-conditioned steps magnify the sums' order-dependent
+    # rounding (1.2e-7 after 25 rounds on 40 rows split in two): both must say so, and
+    # agree to 1e-5.
+    converged = getattr(a, "converged", True)
+    assert converged == getattr(b, "converged", True)
+    rtol = 1e-7 if converged else 1e-5
     for name in ("coef", "se", "survival", "lower", "upper"):
         if hasattr(a, name):
-            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-9)
     if not hasattr(a, "coef") and not hasattr(a, "survival"):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
 
