@@ -232,7 +232,7 @@ def _answer_bounds(query: Any, schema: Any, state: Any, aggregate: Aggregate, ou
                                   aggregate.independent, schema, state, outcome)
     if isinstance(outcome, Next):
         return np.zeros(0)
-    if interval is None:
-        return np.full(query.numbers(outcome).size, np.nan)
     value = query.numbers(outcome)
+    if interval is None:
+        return np.full(value.size, np.nan)
     return np.maximum(interval[1] - value, value - interval[0])

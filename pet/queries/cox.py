@@ -75,6 +75,11 @@ step element by element (a 40-point grid of 5 covariates takes 10⁶; lung's dai
 2·10⁸, 15 s), beyond which it takes the step's worst-case error instead."""
 
 
+def singular(information: np.ndarray) -> bool:
+    """Whether an information matrix is too near singular to invert (or not finite)."""
+    return not np.all(np.isfinite(information)) or np.linalg.cond(information) > 1e12
+
+
 @dataclass(frozen=True)
 class CoxState:
     """Public state between rounds: the round number, the coefficients on the scaled
@@ -418,8 +423,7 @@ class Cox(Query):
             return self.closing_fit(parts, schema, state, beta, information, log_likelihood,
                                     null)
         step = self._solve(information, score)
-        floor = 2 * np.max(np.abs(np.linalg.inv(information)).sum(axis=1)) * self._score_error(
-            parts, errors, schema)
+        floor = 2 * float(np.max(self._step_error(information, parts, errors, schema)))
         size = float(np.max(np.abs(step)))
         converged = bool(size < self.tol or (size < floor and stalled(size, state.step)))
         closing = converged or state.iteration + 2 >= self.max_rounds
@@ -489,7 +493,7 @@ class Cox(Query):
 
     def _solve(self, information: np.ndarray, score: np.ndarray) -> np.ndarray:
         """The Newton step I⁻¹·U, or a clear error when the information is singular."""
-        if not np.all(np.isfinite(information)) or np.linalg.cond(information) > 1e12:
+        if singular(information):
             raise QueryError(f"{self.describe()}: the model cannot be fitted; a covariate "
                              "is constant among the rows at risk, covariates are collinear, "
                              "or there are too few events")
@@ -501,8 +505,7 @@ class Cox(Query):
         """The fit from the closing round's sums (`fit`), its information inverted unless
         singular (then NaN standard errors)."""
         p = len(beta)
-        singular = not np.all(np.isfinite(information)) or np.linalg.cond(information) > 1e12
-        inverse = np.full((p, p), np.nan) if singular else np.linalg.inv(information)
+        inverse = np.full((p, p), np.nan) if singular(information) else np.linalg.inv(information)
         return self.fit(schema, state, beta, inverse, n=parts["n"][0],
                         events=float(np.sum(np.maximum(parts["events"], 0.0))),
                         log_likelihood=log_likelihood, null=null,
@@ -546,7 +549,7 @@ class Cox(Query):
         round's own Newton step, which the sums' errors move by at most its bound
         propagated through the step alone (`pet.intervals.propagated`; not through the
         concordance cells, which the coefficients do not read), or on fine grids, where
-        that would take grid² passes, its cheaper worst case (`_worst_step_error`)."""
+        that would take grid² passes, its cheaper worst case (`_step_error`)."""
         if not isinstance(answer, CoxFit) or not np.any(bounds > 0):
             return super().error_bounds(total, bounds, independent, schema, state, answer)
         layout = self.layout(schema, state)
@@ -557,26 +560,25 @@ class Cox(Query):
 
         def step(vector: np.ndarray) -> np.ndarray:
             score, information, _ = newton_terms(self.sums(layout.split(vector), schema), beta)
-            if not np.all(np.isfinite(information)) or np.linalg.cond(information) > 1e12:
+            if singular(information):
                 return np.full(beta.size, np.nan)  # as the fit's standard errors
             return np.linalg.solve(information, score)
 
         varied = layout.join(masked)
         if np.count_nonzero(varied) * layout.size > PROPAGATION_WORK:
-            moved = self._worst_step_error(layout.split(total), layout.split(bounds), schema,
-                                           beta)
+            parts = layout.split(total)
+            information = newton_terms(self.sums(parts, schema), beta)[1]
+            moved = (np.full(beta.size, np.nan) if singular(information) else
+                     self._step_error(information, parts, layout.split(bounds), schema))
         else:
             moved = propagated(step, total, varied, independent)
         return (np.abs(step(total)) + moved) / self.design(schema).half
 
-    def _worst_step_error(self, parts: dict[str, np.ndarray], errors: dict[str, np.ndarray],
-                          schema: Schema, beta: np.ndarray) -> np.ndarray:
-        """|I⁻¹|·(the score's worst-case error, `_score_error`): what the sums' errors can
-        move the step by, cheaply, where differentiating the step element by element
-        would cost grid² passes."""
-        information = newton_terms(self.sums(parts, schema), beta)[1]
-        if not np.all(np.isfinite(information)) or np.linalg.cond(information) > 1e12:
-            return np.full(beta.size, np.nan)
+    def _step_error(self, information: np.ndarray, parts: dict[str, np.ndarray],
+                    errors: dict[str, np.ndarray], schema: Schema) -> np.ndarray:
+        """Per coefficient, |I⁻¹|·(the score's worst-case error, `_score_error`): what the
+        sums' errors can move a Newton step by, cheaply (the information is not
+        singular)."""
         inverse = np.abs(np.linalg.inv(information))
         return inverse.sum(axis=1) * self._score_error(parts, errors, schema)
 
