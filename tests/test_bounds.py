@@ -49,8 +49,10 @@ def test_he_bounds_hold_and_are_within_ten_times_the_error(lung3: Workload,
                                                             query: Query) -> None:
     """A bound is 6.1 standard deviations of the number's CKKS noise (the slot noise's
     upper confidence bound, 1.26 times its estimate, makes that about 7.7): in the
-    answer's own units, never exceeded, and neither loose nor understated."""
-    errors, bounds = errors_and_bounds(lung3, "he", query, 30)
+    answer's own units, never exceeded, and neither loose nor understated. A hundred
+    repeats estimate the typical error to within 7% (thirty, to 13%, put an expected 7.7
+    past 10 now and then)."""
+    errors, bounds = errors_and_bounds(lung3, "he", query, 100)
     assert bounds.shape == errors.shape and np.all(bounds >= 0)
     assert np.all(np.abs(errors) <= bounds)
     assert 1 / 10 <= typical_share(errors, bounds) <= 1 / 4
