@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, SECURE, Units, _agree, _answers
+from pet.backends.mpc import MPC, SECURE, Units, _agree, _answers, _noise
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import MEAN_GAP, moment_precision, scale_bits
@@ -254,6 +255,39 @@ def test_a_refusal_in_one_copy_only_reruns_and_in_both_refuses(lung3: Workload) 
     assert answers is not None and _agree(answers)
     with pytest.raises(QueryError, match="nearly collinear"):
         _answers(*run, [copy(1.0), copy(1.0)], 200.0, units)
+
+
+def test_the_copies_bound_is_students_t_on_their_pooled_spread() -> None:
+    """`_noise` against scipy.stats: two groups of copies, raw units at 2^-22, pooled
+    over both groups' 62 degrees of freedom, at a failure chance of 10⁻⁹ per number."""
+    copies = 32
+    draws = np.random.default_rng(5).normal(0.0, [1e-5, 3e-4], size=(2, copies, 2))
+    raw = draws * 2.0**22
+    deviations = ((raw - raw.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    pooled = np.sqrt(deviations.sum(0) / (2 * copies - 2)) / 2.0**22
+    quantile = stats.t.ppf(1 - 1e-9 / 2, 2 * copies - 2)
+    np.testing.assert_allclose(_noise(deviations, 22, copies, 2 * copies),
+                               quantile * pooled / np.sqrt(2 * copies), rtol=1e-9)
+    np.testing.assert_allclose(_noise(deviations, 22, copies, copies),
+                               quantile * pooled / np.sqrt(copies), rtol=1e-9)
+
+
+def test_groups_whose_copies_spread_unlike_are_rerun() -> None:
+    """The two groups' squared deviations per number must agree within the F test at
+    10⁻⁹: a copy that a wrong truncation threw 2^20 units off swells one group's spread
+    beyond any chance, and a square that wrapped the ring is negative. Numbers that
+    hardly vary at all (a unit of rounding) are not compared."""
+    program = SECURE[LinearRegression]
+    copies = program.copies
+    alike = np.array([[40.0**2 * copies, 3.0 * copies, 0.0], [38.0**2 * copies, 4.0 * copies, 0.0]])
+    assert program.steady({"deviations": alike})
+    wrapped = alike.copy()
+    wrapped[1, 0] += (2.0**20) ** 2
+    assert not program.steady({"deviations": wrapped})
+    negative = alike.copy()
+    negative[0, 2] = -(2.0**40)
+    assert not program.steady({"deviations": negative})
+    assert SECURE[Cox].steady({})  # one copy a group: nothing to compare
 
 
 def test_copies_of_a_logistic_round_disagree_when_only_one_has_converged() -> None:

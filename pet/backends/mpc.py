@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from pet.backends.base import Aggregate, Backend, Conclusion, Limits, Privacy
 from pet.errors import PetError, QueryError
+from pet.intervals import BOUND_FAILURE
 from pet.layout import Layout
 from pet.mpc.fixed_point import (
     MEAN_GAP,
+    SUMMED,
     low_bits,
     moment_precision,
     precision,
@@ -135,8 +138,9 @@ class MPC(Backend):
                  layout: Layout) -> Conclusion:
         """Finalize inside MPC where pet knows how (see `SECURE`: only n, the missing
         counts and the answer are revealed); otherwise reveal the sum and finalize it in
-        the clear. A secure program whose two copies disagree (a rare truncation error)
-        is run again; its answers are withheld if that keeps happening."""
+        the clear. A secure program whose two groups of copies disagree (a rare
+        truncation error) is run again; its answers are withheld if that keeps
+        happening."""
         secure = SECURE.get(type(query))
         if secure is None:
             return super().conclude(query, schema, state, combined, layout)
@@ -155,11 +159,13 @@ class MPC(Backend):
             rows = int(head[0])
             units = Units.of(self._session(n_sites).n, n_sites, rows, bits,
                              low=not layout.integer)
-            copies = secure.copies(outputs[0]["values"], precision(rows),
-                                   moment_precision(rows), bits)
-            answers = _answers(secure, query, schema, state, copies, head[0], units)
-            if answers is not None and _agree(answers):
-                value, bound = answers[0]
+            values, digits = outputs[0]["values"], precision(rows)
+            groups = secure.groups(values, digits, moment_precision(rows), bits)
+            answers = _answers(secure, query, schema, state, groups, head[0], units)
+            if answers is not None and _agree(answers) and secure.steady(values):
+                value, bound = (answers[0] if secure.copies < 2 else secure.answer(
+                    query, schema, state, secure.pooled(groups, values, digits), head[0],
+                    units))
                 bounds = (np.zeros(0) if isinstance(value, Next) else
                           np.broadcast_to(bound, _numbers(value).shape).astype(np.float64))
                 return Conclusion(value, head, bounds, Privacy(SECURE_CONFIDENTIALITY),
@@ -193,8 +199,10 @@ class MPC(Backend):
         (n and the missing counts), the kernel and its inputs."""
         secure = SECURE[type(query)]
         head_size = layout.head(np.zeros(layout.size)).size
+        copies = {} if secure.exact else {"copies": secure.copies}
         return {**self.share_public(layout), "head": head_size, "kind": secure.kind,
-                "min_rows": 1, **secure.inputs(query, query.bounded(schema), state, layout)}
+                "min_rows": 1, **copies,
+                **secure.inputs(query, query.bounded(schema), state, layout)}
 
     def _run(self, program: str, n_sites: int, public: dict[str, Any]) -> list[Any]:
         parties = self._session(n_sites)
@@ -208,13 +216,13 @@ class MPC(Backend):
 
 
 def _answers(secure: SecureProgram, query: Any, schema: Schema, state: Any,
-             copies: list[dict[str, Any]], n: float,
+             groups: list[dict[str, Any]], n: float,
              units: Units) -> list[tuple[Any, Any]] | None:
-    """Each copy's answer and bound. A refusal in only some copies (a count such as
-    "small" or "imprecise" that a wrapped truncation inflated in one) is a disagreement:
-    None, and the program runs again; a refusal in every copy is the answer."""
+    """Each group's answer and bound. A refusal in only one group (a count such as
+    "small" or "imprecise" that a wrapped truncation inflated in one copy) is a
+    disagreement: None, and the program runs again; a refusal in both is the answer."""
     answers, refusals = [], []
-    for values in copies:
+    for values in groups:
         try:
             answers.append(secure.answer(query, schema, state, values, n, units))
         except QueryError as refusal:
@@ -247,8 +255,8 @@ class Units:
     units short per wrap, at most ⌊parties/2⌋ wraps. `fine_mean` and `fine_product`: the
     same for a (co)variance's means, divided at `moment_precision` bits, and its means
     of products, MEAN_GAP bits coarser; `fine_mask`, what the parties' masks of its low
-    bits add (parties/2 units of the latter). `product`: a truncated
-    product, whose divisor 2^digits needs no correction. `last`: one unit of 2^-digits.
+    bits add (parties/2 units of the latter). `rounding`: the sites' rounding alone, per
+    row, the one error that every copy of a program shares (`SecureProgram.copies`).
     `legacy`: the single per-moment bound of earlier releases, (4·parties + 1) units plus
     three sites' roundings at 2^-bits, kept for the Cox kernel, whose risk-set ratios and
     sums over the grid it was set for.
@@ -258,9 +266,8 @@ class Units:
     fine_mean: float
     fine_product: float
     fine_mask: float
-    product: float
-    last: float
     legacy: float
+    rounding: float
 
     @classmethod
     def of(cls, parties: int, sites: int, n: int, bits: int, *, low: bool) -> Units:
@@ -269,32 +276,33 @@ class Units:
         rows = max(n, 1)
         extra = low_bits(rows, bits) if low else 0
         wraps = parties // 2  # p signed shares of a small x add up to x + W·2^64, |W| ≤ p/2
+        rounding = sites * 2.0 ** -(bits + extra + 1) / rows
 
         def divided(digits: int) -> float:
             shift = bits + extra - digits
             divisor = rows * 2**shift if shift > 0 else rows
             correction = 4 * (2**62 % divisor) / divisor * wraps
-            return (parties + correction) * 2.0**-digits + sites * 2.0 ** -(
-                bits + extra + 1) / rows
+            return (parties + correction) * 2.0**-digits + rounding
 
         digits = precision(rows)
-        last = 2.0**-digits
         fine = moment_precision(rows)
         return cls(moment=divided(digits), fine_mean=divided(fine),
                    fine_product=divided(fine - MEAN_GAP),
                    fine_mask=parties / 2 * 2.0 ** -(fine - MEAN_GAP),
-                   product=parties * last, last=last,
-                   legacy=(4 * parties + 1) * last + 3 * sites * 2.0 ** -(bits + 1) / rows)
+                   legacy=(4 * parties + 1) * 2.0**-digits
+                   + 3 * sites * 2.0 ** -(bits + 1) / rows,
+                   rounding=rounding)
 
 
 SPREAD_AGREEMENT = 1e-2
-"""Relative agreement asked of the two copies' standard errors and fit statistics: their
+"""Relative agreement asked of the two groups' standard errors and fit statistics: their
 truncation noise is near 2^-20, a wrapped truncation is off by orders of magnitude."""
 
 
 def _agree(answers: list[tuple[Any, float]]) -> bool:
-    """Whether every copy's answer lies within the sum of the copies' bounds of the first,
-    and a fit's standard errors and statistics (which no bound covers) agree closely."""
+    """Whether every group's answer lies within the sum of the groups' bounds of the
+    first, and a fit's standard errors and statistics (which no bound covers) agree
+    closely."""
     first, bound = answers[0]
     return all(type(a) is type(first)  # one copy converged and the other not: disagree
                and np.all(np.abs(_numbers(a) - _numbers(first)) <= bound + b)
@@ -322,12 +330,18 @@ def _numbers(value: Any) -> np.ndarray:
 @dataclass(frozen=True)
 class SecureProgram:
     """How one kind of query is finalized inside MPC: the kernel (`pet.mpc.programs`),
-    its public inputs, and how one copy of its revealed outputs becomes the answer and
+    its public inputs, and how one group of its revealed outputs becomes the answer and
     its error bound. `exact` kernels only compare and add, so they run on one copy.
     The public inputs may raise "min_rows", below which nothing but n is revealed.
 
-    `answer` takes the program's `Units` and returns the answer with each of its numbers'
-    worst-case error bound, in the answer's units (or one bound for all of them).
+    The others run in two groups of `copies` copies, each with its own truncation
+    randomness. With one copy a group, `answer` bounds each number in the worst case
+    (`Units`). With several, the copies measure their own noise, as `he` measures its
+    slots': each number's spread over the copies gives a bound on the copies' mean at
+    `BOUND_Z`-like confidence (`_noise`, under "noise"), and `answer` adds only what every
+    copy shares (the sites' rounding, `Units.rounding`, and the kernels' deterministic
+    approximations). Either way it returns the answer with each of its numbers' bound,
+    in the answer's units (or one bound for all of them).
     """
 
     kind: str
@@ -337,6 +351,7 @@ class SecureProgram:
     exact: bool = False
     stateful: bool = False
     """Whether `public` also takes the round's public state (after the schema)."""
+    copies: int = 1
 
     def inputs(self, query: Any, schema: Schema, state: Any, layout: Layout) -> dict[str, Any]:
         """The kernel's public inputs for this round."""
@@ -344,20 +359,65 @@ class SecureProgram:
             return self.public(query, schema, state, layout)
         return self.public(query, schema, layout)
 
-    def copies(self, values: dict[str, np.ndarray], digits: int, fine: int,
+    def groups(self, values: dict[str, np.ndarray], digits: int, fine: int,
                bits: int) -> list[dict[str, Any]]:
-        """Each copy's outputs, decoded: fixed-point ones at the programs' precision, a
-        (co)variance ("fine") at twice `fine` (`moment_precision`), raw sums at the
+        """Each group's outputs, decoded, the main output and the flags averaged over its
+        copies (`pet.mpc.programs.SUMMED`): fixed-point ones at the programs' precision,
+        a (co)variance ("fine") at twice `fine` (`moment_precision`), raw sums at the
         layout's scale, the rest integers (the outputs of an exact kernel are counts);
-        with each, as "twin", the other copy's main output."""
+        with each, as "twin", the other group's main output, and with several copies, as
+        "noise", each number's bound on the group's mean."""
         if self.exact:
             return [values]
         scales = {**dict.fromkeys(FIXED_POINT, 2.0**digits), "fine": 4.0**fine,
                   **dict.fromkeys(RAW_SUMS, 2.0**bits)}
-        copies = [{k: v[i] / scales.get(k, 1.0) for k, v in values.items()} for i in range(2)]
-        for copy, twin in zip(copies, copies[::-1], strict=True):
-            copy["twin"] = twin.get("values")  # the other copy's main output: its noise
-        return copies
+        groups = [{k: v[i] / (scales.get(k, 1.0) * (self.copies if k in SUMMED else 1))
+                   for k, v in values.items() if k != "deviations"} for i in range(2)]
+        for group, twin in zip(groups, groups[::-1], strict=True):
+            group["twin"] = twin.get("values")  # the other group's main output: its noise
+            if self.copies > 1:
+                group["noise"] = _noise(values["deviations"], digits, self.copies,
+                                        self.copies)
+        return groups
+
+    def pooled(self, groups: list[dict[str, Any]], values: dict[str, np.ndarray],
+               digits: int) -> dict[str, Any]:
+        """Both groups' outputs averaged: the mean of every copy, with its numbers' bound."""
+        merged = {k: (v + groups[1][k]) / 2 for k, v in groups[0].items()
+                  if k not in ("twin", "noise")}
+        return {**merged, "noise": _noise(values["deviations"], digits, self.copies,
+                                           2 * self.copies)}
+
+    def steady(self, values: dict[str, np.ndarray]) -> bool:
+        """Whether the two groups' copies spread alike, number by number (an F test at
+        `BOUND_FAILURE`): one copy that a wrong truncation threw far off swells its
+        group's spread by orders of magnitude, and a wrapped square turns it negative.
+        True where there are no copies to compare."""
+        if self.copies < 2:
+            return True
+        first, second = values["deviations"]
+        limit = float(special.fdtri(self.copies - 1, self.copies - 1, 1 - BOUND_FAILURE / 2))
+        floor = self.copies * DEVIATION_FLOOR
+        return bool(np.all(np.minimum(first, second) >= 0)
+                    and np.all(np.maximum(first, second)
+                               <= limit * np.minimum(first, second) + floor))
+
+
+DEVIATION_FLOOR = 16.0
+"""Raw units squared, per copy, below which two groups' spreads are not compared: a
+number that hardly varies between copies (one or two units of rounding) has no spread to
+test."""
+
+
+def _noise(deviations: np.ndarray, digits: int, copies: int, count: int) -> np.ndarray:
+    """Each number's bound on the mean of `count` copies, from both groups' summed
+    squared deviations over their `copies` copies each (raw units at 2^-digits):
+    Student's t quantile at `BOUND_FAILURE` for the pooled standard deviation's
+    2·(copies − 1) degrees of freedom, times the mean's standard error. A copy's error is
+    a sum of many independent truncations, close to Gaussian."""
+    freedom = 2 * (copies - 1)
+    sd = np.sqrt(np.maximum(deviations.sum(0), 0.0) / freedom) / 2.0**digits
+    return float(special.stdtrit(freedom, 1 - BOUND_FAILURE / 2)) * sd / np.sqrt(count)
 
 
 FIXED_POINT = {"values", "diagonal", "corner", "rss", "tss", "residual", "inverse",
@@ -411,10 +471,11 @@ def _moment_error(units: Units) -> float:
     return units.fine_product + 2 * units.fine_mean + units.fine_mean**2 + units.fine_mask
 
 
-def _covariance_error(units: Units) -> float:
-    """`_moment_error` for the correlation kernel's covariances, whose means are at the
-    programs' precision and whose product is truncated."""
-    return 3 * units.moment + units.moment**2 + units.product
+def _covariance_error(moment: float) -> float:
+    """The error of a covariance mean(xy) − mean(x)·mean(y) of scaled values when each
+    mean is within `moment`: its mean of products', each mean's times the other mean (at
+    most 1 in magnitude), and their product's."""
+    return 3 * moment + moment**2
 
 
 def _variance(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
@@ -440,6 +501,15 @@ def _covariance(query: Any, schema: Schema, state: Any, values: dict[str, np.nda
     return scaled * np.outer(halves, halves), (_moment_error(units) * units_of).ravel()
 
 
+INV_SQRT_ERROR = 2.0**-24
+"""Relative error of the inverse square root's three Newton steps from its minimax start
+(`pet.mpc.kernels.INV_SQRT_START`), before rounding: the same in every copy."""
+RECIPROCAL_ERROR = 2.0**-32
+"""Relative error of the reciprocal's three Newton steps (`RECIPROCAL_START`)."""
+COPIES = 32
+"""Copies a group of a statistical program runs (`SecureProgram`): 2 × 32 copies leave
+the pooled spread 62 degrees of freedom, whose t quantile at `BOUND_FAILURE` (7.2) is
+within 20% of the Gaussian's (6.1)."""
 CORRELATION_STEPS = 10
 """Powers of four tried when normalising a variance (of values scaled to [-1, 1]): below
 4^-10 ≈ 10^-6 a variance has too few significant bits to divide by, and is refused."""
@@ -447,14 +517,15 @@ CORRELATION_STEPS = 10
 
 def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
                  n: float, units: Units) -> tuple[np.ndarray, np.ndarray]:
-    """Correlations, with the bound of their error (0 on the diagonal, which is exact).
+    """Correlations, with the bound of their error (0 on the diagonal, which is exact):
+    the copies' measured noise (`_noise`) plus what every copy shares.
 
-    With each covariance within u, |δr_ij| ≤ u/√(c_ii·c_jj) + |r_ij|·u/2·(1/c_ii + 1/c_jj),
-    and normalising puts c_ii·4^m_i in [1/4, 1), so 1/c_ii ≤ 4·4^m_i and
+    That is the sites' rounding and the inverse square roots' approximation. With each
+    covariance within u, |δr_ij| ≤ u/√(c_ii·c_jj) + |r_ij|·u/2·(1/c_ii + 1/c_jj), and
+    normalising puts c_ii·4^m_i in [1/4, 1), so 1/c_ii ≤ 4·4^m_i and
     1/√(c_ii·c_jj) ≤ 2·(4^m_i + 4^m_j): the error is at most (2 + 2·|r_ij|)·u·Σ_i 4^m_i
-    (the revealed `spread`; the pair's own powers are not revealed), plus the few units
-    of 2^-precision that the inverse square roots (relative error 2^-24 after three
-    Newton steps) and the last products add (sixteen units cover them)."""
+    (the revealed `spread`; the pair's own powers are not revealed). Three Newton steps
+    leave each 1/√c_ii within a relative `INV_SQRT_ERROR`, so r_ij within twice that."""
     if values["small"] > 0:
         raise QueryError(f"{query.describe()}: a column's variance is below "
                          f"{4.0**-CORRELATION_STEPS:.1e} of its range squared; its "
@@ -462,8 +533,9 @@ def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.nd
     d = len(_columns(query))
     matrix = np.clip(from_upper_triangle(values["values"], d), -1.0, 1.0)
     np.fill_diagonal(matrix, 1.0)
-    bound = ((2 + 2 * np.abs(matrix)) * _covariance_error(units) * values["spread"]
-             + 16 * units.last)
+    shared = ((2 + 2 * np.abs(matrix)) * _covariance_error(units.rounding) * values["spread"]
+              + (2 + INV_SQRT_ERROR) * INV_SQRT_ERROR * np.abs(matrix))
+    bound = from_upper_triangle(values["noise"], d) + shared
     np.fill_diagonal(bound, 0.0)
     return matrix, bound.ravel()
 
@@ -477,15 +549,17 @@ the equilibrated XᵀX below 2^-10 (nearly collinear predictors), is refused."""
 def _solve_inputs(query: Any, schema: Schema) -> dict[str, Any]:
     """What `pet.mpc.programs._solve` needs: the design's size, where each entry of the
     square matrix sits in its upper triangle, and the intercept's row of the map to
-    original units."""
+    original units; and the whole map, whose rows give the coefficients' noise."""
     design = query.design(schema)
     p = design.size
     rows, cols = np.triu_indices(p)
     square = np.zeros((p, p), dtype=int)
     square[rows, cols] = square[cols, rows] = np.arange(len(rows))
-    corner = design.to_original()[0] if query.intercept else np.zeros(p)
+    original = design.to_original()
+    corner = original[0] if query.intercept else np.zeros(p)
     return {"terms": p, "square": square.ravel().tolist(), "corner": corner.tolist(),
-            "steps": SOLVE_STEPS, "min_rows": p + 1}
+            "steps": SOLVE_STEPS, "min_rows": p + 1,
+            "numbers": _integer_map(original)[0].tolist()}
 
 
 def _linear_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
@@ -496,13 +570,14 @@ def _linear_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]
 
 def _linear(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray],
             n: float, units: Units) -> tuple[Any, np.ndarray]:
-    """The fit, and each coefficient's bound (see `_solution_error`)."""
+    """The fit, and each coefficient's bound: the copies' measured noise of the
+    coefficient plus the sites' rounding carried through the solve (`_input_error`)."""
     _refuse_small(query, values)
     fit = query.fit(schema, n, values["values"], _spread(query, schema, values),
                     float(values["rss"]), float(values["tss"]))
     half_y = query._outcome_scaling(schema)[1]
-    error = _solution_error(values, units.moment, 0)
-    return fit, half_y * _coefficient_errors(query, schema, values, error)
+    shared = _coefficient_errors(query, schema, values, _input_error(values, units.rounding))
+    return fit, half_y * (_original_noise(query, schema, values) + shared)
 
 
 LOGISTIC_SHIFT = 4
@@ -530,28 +605,50 @@ def _logistic(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarr
               n: float, units: Units) -> tuple[Any, Any]:
     """A Newton round of a logistic or Poisson fit (`NewtonRegression`): the next round's
     public coefficients, or the fit once the step is below `tol` or within the
-    computation's own noise, eight times the two copies' disagreement (their truncation
-    errors are independent; the worst-case bound is far too loose to stop on). After a
-    converged Newton step the distance to the maximum-likelihood coefficients is below
-    the step itself, so each coefficient's bound adds the step, mapped to original units,
-    to its error."""
+    computation's own noise (the copies' measured bound on it). Each coefficient's bound
+    is the step's error (the copies' noise plus the sites' rounding carried through the
+    solve) plus how far the maximum lies beyond an exact Newton step
+    (`_newton_distance`)."""
     _refuse_small(query, values)
     step = values["values"]
-    error = _solution_error(values, units.moment, LOGISTIC_SHIFT)
-    scaled = _scaled_errors(values, error)
+    p = len(step)
+    rounding = _input_error(values, units.rounding)
+    scaled = values["noise"][:p] + _scaled_errors(values, rounding)
     beta = query.advance(schema, state, step)
     moved = query.advance_error(schema, state, step, float(np.max(scaled)))
-    noise = 8 * float(np.max(np.abs(step - values["twin"])))
+    noise = float(np.max(values["noise"][:p]))
     converged = bool(np.max(np.abs(step)) < max(query.tol, noise))
     if not converged and state.iteration + 1 < query.max_iter:
         return Next(query.state_type(state.iteration + 1, tuple(beta.tolist()))), moved
-    design = query.design(schema)
     variance = query.information_scale(schema, state) * _spread(query, schema, values) / n
     fit = query.make_fit(schema, state, beta, np.sqrt(np.maximum(variance, 0.0)), n,
                          float(values["log_likelihood"][0]), converged)
     widened = moved / float(np.max(scaled)) if np.max(scaled) > 0 else 1.0
-    solve = widened * _coefficient_errors(query, schema, values, error)
-    return fit, solve + np.abs(design.to_original()) @ np.abs(step)
+    solve = widened * (_original_noise(query, schema, values)
+                       + _coefficient_errors(query, schema, values, rounding))
+    return fit, solve + _newton_distance(query, schema, values, scaled)
+
+
+def _newton_distance(query: Any, schema: Schema, values: dict[str, np.ndarray],
+                     error: np.ndarray) -> np.ndarray:
+    """How far, per coefficient in original units, the maximum of the likelihood lies
+    from the exact Newton step β + s of the last round, given the computed step and each
+    element's `error`.
+
+    With the Hessian M Lipschitz within L on the way (`hessian_lipschitz`), the gradient
+    after the step is at most L/2·‖s‖², and while h = L·‖M⁻¹‖·‖s‖ ≤ 1/8 the Hessian stays
+    above (1 − 3h)/‖M⁻¹‖ up to the maximum, so the maximum is within h·‖s‖·4/5 of
+    β + s (quadratic convergence); ‖M⁻¹‖ ≤ trace(M⁻¹), whose diagonal is revealed.
+    Further out the step itself is the measure, as Newton's method has no closer one."""
+    design = query.design(schema)
+    step = values["values"]
+    size = float(np.linalg.norm(np.abs(step) + error))
+    inverse = float(np.sum(np.maximum(values["diagonal"], 0.0)))
+    h = query.hessian_lipschitz(design.size, 3 * size) * inverse * size
+    original = design.to_original()
+    if h <= 1 / 8:
+        return np.linalg.norm(original, axis=1) * h * size
+    return np.abs(original) @ np.abs(step)
 
 
 def _cox_inputs(query: Any, schema: Schema, state: Any, layout: Layout) -> dict[str, Any]:
@@ -566,6 +663,7 @@ def _cox_inputs(query: Any, schema: Schema, state: Any, layout: Layout) -> dict[
               "grid": query.curve().steps(), "pairs": (rows.tolist(), cols.tolist()),
               "beta": list(state.beta), "offset": float(np.abs(state.beta).sum()),
               "shift": LOGISTIC_SHIFT, "closing": closing, "covariance": closing,
+              "residual": True,
               **{name: where[name] for name in ("events", "event_x", "s0", "s1", "s2")}}
     if closing:
         inputs.update(bins=query.concordance_bins, c_events=where["c_events"],
@@ -575,18 +673,20 @@ def _cox_inputs(query: Any, schema: Schema, state: Any, layout: Layout) -> dict[
 
 def _cox(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], n: float,
          units: Units) -> tuple[Any, Any]:
-    """A Cox round inside MPC: the next round's public coefficients (converged once the
-    step is below `tol` or eight times the copies' disagreement, as for logistic
-    regression), or, in the closing round, the fit at the round's coefficients from the
-    revealed inverse information. Each coefficient's bound adds the closing step to the
-    solve's error: the distance to the maximum of the partial likelihood is below it."""
+    """A Cox round inside MPC, one copy a group (its kernel runs over the whole grid):
+    the next round's public coefficients (converged once the step is below `tol` or
+    eight times the two copies' disagreement, whose truncation errors are independent),
+    or, in the closing round, the fit at the round's coefficients from the revealed
+    inverse information. Each coefficient's bound adds the closing step to the solve's
+    worst-case error: the distance to the maximum of the partial likelihood is below it."""
     _refuse_small(query, values)
     if values["imprecise"] > 0:
         raise QueryError(f"{query.describe()}: {values['imprecise']:g} events have risk sets "
                          "whose weights are too small for MPC's fixed point; use a coarser "
                          "grid, narrower covariate bounds (clip=), or the he backend")
     step = values["values"]
-    error = _solution_error(values, units.legacy, LOGISTIC_SHIFT)
+    residual = 2.0**LOGISTIC_SHIFT * float(np.linalg.norm(values["residual"]))
+    error = _input_error(values, units.legacy) + 2 * residual
     scaled = _scaled_errors(values, error)
     log_likelihood = n * float(values["log_likelihood_per_row"])
     null = state.null_log_likelihood if state.iteration else log_likelihood
@@ -623,18 +723,46 @@ def _spread(query: Any, schema: Schema, values: dict[str, np.ndarray]) -> np.nda
     return spread
 
 
-def _solution_error(values: dict[str, np.ndarray], moment: float, shift: int) -> float:
-    """A bound on ‖η‖, where x̂ − x = M⁻¹·η for the solution x̂ in the scaled design.
+def _input_error(values: dict[str, np.ndarray], moment: float) -> float:
+    """A bound on ‖η‖, where x̂ − x = M⁻¹·η for the solution x̂ in the scaled design, from
+    the inputs and the pivots' reciprocals.
 
-    With M and b each within `moment` per element, the computed x̂ obeys
-    x̂ − x = M⁻¹·η, η = r + δM·x̂ − δb, r = Mx̂ − b the solver's residual. The residual is
-    revealed as the vector of the equilibrated system shifted down by 2^shift (rows of M
-    scaled up, so r is at most 2^shift times it); ‖δM‖ ≤ p·moment and ‖δb‖ ≤ √p·moment.
-    Doubling covers the first-order terms and the residual's own rounding."""
+    With M and b each within `moment` per element, η = r + δM·x̂ − δb, r = Mx̂ − b the
+    solver's residual (which Cox adds, and which copies measure as noise);
+    ‖δM‖ ≤ p·moment and ‖δb‖ ≤ √p·moment. Doubling covers the first-order terms. Each
+    Gauss–Jordan pivot's reciprocal is within `RECIPROCAL_ERROR` (the same in every
+    copy), which moves x̂ by at most p·RECIPROCAL_ERROR·‖x̂‖ and η by ‖M‖ ≤ p times that."""
     x = values["values"]
-    residual = 2.0**shift * float(np.linalg.norm(values["residual"]))
     p = len(x)
-    return 2 * (residual + moment * (np.sqrt(p) + p * float(np.linalg.norm(x))))
+    size = float(np.linalg.norm(x))
+    return 2 * moment * (np.sqrt(p) + p * size) + p * p * RECIPROCAL_ERROR * size
+
+
+MAP_BITS = 12
+"""Bits of the whole numbers that map a solution's copies to coefficients inside MPC
+(`pet.mpc.programs._squared_deviations`): their products with deviations stay far
+below 2^31, so the squares stay inside the ring."""
+
+
+def _integer_map(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The map's rows as whole numbers below 2^MAP_BITS in magnitude, each row divided by
+    its own power of two (returned as `scales`)."""
+    largest = np.max(np.abs(matrix), axis=1)
+    scales = 2.0 ** (np.ceil(np.log2(np.where(largest > 0, largest, 1.0))) - MAP_BITS)
+    return np.rint(matrix / scales[:, None]).astype(np.int64), scales
+
+
+def _original_noise(query: Any, schema: Schema, values: dict[str, np.ndarray]) -> np.ndarray:
+    """The copies' bound on each coefficient in original units (before the outcome's
+    scaling): the numbers that follow the scaled solution in `noise`, measured through
+    the whole-number map (`_integer_map`), plus what the map's rounding can add, each
+    rounded entry's error times its scaled coefficient's bound."""
+    original = query.design(schema).to_original()
+    whole, scales = _integer_map(original)
+    noise = values["noise"]
+    p = len(values["values"])
+    rounded = np.abs(original - whole * scales[:, None]) @ noise[:p]
+    return noise[p:] * scales + rounded
 
 
 def _scaled_errors(values: dict[str, np.ndarray], error: float) -> np.ndarray:
@@ -683,11 +811,11 @@ SECURE: dict[type, SecureProgram] = {
     Variance: SecureProgram("variance", _moment_inputs, _variance),
     StdDev: SecureProgram("variance", _moment_inputs, _variance),
     Covariance: SecureProgram("variance", _moment_inputs, _covariance),
-    Correlation: SecureProgram("correlation", _correlation_inputs, _correlation),
-    LinearRegression: SecureProgram("linear", _linear_inputs, _linear),
-    LogisticRegression: SecureProgram("logistic", _logistic_inputs, _logistic),
-    PoissonRegression: SecureProgram("logistic", _poisson_inputs, _logistic),
-    Cox: SecureProgram("cox", _cox_inputs, _cox, stateful=True),
+    Correlation: SecureProgram("correlation", _correlation_inputs, _correlation, copies=COPIES),
+    LinearRegression: SecureProgram("linear", _linear_inputs, _linear, copies=COPIES),
+    LogisticRegression: SecureProgram("logistic", _logistic_inputs, _logistic, copies=COPIES),
+    PoissonRegression: SecureProgram("logistic", _poisson_inputs, _logistic, copies=COPIES),
+    Cox: SecureProgram("cox", _cox_inputs, _cox, stateful=True),  # grids: one copy a group
     Quantiles: SecureProgram("positions", _quantile_inputs, _grid_quantiles, exact=True),
     ExactQuantiles: SecureProgram("positions", _exact_inputs, _exact_quantiles, exact=True),
 }

@@ -4,7 +4,8 @@ and how large the values that secure programs multiply and divide may grow.
 CrypTen's division by a public integer with the dealer's wrap counts omits one
 correction term and is wrong (by 2^64/divisor) with probability about |x|/2^64 per
 element, x the raw value divided. Secure programs therefore keep every divided value
-below 2^TRUNCATION_BITS, compute on two copies and compare them (see `pet.mpc.programs`).
+below 2^TRUNCATION_BITS, compute on two groups of copies and compare them (see
+`pet.mpc.programs`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def scale_bits(layout: Layout, limits: Limits) -> int:
         raise PetError(f"sums up to {worst:.3g} leave fewer than 8 fractional bits in the "
                        "64-bit ring; lower max_rows_per_site or max_sites")
     return bits
+
+
+SUMMED = frozenset({"values", "small"})
+"""Outputs revealed as sums over each group's copies: the answer's numbers, whose mean is
+more precise than any copy, and the counts of values too small to normalise, which any
+copy may raise. Every other output (standard errors' factors, sums of squares) comes
+from each group's first copy, so that a wrong truncation in it shows as the groups'
+disagreement rather than hiding in an average."""
 
 
 LOW_BITS = 16

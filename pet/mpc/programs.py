@@ -19,6 +19,7 @@ from pet.mpc import kernels
 from pet.mpc.fixed_point import (
     LOW_BITS,
     MEAN_GAP,
+    SUMMED,
     TRUNCATION_BITS,
     low_bits,
     moment_precision,
@@ -86,9 +87,13 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
     """Reveal only n and the missing counts (the `head`), then run the query's kernel on
     the shared sum and reveal its outputs, to party 0 only.
 
-    Kernels that divide run on two copies of their inputs, each with its own truncation
-    randomness; both copies are revealed so that the analyst's side can see a (rare)
-    truncation error as a disagreement and run the program again.
+    Kernels that divide run on two groups of `public["copies"]` copies of their inputs,
+    each copy with its own truncation randomness, and reveal per group the sum of its
+    copies' main output and flags (`_group_sums`) and its first copy's other outputs: the
+    analyst's side sees a (rare) wrong truncation as the groups' disagreement and runs the
+    program again. With several copies a group also reveals how far its copies' answers
+    spread (`_squared_deviations`), from which the answer's error bound follows, and never
+    the copies themselves.
     """
     scale = int(public["scale"])
     total = memory["total"]
@@ -98,26 +103,74 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
     if n >= public["min_rows"]:  # else too few rows: reveal nothing more
         values = KERNELS[public["kind"]](crypten, total, memory.get("low"), n,
                                          scale.bit_length() - 1, public)
-        revealed = {name: v.reveal(dst=0) for name, v in values.items()}
+        copies = public.get("copies", 0)
+        shown = ({name: _group_sums(v, copies) if name in SUMMED else v[::copies]
+                  for name, v in values.items()} if copies else values)
+        if copies > 1:
+            shown["deviations"] = _squared_deviations(crypten, values["values"], public)
+        revealed = {name: v.reveal(dst=0) for name, v in shown.items()}
         outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
                              else None)
     return {**outputs, **_stats(crypten.communicator.get())}
 
 
+def _group_sums(x: Any, copies: int) -> Any:
+    """The sum of each group's `copies` copies (leading axis): the shares' sums, exact."""
+    return x.view(2, copies, *x.size()[1:]).sum(1)
+
+
+def _squared_deviations(crypten: Any, values: Any, public: dict[str, Any]) -> Any:
+    """Per group and per number, Σ_k (v_k − m)² over the group's copies v_k of the main
+    output, in raw units squared, m the group's mean truncated to its precision; with a
+    public integer map `numbers` (rows: the answer's numbers as combinations of the
+    outputs, such as a fit's coefficients in original units, scaled by the backend) the
+    mapped numbers' sums follow the outputs'.
+
+    The deviations are differences of copies, exact, and far below 2^14 raw units while
+    the copies agree, so they are mapped and squared as raw integers, exactly (a product
+    with a public fraction would add a truncation as large as a small deviation). m's
+    own truncation adds copies·(m − mean)² to the sum, a conservative hair."""
+    copies = public["copies"]
+    groups = values.view(2, copies, -1)
+    deviations = groups - groups.sum(1, keepdim=True).div(copies)
+    raw = crypten.mpc.MPCTensor.from_shares(deviations.share, precision=0)
+    if public.get("numbers") is not None:
+        mapped = raw.matmul(torch.tensor(public["numbers"], dtype=torch.int64).T)
+        raw = crypten.cat([raw, mapped], -1)
+    return (raw * raw).sum(1)
+
+
+def _copies(crypten: Any, x: Any, count: int) -> Any:
+    """`count` copies of a shared tensor (a new leading axis), each re-randomised by a
+    fresh sharing of zero: CrypTen truncates each share on its own, deterministically, so
+    identical shares would err identically and the copies' spread would miss that error."""
+    stacked = crypten.stack([x] * count)
+    zero = crypten.mpc.primitives.ArithmeticSharedTensor.PRZS(stacked.size())
+    stacked.share = stacked.share + zero.share
+    return stacked
+
+
+def _count(public: dict[str, Any]) -> int:
+    """How many copies a copied kernel computes: two groups of `public["copies"]`."""
+    return 2 * public["copies"]
+
+
 def _per_row(crypten: Any, total: Any, low: Any, span: tuple[int, int], n: int,
-             bits: int) -> Any:
-    """The blocks in `span` divided by n, at `precision(n)` fractional bits, in two copies
-    (leading axis): values of at most 1 per row land in [-1, 1] (see `_quotients`)."""
+             bits: int, count: int) -> Any:
+    """The blocks in `span` divided by n, at `precision(n)` fractional bits, in `count`
+    copies (leading axis): values of at most 1 per row land in [-1, 1] (see `_quotients`)."""
     digits = fixed_precision(n)
-    raw = _quotients(crypten, total, low, span, n, bits, np.full(span[1] - span[0], digits))
+    raw = _quotients(crypten, total, low, span, n, bits, np.full(span[1] - span[0], digits),
+                     count)
     return crypten.mpc.MPCTensor.from_shares(raw.share, precision=digits)
 
 
 def _quotients(crypten: Any, total: Any, low: Any, span: tuple[int, int], n: int, bits: int,
-               digits: np.ndarray) -> Any:
-    """The blocks in `span` divided by n, element i at digits[i] fractional bits, in two
-    copies, raw: one truncation each, by a public divisor per element. The low limb,
-    where there is one and n is small enough (`low_bits`), joins the sum first
+               digits: np.ndarray, count: int) -> Any:
+    """The blocks in `span` divided by n, element i at digits[i] fractional bits, in
+    `count` copies (`_copies`), raw: one truncation each, by a public divisor per
+    element. The low limb, where there is one and n is small enough (`low_bits`), joins
+    the sum first
     (hi·2^L + low, exact), so that the sites' rounding is 2^-L of what it was; a sum with
     fewer fractional bits than its quotient keeps is shifted up, exactly, so that the
     quotient keeps every bit the per-row value carries."""
@@ -127,7 +180,7 @@ def _quotients(crypten: Any, total: Any, low: Any, span: tuple[int, int], n: int
         sums = sums * 2**extra + low[span[0]:span[1]]
     up = np.maximum(digits - bits - extra, 0)
     down = np.maximum(bits + extra - digits, 0)
-    copies = crypten.stack([sums] * 2)
+    copies = _copies(crypten, sums, count)
     if np.any(up):
         copies = copies * torch.from_numpy(2**up)
     return copies.div(torch.from_numpy(n * 2**down))
@@ -146,12 +199,13 @@ def _moments(crypten: Any, total: Any, low: Any, n: int, bits: int,
     below 2^62 in magnitude."""
     start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
     if public["kind"] == "mean":
-        return {"values": _per_row(crypten, total, low, public["sums"], n, bits)}
+        return {"values": _per_row(crypten, total, low, public["sums"], n, bits,
+                                   _count(public))}
     stop = public["squares"][1]
     fine = moment_precision(n)
     digits = fine - MEAN_GAP
     precisions = np.array([fine] * width + [digits] * (stop - start - width))
-    raw = _quotients(crypten, total, low, (start, stop), n, bits, precisions)
+    raw = _quotients(crypten, total, low, (start, stop), n, bits, precisions, _count(public))
     sums, squares = raw[:, :width], raw[:, width:]
     rows, cols = public["pairs"]
     exact = squares * 2 ** (2 * fine - digits) - sums[:, rows] * sums[:, cols]
@@ -186,7 +240,8 @@ def _sums_and_squares(crypten: Any, total: Any, low: Any, n: int, bits: int,
     """The sums and the squares (or cross products) of a moments layout, per row: the two
     blocks are adjacent, so one division serves both."""
     start, width = public["sums"][0], public["sums"][1] - public["sums"][0]
-    moments = _per_row(crypten, total, low, (start, public["squares"][1]), n, bits)
+    moments = _per_row(crypten, total, low, (start, public["squares"][1]), n, bits,
+                       _count(public))
     return moments[:, :width], moments[:, width:]
 
 
@@ -210,7 +265,7 @@ def _linear(crypten: Any, total: Any, low: Any, n: int, bits: int,
     """Least squares inside MPC from XᵀX/n, Xᵀy/n and yᵀy/n (see `_solve`); also
     reveals the residual and total sums of squares per row."""
     p = public["terms"]
-    moments = _per_row(crypten, total, low, public["span"], n, bits)
+    moments = _per_row(crypten, total, low, public["span"], n, bits, _count(public))
     triangle = p * (p + 1) // 2
     tri, xty, yty = moments[:, :triangle], moments[:, triangle:-1], moments[:, -1]
     solved = _solve(crypten, tri, xty, public)
@@ -224,11 +279,11 @@ def _logistic(crypten: Any, total: Any, low: Any, n: int, bits: int,
     """One Newton step inside MPC from the gradient and Hessian per row at the round's
     public coefficients (see `_solve`); also reveals the log-likelihood's sum, exactly."""
     p = public["terms"]
-    moments = _per_row(crypten, total, low, public["span"], n, bits)
+    moments = _per_row(crypten, total, low, public["span"], n, bits, _count(public))
     solved = _solve(crypten, moments[:, p:], moments[:, :p], public)
     del solved["z"], solved["rhs"]
     start, stop = public["log_likelihood"]
-    return {**solved, "log_likelihood": crypten.stack([total[start:stop]] * 2)}
+    return {**solved, "log_likelihood": crypten.stack([total[start:stop]] * _count(public))}
 
 
 def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str, Any]:
@@ -238,12 +293,13 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     public power of two because D·b, unlike D·A·D, has no bound of 1 (a gradient is not
     bounded by the Hessian's diagonal).
 
-    Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, the solver's residual in the
-    equilibrated, shifted system (rounding noise, for the error bound) and how
-    many values were too small to normalise (the query is then refused). Returns also z
+    Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, how many values were too small to
+    normalise (the query is then refused) and, where `public["residual"]` asks, the
+    solver's residual in the equilibrated, shifted system (rounding noise, for a
+    worst-case error bound: it shows the rounding of one copy). Returns also z
     and D·b (shifted), shared, for the caller."""
     p, shift = public["terms"], public["shift"]
-    full = tri[:, public["square"]].view(2, p, p)
+    full = tri[:, public["square"]].view(-1, p, p)
     scaled, y, s, small = kernels.equilibrate(full, public["steps"])
     rhs = ((rhs * y) * s).div(2**shift) if shift else (rhs * y) * s
     corner = (y * torch.tensor(public["corner"])) * s  # D·a₀
@@ -252,12 +308,12 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     solved, tiny = kernels.gauss_jordan(augmented, public["steps"])
     z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
     terms = list(range(p))
-    residual = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
     factor = y * s
     outputs = {"values": (z * factor) * 2**shift,
                "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
-               "corner": (corner * w).sum(-1), "residual": residual,
-               "small": small + tiny, "z": z, "rhs": rhs}
+               "corner": (corner * w).sum(-1), "small": small + tiny, "z": z, "rhs": rhs}
+    if public.get("residual"):  # for a worst-case bound, where copies do not measure one
+        outputs["residual"] = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
     if public.get("covariance"):  # the whole inverse, for a joint (Wald) test
         outputs["inverse"] = (inverse * factor.unsqueeze(-1)) * factor.unsqueeze(-2)
     return outputs
@@ -296,7 +352,7 @@ def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
     ratios = scaled[..., 1:] * reciprocal.unsqueeze(-1)
     r1, r2 = ratios[..., :p], ratios[..., p:]
     counts = _per_row(crypten, total, low, (public["events"][0], public["event_x"][1]), n,
-                      bits)
+                      bits, 2)
     d, e = counts[:, :g * k].view(2, g * k, 1), counts[:, g * k:].view(2, g * k, p).sum(1)
     r1, r2 = r1.view(2, g * k, p), r2.view(2, g * k, -1)
     score = e - (d * r1).sum(1)
