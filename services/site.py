@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -24,6 +25,7 @@ import grpc
 from pet import codec
 from pet.audit import AuditLog
 from pet.backends import BACKENDS, Backend, get_backend
+from pet.backends.mpc import ATTEMPTS
 from pet.errors import PetError, QueryError
 from pet.ledger import Ledger
 from pet.limits import check_query, check_round
@@ -71,6 +73,7 @@ class Seat:
     party: Party
     inputs: dict[bytes, tuple[bytes, Programs]] = field(default_factory=dict)
     current: Programs = field(default_factory=dict)
+    runs: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def keep(self, message: bytes, asked: bytes, programs: Programs) -> bytes:
@@ -90,18 +93,27 @@ class Seat:
         kept input (used once) and its round's parameters; any other program must be one
         that finishes the round shared last, with that round's parameters. The
         coordinator's parameters are never used: with another scale or head per party it
-        could reveal one site's partial, or sums a secure query keeps hidden."""
+        could reveal one site's partial, or sums a secure query keeps hidden. A program
+        runs at most `ATTEMPTS` times on one shared sum, as many as the backend's reruns
+        need: each run of a secure program reveals fresh rounding noise, and a coordinator
+        that ran it at will would average that noise into more than the answer."""
         if name == "share_sum":
             if token not in self.inputs:
                 raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                                 "share_sum shares an input this site keeps: the token names "
                                 "none")
             value, self.current = self.inputs.pop(token)
+            self.runs = Counter()
             return value, self.current["share_sum"]
         if name not in self.current:
             raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                             f"{name} does not finish the query round this session's sum "
                             f"answers (it may run {sorted(set(self.current) - {'share_sum'})})")
+        if self.runs[name] >= ATTEMPTS:
+            raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{name} already ran {ATTEMPTS} times on the sum this session's "
+                            "parties hold; share the inputs again to run it once more")
+        self.runs[name] += 1
         return b"", self.current[name]
 
 

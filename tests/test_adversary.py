@@ -15,13 +15,14 @@ import pytest
 from pet import codec
 from pet.audit import AuditLog
 from pet.backends.he import HE
-from pet.backends.mpc import MPC
+from pet.backends.mpc import ATTEMPTS, MPC
 from pet.client import RemoteError
 from pet.ledger import Ledger
 from pet.mpc.channel import TlsIdentity
 from pet.mpc.parties import Party, PartyConfig
 from pet.queries import (
     Contingency,
+    Correlation,
     Count,
     Cox,
     ExactQuantiles,
@@ -505,6 +506,25 @@ def test_the_coordinator_s_program_parameters_are_never_used(
         refused = _run_everywhere(stubs, "scaled", "reveal_sum", [b""] * 3, [{}] * 3)
     assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.FAILED_PRECONDITION
                for r in refused)
+
+
+def test_a_coordinator_cannot_run_a_secure_program_at_will(
+        federation: LocalFederation) -> None:
+    """Each run of a secure program reveals fresh rounding noise (its copies' spread
+    among it): run without end on one shared sum, it could be averaged into more than the
+    answer. A site runs a program at most ATTEMPTS times on one sum, as many as the
+    backend's reruns need, and again only on inputs shared anew."""
+    with _session(federation, "rerun") as stubs:
+        tokens = _inputs(stubs, "rerun", [Correlation(("age", "meal_cal"))] * 3,
+                         common_pb2.Backend(name="mpc"))
+        _run_everywhere(stubs, "rerun", "share_sum", tokens, [{}] * 3)
+        for _ in range(ATTEMPTS):
+            runs = _run_everywhere(stubs, "rerun", "secure", [b""] * 3, [{}] * 3)
+            assert not any(isinstance(r, Exception) for r in runs)
+        refused = _run_everywhere(stubs, "rerun", "secure", [b""] * 3, [{}] * 3)
+    assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+               for r in refused)
+    assert f"already ran {ATTEMPTS} times" in refused[0].details()  # type: ignore[union-attr]
 
 
 def test_fine_cells_a_site_lets_into_mpc_can_never_be_revealed(

@@ -10,13 +10,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import statsmodels.api as sm
 import yaml
 from scipy import stats
 
 from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
-from pet.backends.mpc import MPC, SECURE, Units, _agree, _answers, _noise
+from pet.backends.mpc import (
+    MPC,
+    SECURE,
+    Units,
+    _agree,
+    _answers,
+    _newton_distance,
+    _noise,
+)
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import MEAN_GAP, moment_precision, scale_bits
@@ -34,9 +44,17 @@ from pet.queries import (
     StdDev,
     Variance,
 )
-from pet.queries.regression import LogisticFit, LogisticState
+from pet.queries.regression import (
+    LogisticFit,
+    LogisticState,
+    PoissonRegression,
+    PoissonState,
+    model_matrix,
+)
 from pet.result import answer_vector
+from pet.site import Site
 from pet.study import Study
+from pet.table import FrameTable
 from pet.workloads import Workload, cohort
 from services.config import ConfigError, read_site
 from tests.conftest import NO_CELL_LIMIT
@@ -196,6 +214,27 @@ def test_a_fit_beyond_fixed_point_precision_is_refused(mpc: MPC) -> None:
         secure.run(LinearRegression("sbp", ("age", "sex"), where="sex == 'female'"))
 
 
+def test_a_nearly_collinear_fit_is_answered_within_its_bounds(mpc: MPC, lung3: Workload) -> None:
+    """Weight loss squeezed into half a kilogram (within public bounds of 100): the fit's
+    copies spread by 2^24 raw units and more, whose squares, taken whole, passed the
+    64-bit ring, and the answer was withheld (or released with a wrapped, too small
+    bound); in limbs they are exact, and the intercept's standard error, a few per cent
+    noisy from one copy to the next, still agrees between the groups."""
+    rng = np.random.default_rng(0)
+    sites = []
+    for name, table in lung3.tables.items():
+        frame = table.to_frame().copy()
+        frame["wt_loss"] = 25 + rng.uniform(0, 0.5, len(frame))
+        sites.append(Site(name, FrameTable(frame, lung3.schema), policy=NO_CELL_LIMIT))
+    query = LinearRegression("meal_cal", ("age", "sex", "ph_ecog", "wt_loss", "ph_karno",
+                                          "pat_karno"))
+    exact = Study(sites).run(query).value
+    for _ in range(2):
+        result = Study(sites, backend=mpc).run(query)
+        assert np.all(np.abs(result.value.coef - exact.coef) <= result.error_bounds)
+        np.testing.assert_allclose(result.value.se, exact.se, rtol=0.1)
+
+
 def test_ten_million_rows_neither_overflow_nor_lose_the_answer(mpc: MPC, lung3: Workload) -> None:
     """Every lung row repeated 43,860 times (10^7 rows in all): the answers are those of
     the original rows, within the reported bounds; and a column at either end of its
@@ -257,37 +296,92 @@ def test_a_refusal_in_one_copy_only_reruns_and_in_both_refuses(lung3: Workload) 
         _answers(*run, [copy(1.0), copy(1.0)], 200.0, units)
 
 
+def limb_sums(deviations: np.ndarray) -> np.ndarray:
+    """What the parties reveal of each group's deviations (groups × copies × numbers, raw
+    units): Σh², Σh·l and Σl² for d = h·2^16 + l, h = d / 2^16 truncated toward zero."""
+    high = np.trunc(deviations / 2**16)
+    low = deviations - high * 2**16
+    return np.concatenate([(high * high).sum(1), (high * low).sum(1), (low * low).sum(1)],
+                          axis=-1)
+
+
 def test_the_copies_bound_is_students_t_on_their_pooled_spread() -> None:
     """`_noise` against scipy.stats: two groups of copies, raw units at 2^-22, pooled
-    over both groups' 62 degrees of freedom, at a failure chance of 10⁻⁹ per number."""
+    over both groups' 62 degrees of freedom, at a failure chance of 10⁻⁹ per number; the
+    deviations as large as an ill-conditioned fit's (2^30 raw units), whose squares
+    would pass the 64-bit ring whole."""
     copies = 32
-    draws = np.random.default_rng(5).normal(0.0, [1e-5, 3e-4], size=(2, copies, 2))
-    raw = draws * 2.0**22
-    deviations = ((raw - raw.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-    pooled = np.sqrt(deviations.sum(0) / (2 * copies - 2)) / 2.0**22
+    draws = np.random.default_rng(5).normal(0.0, [1e-5, 3e-4, 256.0], size=(2, copies, 3))
+    raw = np.rint(draws * 2.0**22)
+    deviations = raw - raw.mean(axis=1, keepdims=True)
+    pooled = np.sqrt((deviations**2).sum(axis=(0, 1)) / (2 * copies - 2)) / 2.0**22
     quantile = stats.t.ppf(1 - 1e-9 / 2, 2 * copies - 2)
-    np.testing.assert_allclose(_noise(deviations, 22, copies, 2 * copies),
+    revealed = limb_sums(deviations)
+    np.testing.assert_allclose(_noise(revealed, 22, copies, 2 * copies),
                                quantile * pooled / np.sqrt(2 * copies), rtol=1e-9)
-    np.testing.assert_allclose(_noise(deviations, 22, copies, copies),
+    np.testing.assert_allclose(_noise(revealed, 22, copies, copies),
                                quantile * pooled / np.sqrt(copies), rtol=1e-9)
 
 
 def test_groups_whose_copies_spread_unlike_are_rerun() -> None:
     """The two groups' squared deviations per number must agree within the F test at
     10⁻⁹: a copy that a wrong truncation threw 2^20 units off swells one group's spread
-    beyond any chance, and a square that wrapped the ring is negative. Numbers that
-    hardly vary at all (a unit of rounding) are not compared."""
+    beyond any chance, and a square that wrapped the ring leaves limbs no deviations
+    have (a negative square, or a cross term beyond Cauchy–Schwarz). Numbers that hardly
+    vary at all (a unit of rounding) are not compared."""
     program = SECURE[LinearRegression]
-    copies = program.copies
-    alike = np.array([[40.0**2 * copies, 3.0 * copies, 0.0], [38.0**2 * copies, 4.0 * copies, 0.0]])
-    assert program.steady({"deviations": alike})
-    wrapped = alike.copy()
-    wrapped[1, 0] += (2.0**20) ** 2
-    assert not program.steady({"deviations": wrapped})
-    negative = alike.copy()
-    negative[0, 2] = -(2.0**40)
-    assert not program.steady({"deviations": negative})
+    rng = np.random.default_rng(7)
+    deviations = np.rint(rng.normal(0.0, [40.0, 2.0**30, 0.3], size=(2, program.copies, 3)))
+    assert program.steady({"deviations": limb_sums(deviations)})
+    thrown = deviations.copy()
+    thrown[1, 5, 0] += 2.0**20
+    assert not program.steady({"deviations": limb_sums(thrown)})
+    for number, bad in ((1, -1.0), (4, 1.0)):  # Σh² < 0; |Σh·l| > √(Σh²·Σl²)
+        wrapped = limb_sums(deviations)
+        wrapped[0, number] = bad * wrapped[0, number] + (bad > 0) * 2.0**50
+        assert not program.steady({"deviations": wrapped})
     assert SECURE[Cox].steady({})  # one copy a group: nothing to compare
+
+
+def test_the_maximum_lies_within_the_newton_distance_of_the_last_step(lung3: Workload) -> None:
+    """From coefficients 10⁻² and 10⁻³ away from lung's maximum-likelihood logistic fit
+    (statsmodels, on the same scaled design), one exact Newton step lands within
+    `_newton_distance` of it, coefficient by coefficient in original units, and the
+    bound shrinks with the square of the step, as Newton's method converges."""
+    query = LogisticRegression("dead", ("age", "sex", "ph_ecog"))
+    schema = query.bounded(lung3.schema)
+    design = query.design(schema)
+    frame = lung3.pooled().dropna(subset=["dead", "age", "sex", "ph_ecog"])
+    data = {"age": frame["age"].to_numpy(), "ph_ecog": frame["ph_ecog"].to_numpy(),
+            "sex": pd.Categorical(frame["sex"], schema["sex"].categories).codes}
+    x = model_matrix(design, schema, query.predictors, data)
+    y = frame["dead"].to_numpy(dtype=np.float64)
+    best = sm.Logit(y, x).fit(disp=0, tol=1e-12).params
+    original = design.to_original()
+    bounds = []
+    for away in (1e-2, 1e-3):
+        beta = best + away
+        mu = 1 / (1 + np.exp(-x @ beta))
+        hessian = (x * (mu * (1 - mu))[:, None]).T @ x / len(y)
+        step = np.linalg.solve(hessian, x.T @ (y - mu) / len(y))
+        inverse = np.linalg.inv(hessian)
+        values = {"values": step, "diagonal": np.diag(inverse),
+                  "corner": original[0] @ inverse @ original[0]}
+        bound = _newton_distance(query, schema, LogisticState(3, tuple(beta)), values,
+                                 np.zeros(len(step)))
+        assert np.all(np.abs(original @ (beta + step - best)) <= bound)
+        bounds.append(bound)
+    np.testing.assert_allclose(bounds[1] / bounds[0], 1e-2, rtol=0.5)
+
+
+def test_a_poisson_step_that_is_never_shortened_moves_by_its_error_alone() -> None:
+    """Shortening can scale a step's error by p + 1; a step that no error can carry past
+    `STEP_LIMIT` is not shortened, so it moves by its error, and the bound is not
+    widened (7 times, for 6 terms, before)."""
+    query = PoissonRegression("events", ("age",))
+    state = PoissonState(3, (0.1, 0.2))
+    assert query.advance_error(None, state, np.array([0.01, -0.02]), 1e-4) == 1e-4
+    assert query.advance_error(None, state, np.array([3.0, -2.0]), 1e-4) == pytest.approx(3e-4)
 
 
 def test_copies_of_a_logistic_round_disagree_when_only_one_has_converged() -> None:

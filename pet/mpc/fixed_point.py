@@ -54,6 +54,14 @@ from each group's first copy, so that a wrong truncation in it shows as the grou
 disagreement rather than hiding in an average."""
 
 
+MAP_BITS = 12
+"""Bits of the whole numbers that map a solution's copies to coefficients inside MPC
+(`pet.mpc.programs._squared_deviations`), each row scaled by its own power of two."""
+LIMB_BITS = 16
+"""The low limb of a copy's deviation when it is squared (`_squared_deviations`): the
+squares of deviations below 2^40 raw units, in limbs, stay far inside the ring."""
+
+
 LOW_BITS = 16
 """Fractional bits the low limb adds to a shared sum (`pet.mpc.programs.share_sum`)."""
 

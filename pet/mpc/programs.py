@@ -17,7 +17,9 @@ import torch
 
 from pet.mpc import kernels
 from pet.mpc.fixed_point import (
+    LIMB_BITS,
     LOW_BITS,
+    MAP_BITS,
     MEAN_GAP,
     SUMMED,
     TRUNCATION_BITS,
@@ -121,23 +123,27 @@ def _group_sums(x: Any, copies: int) -> Any:
 
 def _squared_deviations(crypten: Any, values: Any, public: dict[str, Any]) -> Any:
     """Per group and per number, Σ_k (v_k − m)² over the group's copies v_k of the main
-    output, in raw units squared, m the group's mean truncated to its precision; with a
-    public integer map `numbers` (rows: the answer's numbers as combinations of the
-    outputs, such as a fit's coefficients in original units, scaled by the backend) the
-    mapped numbers' sums follow the outputs'.
+    output, in raw units squared and in limbs: Σh², Σh·l and Σl² for each deviation
+    h·2^LIMB_BITS + l, m being the group's mean truncated to its precision (which adds
+    copies·(m − mean)² to the sum, a conservative hair). With a public integer map
+    `numbers` (rows: the answer's numbers as combinations of the outputs, such as a
+    fit's coefficients in original units, each row scaled by the backend to
+    2^MAP_BITS) the mapped numbers follow the outputs, shifted back down by 2^MAP_BITS.
 
-    The deviations are differences of copies, exact, and far below 2^14 raw units while
-    the copies agree, so they are mapped and squared as raw integers, exactly (a product
-    with a public fraction would add a truncation as large as a small deviation). m's
-    own truncation adds copies·(m − mean)² to the sum, a conservative hair."""
+    Deviations are differences of copies, exact; an ill-conditioned fit's reach 2^24 raw
+    units and more, whose squares would pass the ring, so each is split at a truncation
+    (h within a few units of d/2^LIMB_BITS, l = d − h·2^LIMB_BITS exactly) and the
+    limbs' products are summed: exact for deviations below 2^40."""
     copies = public["copies"]
     groups = values.view(2, copies, -1)
     deviations = groups - groups.sum(1, keepdim=True).div(copies)
     raw = crypten.mpc.MPCTensor.from_shares(deviations.share, precision=0)
     if public.get("numbers") is not None:
         mapped = raw.matmul(torch.tensor(public["numbers"], dtype=torch.int64).T)
-        raw = crypten.cat([raw, mapped], -1)
-    return (raw * raw).sum(1)
+        raw = crypten.cat([raw, mapped.div(2**MAP_BITS)], -1)
+    high = raw.div(2**LIMB_BITS)
+    low = raw - high * 2**LIMB_BITS
+    return (crypten.cat([high, high, low], -1) * crypten.cat([high, low, low], -1)).sum(1)
 
 
 def _copies(crypten: Any, x: Any, count: int) -> Any:
@@ -293,6 +299,10 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     public power of two because D·b, unlike D·A·D, has no bound of 1 (a gradient is not
     bounded by the Hessian's diagonal).
 
+    The other copies of a group solve [A' | D·b·2^-shift] alone (the rest of their
+    matrix is zero): only each group's first copy's inverse is revealed, and the large
+    entries of an inverse are where a truncation is likeliest to go wrong.
+
     Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, how many values were too small to
     normalise (the query is then refused) and, where `public["residual"]` asks, the
     solver's residual in the equilibrated, shifted system (rounding noise, for a
@@ -302,8 +312,10 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     full = tri[:, public["square"]].view(-1, p, p)
     scaled, y, s, small = kernels.equilibrate(full, public["steps"])
     rhs = ((rhs * y) * s).div(2**shift) if shift else (rhs * y) * s
-    corner = (y * torch.tensor(public["corner"])) * s  # D·a₀
-    identity = (scaled - scaled) + torch.eye(p, dtype=torch.float64)
+    first = torch.zeros(full.size(0), dtype=torch.float64)
+    first[::public["copies"]] = 1.0  # only each group's first copy's inverse is revealed
+    corner = (y * (first.unsqueeze(-1) * torch.tensor(public["corner"]))) * s  # D·a₀
+    identity = (scaled - scaled) + first.view(-1, 1, 1) * torch.eye(p, dtype=torch.float64)
     augmented = crypten.cat([scaled, rhs.unsqueeze(-1), corner.unsqueeze(-1), identity], -1)
     solved, tiny = kernels.gauss_jordan(augmented, public["steps"])
     z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
@@ -345,7 +357,7 @@ def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
     bits_below = kernels.below(sums[..., 0], torch.tensor(
         [2 ** (TRUNCATION_BITS - j) for j in range(1, power + 1)]))
     m = bits_below.sum(-1)  # S0·2^m in [2^(46-1), 2^46): its top bit is bit 45
-    scaled = crypten.stack([sums * kernels.power_of_two(bits_below).unsqueeze(-1)] * 2)
+    scaled = _copies(crypten, sums * kernels.power_of_two(bits_below).unsqueeze(-1), 2)
     scaled = crypten.mpc.MPCTensor.from_shares(
         scaled.div(2 ** (TRUNCATION_BITS - digits)).share, precision=digits)
     reciprocal = kernels.newton_reciprocal(scaled[..., 0])

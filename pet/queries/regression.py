@@ -536,14 +536,6 @@ class NewtonRegression(Regression):
         is off by at most `error` (MPC's bound on its solve)."""
         return error
 
-    @abstractmethod
-    def hessian_lipschitz(self, terms: int, radius: float) -> float:
-        """A Lipschitz constant, in the spectral norm, of the round's per-row Hessian (as
-        summed, on the scaled design) within `radius` of the round's coefficients: the
-        slope of a row's weight in its linear predictor times ‖x‖³ ≤ terms^1.5, every
-        term of the scaled design being within [-1, 1]. It bounds how far the maximum
-        lies beyond a Newton step (`pet.backends.mpc`)."""
-
     def box(self, schema: Schema) -> np.ndarray:
         """Under DP, the largest magnitude each scaled coefficient may reach."""
         return np.full(self.design(schema).size, COEFFICIENT_BOX)
@@ -736,10 +728,6 @@ class LogisticRegression(NewtonRegression):
     def row_bounds(self, schema: Schema, state: State) -> tuple[float, float]:
         """μ(1 − μ) ≤ 1/4, and each row's log-likelihood is floored at `LOG_FLOOR`."""
         return 0.25, -LOG_FLOOR
-
-    def hessian_lipschitz(self, terms: int, radius: float) -> float:
-        """The weight μ(1 − μ) changes with slope |μ(1 − μ)(1 − 2μ)| ≤ 1/(6√3)."""
-        return terms**1.5 / (6 * np.sqrt(3))
 
     def accumulate(self, data: dict[str, np.ndarray], schema: Schema,
                    state: State) -> dict[str, np.ndarray]:
@@ -940,13 +928,6 @@ class PoissonRegression(NewtonRegression):
     def information_scale(self, schema: Schema, state: State) -> float:
         return float(np.exp(-self._normaliser(schema, state)))
 
-    def hessian_lipschitz(self, terms: int, radius: float) -> float:
-        """The scaled weight μ·e^(−c), at most 1 at the round's coefficients, is its own
-        slope, and grows by at most e^(‖x‖·radius) within `radius` of them (infinite
-        where that passes the float range)."""
-        growth = np.sqrt(terms) * radius
-        return terms**1.5 * float(np.exp(growth)) if growth < 700 else np.inf
-
     def covariance(self, parts: dict[str, np.ndarray], schema: Schema, state: State,
                    inverse: np.ndarray) -> np.ndarray:
         """Model-based, e^(−c) times the inverse; robust (HC0), the sandwich
@@ -997,13 +978,15 @@ class PoissonRegression(NewtonRegression):
 
     def advance_error(self, schema: Schema, state: State, step: np.ndarray,
                       error: float) -> float:
-        """Shortening moves a step by at most (p + 1) times its error (a radial scaling
-        in the L1 norm); the log-linear start's log ℓ and δⱼ/ℓ move by at most
-        error·(1 + |δⱼ|/ℓ)/ℓ, with ℓ = 1 + δ₀ at its least (no bound when that is not
-        positive)."""
+        """A step that no error within `error` can take past `STEP_LIMIT` is not shortened
+        and moves by `error`; shortening moves a step by at most (p + 1) times its error
+        (a radial scaling in the L1 norm); the log-linear start's log ℓ and δⱼ/ℓ move by
+        at most error·(1 + |δⱼ|/ℓ)/ℓ, with ℓ = 1 + δ₀ at its least (no bound when that
+        is not positive)."""
         spread = (len(step) + 1) * error
         if self._log_linear_start(state, step) is None:
-            return spread
+            whole_step = float(np.abs(step).sum()) + len(step) * error <= STEP_LIMIT
+            return error if whole_step else spread
         least = 1.0 + float(step[0]) - error
         if not least > 0:
             return float(np.inf)
