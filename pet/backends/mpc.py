@@ -657,14 +657,17 @@ def _newton_distance(query: Any, schema: Schema, state: Any, values: dict[str, n
     |dw/dη| ≤ w, and |xᵀu| ≤ R‖u‖ with R = √p on the scaled design, so the per-row
     Hessian M at β + u lies within e^(±R‖u‖)·M. Then the gradient after the step is at
     most ((e^x − 1)/x − 1)·‖s‖_M in M⁻¹'s norm (x = R‖s‖, ‖s‖_M ≤ √(p·w_max)·‖s‖), the
-    maximum is within twice e^x that of β + s in M's norm while R·‖d‖ ≤ log 2 (checked
-    through ‖d‖ ≤ ‖d‖_M·√trace(M⁻¹)), and coefficient i moves by at most
+    maximum is within twice e^x that of β + s in M's norm while R·‖s‖ and R·‖d‖ stay
+    below log 2 (the latter checked through ‖d‖ ≤ ‖d‖_M·√trace(M⁻¹)), and
+    coefficient i moves by at most
     √(aᵢᵀM⁻¹aᵢ) (its revealed spread) times that: quadratic in the step."""
     step = values["values"]
     p = len(step)
     size = float(np.linalg.norm(np.abs(step) + error))
     reach = np.sqrt(p)
     x = reach * size
+    if not x < np.log(2):  # then R·‖d‖ ≤ log 2 cannot hold either
+        return np.full(p, np.nan)
     in_norm = np.sqrt(p * query.row_bounds(schema, state)[0]) * size
     gradient = (np.expm1(x) / x - 1) * in_norm if x > 0 else 0.0
     distance = 2 * np.exp(x) * gradient
