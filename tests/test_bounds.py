@@ -93,11 +93,10 @@ def test_mpc_variance_is_close_to_plaintext(lung3: Workload, mpc: MPC) -> None:
 
 
 @pytest.mark.parametrize(("query", "repeats", "floor"), [
-    pytest.param(Correlation(("age", "meal_cal", "wt_loss", "ph_karno", "pat_karno")), 40,
+    pytest.param(Correlation(("age", "meal_cal", "wt_loss", "ph_karno", "pat_karno")), 25,
                  1 / 10, id="correlation"),
-    pytest.param(LinearRegression("meal_cal", ("age", "sex", "ph_ecog", "wt_loss", "ph_karno",
-                                               "pat_karno")), 30, 1 / 10, id="linear"),
-    pytest.param(LogisticRegression("dead", ("age", "sex", "ph_ecog")), 10, 1 / 12,
+    pytest.param(LINEAR, 20, 1 / 10, id="linear"),
+    pytest.param(LogisticRegression("dead", ("age", "sex", "ph_ecog")), 4, 1 / 20,
                  id="logistic")])
 def test_mpc_measured_bounds_hold_and_are_within_ten_times_the_error(
         lung3: Workload, mpc: MPC, query: Query, repeats: int, floor: float) -> None:
@@ -107,8 +106,9 @@ def test_mpc_measured_bounds_hold_and_are_within_ten_times_the_error(
     they replace were 45–270 times the error. Without each copy's own sharing of zero
     the copies would share their first division's truncation, and the correlations'
     and the fit's errors would pass a quarter of their bounds. Logistic regression takes
-    four Newton rounds a fit, so it runs fewer repeats, and its 40 errors estimate the
-    typical one only to ±11%: its floor leaves room for that."""
+    four Newton rounds a fit, so it runs four repeats, and their 16 errors estimate the
+    typical one only to ±18%: its floor only says the bound is not far too loose, and
+    the bounds profile measures it (8.4 on lung)."""
     errors, bounds = errors_and_bounds(lung3, mpc, query, repeats)
     assert np.all(np.abs(errors) <= bounds)
     assert floor <= typical_share(errors, bounds) <= 1 / 4
