@@ -22,7 +22,6 @@ from pet.mpc.channel import TlsIdentity
 from pet.mpc.parties import Party, PartyConfig
 from pet.queries import (
     Contingency,
-    Correlation,
     Count,
     Cox,
     ExactQuantiles,
@@ -515,8 +514,7 @@ def test_a_coordinator_cannot_run_a_secure_program_at_will(
     answer. A site runs a program at most ATTEMPTS times on one sum, as many as the
     backend's reruns need, and again only on inputs shared anew."""
     with _session(federation, "rerun") as stubs:
-        tokens = _inputs(stubs, "rerun", [Correlation(("age", "meal_cal"))] * 3,
-                         common_pb2.Backend(name="mpc"))
+        tokens = _inputs(stubs, "rerun", [Mean("age")] * 3, common_pb2.Backend(name="mpc"))
         _run_everywhere(stubs, "rerun", "share_sum", tokens, [{}] * 3)
         for _ in range(ATTEMPTS):
             runs = _run_everywhere(stubs, "rerun", "secure", [b""] * 3, [{}] * 3)
