@@ -368,7 +368,7 @@ class SecureProgram:
     def groups(self, values: dict[str, np.ndarray], digits: int, fine: int,
                bits: int) -> list[dict[str, Any]]:
         """Each group's outputs, decoded, the main output and the flags averaged over its
-        copies (`pet.mpc.programs.SUMMED`): fixed-point ones at the programs' precision,
+        copies (`pet.mpc.fixed_point.SUMMED`): fixed-point ones at the programs' precision,
         a (co)variance ("fine") at twice `fine` (`moment_precision`), raw sums at the
         layout's scale, the rest integers (the outputs of an exact kernel are counts);
         with several copies, as "noise", each number's bound on the group's mean, else,
