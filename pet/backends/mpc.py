@@ -671,8 +671,7 @@ def _newton_distance(query: Any, schema: Schema, state: Any, values: dict[str, n
     in_norm = np.sqrt(p * query.row_bounds(schema, state)[0]) * size
     gradient = (np.expm1(x) / x - 1) * in_norm if x > 0 else 0.0
     distance = 2 * np.exp(x) * gradient
-    trace = float(np.sum(np.maximum(values["diagonal"], 0.0)))
-    if reach * distance * np.sqrt(trace) > np.log(2):
+    if reach * distance * np.sqrt(_trace(values)) > np.log(2):
         return np.full(p, np.nan)
     return np.sqrt(np.maximum(_spread(query, schema, values), 0.0)) * distance
 
@@ -789,8 +788,12 @@ def _original_noise(query: Any, schema: Schema, values: dict[str, np.ndarray]) -
 def _scaled_errors(values: dict[str, np.ndarray], error: float) -> np.ndarray:
     """Each scaled coefficient's bound |(M⁻¹·η)_k| ≤ ‖row k of M⁻¹‖·‖η‖, with
     ‖row k‖² = (M⁻²)_kk ≤ λmax(M⁻¹)·(M⁻¹)_kk ≤ trace(M⁻¹)·(M⁻¹)_kk, all revealed."""
-    diagonal = np.maximum(values["diagonal"], 0.0)
-    return np.sqrt(float(np.sum(diagonal)) * diagonal) * error
+    return np.sqrt(_trace(values) * np.maximum(values["diagonal"], 0.0)) * error
+
+
+def _trace(values: dict[str, np.ndarray]) -> float:
+    """trace(M⁻¹) from the revealed diagonal: a bound on M⁻¹'s largest eigenvalue."""
+    return float(np.sum(np.maximum(values["diagonal"], 0.0)))
 
 
 def _coefficient_errors(query: Any, schema: Schema, values: dict[str, np.ndarray],
@@ -798,8 +801,7 @@ def _coefficient_errors(query: Any, schema: Schema, values: dict[str, np.ndarray
     """Each coefficient's bound in original units before the outcome's scaling:
     |aᵢᵀ·M⁻¹·η| ≤ √(trace(M⁻¹)·aᵢᵀM⁻¹aᵢ)·‖η‖ for aᵢ row i of the public map Aₒ, with
     aᵢᵀM⁻¹aᵢ the revealed spread of coefficient i (`_spread`)."""
-    trace = float(np.sum(np.maximum(values["diagonal"], 0.0)))
-    return np.sqrt(trace * np.maximum(_spread(query, schema, values), 0.0)) * error
+    return np.sqrt(_trace(values) * np.maximum(_spread(query, schema, values), 0.0)) * error
 
 
 def _quantile_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:

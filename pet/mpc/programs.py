@@ -176,10 +176,9 @@ def _quotients(crypten: Any, total: Any, low: Any, span: tuple[int, int], n: int
     """The blocks in `span` divided by n, element i at digits[i] fractional bits, in
     `count` copies (`_copies`), raw: one truncation each, by a public divisor per
     element. The low limb, where there is one and n is small enough (`low_bits`), joins
-    the sum first
-    (hi·2^L + low, exact), so that the sites' rounding is 2^-L of what it was; a sum with
-    fewer fractional bits than its quotient keeps is shifted up, exactly, so that the
-    quotient keeps every bit the per-row value carries."""
+    the sum first (hi·2^L + low, exact), so that the sites' rounding is 2^-L of what it
+    was; a sum with fewer fractional bits than its quotient keeps is shifted up, exactly,
+    so that the quotient keeps every bit the per-row value carries."""
     extra = low_bits(n, bits) if low is not None else 0
     sums = total[span[0]:span[1]]
     if extra:
@@ -357,14 +356,15 @@ def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
     bits_below = kernels.below(sums[..., 0], torch.tensor(
         [2 ** (TRUNCATION_BITS - j) for j in range(1, power + 1)]))
     m = bits_below.sum(-1)  # S0·2^m in [2^(46-1), 2^46): its top bit is bit 45
-    scaled = _copies(crypten, sums * kernels.power_of_two(bits_below).unsqueeze(-1), 2)
+    scaled = _copies(crypten, sums * kernels.power_of_two(bits_below).unsqueeze(-1),
+                     _count(public))
     scaled = crypten.mpc.MPCTensor.from_shares(
         scaled.div(2 ** (TRUNCATION_BITS - digits)).share, precision=digits)
     reciprocal = kernels.newton_reciprocal(scaled[..., 0])
     ratios = scaled[..., 1:] * reciprocal.unsqueeze(-1)
     r1, r2 = ratios[..., :p], ratios[..., p:]
     counts = _per_row(crypten, total, low, (public["events"][0], public["event_x"][1]), n,
-                      bits, 2)
+                      bits, _count(public))
     d, e = counts[:, :g * k].view(2, g * k, 1), counts[:, g * k:].view(2, g * k, p).sum(1)
     r1, r2 = r1.view(2, g * k, p), r2.view(2, g * k, -1)
     score = e - (d * r1).sum(1)
