@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import resource
 import tempfile
@@ -335,7 +336,41 @@ def summary(log: Path) -> str:
         for impl, runs in by_impl.items():
             lines += _rows(f"| {dataset} | {method} | {epsilon:g} | {delta:g} | {impl}", runs,
                            speedup if impl == "pet" else "")
+    return "\n".join(lines) + "\n\n" + paired(groups)
+
+
+PAIRED = (("tvd2", "2-way TVD", -1), ("tstr_auc", "TSTR AUC", 1))
+"""The scores the paired comparison pools: key, label, and +1 where higher is better."""
+
+
+def paired(groups: dict[tuple, dict[str, list[dict[str, Any]]]]) -> str:
+    """pet against each peer (as shipped), pooled over every cell where both have two or
+    more fits: the mean over cells of pet's mean less the peer's, its standard error
+    (each cell's two means independent: √Σ(s²_pet/n_pet + s²_peer/n_peer) / cells), and
+    in how many cells pet's mean is the better. One cell's three fits cannot tell a
+    difference of a few hundredths of AUC from luck; many cells together can."""
+    lines = ["| method | peer | score | cells | pet − peer, mean over cells | "
+             "standard error | cells where pet is better |", "|---|---|---|---:|---:|---:|---:|"]
+    methods = sorted({method for _, method, *_ in groups})
+    peers = sorted({impl for cell in groups.values() for impl in cell} - {"pet"})
+    for method, peer in ((m, p) for m in methods for p in peers):
+        for key, label, sign in PAIRED:
+            pairs = [(_scores(cell.get("pet", []), key), _scores(cell[peer], key))
+                     for (_, m, *_), cell in groups.items() if m == method and peer in cell]
+            pairs = [(a, b) for a, b in pairs if len(a) > 1 and len(b) > 1]
+            if not pairs:
+                continue
+            gaps = np.array([a.mean() - b.mean() for a, b in pairs])
+            spread = math.sqrt(sum(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)
+                                   for a, b in pairs)) / len(pairs)
+            lines.append(f"| {method} | {peer} | {label} | {len(pairs)} | {gaps.mean():+.4f} "
+                         f"| {spread:.4f} | {int((sign * gaps > 0).sum())} |")
     return "\n".join(lines) + "\n"
+
+
+def _scores(runs: list[dict[str, Any]], key: str) -> np.ndarray:
+    """One score of the runs that finished and recorded it."""
+    return np.array([r[key] for r in runs if r.get("status") == "ok" and key in r])
 
 
 def _rows(head: str, runs: list[dict[str, Any]], speedup: str) -> list[str]:

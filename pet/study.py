@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ class Study:
     (`Study(sites, backend="dp", epsilon=1.0, delta=1e-6)`) or a backend made beforehand."""
 
     def __init__(self, sites: Sequence[Site], *, backend: str | Backend = "plaintext",
-                 parallel: bool = False, **options: Any) -> None:
+                 parallel: Executor | None = None, **options: Any) -> None:
         if not sites:
             raise PetError("a study needs at least one site")
         names = [s.name for s in sites]
@@ -47,7 +47,8 @@ class Study:
                            "backend already made")
         self.backend = get_backend(backend, **options) if isinstance(backend, str) else backend
         self.parallel = parallel
-        """Ask every site at once (sites that are servers elsewhere) instead of in turn."""
+        """Where to ask every site at once (sites that are servers elsewhere) instead of in
+        turn: the caller's long-lived threads, so that a round starts none of its own."""
         self._asked: dict[str, int] = {}
         """Rounds asked so far under each request id the caller shares between runs: each
         release of a request is numbered, so a site tells a new release from a retry."""
@@ -125,10 +126,9 @@ class Study:
         def ask(site: Site) -> Contribution:
             return site.contribute(query, state, self.backend, request=request, round=round)
 
-        if not self.parallel or len(self.sites) == 1:
+        if self.parallel is None or len(self.sites) == 1:
             return [ask(site) for site in self.sites]
-        with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
-            return list(pool.map(ask, self.sites))
+        return list(self.parallel.map(ask, self.sites))
 
 
 @contextmanager

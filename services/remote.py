@@ -33,6 +33,9 @@ from services.pb import common_pb2, site_pb2, site_pb2_grpc
 from services.security import peer_channel
 from services.status import CallError, from_rpc
 
+CALLS = 64
+"""Calls to sites under way at once, over every run: threads kept for the life of the
+coordinator (a round would pay about a millisecond to start its own)."""
 MIN_MPC_SITES = 3
 """Below three sites an MPC session would need parties that no site runs."""
 RECONNECT_S = 3.0
@@ -235,6 +238,7 @@ class Sites:
         dealer = tls.identity()  # the dealer proves itself with the coordinator's certificate
         self.mpc = MpcSession(self.peers, replace(party, tls=dealer, dealer=dealer.name()))
         self._agreement: Agreement | None = None
+        self._calls = ThreadPoolExecutor(max_workers=CALLS, thread_name_prefix="pet-site")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -262,11 +266,12 @@ class Sites:
         sites = [RemoteSite(peer, schema, spec=spec, n_sites=len(self.peers),
                             analyst=analyst, deadline=deadline, mpc_session=mpc_session)
                  for peer in self.peers]
-        return Study(sites, backend=backend, parallel=True)  # type: ignore[arg-type]
+        return Study(sites, backend=backend, parallel=self._calls)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """End the MPC session and close the channels to the sites."""
         self.mpc.close()
+        self._calls.shutdown(wait=False, cancel_futures=True)
         for peer in self.peers:
             peer.channel.close()
 
