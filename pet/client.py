@@ -15,11 +15,9 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import pandas as pd
-import pyarrow as pa
 
 from pet import codec
 from pet.backends import Backend, get_backend
@@ -37,6 +35,9 @@ from services.pb import (
     synthesis_pb2_grpc,
 )
 from services.security import analyst_channel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ANALYST_KEYS = ("he", "he+dp")
 """Backends whose keys the analyst makes and whose aggregates only the analyst reveals."""
@@ -152,7 +153,13 @@ class RemoteFit:
         """The data card of the last sample drawn."""
 
     def sample(self, rows: int, *, seed: int = 0, chunk_rows: int = 0) -> pd.DataFrame:
-        """`rows` synthetic records, streamed from the coordinator in chunks."""
+        """`rows` synthetic records, streamed from the coordinator in chunks; a whole-number
+        column with a missing value stays whole (pandas' nullable types, where numpy's
+        int64 would turn it into floats)."""
+        import pandas as pd  # here: a query's answer needs neither pandas nor Arrow
+        import pyarrow as pa
+
+        nullable = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
         request = synthesis_pb2.SampleRequest(fit=self.id, rows=rows, seed=seed,
                                               chunk_rows=chunk_rows)
         batches = []
@@ -163,12 +170,7 @@ class RemoteFit:
                     self.card = json.loads(chunk.card_json)
         except grpc.RpcError as error:
             raise RemoteError(error.code(), error.details()) from None
-        return pa.Table.from_batches(batches).to_pandas(types_mapper=_NULLABLE.get)
-
-
-_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-"""Arrow types read as pandas' nullable types, so that a whole-number column with a
-missing value stays whole (numpy's int64 would turn it into floats)."""
+        return pa.Table.from_batches(batches).to_pandas(types_mapper=nullable.get)
 
 
 class RemoteStudy:

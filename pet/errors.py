@@ -53,6 +53,11 @@ class DisclosureError(PetError):
         self.limit = limit
 
 
+class PartyError(PetError):
+    """An MPC party failed, stalled or died; the session was torn down (`pet.mpc.parties`;
+    here, so that what reports it need not load the parties)."""
+
+
 class SourceError(PetError):
     """A source that cannot be read: no such table, a query that is not one SELECT, an
     engine that refuses the connection (`pet.sources`; here, so that what reports it

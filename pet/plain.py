@@ -13,19 +13,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def plain(value: Any) -> Any:
     """The JSON-ready structure of a value (raises TypeError for a kind it cannot show)."""
-    if value is None or value is pd.NA or value is pd.NaT:
+    # A pandas value exists only once pandas is imported: a plain answer needs no pandas.
+    pd = sys.modules.get("pandas")
+    if value is None or (pd is not None and (value is pd.NA or value is pd.NaT)):
         return None
     if isinstance(value, str | bool | np.bool_):
         return value if not isinstance(value, np.bool_) else bool(value)
-    if isinstance(value, pd.Timestamp | np.datetime64):
+    if isinstance(value, np.datetime64) or (pd is not None and isinstance(value, pd.Timestamp)):
+        import pandas as pd
+
         return pd.Timestamp(value).isoformat()
     if isinstance(value, int | np.integer):
         return int(value)
@@ -34,9 +41,9 @@ def plain(value: Any) -> Any:
         return number if math.isfinite(number) else None
     if isinstance(value, np.ndarray):
         return plain(value.tolist())
-    if isinstance(value, pd.DataFrame):
+    if pd is not None and isinstance(value, pd.DataFrame):
         return plain(records(value))
-    if isinstance(value, pd.Series):
+    if pd is not None and isinstance(value, pd.Series):
         return plain(value.tolist())
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
@@ -51,6 +58,8 @@ def plain(value: Any) -> Any:
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """A DataFrame's rows as records with text column names (a MultiIndex's joined by a
     space), a meaningful index's levels first (named `term`, `level`, ... where unnamed)."""
+    import pandas as pd
+
     flat = frame.copy()
     flat.columns = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c)
                     for c in frame.columns]

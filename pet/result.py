@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pet.backends.base import Privacy, largest
 from pet.hypothesis import Test
@@ -20,6 +19,9 @@ from pet.queries import (
     SurvivalCurve,
     TableOneResult,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def answer_frame(value: Any) -> pd.DataFrame:
     """An answer as a table: a fit's coefficients with SEs, p-values and 95% intervals, a
     curve's survival per grid time, a test's statistic and p-value, a Table 1 as laid out
     in a paper, a matrix as is, else its numbers as one column `value`."""
+    import pandas as pd  # here: an answer shown as one line needs no pandas
+
     if isinstance(value, LinearFit | LogisticFit | PoissonFit | CoxFit):
         return value.table()
     if isinstance(value, SurvivalCurve):

@@ -14,13 +14,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from pet.errors import SchemaError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Category = str | int
 
@@ -141,6 +143,8 @@ class Boolean(Column):
         return 0.0, 1.0
 
     def _encode(self, values: pd.Series, first_row: int) -> np.ndarray:
+        import pandas as pd  # here: reading a query or a schema needs no pandas
+
         series = pd.Series(values, copy=False)
         if series.dtype.kind in "OSU":  # text such as CSV cells: read true/false too
             words = series.map(lambda v: v.lower() if isinstance(v, str) else v)
@@ -184,6 +188,8 @@ class Categorical(Column):
             ) from None
 
     def _encode(self, values: pd.Series, first_row: int) -> np.ndarray:
+        import pandas as pd
+
         series = pd.Series(values, copy=False)
         codes = pd.Categorical(series, categories=list(self.categories)).codes.copy()
         unknown = (codes < 0) & series.notna().to_numpy()
@@ -256,6 +262,8 @@ def _numeric(values: pd.Series, column: Column, first_row: int, *, integral: boo
 
 def _as_float(values: pd.Series, column: str, first_row: int, expected: str) -> np.ndarray:
     """Numbers (and booleans) as float64 with NaN for missing; anything else is an error."""
+    import pandas as pd
+
     series = pd.Series(values, copy=False)
     if series.dtype.kind in "biuf":
         return series.to_numpy(dtype=np.float64, na_value=np.nan)

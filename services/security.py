@@ -10,12 +10,14 @@ digest (the configuration never holds a token itself).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from services.config import Tls
 from services.status import CallError
+
+if TYPE_CHECKING:
+    from services.config import Tls
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Methods every authenticated peer may call (health checks, reflection)."""

@@ -15,10 +15,16 @@ from typing import Any, TypeVar
 import grpc
 
 from pet.codec import CodecError
-from pet.errors import DisclosureError, PetError, QueryError, SchemaError, SourceError
+from pet.errors import (
+    DisclosureError,
+    PartyError,
+    PetError,
+    QueryError,
+    SchemaError,
+    SourceError,
+)
 from pet.ledger import BudgetError
 from pet.limits import FilterLimitError, LimitError
-from pet.mpc.parties import PartyError
 from pet.releases import KeyReuse, ReleaseError
 
 log = logging.getLogger("pet.services")

@@ -48,8 +48,9 @@ def test_the_package_exports_its_names_when_first_used() -> None:
 
 def test_asking_the_coordinator_loads_no_engine_nor_statistics_package() -> None:
     """What `pet query` imports (reading a query, the client, the report) leaves out the
-    data engines, statsmodels, scipy.stats and torch: they cost the command line over a
-    second, and only a site's data or a test's p-value needs them."""
+    data engines, statsmodels, scipy.stats, torch, pandas, Arrow, TenSEAL and the MPC
+    parties: they cost the command line over a second, and only a site's data, a test's
+    p-value, a table of the answer or another backend needs them."""
     code = ("from pet.queries import parse; from pet.client import Client; "
             "from pet.report import RESULT_HEADERS; parse('Mean(\"age\", where=\"age > 1\")')")
     found = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
@@ -57,4 +58,16 @@ def test_asking_the_coordinator_loads_no_engine_nor_statistics_package() -> None
                            capture_output=True, text=True, check=True)
     modules = set(json.loads(found.stdout))
     assert {"duckdb", "psycopg", "pyspark", "sqlglot", "statsmodels", "scipy.stats",
-            "scipy.integrate", "torch", "crypten"} & modules == set()
+            "scipy.integrate", "torch", "crypten", "pandas", "pyarrow", "tenseal",
+            "cryptography", "pet.mpc.parties", "pet.backends.he"} & modules == set()
+
+
+def test_the_backends_are_found_by_name_and_imported_when_asked_for() -> None:
+    """The registry's names are the classes' own, and a plaintext backend brings neither
+    TenSEAL nor the MPC parties."""
+    from pet.backends import BACKENDS
+
+    assert {name: cls.name for name, cls in BACKENDS.items()} == {n: n for n in BACKENDS}
+    modules = loaded_after("pet.backends", then="from pet.backends import get_backend\n"
+                           "get_backend('plaintext')")
+    assert {"tenseal", "torch", "crypten", "cryptography"} & modules == set()

@@ -45,15 +45,11 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from pet.certs import COORDINATOR, make_certificates
-from pet.errors import PetError
+from pet.errors import PartyError, PetError
 from pet.mpc.channel import ChannelError, TlsIdentity, describe, listen, open_channel
 
 DEFAULT_PORTS = (47000, 47999)
 WILDCARDS = frozenset({"", "*", "0.0.0.0", "::"})
-
-
-class PartyError(PetError):
-    """An MPC party failed, stalled or died; the session was torn down."""
 
 
 IDLE_CHECK_S = 1.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -23,8 +23,10 @@ from pet.errors import QueryError
 from pet.intervals import Interval, Spread, delta_method, propagated
 from pet.layout import Block, Layout
 from pet.schema import Boolean, Categorical, Column, Schema
-from pet.table import Chunk
 from pet.where import Where
+
+if TYPE_CHECKING:
+    from pet.table import Chunk
 
 MISSING_WEIGHT = 0.1
 """Public weight of the `missing` counts in a DP release's budget split: they are reported

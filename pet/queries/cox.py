@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from scipy import special
 
 from pet.errors import QueryError
@@ -43,7 +42,11 @@ from pet.queries.regression import (
 )
 from pet.queries.survival import KaplanMeier
 from pet.schema import Categorical, Schema
-from pet.table import Chunk
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pet.table import Chunk
 
 CONCORDANCE_WEIGHT = 0.05
 """Public weight of the concordance counts in a DP release's budget split: they never
@@ -114,6 +117,8 @@ class CoxFit(Fit):
 
     def hazard_ratios(self, confidence: float = 0.95) -> pd.DataFrame:
         """exp(coef) with its confidence interval, per term."""
+        import pandas as pd  # here: reading a query needs no pandas
+
         z = special.ndtri(0.5 + confidence / 2)
         se = self.total_se()
         with np.errstate(over="ignore"):  # an interval too wide for a float ends at inf

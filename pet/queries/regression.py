@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from scipy import special
 
 from pet.errors import QueryError
@@ -39,6 +38,9 @@ from pet.queries.base import (
     whole,
 )
 from pet.schema import Boolean, Categorical, Continuous, Integer, Schema, TimeToEvent
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LOG_FLOOR = float(np.log(1e-12))
 """Per-row log-likelihood floor (probabilities clipped at 1e-12), so its sum is bounded."""
@@ -177,6 +179,8 @@ class Fit:
     def table(self) -> pd.DataFrame:
         """Coefficients, standard errors (sampling, DP noise), statistics, p-values and 95%
         intervals that allow for both."""
+        import pandas as pd  # here: reading a query needs no pandas
+
         z = special.ndtri(0.975)
         total = self.total_se()
         return pd.DataFrame(
@@ -189,6 +193,8 @@ class Fit:
     def exponentiated(self, label: str, confidence: float = 0.95) -> pd.DataFrame:
         """exp(coef) as column `label`, with the exponentiated ends of its confidence
         interval (from the total SE): ratios for models on a log scale."""
+        import pandas as pd
+
         z = special.ndtri(0.5 + confidence / 2)
         total = self.total_se()
         return pd.DataFrame({label: np.exp(self.coef), "ci_low": np.exp(self.coef - z * total),

@@ -12,10 +12,9 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pet.errors import QueryError
 from pet.hypothesis import (
@@ -33,6 +32,9 @@ from pet.layout import Block
 from pet.queries.base import MISSING_WEIGHT, Query, State, affine, levels, scale
 from pet.queries.tables import bin_index, consistent_counts, grid_quantiles
 from pet.schema import Boolean, Categorical, Column, Continuous, Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 QUARTILES = (0.25, 0.5, 0.75)
 """The probabilities of Q1, the median and Q3."""
@@ -94,6 +96,8 @@ class TableOneResult:
     def to_frame(self) -> pd.DataFrame:
         """The table as tableone lays it out: rows indexed by (variable, level), columns
         Missing, Overall, one per group and P-Value (with `by`), cells as text."""
+        import pandas as pd  # here: reading a query needs no pandas
+
         rows = list(_rows(self))
         index = pd.MultiIndex.from_tuples([(label, level) for label, level, _ in rows])
         frame = pd.DataFrame([cells for _, _, cells in rows], index=index,
