@@ -30,7 +30,7 @@ from pet.backends.mpc import (
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
 from pet.mpc.fixed_point import MEAN_GAP, moment_precision, scale_bits
-from pet.mpc.parties import Parties, Party, PartyConfig, PartyError, Spare, Warm
+from pet.mpc.parties import ASKED_BYTES, Parties, Party, PartyConfig, PartyError, Spare, Warm
 from pet.queries import (
     Correlation,
     Covariance,
@@ -113,6 +113,19 @@ def test_counts_above_float32_precision_stay_exact(mpc: MPC) -> None:
     partials = [np.array([9_999_999.0, 16_777_217.0 / 3, 3.0, 1.0]).round()] * 3
     total = mpc.reveal(mpc.combine([mpc.protect(p, layout) for p in partials], layout), layout)
     np.testing.assert_array_equal(total.total, np.sum(partials, axis=0))
+
+
+def test_a_revealed_sum_costs_two_rounds_and_counts_each_once(mpc: MPC) -> None:
+    """The parties compare the round they answer (one exchange), then open the sum to
+    party 0 (one more); each program reports its own rounds and bytes, so a query's
+    figures do not count its sharing twice. A party's bytes, as CrypTen counts them
+    (what it sends and receives): its round digest to and from the two others, then its
+    share of the sum to party 0."""
+    layout = Layout((Block.counts("n", 1), Block.counts("cells", 3)))
+    partials = [np.array([5.0, 1.0, 2.0, 2.0])] * 3
+    total = mpc.reveal(mpc.combine([mpc.protect(p, layout) for p in partials], layout), layout)
+    assert total.comm_rounds == 2
+    assert total.site_bytes[1:] == (2 * 2 * ASKED_BYTES + 8 * layout.size,) * 2
 
 
 def test_scale_leaves_room_for_the_worst_case_sum() -> None:

@@ -481,6 +481,8 @@ def _party_main(rank: int, roster: tuple[str, ...], config: PartyConfig,
         if message[0] == "stop":
             break
         _, program, value, public = message
+        # Each program reports its own bytes and rounds, not its query's earlier programs'.
+        crypten.communicator.get().reset_communication_stats()
         try:
             pipe.send(("ok", PROGRAMS[program](crypten, rank, len(roster) - 1, value, public,
                                                memory)))
