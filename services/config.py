@@ -93,7 +93,6 @@ class SiteConfig:
         """The site's table: a part of a packaged workload, or a file with a schema. The
         data modules (DuckDB, PostgreSQL, Spark, the workloads) are imported here, not by
         everyone who reads a configuration (the analyst's client among them)."""
-        from pet.sources import open_source
         from pet.table import open_table
         from pet.workloads import load
 
@@ -106,6 +105,8 @@ class SiteConfig:
                                   f"{data['workload']!r}; it has {sorted(workload.tables)}")
             return workload.tables[part]
         if "source" in data:
+            from pet.sources import open_source  # the engines' drivers: only for a source
+
             schema = _schema(data["schema"]) if "schema" in data else None
             return open_source(data, schema, secret=_dsn(data))
         if "path" in data and "schema" in data:

@@ -71,3 +71,22 @@ def test_the_backends_are_found_by_name_and_imported_when_asked_for() -> None:
     modules = loaded_after("pet.backends", then="from pet.backends import get_backend\n"
                            "get_backend('plaintext')")
     assert {"tenseal", "torch", "crypten", "cryptography"} & modules == set()
+
+
+def test_a_site_serving_a_packaged_workload_loads_no_data_engine(tmp_path) -> None:
+    """A site whose data is a packaged workload (lung, read from the file lifelines ships)
+    starts without DuckDB, PostgreSQL's driver, Spark, sqlglot or lifelines: only a
+    `source:` needs the engines."""
+    from pet.certs import make_certificates
+
+    certs = make_certificates(tmp_path / "certs", sites=["site-1"])
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "name: site-1\nlisten: 127.0.0.1:0\ncoordinator: coordinator\n"
+        f"tls: {{cert: {certs.cert('site-1')}, key: {certs.key('site-1')}, ca: {certs.ca}}}\n"
+        "data: {workload: lung, sites: 3, part: site-1}\n"
+        f"ledger: {tmp_path / 'ledger.sqlite'}\naudit: {tmp_path / 'audit.sqlite'}\n"
+        "federation: [site-1, site-2, site-3]\n")
+    modules = loaded_after("services.config", then="from services.config import read_site\n"
+                           f"read_site({str(config)!r}).table()")
+    assert {"duckdb", "psycopg", "pyspark", "sqlglot", "lifelines"} & modules == set()
