@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ class Study:
     (`Study(sites, backend="dp", epsilon=1.0, delta=1e-6)`) or a backend made beforehand."""
 
     def __init__(self, sites: Sequence[Site], *, backend: str | Backend = "plaintext",
-                 parallel: Executor | None = None, **options: Any) -> None:
+                 parallel: bool | Executor = False, **options: Any) -> None:
         if not sites:
             raise PetError("a study needs at least one site")
         names = [s.name for s in sites]
@@ -47,8 +47,9 @@ class Study:
                            "backend already made")
         self.backend = get_backend(backend, **options) if isinstance(backend, str) else backend
         self.parallel = parallel
-        """Where to ask every site at once (sites that are servers elsewhere) instead of in
-        turn: the caller's long-lived threads, so that a round starts none of its own."""
+        """Ask every site at once (sites that are servers elsewhere) instead of in turn: on
+        threads of a round's own, or on the given executor's long-lived ones (a server
+        asking many studies' sites then starts none a round)."""
         self._asked: dict[str, int] = {}
         """Rounds asked so far under each request id the caller shares between runs: each
         release of a request is numbered, so a site tells a new release from a retry."""
@@ -126,9 +127,23 @@ class Study:
         def ask(site: Site) -> Contribution:
             return site.contribute(query, state, self.backend, request=request, round=round)
 
-        if self.parallel is None or len(self.sites) == 1:
+        if not self.parallel or len(self.sites) == 1:
             return [ask(site) for site in self.sites]
-        return list(self.parallel.map(ask, self.sites))
+        if not isinstance(self.parallel, Executor):
+            with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
+                return _every(pool, ask, self.sites)
+        try:
+            return _every(self.parallel, ask, self.sites)
+        except RuntimeError as error:  # the executor was shut down: its owner is stopping
+            raise PetError(f"no site can be asked any more: {error}") from None
+
+
+def _every(pool: Executor, ask: Any, sites: Sequence[Site]) -> list[Contribution]:
+    """Every site's answer, asked at once; the first failure (in site order) is raised
+    once every call has ended, so that none outlives its round."""
+    calls = [pool.submit(ask, site) for site in sites]
+    wait(calls)
+    return [call.result() for call in calls]
 
 
 @contextmanager

@@ -31,11 +31,13 @@ from services import convert
 from services.config import SiteAddress, Tls
 from services.pb import common_pb2, site_pb2, site_pb2_grpc
 from services.security import peer_channel
+from services.server import MAX_WORKERS
 from services.status import CallError, from_rpc
 
-CALLS = 64
-"""Calls to sites under way at once, over every run: threads kept for the life of the
-coordinator (a round would pay about a millisecond to start its own)."""
+CALLS_PER_SITE = MAX_WORKERS
+"""Threads kept for calls to each site, over every run: as many as the server has for
+runs, so that no run's round waits for another's (a round would pay about a millisecond
+to start threads of its own)."""
 MIN_MPC_SITES = 3
 """Below three sites an MPC session would need parties that no site runs."""
 RECONNECT_S = 3.0
@@ -238,7 +240,8 @@ class Sites:
         dealer = tls.identity()  # the dealer proves itself with the coordinator's certificate
         self.mpc = MpcSession(self.peers, replace(party, tls=dealer, dealer=dealer.name()))
         self._agreement: Agreement | None = None
-        self._calls = ThreadPoolExecutor(max_workers=CALLS, thread_name_prefix="pet-site")
+        self._calls = ThreadPoolExecutor(max_workers=CALLS_PER_SITE * len(self.peers),
+                                         thread_name_prefix="pet-site")
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -68,8 +68,8 @@ def test_the_backends_are_found_by_name_and_imported_when_asked_for() -> None:
     from pet.backends import BACKENDS
 
     assert {name: cls.name for name, cls in BACKENDS.items()} == {n: n for n in BACKENDS}
-    modules = loaded_after("pet.backends", then="from pet.backends import get_backend\n"
-                           "get_backend('plaintext')")
+    modules = loaded_after("pet.backends", then="from pet.backends import BACKENDS, get_backend\n"
+                           "get_backend('plaintext')\nassert 'he' in BACKENDS")
     assert {"tenseal", "torch", "crypten", "cryptography"} & modules == set()
 
 

@@ -88,3 +88,45 @@ def test_a_ledger_kept_under_the_site_s_name_is_not_started_afresh(lung3: Worklo
         Site("site-1", table, ledger=ledger)
     assert Site("site-1", table, ledger=ledger, dataset="site-1").dataset == "site-1"
     assert Site("site-1", table).dataset == "lung"  # no ledger: nothing to keep
+
+
+@pytest.mark.parametrize("parallel", [False, True, "executor"])
+def test_sites_asked_at_once_answer_as_when_asked_in_turn(lung3: Workload, parallel) -> None:
+    """`parallel` takes a bool (True: threads of a round's own) or an executor whose threads
+    a server keeps; every way gives the in-turn answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = lung3.study().run(Mean("age")).value
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        how = pool if parallel == "executor" else parallel
+        assert Study(lung3.sites(), parallel=how).run(Mean("age")).value == expected
+
+
+def test_a_round_whose_site_fails_ends_only_when_every_site_has_answered(
+        lung3: Workload) -> None:
+    """The first failure is raised once the other sites' calls are over: no call of a
+    failed round outlives it on the executor's threads."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    sites = lung3.sites()
+    finished = threading.Event()
+    slow_contribute = sites[2].contribute
+
+    def fail(*args, **kwargs):
+        raise PetError("site-1 is down")
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        answer = slow_contribute(*args, **kwargs)
+        finished.set()
+        return answer
+
+    sites[0].contribute, sites[2].contribute = fail, slow  # type: ignore[method-assign]
+    with ThreadPoolExecutor(max_workers=4) as pool, pytest.raises(PetError, match="down"):
+        Study(sites, parallel=pool).run(Mean("age"))
+    assert finished.is_set()
+    pool.shutdown()
+    with pytest.raises(PetError, match="no site can be asked"):
+        Study(lung3.sites(), parallel=pool).run(Mean("age"))

@@ -32,6 +32,9 @@ class Registry(Mapping[str, type[Backend]]):
         module, attribute = CLASSES[name]
         return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
 
+    def __contains__(self, name: object) -> bool:
+        return name in CLASSES  # without importing the backend
+
     def __iter__(self) -> Iterator[str]:
         return iter(CLASSES)
 
@@ -60,6 +63,10 @@ def __getattr__(name: str) -> type[Backend]:
         if attribute == name:
             return BACKENDS[backend]
     raise AttributeError(f"module 'pet.backends' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *(attribute for _, attribute in CLASSES.values())])
 
 
 __all__ = ["BACKENDS", "HE", "HEDP", "MPC", "MPCDP", "Aggregate", "Backend", "LocalDP",
