@@ -34,14 +34,12 @@ def summarize(value: Any) -> str:
         extra = f"R²={value.r2:.3f}" if isinstance(value, LinearFit) else _rounds(value)
         return "; ".join([*terms, extra])
     if isinstance(value, PoissonFit):
-        ratios = value.rate_ratios()
         terms = [f"{name} RR {number(r)} [{number(lo)}, {number(hi)}]"
-                 for name, (r, lo, hi) in ratios.iterrows()]
+                 for name, r, lo, hi in zip(value.names, *value.ratios(), strict=True)]
         return "; ".join([*terms, _rounds(value)])
     if isinstance(value, CoxFit):
-        ratios = value.hazard_ratios()
         terms = [f"{name} HR {number(r)} [{number(lo)}, {number(hi)}]"
-                 for name, (r, lo, hi) in ratios.iterrows()]
+                 for name, r, lo, hi in zip(value.names, *value.ratios(), strict=True)]
         tests = f"C={value.concordance:.3f}; LR p={value.likelihood_ratio().p:.3g}"
         return "; ".join([*terms, f"{value.events} events", tests])
     if isinstance(value, SurvivalCurve):

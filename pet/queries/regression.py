@@ -190,15 +190,23 @@ class Fit:
             index=list(self.names),
         )
 
-    def exponentiated(self, label: str, confidence: float = 0.95) -> pd.DataFrame:
-        """exp(coef) as column `label`, with the exponentiated ends of its confidence
-        interval (from the total SE): ratios for models on a log scale."""
-        import pandas as pd
-
+    def ratios(self, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """exp(coef) and the exponentiated ends of its confidence interval (from the total
+        SE): ratios for models on a log scale; an interval too wide for a float ends at
+        inf."""
         z = special.ndtri(0.5 + confidence / 2)
         total = self.total_se()
-        return pd.DataFrame({label: np.exp(self.coef), "ci_low": np.exp(self.coef - z * total),
-                             "ci_high": np.exp(self.coef + z * total)}, index=list(self.names))
+        with np.errstate(over="ignore"):
+            return (np.exp(self.coef), np.exp(self.coef - z * total),
+                    np.exp(self.coef + z * total))
+
+    def exponentiated(self, label: str, confidence: float = 0.95) -> pd.DataFrame:
+        """`ratios` as a table: column `label`, then `ci_low` and `ci_high`, per term."""
+        import pandas as pd
+
+        ratio, low, high = self.ratios(confidence)
+        return pd.DataFrame({label: ratio, "ci_low": low, "ci_high": high},
+                            index=list(self.names))
 
 
 @dataclass(frozen=True)
