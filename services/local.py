@@ -42,8 +42,9 @@ def workload_data(workload: str, n_sites: int) -> dict[str, dict[str, Any]]:
 
 
 def table_data(workload: Workload) -> dict[str, dict[str, Any]]:
-    """Per site, the `data` setting that serves its table, for workloads kept in files."""
-    return {name: {"path": str(table.path), "schema": workload.schema.name}
+    """Per site, the `data` setting that serves its table, for workloads kept in files: by
+    absolute path, as a relative one is read from the configuration's own folder."""
+    return {name: {"path": str(Path(table.path).resolve()), "schema": workload.schema.name}
             for name, table in workload.tables.items()
             if isinstance(table, ParquetTable | CsvTable)}
 

@@ -501,3 +501,18 @@ def _state(pid: int) -> str:
         return "(" + Path(f"/proc/{pid}/stat").read_text().split()[2] + ")"
     except OSError:
         return "(Z)"
+
+
+def test_sites_find_files_a_workload_keeps_under_a_relative_folder(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A workload written under a relative folder (the benchmarks' data folder) is served
+    by sites whose configurations live elsewhere: `table_data` names each file by its
+    absolute path, since a relative one is read from the configuration's own folder."""
+    from pet.workloads import cohort
+    from services.local import table_data
+
+    monkeypatch.chdir(tmp_path)
+    workload = cohort(200, 3, 0, directory=Path("data"))
+    federation = LocalFederation(tmp_path / "federation", table_data(workload))
+    with federation, federation.client() as client, client.study("plaintext") as study:
+        assert study.run(Count()).value == workload.study().run(Count()).value == 600
