@@ -516,3 +516,41 @@ def test_sites_find_files_a_workload_keeps_under_a_relative_folder(tmp_path: Pat
     federation = LocalFederation(tmp_path / "federation", table_data(workload))
     with federation, federation.client() as client, client.study("plaintext") as study:
         assert study.run(Count()).value == workload.study().run(Count()).value == 600
+
+
+def test_ask_answers_in_one_call_and_leaves_he_to_run(client: Client,
+                                                      lung3: Workload) -> None:
+    """`Ask` gives `Run`'s answer in one message each way; a he or he+dp study, whose
+    rounds only the analyst can reveal, is refused there and told to use Run."""
+    start = coordinator_pb2.Start(query=query_message(Mean("age")),
+                                  backend=common_pb2.Backend(name="plaintext"))
+    reply = client.stub.Ask(start, timeout=30)
+    assert json.loads(reply.value_json) == pytest.approx(
+        lung3.study().run(Mean("age")).value, rel=1e-12)
+    he = coordinator_pb2.Start(query=query_message(Mean("age")),
+                               backend=common_pb2.Backend(name="he"))
+    with pytest.raises(grpc.RpcError) as refused:
+        client.stub.Ask(he, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "through Run" in refused.value.details()
+
+
+def test_a_client_asks_a_coordinator_without_ask_through_run(client: Client,
+                                                             lung3: Workload,
+                                                             monkeypatch) -> None:
+    """A coordinator of an earlier version answers UNIMPLEMENTED to `Ask`: the client
+    asks again through `Run`, and the answer is the same."""
+    class Unimplemented(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNIMPLEMENTED
+
+        def details(self) -> str:
+            return "Method not found"
+
+    def ask(*args, **kwargs):
+        raise Unimplemented()
+
+    monkeypatch.setattr(client.stub, "Ask", ask)
+    with client.study("plaintext") as study:
+        assert study.run(Mean("age")).value == pytest.approx(
+            lung3.study().run(Mean("age")).value, rel=1e-12)

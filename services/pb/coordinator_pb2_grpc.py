@@ -45,6 +45,11 @@ class CoordinatorStub:
                 request_serializer=pet_dot_v1_dot_coordinator__pb2.RunRequest.SerializeToString,
                 response_deserializer=pet_dot_v1_dot_coordinator__pb2.RunReply.FromString,
                 _registered_method=True)
+        self.Ask = channel.unary_unary(
+                '/pet.v1.Coordinator/Ask',
+                request_serializer=pet_dot_v1_dot_coordinator__pb2.Start.SerializeToString,
+                response_deserializer=pet_dot_v1_dot_common__pb2.Result.FromString,
+                _registered_method=True)
         self.Budget = channel.unary_unary(
                 '/pet.v1.Coordinator/Budget',
                 request_serializer=pet_dot_v1_dot_common__pb2.BudgetRequest.SerializeToString,
@@ -70,6 +75,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ask(self, request, context):
+        """One study run under a backend that reveals nothing to the analyst (all but he and
+        he+dp): the query in, its result out, one message each way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Budget(self, request, context):
         """Every site's remaining privacy budget.
         """
@@ -89,6 +102,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=pet_dot_v1_dot_coordinator__pb2.RunRequest.FromString,
                     response_serializer=pet_dot_v1_dot_coordinator__pb2.RunReply.SerializeToString,
+            ),
+            'Ask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ask,
+                    request_deserializer=pet_dot_v1_dot_coordinator__pb2.Start.FromString,
+                    response_serializer=pet_dot_v1_dot_common__pb2.Result.SerializeToString,
             ),
             'Budget': grpc.unary_unary_rpc_method_handler(
                     servicer.Budget,
@@ -150,6 +168,33 @@ class Coordinator:
             '/pet.v1.Coordinator/Run',
             pet_dot_v1_dot_coordinator__pb2.RunRequest.SerializeToString,
             pet_dot_v1_dot_coordinator__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pet.v1.Coordinator/Ask',
+            pet_dot_v1_dot_coordinator__pb2.Start.SerializeToString,
+            pet_dot_v1_dot_common__pb2.Result.FromString,
             options,
             channel_credentials,
             insecure,
