@@ -316,11 +316,16 @@ def test_a_site_can_switch_the_plaintext_backend_off(guarded: LocalFederation) -
 
 
 def test_a_wrong_or_missing_token_is_unauthenticated(guarded: LocalFederation) -> None:
+    start = coordinator_pb2.Start(query=query_message(Count()),
+                                  backend=common_pb2.Backend(name="dp", epsilon=1.0))
     for token in ("not-the-token", ""):
-        with Client(guarded.address, token=token or " ", ca=guarded.certs.ca) as stranger, \
-                pytest.raises(RemoteError) as refused:
-            stranger.study("he").run(Count())
-        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with Client(guarded.address, token=token or " ", ca=guarded.certs.ca) as stranger:
+            with pytest.raises(RemoteError) as refused:
+                stranger.study("he").run(Count())
+            assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as asked:  # the unary call is guarded too
+                stranger.stub.Ask(start, timeout=30)
+            assert asked.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_site_refuses_a_client_without_a_certificate(guarded: LocalFederation) -> None:
