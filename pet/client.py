@@ -197,8 +197,8 @@ class RemoteStudy:
         the analyst's keys asks in one call (`Ask`; a coordinator without it, by `Run`)."""
         schema = self.client.schema
         query.validate(schema)
+        start = time.perf_counter()
         if self.spec.name not in ANALYST_KEYS:
-            start = time.perf_counter()
             try:
                 reply = self.client.stub.Ask(coordinator_pb2.Start(
                     query=convert.query_message(query), backend=self.spec),
@@ -212,7 +212,6 @@ class RemoteStudy:
         outgoing: queue.Queue = queue.Queue()
         outgoing.put(coordinator_pb2.RunRequest(start=coordinator_pb2.Start(
             query=convert.query_message(query), backend=self.spec)))
-        start = time.perf_counter()
         replies = self.client.stub.Run(_drain(outgoing), timeout=self.client.timeout_s)
         pieces: list[bytes] = []
         state: Any = None

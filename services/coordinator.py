@@ -85,9 +85,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                             "each round with their key: ask them through Run")
         analyst = self.config.analyst(bearer_token(context.invocation_metadata()) or "") or ""
         deadline = deadline_of(context, self.config.run_deadline_s)
-        with self.runs.admitted(analyst):
-            result = self._study(request, iter(()), analyst, deadline, lambda message: None)
-        return convert.result_message(result)
+
+        def work(post: Post) -> common_pb2.Result:
+            with self.runs.admitted(analyst):  # held until the work ends, not the call
+                return convert.result_message(self._study(request, iter(()), analyst,
+                                                           deadline, post))
+
+        # In a thread of its own, as Run's work: the call ends at the server's deadline
+        # (or the caller's cancel) even where a site or an MPC party holds the work.
+        for result in streamed(work, context, name="pet-ask", deadline=deadline,
+                               limit="run_deadline_s"):
+            return result  # type: ignore[no-any-return]
+        raise CallError(grpc.StatusCode.CANCELLED, "the call ended before its result")
 
     @handled
     def Budget(self, request: common_pb2.BudgetRequest,

@@ -128,4 +128,8 @@ def from_rpc(error: grpc.RpcError, peer: str) -> CallError:
                 grpc.StatusCode.CANCELLED):
         return CallError(grpc.StatusCode.UNAVAILABLE,
                          f"{peer} is unavailable ({code.name.lower()}: {details})")
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # the caller's own method is implemented
+        return CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"{peer} lacks a method this server calls ({details}); its pet "
+                         "version differs from this server's")
     return CallError(code, details if peer in details else f"{peer}: {details}")

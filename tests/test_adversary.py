@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -580,3 +581,53 @@ def test_a_key_made_for_he_dp_never_encrypts_an_exact_partial(
                            grpc.StatusCode.PERMISSION_DENIED)
         assert "it serves he+dp alone, not he" in details
     _ask(hostile, asked("keyed-fresh", "he", HE().public_context))  # a study's own key
+
+
+def test_ask_ends_at_the_coordinators_deadline_while_its_work_is_held(monkeypatch) -> None:
+    """A study the sites hold (here: an MPC session another run keeps) cannot keep `Ask`
+    past the coordinator's run_deadline_s: the call answers DEADLINE_EXCEEDED naming the
+    setting, as `Run` does, and gives its thread back."""
+    import threading
+    import types
+
+    import services.coordinator as coordinator
+    from services.jobs import Runs
+    from services.status import CallError
+
+    held = threading.Event()
+    study = types.SimpleNamespace(run=lambda query: held.wait(30))
+    sites = types.SimpleNamespace(
+        agreement=lambda deadline: types.SimpleNamespace(schema=None, backends=("dp",)),
+        study=lambda *args: study)
+    monkeypatch.setattr(coordinator, "_checked", lambda message, schema, limits: None)
+    monkeypatch.setattr(coordinator, "get_backend", lambda name, **options: None)
+    config = types.SimpleNamespace(analyst=lambda token: "analyst", run_deadline_s=0.5,
+                                   limits=None)
+    context = types.SimpleNamespace(invocation_metadata=lambda: (), time_remaining=lambda: None,
+                                    add_callback=lambda callback: True)
+    service = coordinator.CoordinatorService(config, sites, Runs(4))
+    started = time.monotonic()
+    with pytest.raises(CallError) as ended:
+        coordinator.CoordinatorService.Ask.__wrapped__(  # type: ignore[attr-defined]
+            service, coordinator_pb2.Start(backend=common_pb2.Backend(name="dp")), context)
+    held.set()
+    assert ended.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "run_deadline_s" in str(ended.value) and time.monotonic() - started < 5
+
+
+def test_a_site_lacking_a_method_is_a_version_mismatch_not_the_callers_unimplemented() -> None:
+    """A site of another pet version answers UNIMPLEMENTED to a method the coordinator
+    calls; passed on as is, the analyst's client would take it for the coordinator's own
+    and run the study again through Run, charging the sites twice."""
+    from services.status import from_rpc
+
+    class Unimplemented(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNIMPLEMENTED
+
+        def details(self) -> str:
+            return "Method not found!"
+
+    error = from_rpc(Unimplemented(), "site 'site-1'")
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "site 'site-1'" in str(error) and "version" in str(error)
