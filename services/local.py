@@ -97,11 +97,16 @@ class LocalFederation:
         return f"{HOST}:{self.ports['coordinator']}"
 
     def start(self) -> LocalFederation:
-        """Start every server and wait until each reports SERVING."""
-        for name in [*self.names, "coordinator"]:
-            self.start_server(name, wait=False)
-        for name in [*self.names, "coordinator"]:
-            self.wait_serving(name)
+        """Start every server and wait until each reports SERVING; if one cannot start,
+        stop the others (a `with` block's exit never runs when its start fails)."""
+        try:
+            for name in [*self.names, "coordinator"]:
+                self.start_server(name, wait=False)
+            for name in [*self.names, "coordinator"]:
+                self.wait_serving(name)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_server(self, name: str, *, wait: bool = True) -> None:

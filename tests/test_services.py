@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from pet.audit import AuditLog
 from pet.backends import BACKENDS
 from pet.client import Client, RemoteError
+from pet.errors import PetError
 from pet.ledger import Ledger
 from pet.mpc.parties import free_port
 from pet.queries import (
@@ -559,3 +560,16 @@ def test_a_client_asks_a_coordinator_without_ask_through_run(client: Client,
     with client.study("plaintext") as study:
         assert study.run(Mean("age")).value == pytest.approx(
             lung3.study().run(Mean("age")).value, rel=1e-12)
+
+
+def test_a_federation_that_cannot_start_leaves_no_server_running(tmp_path: Path) -> None:
+    """A site whose data file is missing exits while starting: the federation's start
+    fails naming it, and stops the servers it had started (the coordinator among them),
+    which a `with` block's exit would not."""
+    missing = {name: {"path": str(tmp_path / "absent.csv"), "schema": "lung"}
+               for name in ("site-1", "site-2", "site-3")}
+    federation = LocalFederation(tmp_path / "federation", missing, startup_timeout_s=60)
+    with pytest.raises(PetError, match="exited with code 1 while starting"):
+        federation.start()
+    assert federation.processes == {}
+    assert set(federation.exit_codes) == {"coordinator", "site-1", "site-2", "site-3"}
