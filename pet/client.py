@@ -39,9 +39,6 @@ from services.security import analyst_channel
 if TYPE_CHECKING:
     import pandas as pd
 
-ANALYST_KEYS = ("he", "he+dp")
-"""Backends whose keys the analyst makes and whose aggregates only the analyst reveals."""
-
 
 class RemoteError(PetError):
     """A call the coordinator (or a site through it) refused, with its gRPC status code."""
@@ -198,7 +195,7 @@ class RemoteStudy:
         schema = self.client.schema
         query.validate(schema)
         start = time.perf_counter()
-        if self.spec.name not in ANALYST_KEYS:
+        if self.spec.name not in convert.ANALYST_KEYS:
             try:
                 reply = self.client.stub.Ask(coordinator_pb2.Start(
                     query=convert.query_message(query), backend=self.spec),

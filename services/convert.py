@@ -29,6 +29,10 @@ from pet.schema import Schema
 from pet.where import Where
 from services.pb import common_pb2 as pb
 
+ANALYST_KEYS = ("he", "he+dp")
+"""Backends whose keys the analyst makes and whose aggregates only the analyst reveals,
+each round on `Run`'s two-way stream."""
+
 
 def query_message(query: Query) -> pb.Query:
     """The wire form of a query: its class name and its non-default arguments."""

@@ -40,9 +40,6 @@ from services.site import SHARED_INPUT
 from services.status import CallError, handled, handled_stream
 from services.synthesis import SynthesisService
 
-REVEALED_BY_ANALYST = ("he", "he+dp")
-"""Backends whose every round the analyst reveals, on the run's own stream."""
-
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     """Converts messages and runs `Study` over the site servers."""
@@ -63,40 +60,38 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         first = next(requests, None)
         if first is None or first.WhichOneof("kind") != "start":
             raise QueryError("a run starts with a Start message")
-        analyst = self.config.analyst(bearer_token(context.invocation_metadata()) or "") or ""
-        deadline = deadline_of(context, self.config.run_deadline_s)
-
-        def work(post: Post) -> coordinator_pb2.RunReply:
-            with self.runs.admitted(analyst):  # held until the work ends, not the call
-                result = self._study(first.start, requests, analyst, deadline, post)
-            return coordinator_pb2.RunReply(result=convert.result_message(result))
-
-        yield from streamed(work, context, name="pet-run", deadline=deadline,
-                            limit="run_deadline_s")
+        for reply in self._run(first.start, requests, context, "pet-run"):
+            yield reply if isinstance(reply, coordinator_pb2.RunReply) else \
+                coordinator_pb2.RunReply(result=reply)
 
     @handled
     def Ask(self, request: coordinator_pb2.Start,
             context: grpc.ServicerContext) -> common_pb2.Result:
         """`Run` in one message each way, for the backends whose answers need no analyst's
         key: a unary call costs a few milliseconds less than a stream."""
-        if request.backend.name in REVEALED_BY_ANALYST:
+        if request.backend.name in convert.ANALYST_KEYS:
             raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                             f"{request.backend.name[:100]} studies need the analyst to reveal "
                             "each round with their key: ask them through Run")
+        for result in self._run(request, iter(()), context, "pet-ask"):
+            return result  # type: ignore[no-any-return]  # nothing is posted before it
+        raise CallError(grpc.StatusCode.CANCELLED, "the call ended before its result")
+
+    def _run(self, start: coordinator_pb2.Start, requests: Iterator[Any],
+             context: grpc.ServicerContext, name: str) -> Iterator[Any]:
+        """The study's posts (he's reveals), then its result, from a thread of its own
+        (`streamed`): the call ends at the server's deadline or the caller's cancel even
+        where a site or an MPC party holds the work; the analyst's place is held until the
+        work ends, not the call."""
         analyst = self.config.analyst(bearer_token(context.invocation_metadata()) or "") or ""
         deadline = deadline_of(context, self.config.run_deadline_s)
 
         def work(post: Post) -> common_pb2.Result:
-            with self.runs.admitted(analyst):  # held until the work ends, not the call
-                return convert.result_message(self._study(request, iter(()), analyst,
+            with self.runs.admitted(analyst):
+                return convert.result_message(self._study(start, requests, analyst,
                                                            deadline, post))
 
-        # In a thread of its own, as Run's work: the call ends at the server's deadline
-        # (or the caller's cancel) even where a site or an MPC party holds the work.
-        for result in streamed(work, context, name="pet-ask", deadline=deadline,
-                               limit="run_deadline_s"):
-            return result  # type: ignore[no-any-return]
-        raise CallError(grpc.StatusCode.CANCELLED, "the call ended before its result")
+        return streamed(work, context, name=name, deadline=deadline, limit="run_deadline_s")
 
     @handled
     def Budget(self, request: common_pb2.BudgetRequest,
@@ -132,7 +127,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                                          parties.session)
                 return study.run(query)
         backend = get_backend(name, **options)
-        if name in REVEALED_BY_ANALYST:
+        if name in convert.ANALYST_KEYS:
             backend = AnalystReveal(backend, requests, post,
                                     lambda reveal, query: coordinator_pb2.RunReply(reveal=reveal))
         return self.sites.study(backend, start.backend, analyst, deadline).run(query)
