@@ -139,15 +139,34 @@ def test_scale_leaves_room_for_the_worst_case_sum() -> None:
         scale_bits(layout, Limits(max_rows_per_site=10**12, max_sites=10**4))
 
 
-def test_a_dead_party_fails_the_query_cleanly_and_the_next_query_works(lung3: Workload) -> None:
+def test_a_party_that_dies_during_a_query_fails_it_cleanly_and_the_next_query_works(
+        lung3: Workload, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = MPC(max_rows_per_site=10**6, max_sites=4, parties=PartyConfig(timeout_s=30))
     with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
+        victim = backend._parties._parties[1]
         processes = [p.process for p in backend._parties._parties]
-        os.kill(processes[1].pid, signal.SIGKILL)
+        handed = victim.send
+
+        def hand_then_die(message: tuple) -> None:
+            """Party 1 gets its program, then dies while the others run it."""
+            handed(message)
+            os.kill(victim.process.pid, signal.SIGKILL)
+
+        monkeypatch.setattr(victim, "send", hand_then_die)
         with pytest.raises(PartyError, match=r"party 1 died.*nothing was revealed"):
             study.run(Mean("age"))
         assert not any(p.is_alive() for p in processes)
         assert study.run(Mean("age")).value == pytest.approx(lung3.pooled().age.mean())
+
+
+def test_a_party_found_dead_between_queries_is_replaced_before_the_next(lung3: Workload) -> None:
+    backend = MPC(max_rows_per_site=10**6, max_sites=4, parties=PartyConfig(timeout_s=30))
+    with Study(lung3.sites(NO_CELL_LIMIT), backend=backend) as study:
+        first = backend._parties
+        os.kill(first._parties[1].process.pid, signal.SIGKILL)
+        first._parties[1].process.join(10)
+        assert study.run(Mean("age")).value == pytest.approx(lung3.pooled().age.mean())
+        assert backend._parties is not first and backend._parties.alive
 
 
 def test_a_stalled_party_fails_within_the_deadline(lung3: Workload) -> None:
