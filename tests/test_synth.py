@@ -25,8 +25,9 @@ from pet.synth import load, save
 from pet.synth.aim import AIM, closure
 from pet.synth.card import Release, card, markdown
 from pet.synth.discretize import Discretization
-from pet.synth.domain import Clique
-from pet.synth.marginal import NoisyMarginal
+from pet.synth.domain import Clique, Domain
+from pet.synth.estimation import estimate
+from pet.synth.marginal import NoisyMarginal, toward_mean
 from pet.synth.measure import Candidates, Curator, Federation, Measurer
 from pet.synth.mst import MST, compressed, shrunk
 from pet.synth.mwem import MWEM
@@ -183,6 +184,78 @@ def test_shrunk_counts_split_a_merged_level_close_to_the_truth(truth: np.ndarray
         assert shrunk_error < 0.2 * noisy_error
     else:
         assert shrunk_error < 0.6 * uniform_error and shrunk_error < 1.25 * noisy_error
+
+
+SKEWED = np.array([0, 0, 5, 20, 60, 90, 40, 10, 0, 0.0])
+
+
+@pytest.mark.parametrize(("truth", "sigma", "low", "high"), [
+    (np.full(10, 40.0), 60.0, 0.0, 0.3),  # noise alone: far better than the noisy counts
+    (SKEWED, 60.0, 0.0, 0.6),  # noise swamps the skew: still better
+    (SKEWED, 0.5, 0.98, 1.01),  # noise far below the skew: nearly the noisy counts
+])
+def test_counts_shrunk_toward_their_mean_err_less_than_the_noisy_ones(
+        truth: np.ndarray, sigma: float, low: float, high: float) -> None:
+    """Squared error of the estimate over many noisy draws as a fraction of the noisy
+    counts'; the sum is kept."""
+    rng = np.random.default_rng(1)
+    shrunk_error = noisy_error = 0.0
+    for _ in range(2000):
+        noisy = truth + rng.normal(0, sigma, truth.size)
+        estimate = toward_mean(noisy, sigma)
+        assert estimate.sum() == pytest.approx(noisy.sum())
+        shrunk_error += ((estimate - truth) ** 2).sum()
+        noisy_error += ((noisy - truth) ** 2).sum()
+    assert low * noisy_error < shrunk_error < high * noisy_error
+    exact = NoisyMarginal(("age",), truth, 0.0)
+    assert exact.shrunk() is exact
+
+
+def test_a_column_measured_as_noise_alone_is_fitted_near_uniform_once_shrunk() -> None:
+    """A 1-way marginal of 300 rows measured at σ = 200 a cell: fitted as measured, the
+    model piles the rows onto the levels the noise raised (TVD to the truth far above the
+    uniform's); fitted to the empirical-Bayes estimate, it stays near the uniform's. Means
+    over 200 noise draws."""
+    rng = np.random.default_rng(2)
+    truth = 300 * SKEWED / SKEWED.sum()
+    domain = Domain(("a",), (truth.size,))
+
+    def tvd(counts: np.ndarray) -> float:
+        return 0.5 * float(np.abs(counts / counts.sum() - truth / truth.sum()).sum())
+
+    raw, shrunk_fit = [], []
+    for _ in range(200):
+        noisy = NoisyMarginal(("a",), truth + rng.normal(0, 200.0, truth.size), 200.0)
+        for fits, m in ((raw, noisy), (shrunk_fit, noisy.shrunk())):
+            fits.append(tvd(np.ravel(estimate(domain, [m], iterations=200).project(("a",)))))
+    uniform = tvd(np.ones(truth.size))
+    assert np.mean(raw) > uniform + 0.15
+    assert np.mean(shrunk_fit) < uniform + 0.05
+
+
+def test_aim_fits_its_1_way_measurements_as_their_empirical_bayes_estimates(
+        lung1: Workload, tmp_path: Path) -> None:
+    """What AIM records (and fits) of each 1-way release is the release shrunk; its other
+    releases are recorded as released."""
+    released: list[NoisyMarginal] = []
+
+    class Recording(Curator):
+        def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
+            out = super().measure(cliques, rho)
+            released.extend(out)
+            return out
+
+    (site,) = _sites(lung1, tmp_path)
+    with Recording(site, Discretization.of(lung1.schema), epsilon=0.3,
+                   delta=1e-6) as measurer:
+        fit = AIM(iterations=100, round_iterations=20).fit(measurer)
+    assert len(fit.measurements) == len(released)
+    for kept, raw in zip(fit.measurements, released, strict=True):
+        expected = toward_mean(raw.values, raw.sigma) if len(raw.clique) == 1 else raw.values
+        assert kept.clique == raw.clique and kept.sigma == raw.sigma
+        np.testing.assert_allclose(kept.values, expected, rtol=1e-12)
+    assert any(np.ptp(k.values) < 0.5 * np.ptp(r.values)
+               for k, r in zip(fit.measurements, released, strict=True) if len(r.clique) == 1)
 
 
 def test_mst_merges_a_column_none_of_whose_levels_stands_out(lung1: Workload) -> None:

@@ -9,6 +9,15 @@ start). A round whose measurement barely moved the model halves the next rounds'
 and doubles their selection's ε (four times the ρ of each); the last round spends what
 is left. Candidates are limited to those that keep the model's junction tree within a
 size that grows with the budget spent.
+
+One step is pet's, not the paper's: every 1-way measurement is read as its empirical-Bayes
+estimate (`NoisyMarginal.shrunk`) before the model is fitted to it. AIM spends 1/(16·d)
+of its measurement budget on each 1-way marginal, so at small ε a column's noisy counts
+are mostly noise, and the model that fits them best piles the rows onto the few levels
+the noise raised: on diabetes progression (442 × 11) at ε = 0.3 AIM's synthetic 1-way
+marginals were further from the real ones (TVD 0.51) than the uniform distribution is
+(0.31). The estimate keeps what stands out of the noise and nothing else, and changes
+nothing where the counts differ by far more than the noise.
 """
 
 from __future__ import annotations
@@ -53,8 +62,8 @@ class AIM(Synthesizer):
         candidates, weights = closure(domain, workload)
         rounds = self.rounds_per_attribute * len(domain)
         sigma, epsilon = math.sqrt(rounds / (2 * 0.9 * rho)), math.sqrt(8 * 0.1 * rho / rounds)
-        measured = measurer.measure([(a,) for a in domain.attributes],
-                                    len(domain) / (2 * sigma**2))
+        measured = _read(measurer.measure([(a,) for a in domain.attributes],
+                                          len(domain) / (2 * sigma**2)))
         used = sum(s.rho for s in measurer.spends)
         model = self.estimate(domain, measured, self.round_iterations)
         while rho - used > 1e-6 * rho:
@@ -65,7 +74,7 @@ class AIM(Synthesizer):
             cap = self.max_cells * (used + 1 / (2 * sigma**2) + epsilon**2 / 8) / rho
             allowed = _fitting(domain, [m.clique for m in measured], candidates, cap)
             chosen = self._select(measurer, model, allowed, weights, sigma, epsilon)
-            new = measurer.measure([chosen], 1 / (2 * sigma**2))
+            new = _read(measurer.measure([chosen], 1 / (2 * sigma**2)))
             measured += new
             used = sum(s.rho for s in measurer.spends)
             before = np.ravel(model.project(chosen))
@@ -87,6 +96,12 @@ class AIM(Synthesizer):
         penalty = np.array([expected_error(sigma, measurer.domain.size(c)) for c in allowed])
         scored = Candidates(tuple(allowed), model_marginals(model, allowed), weight, penalty)
         return allowed[measurer.select(scored, epsilon**2 / 8, sensitivity=float(weight.max()))]
+
+
+def _read(measured: list[NoisyMarginal]) -> list[NoisyMarginal]:
+    """Measurements as the model is fitted to them: 1-way ones as their empirical-Bayes
+    estimates (see the module's docstring), the others as measured."""
+    return [m.shrunk() if len(m.clique) == 1 else m for m in measured]
 
 
 def closure(domain: Domain, workload: list[Clique]) -> tuple[list[Clique], dict[Clique, float]]:

@@ -59,6 +59,16 @@ class NoisyMarginal:
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "sigma", sigma)
 
+    def shrunk(self) -> NoisyMarginal:
+        """This marginal with its counts replaced by their empirical-Bayes estimate
+        (`toward_mean`), the noise's σ as it was: where the noise swamps the differences
+        between cells, what the release says of them is mostly noise, and the estimate
+        keeps only what stands out of it. A marginal with exact or unequal noise on its
+        cells is returned as it is."""
+        if self.sigma == 0 or self.scale is not None or self.values.size < 2:
+            return self
+        return NoisyMarginal(self.clique, toward_mean(self.values, self.sigma), self.sigma)
+
     @property
     def sd(self) -> np.ndarray:
         """The noise's standard deviation on each cell."""
@@ -72,3 +82,14 @@ class NoisyMarginal:
             raise ArgumentError(
                 f"NoisyMarginal.values of {self.clique}: {self.values.size} counts, but the "
                 f"clique has {expected} cells ({cells})")
+
+
+def toward_mean(noisy: np.ndarray, sd: float) -> np.ndarray:
+    """Counts estimated from their noisy counts (noise sd `sd` each), shrunk toward their
+    mean by as much of their spread as the noise explains: the empirical-Bayes
+    (James–Stein) posterior mean under a normal prior whose variance is the spread's
+    excess over sd². The sum is kept; flat counts come out nearly flat, counts that differ
+    by far more than the noise nearly as measured."""
+    mean = float(noisy.mean())
+    signal = max(0.0, float(noisy.var(ddof=1)) - sd**2)
+    return mean + signal / (signal + sd**2) * (noisy - mean)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from pet.synth.domain import Clique
-from pet.synth.marginal import NoisyMarginal
+from pet.synth.marginal import NoisyMarginal, toward_mean
 from pet.synth.measure import Candidates, Measurer
 from pet.synth.model import Model
 from pet.synth.synthesizer import Synthesizer, model_marginals, pairs
@@ -116,12 +116,8 @@ def compressed(measurer: Measurer, one_way: list[NoisyMarginal]) -> list[NoisyMa
 
 
 def shrunk(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    """Counts of levels estimated from their noisy counts (noise sd σ each), shrunk toward
-    their mean by as much of their spread as the noise explains: the empirical-Bayes
-    (James–Stein) posterior mean under a normal prior whose variance is the spread's
-    excess over σ²; clipped at 0, uniform when nothing stays above it. Levels of equal
-    counts then split evenly, a skewed column keeps its skew."""
-    mean = float(noisy.mean())
-    signal = max(0.0, float(noisy.var(ddof=1)) - sigma**2)
-    estimate = np.maximum(mean + signal / (signal + sigma**2) * (noisy - mean), 0.0)
+    """Counts of levels estimated from their noisy counts (`toward_mean`), clipped at 0,
+    uniform when nothing stays above it. Levels of equal counts then split evenly, a
+    skewed column keeps its skew."""
+    estimate = np.maximum(toward_mean(noisy, sigma), 0.0)
     return estimate if estimate.sum() > 0 else np.ones(noisy.size)
