@@ -379,8 +379,10 @@ def in_threads(federation: Certificates,
     done = threading.Barrier(4, timeout=60)
 
     def member(rank: int) -> None:
-        channel = open_channel(rank, roster, identity(federation, roster[rank]), host=HOST,
-                               listener=listeners[rank] if rank < 3 else None,
+        listener = listeners[rank] if rank < 3 else None
+        channel = open_channel(rank, roster, identity(federation, roster[rank]),
+                               listener=listener,
+                               address=listener.getsockname()[:2] if listener else None,
                                rendezvous=rendezvous if rank else None, timeout_s=30,
                                startup_timeout_s=30)
         try:

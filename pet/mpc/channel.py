@@ -121,16 +121,17 @@ def describe(rank: int, names: Sequence[str]) -> str:
 
 
 def open_channel(rank: int, names: Sequence[str], identity: TlsIdentity, *,
-                 host: str, listener: socket.socket | None,
+                 listener: socket.socket | None, address: tuple[str, int] | None,
                  rendezvous: tuple[str, int] | None, timeout_s: float | None,
                  startup_timeout_s: float) -> Channel:
     """Join a session as `rank` of the processes whose certificate names are `names` (the
     parties by rank, then the dealer): party 0 accepts everyone at its listener; the
     others connect to it at `rendezvous`, then to each other (see the module docstring).
-    `host` is the interface the listener is bound to, which the others are told to reach
-    it at; `timeout_s` bounds every later wait on a peer (None: no bound)."""
+    `address` is where the others are told to reach the listener (its interface and
+    port, or a relay's in front of it); `timeout_s` bounds every later wait on a peer
+    (None: no bound)."""
     deadline = time.monotonic() + startup_timeout_s
-    meeting = _Meeting(rank, tuple(names), identity, host, deadline)
+    meeting = _Meeting(rank, tuple(names), identity, address, deadline)
     try:
         links = meeting.join(listener, rendezvous)
     except BaseException:
@@ -145,9 +146,9 @@ def open_channel(rank: int, names: Sequence[str], identity: TlsIdentity, *,
 class _Meeting:
     """The connections of one process while its session forms."""
 
-    def __init__(self, rank: int, names: tuple[str, ...], identity: TlsIdentity, host: str,
-                 deadline: float) -> None:
-        self.rank, self.names, self.host, self.deadline = rank, names, host, deadline
+    def __init__(self, rank: int, names: tuple[str, ...], identity: TlsIdentity,
+                 address: tuple[str, int] | None, deadline: float) -> None:
+        self.rank, self.names, self.address, self.deadline = rank, names, address, deadline
         self.client = identity.context(server=False)
         self.server = identity.context(server=True)
         self.links: dict[int, ssl.SSLSocket] = {}
@@ -159,7 +160,7 @@ class _Meeting:
     def join(self, listener: socket.socket | None,
              rendezvous: tuple[str, int] | None) -> dict[int, ssl.SSLSocket]:
         """Every connection of this process, once the whole session has joined."""
-        where = (self.host, listener.getsockname()[1]) if listener is not None else None
+        where = self.address if listener is not None else None
         if self.rank == 0:
             assert listener is not None
             addresses = self.accept(listener, range(1, self.world))

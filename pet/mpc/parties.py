@@ -47,6 +47,7 @@ from typing import Any, NoReturn, Protocol
 from pet.certs import COORDINATOR, make_certificates
 from pet.errors import PartyError, PetError
 from pet.mpc.channel import ChannelError, TlsIdentity, describe, listen, open_channel
+from pet.relay import Link, Relay
 
 DEFAULT_PORTS = (47000, 47999)
 WILDCARDS = frozenset({"", "*", "0.0.0.0", "::"})
@@ -69,7 +70,10 @@ class PartyConfig:
     which makes its own); `names` are the certificate names of the parties by rank and
     `dealer` the dealer's: a connection whose certificate names anyone else is refused.
     The deadlines are those of every wait on a party during a query, and of the start-up
-    (processes import torch and join, which takes seconds)."""
+    (processes import torch and join, which takes seconds). `link` emulates a network
+    that is not loopback (`pet.relay`): each party's listener is then reached through a
+    relay that adds the link's round trip and bandwidth, so every connection of the
+    session crosses one link, as between hospitals; for benchmarks, never needed."""
 
     host: str = "127.0.0.1"
     ports: tuple[int, int] = DEFAULT_PORTS
@@ -78,6 +82,7 @@ class PartyConfig:
     dealer: str = COORDINATOR
     timeout_s: float = 120.0
     startup_timeout_s: float = 180.0
+    link: Link | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ports", tuple(self.ports))
@@ -144,11 +149,15 @@ class Party:
             if spare is not None:  # no session will take it: it would idle until exit
                 spare.close()
             raise
+        self._relay = (Relay((config.host, listener.getsockname()[1]), config.link,
+                             host=config.host)
+                       if listener is not None and config.link is not None else None)
         self.address: tuple[str, int] | None = (
-            (config.host, listener.getsockname()[1]) if listener is not None else None)
-        """Where the others reach this party: its configured host and the port it took
-        (None for the dealer)."""
-        session = (rank, roster, config, listener, rendezvous)
+            self._relay.address if self._relay is not None
+            else (config.host, listener.getsockname()[1]) if listener is not None else None)
+        """Where the others reach this party: its configured host and the port it took, or
+        its relay's (None for the dealer)."""
+        session = (rank, roster, config, listener, rendezvous, self.address)
         try:
             if spare is not None and spare.alive and spare.take(session):  # warm
                 self.process, self._pipe = spare.process, spare.pipe
@@ -214,7 +223,7 @@ class Party:
         self.kill()
 
     def kill(self) -> None:
-        """End the process now (terminate, then kill), and close the pipe."""
+        """End the process now (terminate, then kill), and close the pipe and the relay."""
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(5)
@@ -222,6 +231,8 @@ class Party:
             self.process.kill()
             self.process.join(5)
         self._pipe.close()
+        if self._relay is not None:
+            self._relay.close()
 
 
 class Spare:
@@ -456,12 +467,12 @@ class Parties:
 
 def _party_main(rank: int, roster: tuple[str, ...], config: PartyConfig,
                 listener: socket.socket | None, rendezvous: tuple[str, int] | None,
-                pipe: Connection) -> None:
+                address: tuple[str, int] | None, pipe: Connection) -> None:
     """A party (or, as the last of the roster, the dealer): join, then serve programs until
     stopped. A failure to join is reported on the pipe and ends the process."""
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        crypten = _join(rank, roster, config, listener, rendezvous)
+        crypten = _join(rank, roster, config, listener, rendezvous, address)
     except Exception as error:  # reported to the session, which then ends every party
         pipe.send(("error", f"{type(error).__name__}: {error}"))
         raise SystemExit(f"{describe(rank, roster)} could not join: {error}") from None
@@ -502,14 +513,15 @@ def _exit_now() -> NoReturn:
 
 
 def _join(rank: int, roster: tuple[str, ...], config: PartyConfig,
-          listener: socket.socket | None, rendezvous: tuple[str, int] | None) -> Any:
+          listener: socket.socket | None, rendezvous: tuple[str, int] | None,
+          address: tuple[str, int] | None) -> Any:
     """Connect to every other process of the session, then start CrypTen over those
     connections: the `crypten` module for a party, None for the dealer once it has served.
     The dealer waits for party 0 without a deadline (a session may sit idle between
     queries); it ends when party 0 ends the session or its connection closes."""
     assert config.tls is not None
     dealer = rank == len(roster) - 1
-    channel = open_channel(rank, roster, config.tls, host=config.host, listener=listener,
+    channel = open_channel(rank, roster, config.tls, listener=listener, address=address,
                            rendezvous=rendezvous,
                            timeout_s=None if dealer else config.timeout_s,
                            startup_timeout_s=config.startup_timeout_s)
