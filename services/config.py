@@ -20,6 +20,7 @@ from pet.errors import PetError
 from pet.limits import DEFAULT_LIMITS, RequestLimits
 from pet.mpc.channel import TlsIdentity
 from pet.mpc.parties import DEFAULT_PORTS
+from pet.relay import Link
 from pet.schema import Schema
 
 if TYPE_CHECKING:  # a site's data modules load where a site opens its table
@@ -78,6 +79,9 @@ class SiteConfig:
     mpc_warm: bool = True
     """Keep a spare party process (CrypTen imported) for the next MPC session, started
     once the server serves (`mpc: {warm: false}`: start one per session instead)."""
+    mpc_link: Link | None = None
+    """An emulated network in front of this site's MPC party (`mpc: {link: {rtt_ms,
+    mbit_s}}`, see `pet.relay`): for benchmarks on one host, never needed."""
     federation: tuple[str, ...] = ()
     """The sites this site federates with (itself included), from its own configuration:
     distributed DP sizes this site's noise share by their number."""
@@ -253,6 +257,7 @@ def read_site(path: str | Path) -> SiteConfig:
         mpc_host=str((spec.get("mpc") or {}).get("host", "127.0.0.1")),
         mpc_ports=_ports(spec, path),
         mpc_warm=_warm(spec, path),
+        mpc_link=_link(spec, path),
         federation=_federation(spec, path),
         limits=_limits(spec, path),
         dataset=_text(spec, "dataset", path) if "dataset" in spec else None,
@@ -328,6 +333,26 @@ def _federation(spec: dict[str, Any], path: str | Path) -> tuple[str, ...]:
         raise ConfigError(f"{path}: 'federation' must name each site once, this site "
                           f"({spec.get('name')!r}) included; got {names}")
     return tuple(names)
+
+
+def _link(spec: dict[str, Any], path: str | Path) -> Link | None:
+    """`mpc: {link: {rtt_ms: ..., mbit_s: ...}}` (none when absent)."""
+    link = (spec.get("mpc") or {}).get("link")
+    if link is None:
+        return None
+    if not isinstance(link, dict) or not set(link) <= {"rtt_ms", "mbit_s"} or (
+            "rtt_ms" not in link):
+        raise ConfigError(f"{path}: mpc.link must be {{rtt_ms: ..., mbit_s: ...}} (mbit_s "
+                          f"optional), got {link!r}")
+    rtt, mbit = link["rtt_ms"], link.get("mbit_s")
+    if isinstance(rtt, bool) or not isinstance(rtt, int | float) or (
+            mbit is not None and (isinstance(mbit, bool) or not isinstance(mbit, int | float))):
+        raise ConfigError(f"{path}: mpc.link's rtt_ms and mbit_s must be numbers, got "
+                          f"{link!r}")
+    try:
+        return Link(rtt / 1000, mbit)
+    except PetError as error:
+        raise ConfigError(f"{path}: mpc.link: {error}") from None
 
 
 def _ports(spec: dict[str, Any], path: str | Path) -> tuple[int, int]:

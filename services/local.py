@@ -26,6 +26,7 @@ from pet.certs import make_certificates
 from pet.client import Client
 from pet.errors import PetError
 from pet.mpc.parties import free_port
+from pet.relay import Link, Relay
 from pet.table import CsvTable, ParquetTable
 from pet.workloads import Workload, load
 from services.config import Tls
@@ -55,14 +56,18 @@ class LocalFederation:
 
     `site_options` are written into every site's configuration (e.g. budget, disclosure,
     allow_plaintext); `per_site` adds options for named sites only; `coordinator_options`
-    go into the coordinator's (e.g. runs_per_analyst).
+    go into the coordinator's (e.g. runs_per_analyst). With a `link` (`pet.relay`), the
+    sites are as far from the coordinator and from each other as the link says: the
+    coordinator reaches each site through a relay in this process, and each site's MPC
+    party sits behind one of its own. The analyst's client reaches the coordinator
+    directly.
     """
 
     def __init__(self, directory: str | Path, data: Mapping[str, dict[str, Any]] | None = None,
                  *, deadline_s: float = 120.0, site_options: dict[str, Any] | None = None,
                  per_site: dict[str, dict[str, Any]] | None = None,
                  coordinator_options: dict[str, Any] | None = None,
-                 startup_timeout_s: float = 120.0) -> None:
+                 startup_timeout_s: float = 120.0, link: Link | None = None) -> None:
         self.directory = Path(directory)
         data = data or workload_data("lung", 3)
         self.names = list(data)
@@ -74,12 +79,17 @@ class LocalFederation:
         self.exit_codes: dict[str, int] = {}
         """Exit code of each server stopped so far (0: a clean stop)."""
         self.startup_timeout_s = startup_timeout_s
+        self.link = link
+        self.relays: dict[str, Relay] = {}
+        """The relay in front of each site, while the federation runs with a link."""
+        mpc: dict[str, Any] = {"host": HOST} if link is None else {
+            "host": HOST, "link": {"rtt_ms": link.rtt_s * 1000, "mbit_s": link.mbit_s}}
         for name in self.names:
             spec = {"name": name, "listen": f"{HOST}:{self.ports[name]}",
                     "tls": self._tls(name), "coordinator": "coordinator", "data": data[name],
                     "ledger": str(self.directory / name / "ledger.sqlite"),
                     "audit": str(self.directory / name / "audit.sqlite"),
-                    "mpc": {"host": HOST}, "federation": self.names,
+                    "mpc": mpc, "federation": self.names,
                     **(site_options or {}), **(per_site or {}).get(name, {})}
             self.configs[name] = self._write(f"{name}.yaml", spec)
         self._write("analysts.yaml", {ANALYST: {
@@ -88,8 +98,15 @@ class LocalFederation:
             "listen": f"{HOST}:{self.ports['coordinator']}", "tls": self._tls("coordinator"),
             "analysts": "analysts.yaml", "deadline_s": deadline_s,
             "fits": str(self.directory / "coordinator" / "fits"),
-            "sites": [{"name": n, "address": f"{HOST}:{self.ports[n]}"} for n in self.names],
+            "sites": [{"name": n, "address": self._site_address(n)} for n in self.names],
             **(coordinator_options or {})})
+
+    def _site_address(self, name: str) -> str:
+        """Where the coordinator reaches a site: the site, or the relay in front of it."""
+        if self.link is None:
+            return f"{HOST}:{self.ports[name]}"
+        self.relays[name] = Relay((HOST, self.ports[name]), self.link, host=HOST)
+        return "{}:{}".format(*self.relays[name].address)
 
     @property
     def address(self) -> str:
@@ -156,9 +173,11 @@ class LocalFederation:
         self.exit_codes[name] = process.returncode
 
     def stop(self) -> None:
-        """Stop the coordinator, then every site."""
+        """Stop the coordinator, then every site, then the relays."""
         for name in ["coordinator", *self.names]:
             self.stop_server(name)
+        for relay in self.relays.values():
+            relay.close()
 
     def client(self, **options: Any) -> Client:
         """The analyst's client of this federation."""

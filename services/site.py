@@ -206,7 +206,8 @@ class SiteService(site_pb2_grpc.SiteServicer):
         _check_ids(request.session)
         names = self._parties(request)
         config = replace(self.party_config, host=self.config.mpc_host,
-                         ports=self.config.mpc_ports, tls=self.config.tls.identity(),
+                         ports=self.config.mpc_ports, link=self.config.mpc_link,
+                         tls=self.config.tls.identity(),
                          names=names, dealer=self.config.coordinator)
         rendezvous = (request.address, request.port) if request.rank else None  # 0 hosts it
         with self._seats_lock:

@@ -9,16 +9,20 @@ import socketserver
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pet.backends.mpc import MPC
 from pet.errors import PetError
 from pet.mpc.parties import PartyConfig
-from pet.queries import Mean
+from pet.queries import Count, Mean
 from pet.relay import Link, Relay
 from pet.study import Study
 from pet.workloads import Workload
+from services.config import ConfigError, read_site
+from services.local import LocalFederation
 from tests.conftest import NO_CELL_LIMIT
 
 
@@ -114,4 +118,40 @@ def test_an_mpc_session_over_links_meets_through_relays_and_answers_as_on_loopba
         assert all(p.address == r.address for p, r in zip(parties, relays, strict=False))
         assert parties[-1]._relay is None  # the dealer listens nowhere
         assert all(r.carried > 0 for r in relays)
+    assert not any(r._thread.is_alive() for r in relays)
+
+
+@pytest.mark.parametrize(("link", "expected"), [
+    (None, None), ({"rtt_ms": 20, "mbit_s": 100}, Link(0.02, 100)), ({"rtt_ms": 1}, Link(0.001)),
+    ({"mbit_s": 100}, "mpc.link must be"), ({"rtt_ms": 20, "loss": 0.1}, "mpc.link must be"),
+    ({"rtt_ms": "20"}, "must be numbers"), ({"rtt_ms": 20, "mbit_s": True}, "must be numbers"),
+    ({"rtt_ms": 20_000}, "rtt_s must be between 0 and 10"),
+])
+def test_a_site_reads_its_link_from_its_own_configuration(
+        tmp_path: Path, link: dict | None, expected: Link | str | None) -> None:
+    spec = {"name": "s", "listen": "127.0.0.1:1", "coordinator": "c", "data": {},
+            "tls": {"cert": "c", "key": "k", "ca": "a"}, "ledger": "l", "audit": "a",
+            "mpc": {} if link is None else {"link": link}}
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(spec))
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            read_site(tmp_path / "site.yaml")
+    else:
+        assert read_site(tmp_path / "site.yaml").mpc_link == expected
+
+
+def test_a_federation_over_links_answers_as_on_loopback(tmp_path: Path, lung3: Workload) -> None:
+    """The coordinator reaches each site through a relay, and the sites' MPC parties
+    reach each other through theirs: a plaintext count and an MPC mean come back as
+    in-process, and every relay carried the traffic."""
+    with LocalFederation(tmp_path, link=Link(0.005, 100)) as federation, \
+            federation.client() as client:
+        assert client.study("plaintext").run(Count()).value == len(lung3.pooled())
+        mean = client.study("mpc").run(Mean("age")).value
+        assert mean == pytest.approx(lung3.pooled().age.mean())
+        relays = list(federation.relays.values())
+        assert len(relays) == 3 and all(r.carried > 0 for r in relays)
+        sites = {name: read_site(path) for name, path in federation.configs.items()
+                 if name != "coordinator"}
+        assert all(config.mpc_link == Link(0.005, 100) for config in sites.values())
     assert not any(r._thread.is_alive() for r in relays)
