@@ -52,7 +52,7 @@ CSV_COLUMNS = (
     "site_rows_s", "cpu_s", "bytes_per_site", "rounds", "comm_rounds", "scan_s", "local_s",
     "protect_s",
     "combine_s", "reveal_s", "session_bytes", "startup_s", "transport", "engine",
-    "engine_start_s", "bound_ratio", "bound_held", "status", "message",
+    "engine_start_s", "bound_ratio", "bound_held", "rtt_ms", "mbit_s", "status", "message",
 )
 """One row per cell; the first columns are the ones every run must have to be compared."""
 TEXT_COLUMNS = frozenset({"workload", "query", "backend", "transport", "engine", "status",
@@ -223,7 +223,7 @@ def _study(cell: Cell, workload: Workload, options: dict[str, Any],
         return
     data = (table_data(workload) if cell.rows_per_site
             else workload_data(cell.workload, cell.sites))
-    federation = LocalFederation(folder, data, site_options={
+    federation = LocalFederation(folder, data, link=cell.link, site_options={
         "budget": {"epsilon": BENCHMARK_BUDGET, "delta": BENCHMARK_DELTA},
         "disclosure": {"min_cell": OPEN.min_cell,
                        "max_parameter_ratio": OPEN.max_parameter_ratio}})

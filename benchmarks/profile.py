@@ -14,6 +14,7 @@ from benchmarks.profiles import PROFILES_DIR
 from benchmarks.queries import QUERY_NAMES, preset
 from pet.backends import backend_class
 from pet.errors import PetError
+from pet.relay import Link
 from pet.workloads import WORKLOADS
 
 GENERATED = frozenset({"cohort"})
@@ -44,6 +45,16 @@ class Cell:
     coordinator and one site server per site, each its own process, on loopback)."""
     engine: str = "pet"
     """What runs each site's local pass (`ENGINES`)."""
+    rtt_ms: float | None = None
+    """The round trip an emulated link adds between the coordinator and each site and
+    between the sites' MPC parties (`pet.relay`; services only); None: loopback."""
+    mbit_s: float | None = None
+    """That link's bandwidth each way (None: as fast as loopback)."""
+
+    @property
+    def link(self) -> Link | None:
+        """The emulated link between the processes, if any."""
+        return None if self.rtt_ms is None else Link(self.rtt_ms / 1000, self.mbit_s)
 
     @property
     def key(self) -> str:
@@ -52,7 +63,8 @@ class Cell:
                  self.epsilon)
         suffix = "" if self.transport == "in-process" else f"/{self.transport}"
         engine = "" if self.engine == "pet" else f"@{self.engine}"
-        return "/".join(str(v) for v in parts) + suffix + engine
+        link = "" if self.rtt_ms is None else f"~{self.rtt_ms:g}ms/{self.mbit_s}Mbit"
+        return "/".join(str(v) for v in parts) + suffix + engine + link
 
     def label(self) -> str:
         """Short text for the progress bar."""
@@ -60,8 +72,9 @@ class Cell:
         eps = f" ε={self.epsilon:g}" if self.epsilon is not None else ""
         via = "" if self.transport == "in-process" else f" via {self.transport}"
         on = "" if self.engine == "pet" else f" on {self.engine}"
+        over = "" if self.rtt_ms is None else f" over {self.rtt_ms:g} ms"
         return (f"{self.workload}/{self.query}/{self.backend} sites={self.sites}{rows}{eps}"
-                f"{via}{on}")
+                f"{via}{on}{over}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,10 @@ class Matrix:
     warmup: int = 1
     transports: tuple[str, ...] = ("in-process",)
     engines: tuple[str, ...] = ("pet",)
+    rtts_ms: tuple[float, ...] = ()
+    """Round trips of emulated links to run every cell over (services only); none:
+    loopback."""
+    mbit_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in self.workloads:
@@ -108,6 +125,11 @@ class Matrix:
                 or not set(self.workloads) <= GENERATED):
             raise PetError("profile: an engine other than pet reads the generated workloads' "
                            "files, in-process")
+        if self.rtts_ms and set(self.transports) != {"services"}:
+            raise PetError("profile: emulated links (rtts_ms) join the services' processes; "
+                           "give transports: [services]")
+        for rtt in self.rtts_ms:
+            Link(rtt / 1000, self.mbit_s)  # refuses a bad link here, not mid-run
         if self.repeats < 1 or self.warmup < 0:
             raise PetError("profile: repeats must be >= 1 and warmup >= 0")
 
@@ -120,10 +142,12 @@ class Matrix:
                 continue
             rows = self.rows_per_site if workload in GENERATED else (None,)
             dp = backend_class(backend).differentially_private
-            for n, eps, via, engine in itertools.product(
-                    rows, self.epsilons if dp else (None,), self.transports, self.engines):
+            for n, eps, via, engine, rtt in itertools.product(
+                    rows, self.epsilons if dp else (None,), self.transports, self.engines,
+                    self.rtts_ms or (None,)):
                 out.append(Cell(workload, query, backend, sites, n, eps, self.repeats,
-                                self.warmup, via, engine))
+                                self.warmup, via, engine, rtt,
+                                None if rtt is None else self.mbit_s))
         return out
 
 

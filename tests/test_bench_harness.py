@@ -18,6 +18,7 @@ import pytest
 from benchmarks.harness import CSV_COLUMNS, RunFolder, run_profile
 from benchmarks.profile import Profile
 from pet.errors import PetError
+from pet.relay import Link
 
 TINY = {
     "name": "tiny",
@@ -129,6 +130,9 @@ def test_cells_that_fail_are_recorded_with_their_reason(tmp_path) -> None:
         ({"engines": ["duckdb"]}, "reads the generated workloads' files"),
         ({"workloads": ["cohort"], "rows_per_site": [100], "engines": ["duckdb"],
           "transports": ["services"]}, "reads the generated workloads' files, in-process"),
+        ({"rtts_ms": [20]}, "give transports: \\[services\\]"),
+        ({"rtts_ms": [-1], "transports": ["services"]}, "rtt_s must be between 0 and 10"),
+        ({"rtts_ms": [20], "mbit_s": 0, "transports": ["services"]}, "mbit_s must be"),
     ],
 )
 def test_bad_profiles_are_refused_with_a_reason(change: dict, words: str) -> None:
@@ -136,6 +140,17 @@ def test_bad_profiles_are_refused_with_a_reason(change: dict, words: str) -> Non
               "sites": [2], **change}
     with pytest.raises(PetError, match=words):
         Profile.from_dict({"matrices": [matrix]})
+
+
+def test_the_wan_profile_runs_each_cell_over_each_link_as_its_own_cell() -> None:
+    cells = Profile.load("wan").cells()
+    links = {(c.workload, c.query, c.backend): set() for c in cells}
+    for c in cells:
+        links[(c.workload, c.query, c.backend)].add(c.link)
+        assert c.transport == "services" and c.mbit_s == 100
+    assert all(found == {Link(r / 1000, 100) for r in (0, 1, 20, 80)}
+               for found in links.values())
+    assert len({c.key for c in cells}) == len(cells)
 
 
 def test_shipped_profiles_load_and_full_reaches_ten_million_rows_at_eight_sites() -> None:
