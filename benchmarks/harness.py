@@ -44,6 +44,7 @@ from pet.study import Study
 from pet.table import ParquetTable, Table
 from pet.workloads import Workload, cohort, load
 from services.local import LocalFederation, table_data, workload_data
+from services.site import SHARED_INPUT
 
 CSV_COLUMNS = (
     "workload", "query", "backend", "sites", "rows_per_site", "epsilon", "repeats",
@@ -223,7 +224,9 @@ def _study(cell: Cell, workload: Workload, options: dict[str, Any],
         return
     data = (table_data(workload) if cell.rows_per_site
             else workload_data(cell.workload, cell.sites))
-    federation = LocalFederation(folder, data, link=cell.link, site_options={
+    # Spare MPC processes import torch as the servers start: only where a session uses them.
+    federation = LocalFederation(folder, data, link=cell.link,
+                                 warm=cell.backend in SHARED_INPUT, site_options={
         "budget": {"epsilon": BENCHMARK_BUDGET, "delta": BENCHMARK_DELTA},
         "disclosure": {"min_cell": OPEN.min_cell,
                        "max_parameter_ratio": OPEN.max_parameter_ratio}})

@@ -60,14 +60,16 @@ class LocalFederation:
     sites are as far from the coordinator and from each other as the link says: the
     coordinator reaches each site through a relay in this process, and each site's MPC
     party sits behind one of its own. The analyst's client reaches the coordinator
-    directly.
+    directly. `warm` keeps a spare MPC process at each server (the servers' default);
+    without, no server imports torch until an MPC session starts.
     """
 
     def __init__(self, directory: str | Path, data: Mapping[str, dict[str, Any]] | None = None,
                  *, deadline_s: float = 120.0, site_options: dict[str, Any] | None = None,
                  per_site: dict[str, dict[str, Any]] | None = None,
                  coordinator_options: dict[str, Any] | None = None,
-                 startup_timeout_s: float = 120.0, link: Link | None = None) -> None:
+                 startup_timeout_s: float = 120.0, link: Link | None = None,
+                 warm: bool = True) -> None:
         self.directory = Path(directory)
         data = data or workload_data("lung", 3)
         self.names = list(data)
@@ -82,8 +84,9 @@ class LocalFederation:
         self.link = link
         self.relays: dict[str, Relay] = {}
         """The relay in front of each site, while the federation runs with a link."""
-        mpc: dict[str, Any] = {"host": HOST} if link is None else {
-            "host": HOST, "link": {"rtt_ms": link.rtt_s * 1000, "mbit_s": link.mbit_s}}
+        mpc: dict[str, Any] = {"host": HOST, "warm": warm} if link is None else {
+            "host": HOST, "warm": warm,
+            "link": {"rtt_ms": link.rtt_s * 1000, "mbit_s": link.mbit_s}}
         for name in self.names:
             spec = {"name": name, "listen": f"{HOST}:{self.ports[name]}",
                     "tls": self._tls(name), "coordinator": "coordinator", "data": data[name],
@@ -97,7 +100,7 @@ class LocalFederation:
         self.configs["coordinator"] = self._write("coordinator.yaml", {
             "listen": f"{HOST}:{self.ports['coordinator']}", "tls": self._tls("coordinator"),
             "analysts": "analysts.yaml", "deadline_s": deadline_s,
-            "fits": str(self.directory / "coordinator" / "fits"),
+            "fits": str(self.directory / "coordinator" / "fits"), "mpc": {"warm": warm},
             "sites": [{"name": n, "address": self._site_address(n)} for n in self.names],
             **(coordinator_options or {})})
 
