@@ -8,11 +8,13 @@ stopped. Timings are measured here and only reported; no test asserts them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
 import platform
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -389,9 +391,20 @@ def _run_each(cells: list[Cell], data_dir: Path, *, progress: bool) -> Iterator[
     bar = tqdm(cells, unit="cell", disable=not progress, dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(cell.label(), refresh=True)
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        # The worker leads a process group of its own, which every server and party it
+        # starts joins: a cell past its time is ended with everything it started.
+        with ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                 initializer=os.setpgrp) as pool:
+            future = pool.submit(run_cell, cell, str(data_dir))
             try:
-                yield pool.submit(run_cell, cell, str(data_dir)).result()
+                yield future.result(timeout=cell.timeout_s)
             except BrokenProcessPool:
                 yield {**asdict(cell), "key": cell.key, "status": "error",
                        "message": "the worker process died (out of memory, or killed)"}
+            except TimeoutError:
+                for pid in list(pool._processes):  # the executor names no other handle
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                yield {**asdict(cell), "key": cell.key, "status": "error",
+                       "message": f"the cell did not finish within {cell.timeout_s:g} s; its "
+                                  "processes were killed"}

@@ -50,6 +50,9 @@ class Cell:
     between the sites' MPC parties (`pet.relay`; services only); None: loopback."""
     mbit_s: float | None = None
     """That link's bandwidth each way (None: as fast as loopback)."""
+    timeout_s: float | None = None
+    """Seconds after which the cell's processes are killed and it is recorded as an error
+    (None: no limit). Not part of the cell's identity."""
 
     @property
     def link(self) -> Link | None:
@@ -63,7 +66,8 @@ class Cell:
                  self.epsilon)
         suffix = "" if self.transport == "in-process" else f"/{self.transport}"
         engine = "" if self.engine == "pet" else f"@{self.engine}"
-        link = "" if self.rtt_ms is None else f"~{self.rtt_ms:g}ms/{self.mbit_s}Mbit"
+        mbit = "" if self.mbit_s is None else f"{self.mbit_s:g}Mbit"
+        link = "" if self.rtt_ms is None else f"~{self.rtt_ms:g}ms/{mbit}"
         return "/".join(str(v) for v in parts) + suffix + engine + link
 
     def label(self) -> str:
@@ -95,6 +99,8 @@ class Matrix:
     """Round trips of emulated links to run every cell over (services only); none:
     loopback."""
     mbit_s: float | None = None
+    cell_timeout_s: float | None = None
+    """The most a cell may take (see `Cell.timeout_s`)."""
 
     def __post_init__(self) -> None:
         for name in self.workloads:
@@ -125,6 +131,11 @@ class Matrix:
                 or not set(self.workloads) <= GENERATED):
             raise PetError("profile: an engine other than pet reads the generated workloads' "
                            "files, in-process")
+        if self.mbit_s is not None and not self.rtts_ms:
+            raise PetError("profile: mbit_s is the bandwidth of the links in rtts_ms; give "
+                           "rtts_ms too")
+        if self.cell_timeout_s is not None and not self.cell_timeout_s > 0:
+            raise PetError("profile: cell_timeout_s must be positive")
         if self.rtts_ms and set(self.transports) != {"services"}:
             raise PetError("profile: emulated links (rtts_ms) join the services' processes; "
                            "give transports: [services]")
@@ -147,7 +158,7 @@ class Matrix:
                     self.rtts_ms or (None,)):
                 out.append(Cell(workload, query, backend, sites, n, eps, self.repeats,
                                 self.warmup, via, engine, rtt,
-                                None if rtt is None else self.mbit_s))
+                                None if rtt is None else self.mbit_s, self.cell_timeout_s))
         return out
 
 

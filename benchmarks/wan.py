@@ -13,6 +13,14 @@ and party 0's requests to the dealer. L is read off the `FIT_MS` cells; the mode
 predicts every other RTT, and each prediction's error against the measured median is
 reported.
 
+To more sites the model extends by the bytes alone, `SITES` of them: every site's reply
+crosses the coordinator's link, and an MPC party exchanges shares with every other party,
+so the busiest link carries the 3-site bytes times n / 3 (the coordinator's) or
+(n − 1) / 2 (a party's), at the link's bandwidth. L stays as it is (sites are asked at
+once; MPC's rounds do not grow with the parties), and so does the compute, which makes
+these figures lower bounds: the coordinator's combining and each party's share arithmetic
+grow with n too, and were not measured beyond three sites.
+
     python -m benchmarks.wan benchmarks/results/wan
 """
 
@@ -28,6 +36,10 @@ from typing import Any
 
 FIT_MS = 20.0
 """The round trip whose cells give each query's L."""
+SITES = (10, 30, 100)
+"""The federations the model extends to."""
+MPC_BACKENDS = ("mpc", "mpc+dp")
+"""Backends whose `site_bytes` are an MPC party's traffic with the others."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +56,20 @@ class Fitted:
     round_trips: float
     rounds: int
     comm_rounds: int
+    bytes_total: float
+    """Bytes the sites sent the coordinator (all of them cross its link)."""
+    party_bytes: float
+    """Bytes the busiest MPC party sent and received (0 without MPC)."""
 
     def predicted(self, rtt_ms: float) -> float:
         """The model's latency at a round trip of `rtt_ms`."""
         return self.base_s + self.round_trips * rtt_ms / 1000
+
+    def extended(self, sites: int, rtt_ms: float, mbit_s: float) -> float:
+        """A lower bound on the latency with `sites` sites (see the module docstring)."""
+        more = (self.bytes_total * (sites / self.sites - 1)
+                + self.party_bytes * ((sites - 1) / (self.sites - 1) - 1))
+        return self.predicted(rtt_ms) + max(more, 0.0) * 8 / (mbit_s * 1e6)
 
     def error(self, rtt_ms: float) -> float:
         """The prediction's error relative to the measured latency at `rtt_ms`."""
@@ -74,15 +96,17 @@ def fit(cells: Sequence[dict[str, Any]]) -> list[Fitted]:
         measured = {rtt: float(c["latency_median_s"]) for rtt, c in sorted(by_rtt.items())}
         base = measured[0.0]
         round_trips = (measured[FIT_MS] - base) / (FIT_MS / 1000)
+        first = by_rtt[0.0]
+        party = max(first.get("site_bytes") or [0]) if backend in MPC_BACKENDS else 0
         out.append(Fitted(workload, query, backend, sites, measured, base, round_trips,
-                          int(by_rtt[0.0].get("rounds") or 0),
-                          int(by_rtt[0.0].get("comm_rounds") or 0)))
+                          int(first.get("rounds") or 0), int(first.get("comm_rounds") or 0),
+                          float(first.get("bytes_total") or 0), float(party)))
     return sorted(out, key=lambda f: (f.workload, f.query, f.backend, f.sites))
 
 
-def summary(fitted: Sequence[Fitted]) -> str:
-    """Markdown: every cell's latencies and the model's errors, then, per query, the
-    private backends in order of latency at `FIT_MS`."""
+def summary(fitted: Sequence[Fitted], mbit_s: float = 100.0) -> str:
+    """Markdown: every cell's latencies and the model's errors; per query, the private
+    backends in order of latency at `FIT_MS`; and the model at `FIT_MS` for `SITES`."""
     rtts = sorted({r for f in fitted for r in f.measured})
     head = " | ".join(f"{r:g} ms" for r in rtts)
     lines = ["| data | query | backend | " + head + " | L (round trips) | rounds | MPC "
@@ -102,6 +126,14 @@ def summary(fitted: Sequence[Fitted]) -> str:
         ranked = sorted(options, key=lambda f: f.measured[FIT_MS])
         lines.append(f"- {workload} {query}: " + ", ".join(
             f"{f.backend} {_ms(f.measured[FIT_MS])}" for f in ranked))
+    lines += ["", f"Modelled at {FIT_MS:g} ms and {mbit_s:g} Mbit/s (lower bounds beyond the "
+              "sites measured):", "",
+              "| data | query | backend | measured | " + " | ".join(
+                  f"{n} sites" for n in SITES) + " |", "|---|---|---|" + "---:|" * (1 + len(SITES))]
+    for f in fitted:
+        lines.append(f"| {f.workload} | {f.query} | {f.backend} | {_ms(f.measured[FIT_MS])} "
+                     f"({f.sites} sites) | " + " | ".join(
+                         _ms(f.extended(n, FIT_MS, mbit_s)) for n in SITES) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cells = [json.loads(line) for line in (args.run / "cells.jsonl").read_text().splitlines()
              if line.strip()]
-    text = summary(fit(cells))
+    links = {c["mbit_s"] for c in cells if c.get("rtt_ms") is not None}
+    if len(links) != 1 or None in links:
+        raise SystemExit(f"{args.run}: the cost model needs one bandwidth for every link, "
+                         f"found {sorted(links, key=str)}")
+    text = summary(fit(cells), links.pop())
     (args.run / "wan.md").write_text(text)
     print(text, end="")
     return 0

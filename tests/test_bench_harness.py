@@ -110,6 +110,17 @@ def test_a_torn_last_line_is_measured_again(tmp_path) -> None:
     assert list(folder.finished()) == ["a"]
 
 
+def test_a_cell_past_its_time_is_killed_with_what_it_started(tmp_path) -> None:
+    """A worker takes seconds to import pet: at 0.2 s the cell is ended, recorded as an
+    error with its reason, and the next cell still runs."""
+    spec = {**TINY, "matrices": [{"workloads": ["lung"], "queries": ["mean"], "sites": [3],
+                                  "cell_timeout_s": 0.2},
+                                 {"workloads": ["lung"], "queries": ["count"], "sites": [3]}]}
+    frame = run_tiny(tmp_path / "out", tmp_path / "data", spec)
+    assert frame.status.tolist() == ["error", "ok"]
+    assert "did not finish within 0.2 s; its processes were killed" in frame.message.iloc[0]
+
+
 def test_cells_that_fail_are_recorded_with_their_reason(tmp_path) -> None:
     spec = {**TINY, "matrices": [{"workloads": ["lung"], "queries": ["mean"], "sites": [30]}]}
     frame = run_tiny(tmp_path / "out", tmp_path / "data", spec)
@@ -133,6 +144,7 @@ def test_cells_that_fail_are_recorded_with_their_reason(tmp_path) -> None:
         ({"rtts_ms": [20]}, "give transports: \\[services\\]"),
         ({"rtts_ms": [-1], "transports": ["services"]}, "rtt_s must be between 0 and 10"),
         ({"rtts_ms": [20], "mbit_s": 0, "transports": ["services"]}, "mbit_s must be"),
+        ({"mbit_s": 100}, "give rtts_ms too"), ({"cell_timeout_s": 0}, "must be positive"),
     ],
 )
 def test_bad_profiles_are_refused_with_a_reason(change: dict, words: str) -> None:
