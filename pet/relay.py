@@ -11,7 +11,12 @@ more. Each process that listens has its own relay, so every connection between t
 processes passes exactly one: the one in front of the process that was connected to.
 
 The relay runs its own asyncio loop in a thread of the process that owns it; it forwards
-bytes without reading them (TLS passes through as it is).
+bytes without reading them (TLS passes through as it is). What it does not emulate: the
+bandwidth is each connection's own, not shared by a host's connections; a new
+connection's handshake crosses the link at no cost; and nothing pushes back on a sender
+(the relay reads whatever arrives and queues it), where TCP's window would. The relay
+listens on a port of its own choosing, outside an MPC party's configured range, for as
+long as its owner runs: it is for benchmarks on one host, never for a deployment.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ CHUNK = 1 << 16
 """Bytes read from a connection at a time."""
 MAX_RTT_S = 10.0
 """The longest round trip a link may add."""
+START_S = 10.0
+"""How long a relay's thread may take to start listening."""
 
 
 @dataclass(frozen=True)
@@ -66,24 +73,25 @@ class Relay:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._server: asyncio.Server | None = None
+        self.carried = 0
+        """Bytes forwarded so far, both ways (written by the relay's thread only)."""
         self._thread = threading.Thread(target=self._run, args=(host,), daemon=True,
                                         name=f"relay to {target[0]}:{target[1]}")
         self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            raise PetError(f"cannot start a relay on {host}: {self._failure}")
+        if not self._ready.wait(START_S) or self._failure is not None:
+            self.close()
+            raise PetError(f"cannot start a relay on {host}: "
+                           f"{self._failure or f'not listening after {START_S:g} s'}")
         assert self._server is not None
         self.address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
         """Where the relay listens: connect here instead of to `target`."""
-        self.carried = 0
-        """Bytes forwarded so far, both ways (written by the relay's thread only)."""
 
     def close(self) -> None:
         """Stop listening and drop every connection through the relay."""
-        if self._loop.is_closed() or not self._thread.is_alive():
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        if self._thread.is_alive() and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(START_S)
 
     def __enter__(self) -> Relay:
         return self
@@ -96,38 +104,48 @@ class Relay:
         try:
             self._server = self._loop.run_until_complete(
                 asyncio.start_server(self._forward, host, 0))
-        except OSError as error:
+        except Exception as error:  # reported to the constructor, which raises it
             self._failure = error
             self._ready.set()
+            self._loop.close()
             return
         self._ready.set()
         try:
             self._loop.run_forever()
         finally:
             self._server.close()
-            for task in asyncio.all_tasks(self._loop):
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
                 task.cancel()
-            with contextlib.suppress(Exception):
-                self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection: both directions over the link; either side's end ends both."""
+        """One connection: both directions over the link. A side that closes its sending
+        half is passed on as such (the other direction goes on); a side that fails or
+        resets ends both directions at once, as the connection would end end to end."""
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
-            writer.close()
+            writer.transport.abort()  # nothing listens behind the relay: a reset, as there
             return
-        pumps = [asyncio.ensure_future(self._pump(reader, upstream_writer)),
-                 asyncio.ensure_future(self._pump(upstream_reader, writer))]
+        pumps = {asyncio.ensure_future(self._pump(reader, upstream_writer)),
+                 asyncio.ensure_future(self._pump(upstream_reader, writer))}
+        failed = True  # until both directions have ended cleanly
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
-            await asyncio.gather(*pumps, return_exceptions=True)
+            while pumps:
+                done, pumps = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                if any(t.cancelled() or t.exception() is not None for t in done):
+                    break
+            failed = bool(pumps)
         finally:
             for pump in pumps:
                 pump.cancel()
             for side in (writer, upstream_writer):
-                side.close()
+                if failed:
+                    side.transport.abort()  # a reset, passed on to both ends
+                else:
+                    side.close()  # what is still buffered goes out first
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         """Copy one direction, each chunk delivered when the link has carried it; the
@@ -135,6 +153,10 @@ class Relay:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         deliver = asyncio.ensure_future(self._deliver(queue, sink))
+        reading = asyncio.current_task()
+        assert reading is not None
+        deliver.add_done_callback(  # a sink that fails ends the reading too
+            lambda d: d.cancelled() or d.exception() is None or reading.cancel())
         free = loop.time()
         try:
             while chunk := await source.read(CHUNK):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -155,3 +156,27 @@ def test_a_federation_over_links_answers_as_on_loopback(tmp_path: Path, lung3: W
                  if name != "coordinator"}
         assert all(config.mpc_link == Link(0.005, 100) for config in sites.values())
     assert not any(r._thread.is_alive() for r in relays)
+
+
+def test_a_reset_on_one_side_resets_the_other(echo: tuple[str, int]) -> None:
+    """A process killed with unread data resets its connections: the peer behind the
+    relay must learn of it at once, not wait for the relay to close."""
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            Relay(server.getsockname()[:2], Link(0.0)) as relay:
+        client = socket.create_connection(relay.address, timeout=10)
+        peer, _ = server.accept()
+        accepted.append(peer)
+        peer.settimeout(10)
+        client.sendall(b"x")
+        assert peer.recv(1) == b"x"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset
+        # The peer sees its connection end (closed or reset) within recv's timeout; what
+        # must not happen is a connection left open, which the timeout would report.
+        try:
+            ended = peer.recv(1 << 16)
+        except ConnectionResetError:
+            ended = b""
+        assert ended == b""
+        peer.close()

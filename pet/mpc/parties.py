@@ -149,16 +149,18 @@ class Party:
             if spare is not None:  # no session will take it: it would idle until exit
                 spare.close()
             raise
-        self._relay = (Relay((config.host, listener.getsockname()[1]), config.link,
-                             host=config.host)
-                       if listener is not None and config.link is not None else None)
-        self.address: tuple[str, int] | None = (
-            self._relay.address if self._relay is not None
-            else (config.host, listener.getsockname()[1]) if listener is not None else None)
-        """Where the others reach this party: its configured host and the port it took, or
-        its relay's (None for the dealer)."""
-        session = (rank, roster, config, listener, rendezvous, self.address)
+        self._relay: Relay | None = None
         try:
+            if listener is not None and config.link is not None:
+                self._relay = Relay((config.host, listener.getsockname()[1]), config.link,
+                                    host=config.host)
+            self.address: tuple[str, int] | None = (
+                self._relay.address if self._relay is not None
+                else (config.host, listener.getsockname()[1]) if listener is not None
+                else None)
+            """Where the others reach this party: its configured host and the port it took,
+            or its relay's (None for the dealer)."""
+            session = (rank, roster, config, listener, rendezvous, self.address)
             if spare is not None and spare.alive and spare.take(session):  # warm
                 self.process, self._pipe = spare.process, spare.pipe
             else:
@@ -166,8 +168,14 @@ class Party:
                     spare.close()
                 self.process, self._pipe = _spawn(_party_main, session,
                                                   "dealer" if rank == world else f"party-{rank}")
+        except BaseException:  # no process runs for this party: nothing of it may stay
+            if self._relay is not None:
+                self._relay.close()
+            if spare is not None:
+                spare.close()
+            raise
         finally:
-            if listener is not None:  # the process has its own copy now
+            if listener is not None:  # the process has its own copy now, if it started
                 listener.close()
         self._started = rank == world  # the dealer sends nothing: it serves until the end
 
@@ -450,11 +458,12 @@ class Parties:
         return all(p.alive for p in self._parties)
 
     def _guard(self, step: Callable[[], Any]) -> Any:
-        """Run a step; on any party's failure end the whole session, naming the party that
-        died first (a peer's death often surfaces first as another party's error)."""
+        """Run a step; on any party's failure (or a party that could not be set up, such
+        as its relay) end the whole session, naming the party that died first (a peer's
+        death often surfaces first as another party's error)."""
         try:
             return step()
-        except PartyError as failure:
+        except PetError as failure:
             time.sleep(0.2)
             dead = [p for p in self._parties if not p.alive]
             reason = (f"party {dead[0].rank} died (exit code {dead[0].process.exitcode}): "

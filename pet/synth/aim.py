@@ -10,8 +10,9 @@ and doubles their selection's ε (four times the ρ of each); the last round spe
 is left. Candidates are limited to those that keep the model's junction tree within a
 size that grows with the budget spent.
 
-One step is pet's, not the paper's: every 1-way measurement is read as its empirical-Bayes
-estimate (`NoisyMarginal.shrunk`) before the model is fitted to it. AIM spends 1/(16·d)
+One step is pet's, not the paper's: the estimator reads every 1-way measurement as its
+empirical-Bayes estimate (`NoisyMarginal.shrunk`; the fit records the measurement as
+released). AIM spends 1/(16·d)
 of its measurement budget on each 1-way marginal, so at small ε a column's noisy counts
 are mostly noise, and the model that fits them best piles the rows onto the few levels
 the noise raised: on diabetes progression (442 × 11) at ε = 0.3 AIM's synthetic 1-way
@@ -23,6 +24,7 @@ nothing where the counts differ by far more than the noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
@@ -56,14 +58,20 @@ class AIM(Synthesizer):
         self.max_cells = max_cells
         self.round_iterations = round_iterations
 
+    @staticmethod
+    def prepared(measured: Sequence[NoisyMarginal]) -> list[NoisyMarginal]:
+        """1-way measurements as their empirical-Bayes estimates (see the module's
+        docstring), the others as measured."""
+        return [m.shrunk() if len(m.clique) == 1 else m for m in measured]
+
     def run(self, measurer: Measurer, rho: float) -> tuple[Model, list[NoisyMarginal]]:
         domain = measurer.domain
         workload = self.workload or pairs(domain) or [(domain.attributes[0],)]
         candidates, weights = closure(domain, workload)
         rounds = self.rounds_per_attribute * len(domain)
         sigma, epsilon = math.sqrt(rounds / (2 * 0.9 * rho)), math.sqrt(8 * 0.1 * rho / rounds)
-        measured = _read(measurer.measure([(a,) for a in domain.attributes],
-                                          len(domain) / (2 * sigma**2)))
+        measured = measurer.measure([(a,) for a in domain.attributes],
+                                    len(domain) / (2 * sigma**2))
         used = sum(s.rho for s in measurer.spends)
         model = self.estimate(domain, measured, self.round_iterations)
         while rho - used > 1e-6 * rho:
@@ -74,12 +82,14 @@ class AIM(Synthesizer):
             cap = self.max_cells * (used + 1 / (2 * sigma**2) + epsilon**2 / 8) / rho
             allowed = _fitting(domain, [m.clique for m in measured], candidates, cap)
             chosen = self._select(measurer, model, allowed, weights, sigma, epsilon)
-            new = _read(measurer.measure([chosen], 1 / (2 * sigma**2)))
+            new = measurer.measure([chosen], 1 / (2 * sigma**2))
             measured += new
             used = sum(s.rho for s in measurer.spends)
             before = np.ravel(model.project(chosen))
             model = self.estimate(domain, measured, self.round_iterations, model=model)
             moved = np.abs(np.ravel(model.project(chosen)) - before).sum()
+            # A 1-way measurement that is mostly noise is shrunk and moves the model
+            # little: the budget then grows, as it should where a round told little.
             if moved <= expected_error(new[0].sigma, domain.size(chosen)):
                 sigma, epsilon = sigma / 2, 2 * epsilon  # each part's ρ times 4
         # The last fit starts afresh: potentials carried through every round's short fit
@@ -96,12 +106,6 @@ class AIM(Synthesizer):
         penalty = np.array([expected_error(sigma, measurer.domain.size(c)) for c in allowed])
         scored = Candidates(tuple(allowed), model_marginals(model, allowed), weight, penalty)
         return allowed[measurer.select(scored, epsilon**2 / 8, sensitivity=float(weight.max()))]
-
-
-def _read(measured: list[NoisyMarginal]) -> list[NoisyMarginal]:
-    """Measurements as the model is fitted to them: 1-way ones as their empirical-Bayes
-    estimates (see the module's docstring), the others as measured."""
-    return [m.shrunk() if len(m.clique) == 1 else m for m in measured]
 
 
 def closure(domain: Domain, workload: list[Clique]) -> tuple[list[Clique], dict[Clique, float]]:

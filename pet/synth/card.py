@@ -90,7 +90,13 @@ def refit(data: dict[str, Any]) -> tuple[Discretization, Model]:
                 for m in data["measured"]]
     trace = traced([[c["measurements"], c["iterations"], *([c["warm"]] if "warm" in c else [])]
                     for c in data["estimation"]])
-    return discretization, replay(discretization.domain(), measured, trace)
+    from pet.synth import SYNTHESIZERS  # the package imports this module
+
+    method = SYNTHESIZERS.get(data.get("method", ""))
+    if method is None:
+        raise PetError(f"this data card's method {data.get('method')!r} is none of "
+                       f"{sorted(SYNTHESIZERS)}; it cannot be refitted")
+    return discretization, replay(discretization.domain(), measured, trace, method.prepared)
 
 
 def resample(data: dict[str, Any], rows: int | None = None,

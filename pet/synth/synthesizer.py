@@ -8,7 +8,7 @@ noisy marginals; it never sees a row. Sampling the model is post-processing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, ClassVar
@@ -92,11 +92,18 @@ class Synthesizer(ABC):
         return {name: [list(c) for c in value] if isinstance(value, list | tuple) else value
                 for name, value in vars(self).items() if name != "trace"}
 
+    @staticmethod
+    def prepared(measured: Sequence[NoisyMarginal]) -> list[NoisyMarginal]:
+        """The measurements as the estimator reads them: as measured, unless a method
+        says otherwise (AIM). The fit and its data card keep them as measured, and
+        `replay` prepares them the same way."""
+        return list(measured)
+
     def estimate(self, domain: Domain, measured: list[NoisyMarginal], iterations: int,
                  model: Model | None = None) -> Model:
         """`pet.synth.estimate` on the measurements so far, recorded in the fit's trace."""
         self.trace.append((len(measured), iterations, model is not None))
-        return estimate(domain, measured, iterations=iterations, model=model)
+        return estimate(domain, self.prepared(measured), iterations=iterations, model=model)
 
     @abstractmethod
     def run(self, measurer: Measurer, rho: float) -> tuple[Model, list[NoisyMarginal]]:
@@ -114,10 +121,12 @@ def model_marginals(model: Model, cliques: list[Clique]) -> tuple[np.ndarray, ..
 
 
 def replay(domain: Domain, measurements: Sequence[NoisyMarginal],
-           trace: Sequence[tuple[int, int, bool]]) -> Model:
+           trace: Sequence[tuple[int, int, bool]],
+           prepared: Callable[[Sequence[NoisyMarginal]], list[NoisyMarginal]] = list) -> Model:
     """The model a fit's estimator built, rebuilt from its measurements and its trace:
-    the same calls, in order, each warm-started from the last where it was (deterministic,
-    so the same model on the same versions of pet and numpy)."""
+    the same calls, in order, on the measurements as its method `prepared` them, each
+    warm-started from the last where it was (deterministic, so the same model on the same
+    versions of pet and numpy)."""
     if not trace:
         raise ArgumentError("the fit records no estimator calls to replay")
     model: Model | None = None
@@ -125,7 +134,7 @@ def replay(domain: Domain, measurements: Sequence[NoisyMarginal],
         if not 0 < seen <= len(measurements):
             raise ArgumentError(f"the trace names {seen} measurements of "
                                 f"{len(measurements)}")
-        model = estimate(domain, list(measurements[:seen]), iterations=iterations,
+        model = estimate(domain, prepared(measurements[:seen]), iterations=iterations,
                          model=model if warm else None)
     return model  # type: ignore[return-value]  # the trace is not empty
 
