@@ -13,10 +13,11 @@ and party 0's requests to the dealer. L is read off the `FIT_MS` cells; the mode
 predicts every other RTT, and each prediction's error against the measured median is
 reported.
 
-To more sites the model extends by the bytes alone, `SITES` of them: every site's reply
-crosses the coordinator's link, and an MPC party exchanges shares with every other party,
-so the busiest link carries the 3-site bytes times n / 3 (the coordinator's) or
-(n − 1) / 2 (a party's), at the link's bandwidth. L stays as it is (sites are asked at
+To more sites the model extends by the bytes alone, `SITES` of them, as if each host had
+one link of the profile's bandwidth: without MPC every site's reply crosses the
+coordinator's link, which carries the measured bytes times n / s for s sites measured;
+under MPC a party sends its shares to every other party, and the busiest party's link
+carries its measured bytes times (n − 1) / (s − 1). L stays as it is (sites are asked at
 once; MPC's rounds do not grow with the parties), and so does the compute, which makes
 these figures lower bounds: the coordinator's combining and each party's share arithmetic
 grow with n too, and were not measured beyond three sites.
@@ -57,9 +58,10 @@ class Fitted:
     rounds: int
     comm_rounds: int
     bytes_total: float
-    """Bytes the sites sent the coordinator (all of them cross its link)."""
+    """Bytes the sites sent the coordinator (all of them cross its link; 0 under MPC,
+    where they are the parties' and counted in `party_bytes`)."""
     party_bytes: float
-    """Bytes the busiest MPC party sent and received (0 without MPC)."""
+    """Bytes the busiest MPC party sent (0 without MPC)."""
 
     def predicted(self, rtt_ms: float) -> float:
         """The model's latency at a round trip of `rtt_ms`."""
@@ -87,20 +89,22 @@ def fit(cells: Sequence[dict[str, Any]]) -> list[Fitted]:
     groups: dict[tuple, dict[float, dict[str, Any]]] = defaultdict(dict)
     for cell in cells:
         if cell.get("status") == "ok" and cell.get("rtt_ms") is not None:
-            key = (cell["workload"], cell["query"], cell["backend"], cell["sites"])
+            key = (cell["workload"], cell["query"], cell["backend"], cell["sites"],
+                   cell.get("rows_per_site"), cell.get("epsilon"), cell.get("mbit_s"))
             groups[key][float(cell["rtt_ms"])] = cell
     out = []
-    for (workload, query, backend, sites), by_rtt in groups.items():
-        if 0.0 not in by_rtt or FIT_MS not in by_rtt:
+    for (workload, query, backend, sites, *_), by_rtt in groups.items():
+        if 0.0 not in by_rtt or FIT_MS not in by_rtt or sites < 2:
             continue
         measured = {rtt: float(c["latency_median_s"]) for rtt, c in sorted(by_rtt.items())}
         base = measured[0.0]
         round_trips = (measured[FIT_MS] - base) / (FIT_MS / 1000)
         first = by_rtt[0.0]
-        party = max(first.get("site_bytes") or [0]) if backend in MPC_BACKENDS else 0
+        mpc = backend in MPC_BACKENDS
+        party = max(first.get("site_bytes") or [0]) if mpc else 0
         out.append(Fitted(workload, query, backend, sites, measured, base, round_trips,
                           int(first.get("rounds") or 0), int(first.get("comm_rounds") or 0),
-                          float(first.get("bytes_total") or 0), float(party)))
+                          0.0 if mpc else float(first.get("bytes_total") or 0), float(party)))
     return sorted(out, key=lambda f: (f.workload, f.query, f.backend, f.sites))
 
 

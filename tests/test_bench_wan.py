@@ -52,11 +52,11 @@ def test_the_summary_ranks_the_private_backends_at_20_ms() -> None:
 
 def test_more_sites_cost_their_bytes_at_the_bandwidth() -> None:
     """he: 3 sites sent 300 kB, so 100 sites send 10 MB through the coordinator's link;
-    mpc: the busiest party moved 1 MB with 2 others, so 99 others move 49.5 MB."""
+    mpc: the busiest party sent 1 MB to 2 others, so to 99 others it sends 49.5 MB."""
     he = fit([_cell("mean", "he", r, 0.1 + r / 1000, bytes_total=300_000) for r in (0, 20)])[0]
     assert he.extended(100, 20, 100) == pytest.approx(0.12 + 9_700_000 * 8 / 1e8)
     assert he.extended(3, 20, 100) == pytest.approx(he.predicted(20))
-    mpc = fit([_cell("mean", "mpc", r, 0.05 + 4 * r / 1000, bytes_total=400,
+    mpc = fit([_cell("mean", "mpc", r, 0.05 + 4 * r / 1000, bytes_total=1_000_020,
                      site_bytes=[1_000_000, 10, 10]) for r in (0, 20)])[0]
-    expected = 0.13 + (400 * 97 / 3 + 1_000_000 * 48.5) * 8 / 1e8
+    expected = 0.13 + 1_000_000 * 48.5 * 8 / 1e8  # the parties' bytes, counted once
     assert mpc.extended(100, 20, 100) == pytest.approx(expected)
