@@ -82,6 +82,7 @@ class LocalFederation:
         """Exit code of each server stopped so far (0: a clean stop)."""
         self.startup_timeout_s = startup_timeout_s
         self.link = link
+        self._stopped = False
         self.relays: dict[str, Relay] = {}
         """The relay in front of each site, while the federation runs with a link."""
         mpc: dict[str, Any] = {"host": HOST, "warm": warm} if link is None else {
@@ -119,6 +120,9 @@ class LocalFederation:
     def start(self) -> LocalFederation:
         """Start every server and wait until each reports SERVING; if one cannot start,
         stop the others (a `with` block's exit never runs when its start fails)."""
+        if self._stopped and self.relays:
+            raise PetError("this federation's links ended when it stopped; make a new "
+                           "LocalFederation to start one over links again")
         try:
             for name in [*self.names, "coordinator"]:
                 self.start_server(name, wait=False)
@@ -181,6 +185,7 @@ class LocalFederation:
             self.stop_server(name)
         for relay in self.relays.values():
             relay.close()
+        self._stopped = True
 
     def client(self, **options: Any) -> Client:
         """The analyst's client of this federation."""

@@ -156,6 +156,8 @@ def test_a_federation_over_links_answers_as_on_loopback(tmp_path: Path, lung3: W
                  if name != "coordinator"}
         assert all(config.mpc_link == Link(0.005, 100) for config in sites.values())
     assert not any(r._thread.is_alive() for r in relays)
+    with pytest.raises(PetError, match="make a new LocalFederation"):
+        federation.start()
 
 
 def test_a_reset_on_one_side_resets_the_other(echo: tuple[str, int]) -> None:
