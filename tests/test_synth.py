@@ -211,12 +211,21 @@ def test_counts_shrunk_toward_their_mean_err_less_than_the_noisy_ones(
     assert exact.shrunk() is exact
 
 
-@pytest.mark.parametrize("truth", [np.array([80.0, 20.0]), np.array([70.0, 20.0, 10.0])])
-def test_three_counts_or_fewer_are_kept_as_measured(truth: np.ndarray) -> None:
-    """Below four counts no shrinkage toward their mean errs less than the noisy counts
-    whatever they are (a binary column at σ = 20 would err 1.2× more): they are kept."""
-    noisy = truth + np.random.default_rng(3).normal(0, 20.0, truth.size)
-    np.testing.assert_array_equal(toward_mean(noisy, 20.0), noisy)
+def test_two_counts_swamped_by_noise_are_shrunk_far_below_the_noisy_ones_error() -> None:
+    """A binary column whose levels differ by less than the noise: the estimate of its
+    split errs far less than the noisy counts clipped at zero (which often put the whole
+    column on one level). Squared error of the proportions over many draws."""
+    truth, sigma = np.array([90.0, 60.0]), 150.0
+    rng = np.random.default_rng(4)
+
+    def error(counts: np.ndarray) -> float:
+        share = counts / counts.sum() if counts.sum() > 0 else np.full(2, 0.5)
+        return float(((share - truth / truth.sum()) ** 2).sum())
+
+    draws = [truth + rng.normal(0, sigma, 2) for _ in range(4000)]
+    shrunk_error = sum(error(np.maximum(toward_mean(d, sigma), 0)) for d in draws)
+    clipped_error = sum(error(np.maximum(d, 0)) for d in draws)
+    assert shrunk_error < 0.5 * clipped_error
 
 
 def test_a_column_measured_as_noise_alone_is_fitted_near_uniform_once_shrunk() -> None:

@@ -86,17 +86,20 @@ class NoisyMarginal:
 
 def toward_mean(noisy: np.ndarray, sd: float) -> np.ndarray:
     """Counts estimated from their noisy counts (noise sd `sd` each), shrunk toward their
-    mean by as much of their spread S as the noise explains: each deviation from the mean
-    kept in the share 1 − c·sd²/S (at least 0). The empirical-Bayes constant c = k − 1 of
-    k counts (the posterior mean under a normal prior whose variance is the spread's excess
-    over sd²) where the estimate still errs less than the noisy counts in expected squared
-    error, which is for c < 2(k − 3) (Efron & Morris 1973): more than five counts;
-    James–Stein's c = k − 3 for four or five; three or fewer are kept as measured. The
-    sum is kept; flat counts come out nearly flat, counts that differ by far more than the
-    noise nearly as measured."""
-    k = noisy.size
+    mean by as much of their spread as the noise explains: the empirical-Bayes posterior
+    mean under a normal prior whose variance is the spread's excess over sd² (each
+    deviation from the mean kept in the share 1 − (k − 1)·sd²/S for k counts of spread S,
+    at least 0). The sum is kept; flat counts come out nearly flat, counts that differ by
+    far more than the noise nearly as measured.
+
+    Over six counts or more it errs less than the noisy counts in expected squared error
+    whatever they are (Efron & Morris 1973: a constant below 2(k − 3)). With fewer it can
+    err more where the counts truly differ by about the noise (two counts [80, 20] at sd
+    20: 1.2 times the squared error); it is kept there too, because where the noise swamps
+    the difference, which is where it acts, it errs far less than the noisy counts, which
+    clipped at zero can put a whole column on one level (keeping two or three counts as
+    measured raised MST's 2-way TVD on diabetes at ε = 0.3 from 0.52 to 0.58)."""
     mean = float(noisy.mean())
     spread = float(((noisy - mean) ** 2).sum())
-    constant = k - 1 if k > 5 else max(k - 3, 0)
-    keep = max(0.0, 1.0 - constant * sd**2 / spread) if spread else 1.0
+    keep = max(0.0, 1.0 - (noisy.size - 1) * sd**2 / spread) if spread else 1.0
     return mean + keep * (noisy - mean)
