@@ -98,7 +98,8 @@ def toward_mean(noisy: np.ndarray, sd: float) -> np.ndarray:
     20: 1.2 times the squared error); it is kept there too, because where the noise swamps
     the difference, which is where it acts, it errs far less than the noisy counts, which
     clipped at zero can put a whole column on one level (keeping two or three counts as
-    measured raised MST's 2-way TVD on diabetes at ε = 0.3 from 0.52 to 0.58)."""
+    measured left MST's 2-way TVD on diabetes at ε = 0.3 at 0.58 over ten fits, against
+    0.52 over three with it)."""
     mean = float(noisy.mean())
     spread = float(((noisy - mean) ** 2).sum())
     keep = max(0.0, 1.0 - (noisy.size - 1) * sd**2 / spread) if spread else 1.0
