@@ -85,9 +85,9 @@ class LocalFederation:
         self._stopped = False
         self.relays: dict[str, Relay] = {}
         """The relay in front of each site, while the federation runs with a link."""
-        mpc: dict[str, Any] = {"host": HOST, "warm": warm} if link is None else {
-            "host": HOST, "warm": warm,
-            "link": {"rtt_ms": link.rtt_s * 1000, "mbit_s": link.mbit_s}}
+        mpc: dict[str, Any] = {"host": HOST, "warm": warm}
+        if link is not None:
+            mpc["link"] = {"rtt_ms": link.rtt_s * 1000, "mbit_s": link.mbit_s}
         for name in self.names:
             spec = {"name": name, "listen": f"{HOST}:{self.ports[name]}",
                     "tls": self._tls(name), "coordinator": "coordinator", "data": data[name],

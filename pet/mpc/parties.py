@@ -151,13 +151,11 @@ class Party:
             raise
         self._relay: Relay | None = None
         try:
-            if listener is not None and config.link is not None:
-                self._relay = Relay((config.host, listener.getsockname()[1]), config.link,
-                                    host=config.host)
+            own = (config.host, listener.getsockname()[1]) if listener is not None else None
+            if own is not None and config.link is not None:
+                self._relay = Relay(own, config.link, host=config.host)
             self.address: tuple[str, int] | None = (
-                self._relay.address if self._relay is not None
-                else (config.host, listener.getsockname()[1]) if listener is not None
-                else None)
+                self._relay.address if self._relay is not None else own)
             """Where the others reach this party: its configured host and the port it took,
             or its relay's (None for the dealer)."""
             session = (rank, roster, config, listener, rendezvous, self.address)

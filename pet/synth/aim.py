@@ -12,13 +12,13 @@ size that grows with the budget spent.
 
 One step is pet's, not the paper's: the estimator reads every 1-way measurement as its
 empirical-Bayes estimate (`NoisyMarginal.shrunk`; the fit records the measurement as
-released). AIM spends 1/(16·d)
-of its measurement budget on each 1-way marginal, so at small ε a column's noisy counts
-are mostly noise, and the model that fits them best piles the rows onto the few levels
-the noise raised: on diabetes progression (442 × 11) at ε = 0.3 AIM's synthetic 1-way
-marginals were further from the real ones (TVD 0.51) than the uniform distribution is
-(0.31). The estimate keeps what stands out of the noise and nothing else, and changes
-nothing where the counts differ by far more than the noise.
+released). AIM spends 1/(16·d) of its measurement budget on each 1-way marginal, so at
+small ε a column's noisy counts are mostly noise, and the model that fits them best
+piles the rows onto the few levels the noise raised: on diabetes progression (442 × 11)
+at ε = 0.3 AIM's synthetic 1-way marginals were further from the real ones (TVD 0.51)
+than the uniform distribution is (0.31). The estimate keeps what stands out of the noise
+and nothing else, and changes nothing where the counts differ by far more than the
+noise.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 The marginals are DP releases (the fit already paid for them), so publishing them costs
 no privacy. A folder holds `marginals.parquet`, one row per measured cell: the
 measurement's number, one column per attribute giving the cell's level (empty for
-attributes outside that measurement's clique), the noisy count as released and the
-noise's standard deviation on it; and `marginals.json`: the format, the fit's method and
-(ε, δ), the number of records, the public domain (per column its levels,
-labelled, and for a merged column the share of each original level in its merged level,
-empty when split uniformly), and per measurement its clique and σ. Levels are the fit's discretized
+attributes outside that measurement's clique), the noisy count and the noise's standard
+deviation on it; and `marginals.json`: the format, the fit's method and (ε, δ), the
+number of records, the public domain (per column its levels, labelled, and for a merged
+column the share of each original level in its merged level, empty when split
+uniformly), and per measurement its clique and σ. Levels are the fit's discretized
 levels after any merge: a category, `False`/`True`, a numeric bin `[low, high)` (the last
 one closed), a whole number, `missing`, or merged levels joined by ` | `.
 """
