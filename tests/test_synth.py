@@ -406,6 +406,27 @@ def test_adaptive_methods_spend_their_whole_budget_and_no_more(
     lung1.schema.validate(sample)  # every value inside the schema
 
 
+@pytest.mark.parametrize("share", [0.25, 0.6])
+def test_aim_measures_every_column_first_with_its_share_of_the_budget(
+        lung1: Workload, tmp_path: Path, share: float) -> None:
+    (site,) = _sites(lung1, tmp_path)
+    with Curator(site, Discretization.of(lung1.schema, bins=6), epsilon=1.0,
+                 delta=1e-6) as measurer:
+        fit = AIM(iterations=50, round_iterations=10, oneway_share=share).fit(measurer)
+    first = fit.spends[0]
+    assert first.step == "measure"
+    assert first.cliques == tuple((name,) for name in lung1.schema.names)
+    assert first.rho == pytest.approx(share * rho_of(1.0, 1e-6), rel=1e-6)
+    assert len(fit.spends) > 1  # the rounds spend the rest
+    assert fit.settings["oneway_share"] == share
+
+
+@pytest.mark.parametrize("share", [0, 1, -0.1, 1.5])
+def test_aim_refuses_a_1_way_share_outside_0_to_1(share: float) -> None:
+    with pytest.raises(ArgumentError, match="oneway_share"):
+        AIM(oneway_share=share)
+
+
 def test_aim_candidates_are_the_workload_closure_weighted_by_overlap() -> None:
     domain = Discretization.of(lung(1).schema).domain()
     cliques, weights = closure(domain, [("age", "sex"), ("sex", "dead")])
