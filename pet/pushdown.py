@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,14 +28,15 @@ from sqlglot import exp
 from pet.queries.base import Query, State, affine
 from pet.queries.comparisons import Anova, ChiSquare, GroupMoments, TTest, group_levels
 from pet.queries.covariance import Correlation, Covariance
+from pet.queries.cox import SITE, Cox, CoxState
 from pet.queries.descriptive import Count, Mean, Moments, StdDev, Sum, Variance
+from pet.queries.order import ExactQuantiles, from_key
 from pet.queries.regression import (
     LOG_FLOOR,
     LinearRegression,
     LogisticRegression,
     NewtonRegression,
     PoissonRegression,
-    Regression,
 )
 from pet.queries.survival import KaplanMeier, LogRank
 from pet.queries.tables import Contingency, Histogram, Quantiles
@@ -58,6 +59,8 @@ MAX_AGGREGATES = 1024
 MAX_EDGES = 256
 """Most bin edges a compiled histogram or table compares each row with; a request for
 more (up to the site's cell limit) is served by pet's own pass."""
+ROUNDS = (NewtonRegression, ExactQuantiles, Cox)
+"""The iterative queries whose rounds compile (each given its state)."""
 
 
 Values = Mapping[str, exp.Expression]
@@ -82,19 +85,43 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """Rows grouped by a cell (a term's column, NULL where a row has none): per cell the
+    number of its rows, or the sums of `sums` over them."""
+
+    cell: exp.Column
+    cells: int
+    sums: tuple[exp.Expression, ...] = ()
+
+    @property
+    def width(self) -> int:
+        """Values per cell."""
+        return len(self.sums) or 1
+
+    def aggregates(self) -> list[exp.Expression]:
+        if not self.sums:
+            return [exp.cast(exp.Count(this=exp.Star()), exp.DataType.Type.DOUBLE)]
+        return [_sum(value) for value in self.sums]
+
+
+@dataclass(frozen=True)
 class Plan:
-    """One statement: a row holding the checks' values, then the partial vector up to a
-    table's cell counts; for a query that counts rows per cell, one more row per cell
-    that holds complete rows (GROUP BY: one hash per row, where one aggregate per cell
-    would test every row once per cell). A column `pet_part` tells them apart (0: the
-    aggregates, 1: a cell's `pet_cell` and `pet_count`). One statement reads one
-    snapshot of the rows: what the checks saw is what the cells count."""
+    """One statement: a row holding the checks' values, then the partial vector up to
+    what is counted or summed per cell; for a query with tallies, one more row per cell
+    that holds complete rows, per tally (GROUP BY: one hash per row, where one aggregate
+    per cell would test every row once per cell). A column `pet_part` tells them apart
+    (0: the aggregates, j + 1: a cell of tally j, its `pet_cell` and its values
+    `pet_s0`, `pet_s1`, ...). One statement reads one snapshot of the rows: what the
+    checks saw is what the cells count."""
 
     select: exp.Query
     checks: tuple[Check, ...]
-    cells: int = 0
-    fold: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.append
-    """(the aggregates' elements, the rows per cell) → the partial vector."""
+    tallies: tuple[tuple[int, int], ...] = ()
+    """Each tally's cells and values per cell."""
+    fold: Callable[[np.ndarray, list[np.ndarray]], np.ndarray] = (
+        lambda values, tallies: np.concatenate([values, *(t.ravel() for t in tallies)]))
+    """(the aggregates' elements, each tally's values by cell × value) → the partial
+    vector."""
 
     def vector(self, rows: pa.Table) -> np.ndarray | None:
         """The partial vector from the statement's rows, or None when a check finds a
@@ -104,7 +131,9 @@ class Plan:
         columns = {name: rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
                    for name in rows.column_names}
         part = columns.pop("pet_part", np.zeros(1))
-        cell, count = columns.pop("pet_cell", None), columns.pop("pet_count", None)
+        cell = columns.pop("pet_cell", None)
+        sums = [columns.pop(f"pet_s{i}") for i in range(max((w for _, w in self.tallies),
+                                                            default=0))]
         heads = np.flatnonzero(part == 0)
         if heads.size != 1:
             return None
@@ -114,13 +143,17 @@ class Plan:
                for check, v in zip(self.checks, row[:k], strict=True)):
             return None
         values = np.array(row[k:], dtype=np.float64)
-        if self.cells:
-            counted = part == 1
-            cells, counts = cell[counted], count[counted]  # type: ignore[index]
-            if not np.all((cells >= 0) & (cells < self.cells) & (cells == np.floor(cells))):
-                return None
-            tally = np.bincount(cells.astype(np.int64), weights=counts, minlength=self.cells)
-            values = self.fold(values, tally)
+        if self.tallies:
+            tallies = []
+            for j, (size, width) in enumerate(self.tallies):
+                mine = part == j + 1
+                cells = cell[mine]  # type: ignore[index]
+                if not np.all((cells >= 0) & (cells < size) & (cells == np.floor(cells))):
+                    return None
+                tallies.append(np.stack([np.bincount(cells.astype(np.int64), weights=s[mine],
+                                                     minlength=size) for s in sums[:width]],
+                                        axis=1))
+            values = self.fold(values, tallies)
         return values if np.isfinite(values).all() else None
 
 
@@ -137,8 +170,7 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
     faster than under a FILTER clause); then one row of aggregates: validation (bounds by
     MIN and MAX, missing and unmatched values by COUNT), the head, the terms' sums."""
     sums = SUMS.get(type(query))
-    if sums is None or query.clip or (state is not None) != isinstance(query,
-                                                                       NewtonRegression):
+    if sums is None or query.clip or (state is not None) != isinstance(query, ROUNDS):
         return None
     cells = CELLS.get(type(query))
     if cells is not None and cells.edges(query) > MAX_EDGES:
@@ -152,7 +184,7 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
                   for check in _checks(schema[c], types[c], values[c], raws[i])]
         terms = Terms()
         aggregates = [*_head(query, schema), *sums(query, schema, state, values, terms)]
-        cell = None if cells is None else cells.index(query, schema, values, terms)
+        tallies = [] if cells is None else cells.tallies(query, schema, state, values, terms)
         grouped = _group(query, schema, values)
     except Unsupported:
         return None
@@ -173,30 +205,34 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         level = exp.select(exp.Star(), *items).from_(level.subquery(f"pet_derived{k}"))
     items = [*(c.aggregate for c in checks), *aggregates]
     named = [a.as_(f"v{i}", quoted=True) for i, a in enumerate(items)]
-    if cell is None:
+    if not tallies:
         return Plan(exp.select(*named).from_(level.subquery("pet_rows")), tuple(checks))
-    return Plan(_with_cells(named, cell, level), tuple(checks), cells.count(query, schema),
-                functools.partial(cells.fold, query))
+    return Plan(_with_tallies(named, tallies, level), tuple(checks),
+                tuple((t.cells, t.width) for t in tallies), functools.partial(cells.fold, query))
 
 
-def _with_cells(named: list[exp.Expression], cell: exp.Column,
-                level: exp.Select) -> exp.Query:
-    """The aggregates' row and a row per cell (its number of complete rows), in one
-    statement over the rows once written (`pet_rows`): one snapshot of the rows, and on
-    PostgreSQL one scan."""
+def _with_tallies(named: list[exp.Expression], tallies: list[Tally],
+                  level: exp.Select) -> exp.Query:
+    """The aggregates' row and, per tally, a row per cell (its values over its complete
+    rows), in one statement over the rows once written (`pet_rows`): one snapshot of the
+    rows, and on PostgreSQL one scan."""
     def nothing(name: str) -> exp.Expression:
         return exp.cast(exp.null(), exp.DataType.Type.DOUBLE).as_(name, quoted=True)
 
-    head = exp.select(_number(0.0).as_("pet_part", quoted=True), *named, nothing("pet_cell"),
-                      nothing("pet_count")).from_("pet_rows")
-    counted = exp.select(
-        _number(1.0).as_("pet_part", quoted=True),
-        *(nothing(f"v{i}") for i in range(len(named))),
-        cell.copy().as_("pet_cell", quoted=True),
-        exp.cast(exp.Count(this=exp.Star()), exp.DataType.Type.DOUBLE).as_(
-            "pet_count", quoted=True)).from_("pet_rows").where(
-        cell.copy().is_(exp.null()).not_()).group_by(cell.copy())
-    return exp.union(head, counted, distinct=False).with_("pet_rows", as_=level)
+    width = max(t.width for t in tallies)
+    parts = [exp.select(_number(0.0).as_("pet_part", quoted=True), *named, nothing("pet_cell"),
+                        *(nothing(f"pet_s{i}") for i in range(width))).from_("pet_rows")]
+    for j, tally in enumerate(tallies):
+        found = tally.aggregates()
+        parts.append(exp.select(
+            _number(j + 1.0).as_("pet_part", quoted=True),
+            *(nothing(f"v{i}") for i in range(len(named))),
+            tally.cell.copy().as_("pet_cell", quoted=True),
+            *(value.as_(f"pet_s{i}", quoted=True) for i, value in enumerate(found)),
+            *(nothing(f"pet_s{i}") for i in range(len(found), width))).from_("pet_rows").where(
+            tally.cell.copy().is_(exp.null()).not_()).group_by(tally.cell.copy()))
+    union = functools.reduce(lambda a, b: exp.union(a, b, distinct=False), parts)
+    return union.with_("pet_rows", as_=level)
 
 
 class Terms:
@@ -379,21 +415,28 @@ def _affine(value: exp.Expression, center: float, half: float) -> exp.Expression
 def _bin_index(value: exp.Expression, edges: tuple[float, ...]) -> exp.Expression:
     """The bin of a value among [e0, e1), …, [e_{k-1}, e_k], values below e0 in the first
     and above e_k in the last, as `bin_index` places them: how many inner edges it
-    reaches, found by a binary search written as nested CASEs (log₂ k comparisons a row,
-    each exact, where arithmetic on the edges could round)."""
-    inner = edges[1:-1]
+    reaches."""
+    return _reached(value, edges[1:-1])
+
+
+def _reached(value: exp.Expression, edges: Sequence[float], *,
+             beyond: bool = False) -> exp.Expression:
+    """How many of the increasing `edges` the value reaches (edge ≤ value; with `beyond`,
+    edge < value), found by a binary search written as nested CASEs (log₂ k comparisons
+    a row, each exact, where arithmetic on the edges could round)."""
+    compare = exp.GT if beyond else exp.GTE
 
     def reached(lo: int, hi: int) -> exp.Expression:
-        """How many inner edges the value reaches, knowing it reaches those before lo
-        and none from hi on."""
+        """How many edges the value reaches, knowing it reaches those before lo and none
+        from hi on."""
         if lo == hi:
             return _number(float(lo))
         mid = (lo + hi) // 2
-        return exp.Case(ifs=[exp.If(this=exp.GTE(this=value.copy(),
-                                                 expression=_number(inner[mid])),
+        return exp.Case(ifs=[exp.If(this=compare(this=value.copy(),
+                                                 expression=_number(edges[mid])),
                                     true=reached(mid + 1, hi))], default=reached(lo, mid))
 
-    return reached(0, len(inner))
+    return reached(0, len(edges))
 
 
 def _grid_index(value: exp.Expression, lower: float, step: float, *, left: bool,
@@ -447,8 +490,10 @@ def _quantiles_cell(query: Query, schema: Schema, encoded: Values,
     return terms.derive(index)[0]
 
 
-def _last_bin_closed(query: Query, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _last_bin_closed(query: Query, values: np.ndarray,
+                     tallies: list[np.ndarray]) -> np.ndarray:
     """The counts of a grid's bins, those one beyond the last moved into it."""
+    counts = tallies[0][:, 0]
     return np.concatenate([values, counts[:-2], [counts[-2] + counts[-1]]])
 
 
@@ -487,12 +532,13 @@ def _tally_cells(query: Query, schema: Schema) -> int:
     return groups * (query.steps() + 2) * 2
 
 
-def _survival_counts(query: Query, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _survival_counts(query: Query, values: np.ndarray,
+                     tallies: list[np.ndarray]) -> np.ndarray:
     """Events, then rows removed, per tally cell and grid interval, from the counts per
     (cell, interval, event), those before the first interval and beyond the last moved
     into it."""
     assert isinstance(query, KaplanMeier | LogRank)
-    by_interval = counts.reshape(-1, query.steps() + 2, 2)
+    by_interval = tallies[0][:, 0].reshape(-1, query.steps() + 2, 2)
     by_interval[:, 1] += by_interval[:, 0]
     by_interval[:, -2] += by_interval[:, -1]
     inside = by_interval[:, 1:-1]
@@ -523,7 +569,7 @@ def _covariance(query: Query, schema: Schema, state: State, values: Values,
     return [*(_sum(s) for s in scaled), *_gram(scaled)]
 
 
-def _design(query: Regression, schema: Schema, values: Values,
+def _design(query: NewtonRegression | LinearRegression | Cox, schema: Schema, values: Values,
             terms: Terms) -> list[exp.Column]:
     """The scaled design's terms, as `model_matrix` builds them: an intercept, numbers
     scaled by the design's public center and half-range, a category's indicators for its
@@ -531,7 +577,8 @@ def _design(query: Regression, schema: Schema, values: Values,
     design = query.design(schema)
     columns: list[exp.Expression] = [_number(1.0)] if query.intercept else []
     term = len(columns)
-    for name in query.predictors:
+    names = query.covariates if isinstance(query, Cox) else query.predictors
+    for name in names:
         column = schema[name]
         if isinstance(column, Categorical):
             for code in range(1, len(column.categories)):
@@ -633,9 +680,11 @@ def _outcome_values(query: Query, schema: Schema) -> int:
     return int(schema[query.outcome].bounds()[1]) + 1
 
 
-def _log_factorials(query: Query, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _log_factorials(query: Query, values: np.ndarray,
+                    tallies: list[np.ndarray]) -> np.ndarray:
     """The round's vector: its log-likelihood Σ y·log μ − Σ μ − Σ log y!, the last from
     the rows per outcome value k (log k! once per value, not once per row)."""
+    counts = tallies[0][:, 0]
     log_mu, rate = values[-2:]
     factorials = float(counts @ special.gammaln(np.arange(counts.size) + 1.0))
     return np.append(values[:-2], log_mu - rate - factorials)
@@ -710,6 +759,67 @@ def _head_only(query: Query, schema: Schema, state: State, values: Values,
     return []
 
 
+def _at_or_below(query: Query, schema: Schema, state: State, values: Values,
+                 terms: Terms) -> list[Tally]:
+    """Per probability, the rows by how many of its thresholds lie below their value
+    (`searchsorted` on the keys); `_cumulated` adds them up to the counts at or below
+    each threshold. A value's key exceeds threshold c exactly when the value reaches the
+    double whose key is c + 1 (−0.0 and 0.0 alike), so each comparison is exact."""
+    assert isinstance(query, ExactQuantiles) and state is not None
+    return [Tally(terms.add(_reached(values[query.column],
+                                     [from_key(int(c) + 1) for c in cuts])), query.branching)
+            for cuts in query.thresholds(state)]
+
+
+def _cumulated(query: Query, values: np.ndarray, tallies: list[np.ndarray]) -> np.ndarray:
+    """Each probability's counts at or below its thresholds, from the rows per part."""
+    return np.concatenate([values, *(np.cumsum(t[:, 0])[:-1] for t in tallies)])
+
+
+def _cox_round(query: Query, schema: Schema, state: State, values: Values,
+               terms: Terms) -> list[Tally]:
+    """One Newton round of a Cox fit, as `Cox.accumulate` computes it: per stratum and
+    grid time, the events and their covariate sums, and over the rows that leave the
+    risk set there Σw, Σw·x and Σw·xxᵀ (upper triangle) with w = e^(xβ − ‖β‖₁); a row
+    leaves at the first grid time at or after its event, or at the last one at or
+    before its censoring. Not the closing round: its concordance bins a risk score, and
+    a sum rounded otherwise than numpy's could move a row to the next bin."""
+    assert isinstance(query, Cox) and isinstance(state, CoxState)
+    if state.closing:
+        raise Unsupported("a Cox fit's closing round")
+    times = [float(t) for t in query.curve().times(schema)]
+    x = _design(query, schema, values, terms)
+    time, died = values[query.time], exp.EQ(this=values[query.event].copy(),
+                                            expression=_number(1.0))
+    up = _reached(time, times, beyond=True)
+    leave = exp.Case(ifs=[exp.If(this=died.copy(), true=up.copy())],
+                     default=exp.Sub(this=_reached(time, times), expression=_number(1.0)))
+    stratum = (values[query.strata] if query.strata not in (None, SITE) else _number(0.0))
+    first = _times(stratum, _number(float(len(times))))
+    (leaving,) = terms.derive(leave)
+    events = terms.add(exp.Case(ifs=[exp.If(this=died, true=exp.Add(
+        this=first.copy(), expression=up))]))
+    cell, weight = terms.derive(
+        exp.Case(ifs=[exp.If(this=exp.GTE(this=leaving.copy(), expression=_number(0.0)),
+                             true=exp.Add(this=first.copy(), expression=leaving.copy()))]),
+        exp.Exp(this=exp.Sub(this=_dot(x, [float(b) for b in state.beta]),
+                             expression=_number(float(np.abs(state.beta).sum())))))
+    cells = query.strata_count(schema) * len(times)
+    return [Tally(events, cells, (_number(1.0), *x)),
+            Tally(cell, cells, (weight, *(_times(weight, xi) for xi in x),
+                                *(_times(weight, _times(x[i], x[j])) for i in range(len(x))
+                                  for j in range(i, len(x)))))]
+
+
+def _cox_blocks(query: Query, values: np.ndarray, tallies: list[np.ndarray]) -> np.ndarray:
+    """The round's blocks in the layout's order (events, event_x, s0, s1, s2) from the
+    events' tally (a count, then x) and the leaving rows' (w, w·x, w·xxᵀ)."""
+    events, leaving = tallies
+    p = events.shape[1] - 1
+    return np.concatenate([values, events[:, 0], events[:, 1:].ravel(), leaving[:, 0],
+                           leaving[:, 1:1 + p].ravel(), leaving[:, 1 + p:].ravel()])
+
+
 SUMS: dict[type, Callable[[Query, Schema, State, Values, Terms], list[exp.Expression]]] = {
     Count: _head_only, Histogram: _head_only, Contingency: _head_only,
     Quantiles: _head_only, KaplanMeier: _head_only, LogRank: _head_only,
@@ -717,22 +827,31 @@ SUMS: dict[type, Callable[[Query, Schema, State, Values, Terms], list[exp.Expres
     Sum: _moments, Mean: _moments, Variance: _moments, StdDev: _moments, Moments: _moments,
     Covariance: _covariance, Correlation: _covariance,
     LinearRegression: _linear, LogisticRegression: _logistic, PoissonRegression: _poisson,
+    ExactQuantiles: _head_only, Cox: _head_only,
 }
 """The queries whose local pass compiles, by exact type (a subclass may change its sums)."""
 
 
 @dataclass(frozen=True)
 class Cells:
-    """How a query that counts rows per cell numbers them: how many cells, how many bin
-    edges a row is compared with, each row's cell from its encoded values (a term's
-    column), and how the counts per cell become the layout's elements."""
+    """How a query that counts or sums rows per cell groups them: how many bin edges a
+    row is compared with, its tallies (each row's cell from its encoded values, and what
+    is counted or summed per cell), and how the tallies become the layout's elements."""
 
-    count: Callable[[Query, Schema], int]
     edges: Callable[[Query], int]
-    index: Callable[[Query, Schema, Values, Terms], exp.Column]
-    fold: Callable[[Query, np.ndarray, np.ndarray], np.ndarray] = (
-        lambda query, values, counts: np.append(values, counts))
-    """(the query, the aggregates' elements, the rows per cell) → the partial vector."""
+    tallies: Callable[[Query, Schema, State, Values, Terms], list[Tally]]
+    fold: Callable[[Query, np.ndarray, list[np.ndarray]], np.ndarray] = (
+        lambda query, values, tallies: np.concatenate([values, *(t.ravel() for t in tallies)]))
+    """(the query, the aggregates' elements, each tally's values by cell × value) → the
+    partial vector."""
+
+
+def counted(count: Callable[[Query, Schema], int],
+            index: Callable[[Query, Schema, Values, Terms], exp.Column]
+            ) -> Callable[[Query, Schema, State, Values, Terms], list[Tally]]:
+    """One tally of the rows per cell, `count` cells numbered by `index`."""
+    return lambda query, schema, state, values, terms: [
+        Tally(index(query, schema, values, terms), count(query, schema))]
 
 
 def _grid_edges(query: Query) -> int:
@@ -743,18 +862,23 @@ def _grid_edges(query: Query) -> int:
 
 
 CELLS: dict[type, Cells] = {
-    Histogram: Cells(lambda query, schema: len(query.edges) - 1,  # type: ignore[attr-defined]
-                     lambda query: len(query.edges),  # type: ignore[attr-defined]
-                     _histogram_cell),
-    Contingency: Cells(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
-                       lambda query: sum(map(len, query.bins.values())),  # type: ignore[attr-defined]
-                       _table_cell),
-    ChiSquare: Cells(lambda query, schema: math.prod(query.table().shape(schema)),  # type: ignore[attr-defined]
-                     lambda query: 0, _table_cell),
-    Quantiles: Cells(lambda query, schema: query.bins + 1, lambda query: 2,  # type: ignore[attr-defined]
-                     _quantiles_cell, _last_bin_closed),
-    **{kind: Cells(_tally_cells, _grid_edges, _survival_cell, _survival_counts)
+    Histogram: Cells(lambda query: len(query.edges),  # type: ignore[attr-defined]
+                     counted(lambda query, schema: len(query.edges) - 1,  # type: ignore[attr-defined]
+                             _histogram_cell)),
+    Contingency: Cells(lambda query: sum(map(len, query.bins.values())),  # type: ignore[attr-defined]
+                       counted(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
+                               _table_cell)),
+    ChiSquare: Cells(lambda query: 0,
+                     counted(lambda query, schema: math.prod(query.table().shape(schema)),  # type: ignore[attr-defined]
+                             _table_cell)),
+    Quantiles: Cells(lambda query: 2,
+                     counted(lambda query, schema: query.bins + 1,  # type: ignore[attr-defined]
+                             _quantiles_cell), _last_bin_closed),
+    **{kind: Cells(_grid_edges, counted(_tally_cells, _survival_cell), _survival_counts)
        for kind in (KaplanMeier, LogRank)},
-    PoissonRegression: Cells(_outcome_values, lambda query: 0, _outcome_cell,
+    PoissonRegression: Cells(lambda query: 0, counted(_outcome_values, _outcome_cell),
                              _log_factorials),
+    ExactQuantiles: Cells(lambda query: query.branching - 1,  # type: ignore[attr-defined]
+                          _at_or_below, _cumulated),
+    Cox: Cells(lambda query: query.curve().steps(), _cox_round, _cox_blocks),  # type: ignore[attr-defined]
 }

@@ -164,7 +164,7 @@ class SqlTable(Table):
         plan = pushdown.compile(query, self.schema, state, self.types, self._from.copy())
         vector = None if plan is None else self._pushed(self._tuned(plan))
         if vector is not None and vector.size == size:
-            return vector
+            return query.placed(vector, self.schema, state, site=site)
         return super().partial(query, state, site=site)
 
     def _tuned(self, plan: pushdown.Plan) -> pushdown.Plan:

@@ -42,7 +42,8 @@ from pet.queries import (
     TTest,
     Variance,
 )
-from pet.queries.base import Query, State
+from pet.queries.base import Next, Query, State
+from pet.queries.cox import SITE, CoxState
 from pet.queries.regression import NewtonRegression
 from pet.schema import Boolean, Categorical, Continuous, Integer, Schema, TimeToEvent
 from pet.sources import DuckDBTable, PostgresTable, Relation, SourceError, SqlTable
@@ -74,13 +75,15 @@ PUSHED = [
     PoissonRegression("ph_ecog", ("age", "sex")),
     PoissonRegression("dead", ("age", "wt_loss"), exposure="time", robust=True,
                       where="sex == 'male'"),
+    Cox("time", "dead", ("age", "sex")),
+    Cox("time", "dead", ("age", "ph_ecog", "wt_loss"), grid=(30, 180, 365, 730, 1100),
+        strata="sex", where="age > 50"),
+    ExactQuantiles("age"),
+    ExactQuantiles("wt_loss", probs=(0.1, 0.5), branching=16, where="sex == 'male'"),
 ]
 """Queries the engines compute, over nullable columns, booleans, categories and filters
 (an iterative query's round at coefficients far from zero: `a_round`)."""
-STREAMED = [
-    Cox("time", "dead", ("age", "sex")),
-    ExactQuantiles("age"), Mean("age", clip={"age": (50, 70)}),
-]
+STREAMED = [Mean("age", clip={"age": (50, 70)})]
 """Queries pet's own pass serves on the rows the engines stream."""
 
 
@@ -119,7 +122,13 @@ def same(a: np.ndarray, b: np.ndarray) -> None:
 
 def a_round(query: Query, schema: Schema) -> State:
     """A Newton round's state with coefficients of both signs, some large enough to reach
-    the floor of a row's log-likelihood; None for a one-pass query."""
+    the floor of a row's log-likelihood; an exact quantile's first round; None for a
+    one-pass query."""
+    if isinstance(query, ExactQuantiles):
+        return query.initial_state(schema)
+    if isinstance(query, Cox):
+        size = query.design(schema).size
+        return CoxState(2, tuple(float((-1) ** k * (0.3 + 0.8 * k)) for k in range(size)))
     if not isinstance(query, NewtonRegression):
         return None
     size = query.design(schema).size
@@ -143,13 +152,57 @@ def test_the_engine_computes_pets_partial(engine: SqlTable, lung_frame: pd.DataF
     computes(engine, lung_frame, query)
 
 
-@pytest.mark.parametrize("query", STREAMED, ids=Query.describe)
+@pytest.mark.parametrize(("query", "state"), [
+    *((query, None) for query in STREAMED),
+    (Cox("time", "dead", ("age", "sex")), CoxState(3, (0.4, -0.2), -700.0, closing=True))],
+    ids=str)
 def test_other_queries_run_on_the_streamed_rows(engine: SqlTable, lung_frame: pd.DataFrame,
-                                                lung3: Workload, query: Query) -> None:
-    state = query.initial_state(lung3.schema)  # a first round, for an iterative query
+                                                lung3: Workload, query: Query,
+                                                state: State) -> None:
+    """A clipped mean; and a Cox fit's closing round, whose concordance bins a risk score
+    that a sum rounded otherwise could move across a bin's edge."""
     assert pushdown.compile(query, lung3.schema, state, engine.types, engine._from) is None
     expected = FrameTable(lung_frame, lung3.schema).partial(query, state)
     same(engine.partial(query, state), expected)
+
+
+@pytest.mark.parametrize(("query", "women"), [
+    (ExactQuantiles("age", probs=(0.05, 0.5, 0.9), branching=4), False),
+    (ExactQuantiles("wt_loss", probs=(0.3, 0.75), where="sex == 'female'"), True)], ids=str)
+def test_an_exact_quantile_search_on_the_engine_ends_on_numpys_quantile(
+        engine: SqlTable, lung_frame: pd.DataFrame, query: ExactQuantiles,
+        women: bool) -> None:
+    """Every round of the search is the engine's own aggregate and equals pet's pass
+    (the last rounds' thresholds are the keys of the rows' own values, where one
+    comparison decides a row), and the search ends on numpy's inverted-CDF quantiles."""
+    schema, frame = engine.schema, FrameTable(lung_frame, engine.schema)
+    state: State = query.initial_state(schema)
+    for _ in range(query.max_rounds):
+        plan = pushdown.compile(query, schema, state, engine.types, engine._from)
+        assert plan is not None
+        pushed = engine._pushed(engine._tuned(plan))
+        same(pushed, frame.partial(query, state))
+        answer = query.finalize(pushed, schema, state)
+        if not isinstance(answer, Next):
+            break
+        state = answer.state
+    rows = lung_frame[lung_frame["sex"] == "female"] if women else lung_frame
+    values = rows[query.column].dropna().to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(answer, np.quantile(values, query.probs,
+                                                      method="inverted_cdf"))
+
+
+def test_a_cox_round_stratified_by_site_is_placed_in_the_sites_stratum(
+        engine: SqlTable, lung_frame: pd.DataFrame) -> None:
+    """The engine's sums land in the site's own stratum, as pet's pass puts them."""
+    query = Cox("time", "dead", ("age", "sex"), strata=SITE, sites=("a", "b", "c"))
+    state = a_round(query, engine.schema)
+    expected = FrameTable(lung_frame, engine.schema).partial(query, state, site="b")
+    assert pushdown.compile(query, engine.schema, state, engine.types, engine._from)
+    same(engine.partial(query, state, site="b"), expected)
+    layout = query.layout(engine.schema, state).split(expected)
+    k = query.curve().steps()
+    assert layout["s0"][:k].sum() == 0 and layout["s0"][k:2 * k].sum() > 0
 
 
 def test_rows_metadata_and_chunks(engine: SqlTable, lung_frame: pd.DataFrame) -> None:
@@ -286,7 +339,10 @@ QUERIES = [Count(where="g == 'b' or flag == 1"), Mean("x", where="k >= 3 and g !
            LogRank("t", "flag", "g", grid=7, strata="b"), ChiSquare("g", "b"),
            Anova("x", "g", where="k > 1"), TTest("t", "b"),
            PoissonRegression("k", ("x", "g"), exposure="t", where="t > 0"),
-           LogisticRegression("flag", ("x", "g"))]
+           LogisticRegression("flag", ("x", "g")),
+           ExactQuantiles("x", probs=(0.2, 0.5), branching=8, where="g != 'b'"),
+           Cox("t", "flag", ("x", "b"), grid=7), Cox("t", "flag", ("x", "k"), grid=(1, 2, 3),
+                                                    strata="g")]
 GRIDS = [float(e) for e in np.linspace(-5, 5, 11)] + [float(e) for e in np.linspace(-5, 5, 8)]
 """Values on the queries' grid edges, where a row's bin turns on one comparison."""
 
@@ -374,7 +430,7 @@ def test_a_table_of_many_cells_is_counted_per_cell_by_the_engine(
     """Cells are counted by GROUP BY, not by one aggregate each: 2 × 2 × 82 cells."""
     wide = Contingency(("sex", "dead", "age"), bins={"age": tuple(range(18, 101))})
     plan = pushdown.compile(wide, lung3.schema, None, engine.types, engine._from)
-    assert plan is not None and plan.cells == 2 * 2 * 82
+    assert plan is not None and plan.tallies == ((2 * 2 * 82, 1),)
     same(engine._pushed(plan), FrameTable(lung_frame, lung3.schema).partial(wide))
 
 

@@ -190,10 +190,17 @@ class Query(ABC):
         site's own name, from its configuration (a query stratified by site places its
         sums by it)."""
         layout = self.layout(schema, state)
-        schema = self.bounded(schema)
+        bounded = self.bounded(schema)
         total = np.zeros(layout.size)
         for chunk in chunks:
-            total += layout.join(self._chunk_parts(chunk, schema, state))
+            total += layout.join(self._chunk_parts(chunk, bounded, state))
+        return self.placed(total, schema, state, site=site)
+
+    def placed(self, total: np.ndarray, schema: Schema, state: State = None, *,
+               site: str | None = None) -> np.ndarray:
+        """A site's partial vector where the layout places it: as computed, unless the
+        query lays each site's sums out apart (Cox stratified by site). Wherever the
+        partial was computed (pet's pass or an engine's), it comes through here."""
         return total
 
     def finalize(self, total: np.ndarray, schema: Schema, state: State = None, *,

@@ -19,7 +19,7 @@ ratio S1/S0 and S2/S0 the fit uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -46,7 +46,6 @@ from pet.schema import Categorical, Schema
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pet.table import Chunk
 
 CONCORDANCE_WEIGHT = 0.05
 """Public weight of the concordance counts in a DP release's budget split: they never
@@ -309,11 +308,10 @@ class Cox(Query):
         return (*own, Block.counts("c_events", k * bins, cells=False, weight=CONCORDANCE_WEIGHT),
                 Block.counts("c_censored", k * bins, cells=False, weight=CONCORDANCE_WEIGHT))
 
-    def local(self, chunks: Iterable[Chunk], schema: Schema, state: State = None, *,
-              site: str | None = None) -> np.ndarray:
-        """As every query's local pass; stratified by site, the site's sums are moved into
-        its own stratum (its name from its own configuration, never from a request)."""
-        total = super().local(chunks, schema, state)
+    def placed(self, total: np.ndarray, schema: Schema, state: State = None, *,
+               site: str | None = None) -> np.ndarray:
+        """Stratified by site, the site's sums moved into its own stratum (its name from
+        its own configuration, never from a request)."""
         if self.strata != SITE:
             return total
         if site not in self.sites:
