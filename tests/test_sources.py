@@ -39,6 +39,7 @@ from pet.queries import (
     Quantiles,
     StdDev,
     Sum,
+    TableOne,
     TTest,
     Variance,
 )
@@ -80,6 +81,9 @@ PUSHED = [
         strata="sex", where="age > 50"),
     ExactQuantiles("age"),
     ExactQuantiles("wt_loss", probs=(0.1, 0.5), branching=16, where="sex == 'male'"),
+    TableOne(("age", "sex", "wt_loss", "meal_cal"), by="dead"),
+    TableOne(("wt_loss", "dead"), bins=12, where="age > 55"),
+    TableOne(("age", "pat_karno", "dead"), by="sex", medians=False),
 ]
 """Queries the engines compute, over nullable columns, booleans, categories and filters
 (an iterative query's round at coefficients far from zero: `a_round`)."""
@@ -342,7 +346,9 @@ QUERIES = [Count(where="g == 'b' or flag == 1"), Mean("x", where="k >= 3 and g !
            LogisticRegression("flag", ("x", "g")),
            ExactQuantiles("x", probs=(0.2, 0.5), branching=8, where="g != 'b'"),
            Cox("t", "flag", ("x", "b"), grid=7), Cox("t", "flag", ("x", "k"), grid=(1, 2, 3),
-                                                    strata="g")]
+                                                    strata="g"),
+           TableOne(("x", "g", "flag"), by="g", bins=10),
+           TableOne(("x", "b"), by="flag", bins=7, where="k > 1")]
 GRIDS = [float(e) for e in np.linspace(-5, 5, 11)] + [float(e) for e in np.linspace(-5, 5, 8)]
 """Values on the queries' grid edges, where a row's bin turns on one comparison."""
 
