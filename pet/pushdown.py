@@ -60,7 +60,7 @@ TEXT = ("VARCHAR", "TEXT", "BPCHAR", "CHAR", "STRING")
 BOOLEAN = ("BOOLEAN", "BOOL")
 MAX_AGGREGATES = 1024
 """Most aggregates one compiled statement computes (a covariance matrix of 40 columns has
-861); beyond, pet's own pass serves the query."""
+861; a tally's values per cell count too); beyond, pet's own pass serves the query."""
 MAX_EDGES = 256
 """Most bin edges a compiled histogram or table compares each row with; a request for
 more (up to the site's cell limit) is served by pet's own pass."""
@@ -123,10 +123,9 @@ class Plan:
     checks: tuple[Check, ...]
     tallies: tuple[tuple[int, int], ...] = ()
     """Each tally's cells and values per cell."""
-    fold: Callable[[np.ndarray, list[np.ndarray]], np.ndarray] = (
-        lambda values, tallies: np.concatenate([values, *(t.ravel() for t in tallies)]))
+    fold: Callable[[np.ndarray, list[np.ndarray]], np.ndarray] | None = None
     """(the aggregates' elements, each tally's values by cell × value) → the partial
-    vector."""
+    vector; set wherever there are tallies."""
 
     def vector(self, rows: pa.Table) -> np.ndarray | None:
         """The partial vector from the statement's rows, or None when a check finds a
@@ -158,7 +157,7 @@ class Plan:
                 tallies.append(np.stack([np.bincount(cells.astype(np.int64), weights=s[mine],
                                                      minlength=size) for s in sums[:width]],
                                         axis=1))
-            values = self.fold(values, tallies)
+            values = self.fold(values, tallies)  # type: ignore[misc]  # set with tallies
         return values if np.isfinite(values).all() else None
 
 
@@ -193,7 +192,7 @@ def compile(query: Query, schema: Schema, state: State, types: Mapping[str, str]
         grouped = _group(query, schema, values)
     except Unsupported:
         return None
-    if len(checks) + len(aggregates) > MAX_AGGREGATES:
+    if len(checks) + len(aggregates) + sum(t.width for t in tallies) > MAX_AGGREGATES:
         return None
     kept = [*(v.copy() for v in values.values()), *(r.copy() for r in raws),
             exp.column("pet_row", quoted=True)]
@@ -236,7 +235,8 @@ def _with_tallies(named: list[exp.Expression], tallies: list[Tally],
             *(value.as_(f"pet_s{i}", quoted=True) for i, value in enumerate(found)),
             *(nothing(f"pet_s{i}") for i in range(len(found), width))).from_("pet_rows").where(
             tally.cell.copy().is_(exp.null()).not_()).group_by(tally.cell.copy()))
-    union = functools.reduce(lambda a, b: exp.union(a, b, distinct=False), parts)
+    # Without copy=False each union would copy the growing union before it again.
+    union = functools.reduce(lambda a, b: exp.union(a, b, distinct=False, copy=False), parts)
     return union.with_("pet_rows", as_=level)
 
 
@@ -760,7 +760,7 @@ def _group_moments(query: Query, schema: Schema, state: State, values: Values,
 
 def _head_only(query: Query, schema: Schema, state: State, values: Values,
                terms: Terms) -> list[exp.Expression]:
-    """No sums beyond the head: a count, or a table whose cells GROUP BY counts."""
+    """No sums beyond the head: a count, or a query whose tallies GROUP BY its cells."""
     return []
 
 
@@ -834,7 +834,7 @@ class Cells:
     partial vector."""
 
 
-def counted(count: Callable[[Query, Schema], int],
+def _counted(count: Callable[[Query, Schema], int],
             index: Callable[[Query, Schema, Values, Terms], exp.Column]
             ) -> Callable[[Query, Schema, State, Values, Terms], list[Tally]]:
     """One tally of the rows per cell, `count` cells numbered by `index`."""
@@ -851,20 +851,20 @@ def _grid_edges(query: Query) -> int:
 
 CELLS: dict[type, Cells] = {
     Histogram: Cells(lambda query: len(query.edges),  # type: ignore[attr-defined]
-                     counted(lambda query, schema: len(query.edges) - 1,  # type: ignore[attr-defined]
+                     _counted(lambda query, schema: len(query.edges) - 1,  # type: ignore[attr-defined]
                              _histogram_cell)),
     Contingency: Cells(lambda query: sum(map(len, query.bins.values())),  # type: ignore[attr-defined]
-                       counted(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
+                       _counted(lambda query, schema: math.prod(query.shape(schema)),  # type: ignore[attr-defined]
                                _table_cell)),
     ChiSquare: Cells(lambda query: 0,
-                     counted(lambda query, schema: math.prod(query.table().shape(schema)),  # type: ignore[attr-defined]
+                     _counted(lambda query, schema: math.prod(query.table().shape(schema)),  # type: ignore[attr-defined]
                              _table_cell)),
     Quantiles: Cells(lambda query: 2,
-                     counted(lambda query, schema: query.bins + 1,  # type: ignore[attr-defined]
+                     _counted(lambda query, schema: query.bins + 1,  # type: ignore[attr-defined]
                              _quantiles_cell), _last_bin_closed),
-    **{kind: Cells(_grid_edges, counted(_tally_cells, _survival_cell), _survival_counts)
+    **{kind: Cells(_grid_edges, _counted(_tally_cells, _survival_cell), _survival_counts)
        for kind in (KaplanMeier, LogRank)},
-    PoissonRegression: Cells(lambda query: 0, counted(_outcome_values, _outcome_cell),
+    PoissonRegression: Cells(lambda query: 0, _counted(_outcome_values, _outcome_cell),
                              _log_factorials),
     Cox: Cells(lambda query: query.curve().steps(), _cox_round, _cox_blocks),  # type: ignore[attr-defined]
 }

@@ -503,6 +503,26 @@ def test_numeric_categories_beyond_two_to_the_53_are_left_to_the_reader(
         table.partial(Count(where="k == 1"))
 
 
+def test_a_cox_round_whose_sums_per_cell_pass_the_limit_is_pets_own_pass(
+        tmp_path: Path) -> None:
+    """A categorical covariate of 50 levels makes 49 terms: 1 275 sums a leaving cell, past
+    `MAX_AGGREGATES` (PostgreSQL refuses a statement of more than 1 664 columns); with 10
+    levels it compiles, and both equal pet's pass."""
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"t": rng.uniform(0, 10, 200), "e": rng.integers(0, 2, 200) == 1,
+                          "c": rng.integers(0, 50, 200).astype(str)})
+    for levels, compiles in ((50, False), (10, True)):
+        schema = Schema([TimeToEvent("t", event="e", upper=10.0), Boolean("e"),
+                         Categorical("c", tuple(str(i) for i in range(levels)))])
+        part = frame.assign(c=(frame.c.astype(int) % levels).astype(str))
+        table = duck_table(tmp_path, part, schema)
+        query = Cox("t", "e", ("c",), grid=5)
+        state = CoxState(1, tuple(0.01 * k for k in range(levels - 1)))
+        plan = pushdown.compile(query, schema, state, table.types, table._from)
+        assert (plan is not None) == compiles
+        same(table.partial(query, state), FrameTable(part, schema).partial(query, state))
+
+
 def test_a_request_too_large_to_compile_well_is_pets_own_pass(tmp_path: Path) -> None:
     """A covariance of 63 columns would need 2 016 aggregates: past `MAX_AGGREGATES` the
     site serves it with its own pass; a smaller one writes its filter once."""
