@@ -42,6 +42,7 @@ from pet.queries.regression import (
     LogisticRegression,
     NewtonRegression,
     PoissonRegression,
+    Regression,
 )
 from pet.queries.survival import KaplanMeier, LogRank
 from pet.queries.tables import Contingency, Histogram, Quantiles
@@ -574,7 +575,7 @@ def _covariance(query: Query, schema: Schema, state: State, values: Values,
     return [*(_sum(s) for s in scaled), *_gram(scaled)]
 
 
-def _design(query: NewtonRegression | LinearRegression | Cox, schema: Schema, values: Values,
+def _design(query: Regression | Cox, schema: Schema, values: Values,
             terms: Terms) -> list[exp.Column]:
     """The scaled design's terms, as `model_matrix` builds them: an intercept, numbers
     scaled by the design's public center and half-range, a category's indicators for its

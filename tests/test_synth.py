@@ -421,7 +421,7 @@ def test_aim_measures_every_column_first_with_its_share_of_the_budget(
     assert fit.settings["oneway_share"] == share
 
 
-@pytest.mark.parametrize("share", [0, 1, -0.1, 1.5])
+@pytest.mark.parametrize("share", [0, 1, -0.1, 1.5, "0.3", True, float("nan")])
 def test_aim_refuses_a_1_way_share_outside_0_to_1(share: float) -> None:
     with pytest.raises(ArgumentError, match="oneway_share"):
         AIM(oneway_share=share)

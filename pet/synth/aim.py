@@ -71,7 +71,8 @@ class AIM(Synthesizer):
         if rounds_per_attribute < 1 or max_cells < 1 or round_iterations < 1:
             raise ArgumentError("rounds_per_attribute, max_cells and round_iterations must "
                                 "be at least 1")
-        if not 0 < oneway_share < 1:
+        if isinstance(oneway_share, bool) or not isinstance(oneway_share, int | float) \
+                or not 0 < oneway_share < 1:
             raise ArgumentError(f"oneway_share={oneway_share!r}; must lie strictly between "
                                 "0 and 1")
         self.workload = workload
