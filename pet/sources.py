@@ -142,10 +142,22 @@ class SqlTable(Table):
         except self.errors() as exc:
             raise SourceError(f"{self.describe()} failed: {_first_line(exc)}") from None
 
+    def _result(self, statement: exp.Select) -> pa.Table:
+        """An aggregate's few rows, whole."""
+        try:
+            return self._whole(statement)
+        except self.errors() as exc:
+            raise SourceError(f"{self.describe()} failed: {_first_line(exc)}") from None
+
+    def _whole(self, statement: exp.Select) -> pa.Table:
+        """A statement's rows as one table (for a result small enough to hold)."""
+        batches = list(self._arrow(statement, CHUNK_ROWS))
+        return pa.Table.from_batches(batches) if batches \
+            else pa.table({name: [] for name in statement.named_selects})
+
     @property
     def n_rows(self) -> int:
-        batches = list(self._run(self.select(exp.Count(this=exp.Star())), 1))
-        return int(batches[0].column(0)[0].as_py())
+        return int(self._result(self.select(exp.Count(this=exp.Star()))).column(0)[0].as_py())
 
     def to_frame(self) -> pd.DataFrame:
         names = list(self.types)
@@ -177,10 +189,10 @@ class SqlTable(Table):
         float arithmetic that underflows, on a subnormal value): pet's own pass then
         serves the query, and any error of the source itself is raised there."""
         try:
-            batches = list(self._run(plan.select, CHUNK_ROWS))
+            rows = self._result(plan.select)
         except SourceError:
             return None
-        return plan.vector(pa.Table.from_batches(batches)) if batches else None
+        return plan.vector(rows) if rows.num_rows else None
 
 
 class DuckDBTable(SqlTable):
@@ -321,6 +333,12 @@ class SparkTable(SqlTable):
         while batch := [tuple(row) for row in itertools.islice(rows, chunk_rows)]:
             yield _records(batch, names)
 
+    def _whole(self, statement: exp.Select) -> pa.Table:
+        """The rows as one Arrow table (`toArrow`). A result read through `toLocalIterator`
+        stays on the driver's heap: about 6.5 MiB a compiled Cox round on lung, so a few
+        hundred rounds exhausted a default driver; through `toArrow`, 0.2 MiB."""
+        return spark_session(self.master).sql(self.sql(statement)).toArrow()
+
 
 def spark_session(master: str) -> Any:
     """The process's Spark session on `master` (Spark keeps one per process), its driver
@@ -335,6 +353,7 @@ def spark_session(master: str) -> Any:
         return active
     return (SparkSession.builder.master(master).appName("pet-site")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.sql.shuffle.partitions", "4")

@@ -578,20 +578,24 @@ def test_the_checks_and_the_cells_are_one_statement(engine: SqlTable,
     """What the checks validate is what the cells count: one statement, one snapshot
     of the rows (two statements let a row inserted between them be counted unchecked)."""
     statements = []
-    run = engine._run
+    run, whole = engine._run, engine._whole
 
     def counted(statement: exp.Expression, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         statements.append(statement)
         return run(statement, chunk_rows)
 
-    engine._run = counted  # type: ignore[method-assign]
+    def counted_whole(statement: exp.Select) -> pa.Table:
+        statements.append(statement)
+        return whole(statement)
+
+    engine._run, engine._whole = counted, counted_whole  # type: ignore[method-assign]
     try:
         for query in (Quantiles("age"), KaplanMeier("time", "dead", grid=20),
                       Contingency(("sex", "dead"))):
             statements.clear()
             assert engine.partial(query) is not None and len(statements) == 1
     finally:
-        del engine._run
+        del engine._run, engine._whole
 
 
 def test_a_postgres_numeric_beyond_decimal128_is_read(dsn: str) -> None:
