@@ -13,6 +13,11 @@
   `DealtClient` and `Dealer` exchange the seeds over the session's channel (the dealer
   draws them from the operating system), and the dealer answers only CrypTen's five
   dealer functions and Beaver operations, with arguments decoded by pet's own codec.
+- CrypTen's party 0 asks the dealer for each product's triple, and each truncation's wrap
+  counts, the moment it needs them: one round trip each, a third of a regression's
+  rounds. The material depends only on public shapes, so `dealt_ahead` asks for a whole
+  program's in one exchange, in the order the program recorded the first time it ran
+  with the same public inputs (see `DealtClient`).
 
 Importing this module imports CrypTen, which takes about 2 s on top of torch, so only the
 party processes import it (see `pet.mpc.parties`).
@@ -21,9 +26,13 @@ party processes import it (see `pet.mpc.parties`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import pickle
 import secrets
 import sys
 import types
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -48,6 +57,10 @@ BEAVER_OPS = frozenset({"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d",
                         "conv_transpose2d"})
 """The products CrypTen's Beaver protocol asks the dealer to deal triples for."""
 REQUEST_KEYS = frozenset({"function", "device", "args", "kwargs"})
+MAX_DEALT = 100_000
+"""The most requests the dealer answers in one exchange."""
+KEPT_SCHEDULES = 64
+"""The programs whose dealer requests party 0 keeps, the most recently run."""
 
 
 def load_crypten() -> Any:
@@ -205,7 +218,46 @@ class TlsCommunicator(Communicator):
 class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     """CrypTen's trusted-third-party client, taking its seed from the dealer over pet's
     channel. CrypTen keeps the client class private to its `TTPClient` singleton;
-    `start_party` puts this subclass in its place."""
+    `start_party` puts this subclass in its place.
+
+    Inside `dealt_ahead`, party 0 records a program's requests the first time it runs,
+    and the next time takes their answers from one exchange made before the program
+    starts. The dealer draws each party's part of the material from that party's seed,
+    in order; the parties draw theirs as the program asks for them. So the answers must
+    be taken in exactly the recorded order, and all of them: any other request is
+    refused as out of step, and so is material left over, and the session ends (its
+    parties' draws no longer match the dealer's)."""
+
+    def __init__(self) -> None:
+        self.schedules: OrderedDict[bytes, list[tuple]] = OrderedDict()
+        self.dealt: deque | None = None
+        self.recording: list[tuple] | None = None
+        super().__init__()
+
+    def ttp_request(self, func_name: str, device: Any, *args: Any, **kwargs: Any) -> Any:
+        request = (func_name, None if device is None else str(device), args, kwargs)
+        if self.dealt is not None:
+            if not self.dealt or self.dealt[0][0] != request:
+                raise PetError(f"party 0 asked the dealer for {func_name} {args} out of the "
+                               "order dealt ahead")
+            return self.dealt.popleft()[1]
+        if self.recording is not None:
+            self.recording.append(request)
+        return super().ttp_request(func_name, device, *args, **kwargs)
+
+    def deal(self, schedule: list[tuple]) -> None:
+        """Ask for every request of `schedule` in one exchange and keep the answers."""
+        communicator = comm.get()
+        dealer = communicator.get_ttp_rank()
+        communicator.send_obj({"batch": [
+            {"function": f, "device": d, "args": a, "kwargs": k} for f, d, a, k in schedule]},
+            dealer, self.ttp_group)
+        sizes = [torch.Size(size) for size in communicator.recv_obj(dealer, self.ttp_group)]
+        flat = torch.empty(sum(size.numel() for size in sizes), dtype=torch.long)
+        communicator.broadcast(flat, dealer, self.comm_group)
+        parts = flat.split([size.numel() for size in sizes])
+        self.dealt = deque((request, part.view(size))
+                           for request, part, size in zip(schedule, parts, sizes, strict=True))
 
     def _setup_generators(self) -> None:
         collectives = comm.get().collectives
@@ -232,17 +284,28 @@ class Dealer(ttp_provider.TTPServer):
         self._setup_generators()
 
     def serve(self) -> None:
-        """Answer party 0's requests until it says "terminate"."""
+        """Answer party 0's requests until it says "terminate": one at a time, or a whole
+        program's at once (`DealtClient.deal`), in the order asked."""
         me = self.collectives.parties
         while True:
             message = comm.get().recv_obj(0, self.ttp_group)
             if message == "terminate":
                 return
-            function, args, kwargs = dealer_request(message)
-            self.device = message["device"]
-            result = getattr(self, function)(*args, **kwargs)
-            comm.get().send_obj(result.size(), 0, self.ttp_group)
-            comm.get().broadcast(result, me, self.comm_group)
+            batch = isinstance(message, dict) and set(message) == {"batch"}
+            requests = _batch(message["batch"]) if batch else [message]
+            results = []
+            for request in requests:
+                function, args, kwargs = dealer_request(request)
+                self.device = request["device"]
+                results.append(getattr(self, function)(*args, **kwargs))
+            if batch:
+                comm.get().send_obj([r.size() for r in results], 0, self.ttp_group)
+                flat = torch.cat([r.reshape(-1) for r in results]) if results \
+                    else torch.empty(0, dtype=torch.long)
+                comm.get().broadcast(flat, me, self.comm_group)
+            else:
+                comm.get().send_obj(results[0].size(), 0, self.ttp_group)
+                comm.get().broadcast(results[0], me, self.comm_group)
 
     def _setup_generators(self) -> None:
         parties = self.collectives.parties
@@ -256,6 +319,46 @@ class Dealer(ttp_provider.TTPServer):
                 self.generators_cuda[party].manual_seed(seed)
             self.collectives.send(torch.tensor(seed, dtype=torch.long), party)
         self.collectives.barrier(self.collectives.ttp_group)
+
+
+def _batch(requests: Any) -> list[Any]:
+    """A whole program's requests (each is checked as one alone is, before the dealer
+    computes anything: `dealer_request`)."""
+    if not isinstance(requests, list) or len(requests) > MAX_DEALT:
+        raise PetError(f"the dealer answers a list of at most {MAX_DEALT} requests at once")
+    for request in requests:
+        dealer_request(request)
+    return requests
+
+
+@contextlib.contextmanager
+def dealt_ahead(key: tuple) -> Iterator[None]:
+    """Run a program with its dealer requests answered in one exchange where party 0 has
+    seen them before: `key` holds every public value the program's requests depend on
+    (its parameters, the shapes of its shares). Elsewhere (the first run, the other
+    parties) the program runs as it would, party 0 recording what it asks."""
+    client = ttp_provider.TTPClient.get()
+    if comm.get().get_rank() != 0:
+        yield
+        return
+    digest = hashlib.sha256(pickle.dumps(key, protocol=5)).digest()  # hashed, never loaded
+    schedule = client.schedules.get(digest)
+    if schedule is not None:
+        client.schedules.move_to_end(digest)
+        client.deal(schedule)
+    else:
+        client.recording = []
+    try:
+        yield
+        if client.dealt:
+            raise PetError(f"{len(client.dealt)} of the dealer's answers dealt ahead were "
+                           "left unused: the session's draws are out of step")
+        if client.recording is not None:
+            client.schedules[digest] = client.recording
+            while len(client.schedules) > KEPT_SCHEDULES:
+                client.schedules.popitem(last=False)
+    finally:
+        client.dealt, client.recording = None, None
 
 
 def dealer_request(message: Any) -> tuple[str, tuple, dict]:

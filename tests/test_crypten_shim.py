@@ -1,12 +1,13 @@
 """CrypTen installs by the project's route and imports through pet's shim."""
 
 import ast
+from collections import deque
 from pathlib import Path
 
 import pytest
 import torch
 
-from pet.crypten_shim import dealer_request, load_crypten
+from pet.crypten_shim import MAX_DEALT, DealtClient, _batch, dealer_request, load_crypten
 from pet.errors import PetError
 
 
@@ -48,3 +49,26 @@ def test_the_dealer_deals_only_what_cryptens_parties_ask_for() -> None:
     for message in refused:
         with pytest.raises(PetError, match="the dealer refuses party 0's"):
             dealer_request(message)
+
+
+def test_the_dealer_checks_every_request_of_a_batch_before_dealing() -> None:
+    request = {"function": "wraps", "device": None, "kwargs": {}, "args": (torch.Size([4]),)}
+    assert _batch([request, request]) == [request, request]
+    for batch in ([request, {**request, "function": "__init__"}], "wraps", (request,),
+                  [request] * (MAX_DEALT + 1)):
+        with pytest.raises(PetError, match="the dealer"):
+            _batch(batch)
+
+
+def test_material_dealt_ahead_is_taken_only_in_the_order_dealt() -> None:
+    """Party 0's parts come from a batch in the order the dealer drew them; any other
+    request is refused, never answered with another request's material."""
+    client = object.__new__(DealtClient)  # no session: only the queue is exercised
+    wraps = ("wraps", None, (torch.Size([2]),), {})
+    square = ("square", None, (torch.Size([2]),), {})
+    client.dealt, client.recording = deque([(wraps, torch.ones(2, dtype=torch.long))]), None
+    with pytest.raises(PetError, match="out of the order dealt ahead"):
+        client.ttp_request(*square[:2], *square[2])
+    assert client.ttp_request(*wraps[:2], *wraps[2]).tolist() == [1, 1]
+    with pytest.raises(PetError, match="out of the order dealt ahead"):
+        client.ttp_request(*wraps[:2], *wraps[2])

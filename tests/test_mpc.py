@@ -205,6 +205,20 @@ def test_secure_statistics_reveal_only_n_and_the_answer_and_never_go_wrong(mpc: 
             assert np.all(np.abs(got - want) <= result.error_bound)
 
 
+def test_a_program_run_again_takes_its_dealers_material_in_one_exchange(
+        mpc: MPC, lung3: Workload) -> None:
+    """Run again with the same public inputs, a secure program asks the dealer once,
+    before it starts, for what it asked piece by piece the first time: a 3-column
+    correlation's rounds fall from about 200 to under 60, within the same error bound."""
+    secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
+    query = Correlation(("age", "meal_cal", "wt_loss"), where="ph_ecog < 3 and age > 41")
+    want = answer_vector(lung3.study(policy=NO_CELL_LIMIT).run(query).value)
+    first, again = secure.run(query), secure.run(query)
+    assert first.comm_rounds > 150 and again.comm_rounds <= 60
+    for result in (first, again):
+        assert np.all(np.abs(answer_vector(result.value) - want) <= result.error_bound)
+
+
 def test_too_few_rows_reveal_nothing_but_the_count(mpc: MPC, lung3: Workload) -> None:
     secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
     with pytest.raises(PetError, match="too few complete rows"):

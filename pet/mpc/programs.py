@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pet.crypten_shim import dealt_ahead
 from pet.mpc import kernels
 from pet.mpc.fixed_point import (
     LIMB_BITS,
@@ -102,13 +103,18 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
     n = int(head[0]) // scale  # a count: exact in fixed point
     outputs: dict[str, Any] = {"head": head.numpy(), "values": None}
     if n >= public["min_rows"]:  # else too few rows: reveal nothing more
-        values = KERNELS[public["kind"]](crypten, total, memory.get("low"), n,
-                                         scale.bit_length() - 1, public)
-        copies = public.get("copies", 0)
-        shown = ({name: _group_sums(v, copies) if name in SUMMED else v[::copies]
-                  for name, v in values.items()} if copies else values)
-        if copies > 1:
-            shown["deviations"] = _squared_deviations(crypten, values["values"], public)
+        low = memory.get("low")
+        # what the kernel asks the dealer for follows from these alone (it never branches
+        # on a secret), so their dealer material comes in one exchange from the second run
+        with dealt_ahead(("secure", public, n, tuple(total.size()),
+                          None if low is None else tuple(low.size()))):
+            values = KERNELS[public["kind"]](crypten, total, low, n, scale.bit_length() - 1,
+                                             public)
+            copies = public.get("copies", 0)
+            shown = ({name: _group_sums(v, copies) if name in SUMMED else v[::copies]
+                      for name, v in values.items()} if copies else values)
+            if copies > 1:
+                shown["deviations"] = _squared_deviations(crypten, values["values"], public)
         revealed = {name: v.reveal(dst=0) for name, v in shown.items()}
         outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
                              else None)
