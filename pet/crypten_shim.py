@@ -59,6 +59,9 @@ BEAVER_OPS = frozenset({"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d",
 REQUEST_KEYS = frozenset({"function", "device", "args", "kwargs"})
 MAX_DEALT = 100_000
 """The most requests the dealer answers in one exchange."""
+MAX_DEALT_ELEMENTS = 2**27
+"""The most numbers (1 GiB) the dealer deals in one exchange: a correlation asks for
+about 60 000, a 7-term linear regression 200 000."""
 KEPT_SCHEDULES = 64
 """The programs whose dealer requests party 0 keeps, the most recently run."""
 
@@ -226,16 +229,21 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     in order; the parties draw theirs as the program asks for them. So the answers must
     be taken in exactly the recorded order, and all of them: any other request is
     refused as out of step, and so is material left over, and the session ends (its
-    parties' draws no longer match the dealer's)."""
+    parties' draws no longer match the dealer's). Should the session's owner not end it,
+    the client refuses every later request (`broken`): never a share drawn out of step."""
 
     def __init__(self) -> None:
         self.schedules: OrderedDict[bytes, list[tuple]] = OrderedDict()
         self.dealt: deque | None = None
         self.recording: list[tuple] | None = None
+        self.broken = False
         super().__init__()
 
     def ttp_request(self, func_name: str, device: Any, *args: Any, **kwargs: Any) -> Any:
         request = (func_name, None if device is None else str(device), args, kwargs)
+        if self.broken:
+            raise PetError("a program failed while its dealer material was dealt ahead: "
+                           "this session's draws are out of step and it must end")
         if self.dealt is not None:
             if not self.dealt or self.dealt[0][0] != request:
                 raise PetError(f"party 0 asked the dealer for {func_name} {args} out of the "
@@ -246,7 +254,11 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
         return super().ttp_request(func_name, device, *args, **kwargs)
 
     def deal(self, schedule: list[tuple]) -> None:
-        """Ask for every request of `schedule` in one exchange and keep the answers."""
+        """Ask for every request of `schedule` in one exchange and keep the answers (none
+        where the program asks for nothing)."""
+        if not schedule:
+            self.dealt = deque()
+            return
         communicator = comm.get()
         dealer = communicator.get_ttp_rank()
         communicator.send_obj({"batch": [
@@ -293,11 +305,16 @@ class Dealer(ttp_provider.TTPServer):
                 return
             batch = isinstance(message, dict) and set(message) == {"batch"}
             requests = _batch(message["batch"]) if batch else [message]
-            results = []
+            results: list[torch.Tensor] = []
+            dealt = 0
             for request in requests:
                 function, args, kwargs = dealer_request(request)
                 self.device = request["device"]
                 results.append(getattr(self, function)(*args, **kwargs))
+                dealt += results[-1].numel()
+                if batch and dealt > MAX_DEALT_ELEMENTS:
+                    raise PetError(f"the dealer deals at most {MAX_DEALT_ELEMENTS} numbers "
+                                   "in one exchange")
             if batch:
                 comm.get().send_obj([r.size() for r in results], 0, self.ttp_group)
                 flat = torch.cat([r.reshape(-1) for r in results]) if results \
@@ -341,7 +358,7 @@ def dealt_ahead(key: tuple) -> Iterator[None]:
     if comm.get().get_rank() != 0:
         yield
         return
-    digest = hashlib.sha256(pickle.dumps(key, protocol=5)).digest()  # hashed, never loaded
+    digest = _digest(key)
     schedule = client.schedules.get(digest)
     if schedule is not None:
         client.schedules.move_to_end(digest)
@@ -357,8 +374,16 @@ def dealt_ahead(key: tuple) -> Iterator[None]:
             client.schedules[digest] = client.recording
             while len(client.schedules) > KEPT_SCHEDULES:
                 client.schedules.popitem(last=False)
+    except BaseException:
+        client.broken = client.broken or client.dealt is not None
+        raise
     finally:
         client.dealt, client.recording = None, None
+
+
+def _digest(key: tuple) -> bytes:
+    """A program's public inputs, hashed (pickled only to be hashed, never loaded)."""
+    return hashlib.sha256(pickle.dumps(key, protocol=5)).digest()
 
 
 def dealer_request(message: Any) -> tuple[str, tuple, dict]:

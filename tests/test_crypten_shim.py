@@ -1,13 +1,22 @@
 """CrypTen installs by the project's route and imports through pet's shim."""
 
 import ast
-from collections import deque
+import types
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import pytest
 import torch
 
-from pet.crypten_shim import MAX_DEALT, DealtClient, _batch, dealer_request, load_crypten
+import pet.crypten_shim as shim
+from pet.crypten_shim import (
+    MAX_DEALT,
+    DealtClient,
+    _batch,
+    dealer_request,
+    dealt_ahead,
+    load_crypten,
+)
 from pet.errors import PetError
 
 
@@ -63,12 +72,38 @@ def test_the_dealer_checks_every_request_of_a_batch_before_dealing() -> None:
 def test_material_dealt_ahead_is_taken_only_in_the_order_dealt() -> None:
     """Party 0's parts come from a batch in the order the dealer drew them; any other
     request is refused, never answered with another request's material."""
-    client = object.__new__(DealtClient)  # no session: only the queue is exercised
+    client = _client()
     wraps = ("wraps", None, (torch.Size([2]),), {})
     square = ("square", None, (torch.Size([2]),), {})
-    client.dealt, client.recording = deque([(wraps, torch.ones(2, dtype=torch.long))]), None
+    client.dealt = deque([(wraps, torch.ones(2, dtype=torch.long))])
     with pytest.raises(PetError, match="out of the order dealt ahead"):
         client.ttp_request(*square[:2], *square[2])
     assert client.ttp_request(*wraps[:2], *wraps[2]).tolist() == [1, 1]
     with pytest.raises(PetError, match="out of the order dealt ahead"):
         client.ttp_request(*wraps[:2], *wraps[2])
+
+
+def test_a_program_that_fails_with_material_dealt_ahead_stops_every_later_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure midway leaves the parties' draws out of step with the dealer's: the
+    client then refuses every request, even if the session were not ended."""
+    client = _client()
+    wraps = ("wraps", None, (torch.Size([2]),), {})
+    monkeypatch.setattr(shim.ttp_provider.TTPClient, "get", staticmethod(lambda: client))
+    monkeypatch.setattr(shim.comm, "get", lambda: types.SimpleNamespace(get_rank=lambda: 0))
+    client.schedules[shim._digest(("secure",))] = [wraps, wraps]
+    monkeypatch.setattr(DealtClient, "deal", lambda self, schedule: setattr(
+        self, "dealt", deque((r, torch.zeros(2, dtype=torch.long)) for r in schedule)))
+    with pytest.raises(ValueError), dealt_ahead(("secure",)):
+        client.ttp_request(*wraps[:2], *wraps[2])
+        raise ValueError("a party failed")
+    with pytest.raises(PetError, match="out of step and it must end"):
+        client.ttp_request(*wraps[:2], *wraps[2])
+
+
+def _client() -> DealtClient:
+    """Party 0's client without a session: only its queue of dealt material is used."""
+    client = object.__new__(DealtClient)
+    client.schedules, client.dealt, client.recording = OrderedDict(), None, None
+    client.broken = False
+    return client
