@@ -106,7 +106,8 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
         low = memory.get("low")
         # what the kernel asks the dealer for follows from these alone (it never branches
         # on a secret), so their dealer material comes in one exchange from the second run
-        with dealt_ahead(("secure", public, n, tuple(total.size()),
+        shaping = {k: v for k, v in public.items() if k not in MULTIPLIERS}
+        with dealt_ahead(("secure", shaping, n, tuple(total.size()),
                           None if low is None else tuple(low.size()))):
             values = KERNELS[public["kind"]](crypten, total, low, n, scale.bit_length() - 1,
                                              public)
@@ -119,6 +120,12 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
         outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
                              else None)
     return {**outputs, **_stats(crypten.communicator.get())}
+
+
+MULTIPLIERS = frozenset({"beta", "offset"})
+"""Public numbers a kernel only multiplies or adds by (a Cox round's coefficients): every
+value of them asks the dealer for the same material, so a Newton round takes what the
+first round recorded."""
 
 
 def _group_sums(x: Any, copies: int) -> Any:
