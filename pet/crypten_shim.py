@@ -265,9 +265,10 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
             {"function": f, "device": d, "args": a, "kwargs": k} for f, d, a, k in schedule]},
             dealer, self.ttp_group)
         sizes = [torch.Size(size) for size in communicator.recv_obj(dealer, self.ttp_group)]
-        flat = torch.empty(sum(size.numel() for size in sizes), dtype=torch.long)
+        counts = [size.numel() for size in sizes]
+        flat = torch.empty(sum(counts), dtype=torch.long)
         communicator.broadcast(flat, dealer, self.comm_group)
-        parts = flat.split([size.numel() for size in sizes])
+        parts = flat.split(counts)
         self.dealt = deque((request, part.view(size))
                            for request, part, size in zip(schedule, parts, sizes, strict=True))
 
@@ -304,25 +305,21 @@ class Dealer(ttp_provider.TTPServer):
             if message == "terminate":
                 return
             batch = isinstance(message, dict) and set(message) == {"batch"}
-            requests = _batch(message["batch"]) if batch else [message]
             results: list[torch.Tensor] = []
             dealt = 0
-            for request in requests:
-                function, args, kwargs = dealer_request(request)
-                self.device = request["device"]
+            for function, args, kwargs, device in _checked(
+                    message["batch"] if batch else [message]):
+                self.device = device
                 results.append(getattr(self, function)(*args, **kwargs))
                 dealt += results[-1].numel()
-                if batch and dealt > MAX_DEALT_ELEMENTS:
+                if dealt > MAX_DEALT_ELEMENTS:
                     raise PetError(f"the dealer deals at most {MAX_DEALT_ELEMENTS} numbers "
                                    "in one exchange")
-            if batch:
-                comm.get().send_obj([r.size() for r in results], 0, self.ttp_group)
-                flat = torch.cat([r.reshape(-1) for r in results]) if results \
-                    else torch.empty(0, dtype=torch.long)
-                comm.get().broadcast(flat, me, self.comm_group)
-            else:
-                comm.get().send_obj(results[0].size(), 0, self.ttp_group)
-                comm.get().broadcast(results[0], me, self.comm_group)
+            sizes = [r.size() for r in results]
+            comm.get().send_obj(sizes if batch else sizes[0], 0, self.ttp_group)
+            # one frame either way: a tensor travels as its bytes, shaped by the receiver
+            comm.get().broadcast(torch.cat([r.reshape(-1) for r in results]) if results
+                                 else torch.empty(0, dtype=torch.long), me, self.comm_group)
 
     def _setup_generators(self) -> None:
         parties = self.collectives.parties
@@ -338,14 +335,12 @@ class Dealer(ttp_provider.TTPServer):
         self.collectives.barrier(self.collectives.ttp_group)
 
 
-def _batch(requests: Any) -> list[Any]:
-    """A whole program's requests (each is checked as one alone is, before the dealer
-    computes anything: `dealer_request`)."""
+def _checked(requests: Any) -> list[tuple[str, tuple, dict, str | None]]:
+    """Requests as (function, arguments, keyword arguments, device), every one checked
+    (`dealer_request`) before the dealer computes anything."""
     if not isinstance(requests, list) or len(requests) > MAX_DEALT:
         raise PetError(f"the dealer answers a list of at most {MAX_DEALT} requests at once")
-    for request in requests:
-        dealer_request(request)
-    return requests
+    return [(*dealer_request(request), request["device"]) for request in requests]
 
 
 @contextlib.contextmanager

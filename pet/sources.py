@@ -14,6 +14,7 @@ text: a filter is pet's parsed `Where`, compiled to an expression tree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 from abc import abstractmethod
@@ -137,15 +138,19 @@ class SqlTable(Table):
             yield chunk
 
     def _run(self, statement: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        try:
+        with self._failing():
             yield from self._arrow(statement, chunk_rows)
-        except self.errors() as exc:
-            raise SourceError(f"{self.describe()} failed: {_first_line(exc)}") from None
 
     def _result(self, statement: exp.Select) -> pa.Table:
         """An aggregate's few rows, whole."""
-        try:
+        with self._failing():
             return self._whole(statement)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """The engine's own errors as a SourceError naming this source."""
+        try:
+            yield
         except self.errors() as exc:
             raise SourceError(f"{self.describe()} failed: {_first_line(exc)}") from None
 

@@ -12,7 +12,7 @@ import pet.crypten_shim as shim
 from pet.crypten_shim import (
     MAX_DEALT,
     DealtClient,
-    _batch,
+    _checked,
     dealer_request,
     dealt_ahead,
     load_crypten,
@@ -62,11 +62,11 @@ def test_the_dealer_deals_only_what_cryptens_parties_ask_for() -> None:
 
 def test_the_dealer_checks_every_request_of_a_batch_before_dealing() -> None:
     request = {"function": "wraps", "device": None, "kwargs": {}, "args": (torch.Size([4]),)}
-    assert _batch([request, request]) == [request, request]
+    assert _checked([request, request]) == [("wraps", (torch.Size([4]),), {}, None)] * 2
     for batch in ([request, {**request, "function": "__init__"}], "wraps", (request,),
                   [request] * (MAX_DEALT + 1)):
         with pytest.raises(PetError, match="the dealer"):
-            _batch(batch)
+            _checked(batch)
 
 
 def test_material_dealt_ahead_is_taken_only_in_the_order_dealt() -> None:
