@@ -18,6 +18,11 @@
   rounds. The material depends only on public shapes, so `dealt_ahead` asks for a whole
   program's in one exchange, in the order the program recorded the first time it ran
   with the same public inputs (see `DealtClient`).
+- CrypTen turns an arithmetic sharing into a binary one (every comparison does) by
+  adding the parties' binary shares with a tree of full adders, 7 rounds each: 14 for
+  three parties. `carry_save_a2b` first reduces three addends to two with carry-save
+  adders (one round for each level of the reduction), then adds once: 8 rounds for
+  three parties (the same as CrypTen's for two), 11 for eight instead of 21.
 
 Importing this module imports CrypTen, which takes about 2 s on top of torch, so only the
 party processes import it (see `pet.mpc.parties`).
@@ -51,6 +56,8 @@ if _STUB not in sys.modules:
 import crypten  # noqa: E402
 import crypten.communicator as comm  # noqa: E402
 from crypten.communicator.communicator import Communicator, _logging  # noqa: E402
+from crypten.mpc.primitives import converters  # noqa: E402
+from crypten.mpc.primitives.binary import BinarySharedTensor  # noqa: E402
 from crypten.mpc.provider import ttp_provider  # noqa: E402
 
 BEAVER_OPS = frozenset({"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d",
@@ -71,11 +78,32 @@ def load_crypten() -> Any:
     return crypten
 
 
+def carry_save_a2b(arithmetic: Any) -> BinarySharedTensor:
+    """A binary sharing of an arithmetic one: each party's share is an addend, shared in
+    binary without a round (CrypTen's PRZS); carry-save adders turn every three addends
+    into two, a + b + c = (a ⊕ b ⊕ c) + 2·maj(a, b, c) with maj = a ⊕ ((a ⊕ b) ∧ (a ⊕ c)),
+    one secure AND for each level of the tree; one full adder adds the last two."""
+    addends = [BinarySharedTensor(arithmetic.share, src=party)
+               for party in range(comm.get().get_world_size())]
+    while len(addends) > 2:
+        triples = len(addends) // 3
+        a, b, c = (BinarySharedTensor.stack(addends[i:3 * triples:3]) for i in range(3))
+        partial = a ^ b
+        carries = (a ^ (partial & (a ^ c))) << 1
+        sums = partial ^ c
+        addends = ([sums[i] for i in range(triples)] + [carries[i] for i in range(triples)]
+                   + addends[3 * triples:])
+    binary = addends[0] + addends[1] if len(addends) == 2 else addends[0]
+    binary.encoder = arithmetic.encoder
+    return binary
+
+
 def start_party(collectives: Collectives) -> Any | None:
     """Join CrypTen's session over pet's channel, with the trusted-third-party provider,
     counting rounds and bytes. A party gets the `crypten` module back; the dealer serves
     Beaver triples until party 0 ends the session, then gets None."""
     crypten.cfg.mpc.provider = "TTP"
+    converters._A2B = carry_save_a2b
     crypten.cfg.communicator.verbose = True
     TlsCommunicator.pending = collectives
     comm.DistributedCommunicator = TlsCommunicator

@@ -256,6 +256,31 @@ def test_normalised_functions_hold_at_both_ends_of_their_range(mpc: MPC, functio
     assert out["small"].all()  # below the range: flagged, never silently wrong
 
 
+def test_a_comparison_adds_the_parties_shares_with_carry_save_adders(mpc: MPC) -> None:
+    """Five parties' shares reduce to two in three levels of carry-save adders, one more
+    than four need and two more than three: each level is one secure AND, its reveal and
+    its triple's request (4 counted rounds, the request not dealt ahead here). CrypTen's
+    own conversion adds them with a tree of full adders, 7 ANDs a level: three levels for
+    five parties, two for three or four. Every number of parties answers the same."""
+    x = np.geomspace(2.0**-20, 1, 40)
+    public = {"function": "reciprocal", "steps": 20, "precision": 22, "x": x.tolist()}
+    outputs = {3: mpc._session(3).run("check", [np.zeros(0)] * 3, public)[0]}
+    for parties in (4, 5):
+        backend = MPC(max_rows_per_site=10**7, max_sites=parties,
+                      parties=PartyConfig(timeout_s=60))
+        try:
+            outputs[parties] = backend._session(parties).run(
+                "check", [np.zeros(0)] * parties, public)[0]
+        finally:
+            backend.close()
+    rounds = {parties: out["rounds"] for parties, out in outputs.items()}
+    assert rounds[4] - rounds[3] == 4 and rounds[5] - rounds[3] == 8
+    for out in outputs.values():
+        np.testing.assert_array_equal(out["s"], outputs[3]["s"])
+        np.testing.assert_allclose(out["y"] * out["s"], 1 / (np.trunc(x * 2**22) / 2**22),
+                                   rtol=16 * 2**-22)
+
+
 def test_exact_quantiles_reveal_only_their_digits_and_equal_numpys(mpc: MPC) -> None:
     data = cohort(3000, 3, 2)
     query = ExactQuantiles("hdl", (0.05, 0.5, 0.95), branching=64)

@@ -523,7 +523,8 @@ INV_SQRT_ERROR = 2.0**-24
 """Relative error of the inverse square root's three Newton steps from its minimax start
 (`pet.mpc.kernels.INV_SQRT_START`), before rounding: the same in every copy."""
 RECIPROCAL_ERROR = 2.0**-32
-"""Relative error of the reciprocal's three Newton steps (`RECIPROCAL_START`)."""
+"""Relative error of the reciprocal's eighth-order step from its minimax start
+(`pet.mpc.kernels.newton_reciprocal`): 17^-8, as three Newton steps leave."""
 COPIES = 32
 """Copies a group of a statistical program runs (`SecureProgram`): 2 × 32 copies leave
 the pooled spread 62 degrees of freedom, whose t quantile at `BOUND_FAILURE` (7.2) is
@@ -559,9 +560,10 @@ def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.nd
 
 
 SOLVE_STEPS = 10
-"""Powers of two (four for diagonals) tried when normalising inside the least-squares
-solve: a predictor whose mean square is below 4^-10 of its range squared, or a pivot of
-the equilibrated XᵀX below 2^-10 (nearly collinear predictors), is refused."""
+"""Powers of four tried when normalising XᵀX's diagonal inside the least-squares solve:
+a predictor whose mean square is below 4^-10 of its range squared is refused, and so is
+a pivot below 2^-12 of XᵀX so scaled (its diagonal in [1/4, 1)), which refuses no system
+whose unit-diagonal pivots reach 2^-10 (nearly collinear predictors fall below)."""
 
 
 def _solve_inputs(query: Any, schema: Schema) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 RECIPROCAL_START = (48 / 17, 32 / 17)
-"""1/w ≈ a − b·w on [1/2, 1], relative error at most 1/17; three Newton steps give 2^-32."""
+"""1/w ≈ a − b·w on [1/2, 1], relative error at most 1/17; an eighth-order step gives
+17^-8 < 2^-32 (`newton_reciprocal`)."""
 INV_SQRT_START = (2.13277, 1.21873)
 """1/√w ≈ a − b·w on [1/4, 1], relative error at most 0.086; three Newton steps give 2^-24."""
 NEWTON_STEPS = 3
@@ -69,12 +70,17 @@ def reciprocal(x: Any, steps: int) -> tuple[Any, Any, Any]:
 
 
 def newton_reciprocal(w: Any) -> Any:
-    """1/w for w in [1/2, 1]: the minimax linear start and `NEWTON_STEPS` Newton steps."""
+    """1/w for w in [1/2, 1]: the minimax linear start y, then y·(1 + e)(1 + e²)(1 + e⁴)
+    with e = 1 − w·y, which is (1 − e⁸)/w: the error three Newton steps leave (e⁸, below
+    2^-32), in four rounds of products where they take six, since each factor's product
+    and the next power of e share one."""
     a, b = RECIPROCAL_START
     y = a - w * b
-    for _ in range(NEWTON_STEPS):
-        y = y * (2 - w * y)
-    return y
+    e = 1 - w * y
+    for _ in range(2):
+        both = type(w).stack([y, e]) * type(w).stack([1 + e, e])
+        y, e = both[0], both[1]
+    return y * (1 + e)
 
 
 LOG_TERMS = 12
@@ -103,24 +109,34 @@ def inv_sqrt(x: Any, steps: int) -> tuple[Any, Any, Any]:
     return y, s, small
 
 
-def equilibrate(matrix: Any, steps: int) -> tuple[Any, Any, Any, Any]:
-    """D·A·D with D = diag(1/√a_ii), for a positive definite A with diagonal in (0, 1]:
-    a unit diagonal, off-diagonal entries within [-1, 1]. Returns it with D's factors
-    (y, s: D = diag(s·y)) and the count of diagonal entries below 4^-steps."""
+def scale_diagonal(matrix: Any, steps: int) -> tuple[Any, Any, Any]:
+    """D·A·D with D = diag(2^m_i), each m_i the power of four that brings a_ii into
+    [1/4, 1), for a positive definite A with diagonal in (0, 1]: entries within [-1, 1]
+    (|a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j), by integer products that need no
+    truncation. Returns it, D's diagonal (an integer tensor) and the count of diagonal
+    entries below 4^-steps.
+
+    Any diagonal D serves a solve exactly (A⁻¹·b = D·(D·A·D)⁻¹·D·b), so the unit
+    diagonal an inverse square root would give buys nothing but its rounds: with
+    a_ii·s_i² = t_i² in [1/4, 1), each pivot of D·A·D is t_k² times the unit-diagonal
+    one, at least a quarter of it."""
     diagonal = list(range(matrix.size(-1)))
-    y, s, small = inv_sqrt(matrix[..., diagonal, diagonal], steps)
-    # |a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j ≤ 1: the integer product needs no truncation
-    scaled = matrix * (s.unsqueeze(-1) * s.unsqueeze(-2))
-    return scaled * (y.unsqueeze(-1) * y.unsqueeze(-2)), y, s, small.sum(-1)
+    bits = below(matrix[..., diagonal, diagonal],
+                 torch.tensor([4.0 ** -j for j in range(1, steps + 1)]))
+    s = power_of_two(bits)
+    return (matrix * s.unsqueeze(-1)) * s.unsqueeze(-2), s, bits[..., -1].sum(-1)
 
 
 def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
-    """Reduce [A | B] to [I | A⁻¹·B] for A positive definite with unit diagonal (its
+    """Reduce [A | B] to [I | A⁻¹·B] for A positive definite with diagonal in (0, 1] (its
     pivots then lie in (0, 1]); returns A⁻¹·B and the count of pivots below 2^-steps.
 
     Each step divides the pivot row by the pivot (a normalised reciprocal) and subtracts
     its multiples from every row at once: M ← M − (c − e_k)·rᵀ turns the pivot row
     into r and clears column k elsewhere, with two secure products and no indexing.
+    Taking two pivots at once as a 2×2 block (adj(P)·R / det P) would save a comparison
+    a pair, but the block's product is rounded before it is divided by det P rather than
+    by the first pivot alone, which cost 2–3 bits on a regression's coefficients.
     """
     p = augmented.size(-2)
     small = None
