@@ -261,9 +261,9 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     the client refuses every later request (`broken`): never a share drawn out of step."""
 
     def __init__(self) -> None:
-        self.schedules: OrderedDict[bytes, list[tuple]] = OrderedDict()
+        self.schedules: OrderedDict[bytes, list[tuple[tuple, torch.Size]]] = OrderedDict()
         self.dealt: deque | None = None
-        self.recording: list[tuple] | None = None
+        self.recording: list[tuple[tuple, torch.Size]] | None = None
         self.broken = False
         super().__init__()
 
@@ -277,28 +277,29 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
                 raise PetError(f"party 0 asked the dealer for {func_name} {args} out of the "
                                "order dealt ahead")
             return self.dealt.popleft()[1]
+        answer = super().ttp_request(func_name, device, *args, **kwargs)
         if self.recording is not None:
-            self.recording.append(request)
-        return super().ttp_request(func_name, device, *args, **kwargs)
+            self.recording.append((request, answer.size()))
+        return answer
 
-    def deal(self, schedule: list[tuple]) -> None:
+    def deal(self, schedule: list[tuple[tuple, torch.Size]]) -> None:
         """Ask for every request of `schedule` in one exchange and keep the answers (none
-        where the program asks for nothing)."""
+        where the program asks for nothing). The answers' sizes were recorded with the
+        requests, so the dealer sends the numbers alone, in one frame whose length the
+        channel checks."""
         if not schedule:
             self.dealt = deque()
             return
         communicator = comm.get()
         dealer = communicator.get_ttp_rank()
         communicator.send_obj({"batch": [
-            {"function": f, "device": d, "args": a, "kwargs": k} for f, d, a, k in schedule]},
-            dealer, self.ttp_group)
-        sizes = [torch.Size(size) for size in communicator.recv_obj(dealer, self.ttp_group)]
-        counts = [size.numel() for size in sizes]
+            {"function": f, "device": d, "args": a, "kwargs": k}
+            for (f, d, a, k), _ in schedule]}, dealer, self.ttp_group)
+        counts = [size.numel() for _, size in schedule]
         flat = torch.empty(sum(counts), dtype=torch.long)
         communicator.broadcast(flat, dealer, self.comm_group)
-        parts = flat.split(counts)
-        self.dealt = deque((request, part.view(size))
-                           for request, part, size in zip(schedule, parts, sizes, strict=True))
+        self.dealt = deque((request, part.view(size)) for (request, size), part
+                           in zip(schedule, flat.split(counts), strict=True))
 
     def _setup_generators(self) -> None:
         collectives = comm.get().collectives
@@ -343,8 +344,8 @@ class Dealer(ttp_provider.TTPServer):
                 if dealt > MAX_DEALT_ELEMENTS:
                     raise PetError(f"the dealer deals at most {MAX_DEALT_ELEMENTS} numbers "
                                    "in one exchange")
-            sizes = [r.size() for r in results]
-            comm.get().send_obj(sizes if batch else sizes[0], 0, self.ttp_group)
+            if not batch:  # party 0 knows a batch's sizes from when it recorded them
+                comm.get().send_obj(results[0].size(), 0, self.ttp_group)
             # one frame either way: a tensor travels as its bytes, shaped by the receiver
             comm.get().broadcast(torch.cat([r.reshape(-1) for r in results]) if results
                                  else torch.empty(0, dtype=torch.long), me, self.comm_group)

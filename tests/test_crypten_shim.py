@@ -91,9 +91,9 @@ def test_a_program_that_fails_with_material_dealt_ahead_stops_every_later_reques
     wraps = ("wraps", None, (torch.Size([2]),), {})
     monkeypatch.setattr(shim.ttp_provider.TTPClient, "get", staticmethod(lambda: client))
     monkeypatch.setattr(shim.comm, "get", lambda: types.SimpleNamespace(get_rank=lambda: 0))
-    client.schedules[shim._digest(("secure",))] = [wraps, wraps]
+    client.schedules[shim._digest(("secure",))] = [(wraps, torch.Size([2]))] * 2
     monkeypatch.setattr(DealtClient, "deal", lambda self, schedule: setattr(
-        self, "dealt", deque((r, torch.zeros(2, dtype=torch.long)) for r in schedule)))
+        self, "dealt", deque((r, torch.zeros(s)) for r, s in schedule)))
     with pytest.raises(ValueError), dealt_ahead(("secure",)):
         client.ttp_request(*wraps[:2], *wraps[2])
         raise ValueError("a party failed")
