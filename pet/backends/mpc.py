@@ -26,6 +26,7 @@ from pet.errors import PetError, QueryError
 from pet.intervals import BOUND_FAILURE
 from pet.layout import Layout
 from pet.mpc.fixed_point import (
+    LEAST_SCALE,
     LIMB_BITS,
     MAP_BITS,
     MEAN_GAP,
@@ -562,8 +563,9 @@ def _correlation(query: Any, schema: Schema, state: Any, values: dict[str, np.nd
 SOLVE_STEPS = 10
 """Powers of four tried when normalising XᵀX's diagonal inside the least-squares solve:
 a predictor whose mean square is below 4^-10 of its range squared is refused, and so is
-a pivot below 2^-12 of XᵀX so scaled (its diagonal in [1/4, 1)), which refuses no system
-whose unit-diagonal pivots reach 2^-10 (nearly collinear predictors fall below)."""
+a pivot below 2^-11 of XᵀX so scaled (its diagonal in [0.708, 1)): that refuses no
+system whose unit-diagonal pivots reach 2^-10, and every one whose pivots fall below
+2^-10.5 (nearly collinear predictors)."""
 
 
 def _solve_inputs(query: Any, schema: Schema) -> dict[str, Any]:
@@ -601,8 +603,9 @@ def _linear(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray
 
 
 LOGISTIC_SHIFT = 4
-"""The Newton step's right-hand side, the gradient scaled by 1/√(Hessian diagonal), is
-shifted down by 2^4 inside MPC: it has no bound of 1, and 16 covers health designs."""
+"""The Newton step's right-hand side, the gradient scaled by at most 1/√(Hessian diagonal)
+(`pet.mpc.kernels.equilibrate`), is shifted down by 2^4 inside MPC: it has no bound of 1,
+and 16 covers health designs."""
 
 
 def _logistic_inputs(query: Any, schema: Schema, layout: Layout) -> dict[str, Any]:
@@ -712,7 +715,8 @@ def _cox(query: Any, schema: Schema, state: Any, values: dict[str, np.ndarray], 
                          "whose weights are too small for MPC's fixed point; use a coarser "
                          "grid, narrower covariate bounds (clip=), or the he backend")
     step = values["values"]
-    residual = 2.0**LOGISTIC_SHIFT * float(np.linalg.norm(values["residual"]))
+    # the residual is the scaled system's: D⁻¹ of it, D ≥ LEAST_SCALE, is the system's own
+    residual = 2.0**LOGISTIC_SHIFT * float(np.linalg.norm(values["residual"])) / LEAST_SCALE
     error = _input_error(values, units.legacy) + 2 * residual
     scaled = _scaled_errors(values, error)
     log_likelihood = n * float(values["log_likelihood_per_row"])

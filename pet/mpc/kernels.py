@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from pet.mpc.fixed_point import EQUILIBRATED
+
 RECIPROCAL_START = (48 / 17, 32 / 17)
 """1/w ≈ a − b·w on [1/2, 1], relative error at most 1/17; an eighth-order step gives
 17^-8 < 2^-32 (`newton_reciprocal`)."""
@@ -109,22 +111,26 @@ def inv_sqrt(x: Any, steps: int) -> tuple[Any, Any, Any]:
     return y, s, small
 
 
-def scale_diagonal(matrix: Any, steps: int) -> tuple[Any, Any, Any]:
-    """D·A·D with D = diag(2^m_i), each m_i the power of four that brings a_ii into
-    [1/4, 1), for a positive definite A with diagonal in (0, 1]: entries within [-1, 1]
-    (|a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j), by integer products that need no
-    truncation. Returns it, D's diagonal (an integer tensor) and the count of diagonal
-    entries below 4^-steps.
+def equilibrate(matrix: Any, steps: int) -> tuple[Any, Any, Any, Any]:
+    """D·A·D with D = diag(s_i·y_i) for a positive definite A with diagonal in (0, 1]:
+    s_i the power of two that brings a_ii into [1/4, 1) and y_i the minimax linear start
+    of its inverse square root divided by EQUILIBRATED[1], so that every diagonal entry
+    lands in [(EQUILIBRATED[0] / EQUILIBRATED[1])², 1) = [0.708, 1) and the off-diagonal
+    ones within [-1, 1]; each D_i is then at least `LEAST_SCALE`, 0.84. Returns it with
+    D's factors (y, s) and the count of diagonal entries below 4^-steps.
 
-    Any diagonal D serves a solve exactly (A⁻¹·b = D·(D·A·D)⁻¹·D·b), so the unit
-    diagonal an inverse square root would give buys nothing but its rounds: with
-    a_ii·s_i² = t_i² in [1/4, 1), each pivot of D·A·D is t_k² times the unit-diagonal
-    one, at least a quarter of it."""
+    Any diagonal D solves the same system (A⁻¹b = D·(DAD)⁻¹·Db). The Newton steps that
+    would make the diagonal exactly 1 cost 18 rounds; this leaves each pivot at least
+    0.708 of the unit-diagonal one, half a bit, where powers of two alone (a diagonal in
+    [1/4, 1)) lost up to two bits and made a logistic fit's copies spread a quarter
+    wider."""
     diagonal = list(range(matrix.size(-1)))
-    bits = below(matrix[..., diagonal, diagonal],
-                 torch.tensor([4.0 ** -j for j in range(1, steps + 1)]))
-    s = power_of_two(bits)
-    return (matrix * s.unsqueeze(-1)) * s.unsqueeze(-2), s, bits[..., -1].sum(-1)
+    w, s, small = normalise(matrix[..., diagonal, diagonal], 2, steps)
+    a, b = INV_SQRT_START
+    y = (a / EQUILIBRATED[1]) - w * (b / EQUILIBRATED[1])
+    # |a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j ≤ 1: the integer product needs no truncation
+    scaled = matrix * (s.unsqueeze(-1) * s.unsqueeze(-2))
+    return scaled * (y.unsqueeze(-1) * y.unsqueeze(-2)), y, s, small.sum(-1)
 
 
 def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:

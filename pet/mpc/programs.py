@@ -305,13 +305,13 @@ def _logistic(crypten: Any, total: Any, low: Any, n: int, bits: int,
 
 def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str, Any]:
     """Solve A·x = b for A positive definite (its upper triangle `tri`, per row, so every
-    entry within [-1, 1]): scale its diagonal into [1/4, 1) by powers of two,
-    A' = D·A·D (`kernels.scale_diagonal`), then Gauss–Jordan on
-    [A' | D·b·2^-shift | D·a₀ | I], t = D·a₀ for the intercept's variance. The
-    right-hand side is shifted down by a public power of two because D·b, unlike D·A·D,
-    has no bound of 1 (a gradient is not bounded by the Hessian's diagonal). Pivots are
-    flagged below 2^-(steps + 2): each is at least a quarter of the unit-diagonal
-    matrix's, so every system whose equilibrated pivots reach 2^-steps is solved.
+    entry within [-1, 1]): equilibrate (`kernels.equilibrate`: a diagonal within
+    [0.708, 1)), then Gauss–Jordan on [A' | D·b·2^-shift | D·a₀ | I], t = D·a₀ for the
+    intercept's variance. The right-hand side is shifted down by a public power of two
+    because D·b, unlike D·A·D, has no bound of 1 (a gradient is not bounded by the
+    Hessian's diagonal). Pivots are flagged below 2^-(steps + 1): each is at least 0.708
+    of the unit-diagonal matrix's, so every system whose unit-diagonal pivots reach
+    2^-steps is solved.
 
     The other copies of a group solve [A' | D·b·2^-shift] alone (the rest of their
     matrix is zero): only each group's first copy's inverse is revealed, and the large
@@ -319,39 +319,30 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
 
     Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, how many values were too small to
     normalise (the query is then refused) and, where `public["residual"]` asks, the
-    solver's residual in the scaled, shifted system (rounding noise, for a
+    solver's residual in the equilibrated, shifted system (rounding noise, for a
     worst-case error bound: it shows the rounding of one copy). Returns also z
     and D·b (shifted), shared, for the caller."""
     p, shift = public["terms"], public["shift"]
     full = tri[:, public["square"]].view(-1, p, p)
-    scaled, s, small = kernels.scale_diagonal(full, public["steps"])
-    rhs = (rhs * s).div(2**shift) if shift else rhs * s
+    scaled, y, s, small = kernels.equilibrate(full, public["steps"])
+    rhs = ((rhs * y) * s).div(2**shift) if shift else (rhs * y) * s
     first = torch.zeros(full.size(0), dtype=torch.float64)
     first[::public["copies"]] = 1.0  # only each group's first copy's inverse is revealed
-    corner = _times_public(s, first.unsqueeze(-1) * torch.tensor(public["corner"]),
-                           rhs.encoder.scale)  # D·a₀
+    corner = (y * (first.unsqueeze(-1) * torch.tensor(public["corner"]))) * s  # D·a₀
     identity = (scaled - scaled) + first.view(-1, 1, 1) * torch.eye(p, dtype=torch.float64)
     augmented = crypten.cat([scaled, rhs.unsqueeze(-1), corner.unsqueeze(-1), identity], -1)
-    solved, tiny = kernels.gauss_jordan(augmented, public["steps"] + 2)
+    solved, tiny = kernels.gauss_jordan(augmented, public["steps"] + 1)
     z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
     terms = list(range(p))
-    outputs = {"values": (z * s) * 2**shift,
-               "diagonal": inverse[:, terms, terms] * (s * s),
+    factor = y * s
+    outputs = {"values": (z * factor) * 2**shift,
+               "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
                "corner": (corner * w).sum(-1), "small": small + tiny, "z": z, "rhs": rhs}
     if public.get("residual"):  # for a worst-case bound, where copies do not measure one
         outputs["residual"] = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
     if public.get("covariance"):  # the whole inverse, for a joint (Wald) test
-        outputs["inverse"] = (inverse * s.unsqueeze(-1)) * s.unsqueeze(-2)
+        outputs["inverse"] = (inverse * factor.unsqueeze(-1)) * factor.unsqueeze(-2)
     return outputs
-
-
-def _times_public(whole: Any, values: torch.Tensor, scale: int) -> Any:
-    """A shared whole-number tensor times public reals, in fixed point at `scale`: the
-    reals are encoded first, so the product is local and exact (CrypTen would encode
-    them at the whole numbers' scale of 1, rounding them to integers)."""
-    encoded = torch.round(values * scale).to(torch.int64)
-    return type(whole).from_shares((whole * encoded).share,
-                                   precision=scale.bit_length() - 1)
 
 
 def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
