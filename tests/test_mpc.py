@@ -318,6 +318,24 @@ def test_a_nearly_collinear_fit_is_answered_within_its_bounds(mpc: MPC, lung3: W
         np.testing.assert_allclose(result.value.se, exact.se, rtol=0.1)
 
 
+def test_a_mean_alone_and_a_constant_outcome_are_answered(mpc: MPC, lung3: Workload) -> None:
+    """A regression on the intercept alone explains nothing by definition: its R² is 0 in
+    every copy, where the two sums of squares' rounding made it ±5·10⁻⁵ and the groups
+    never agreed within 25%. An outcome constant over the rows has no R² in any copy
+    (NaN), which is agreement, not a disagreement to run again."""
+    sites = []
+    for name, table in lung3.tables.items():
+        frame = table.to_frame().copy()
+        frame["wt_loss"] = 10.0
+        sites.append(Site(name, FrameTable(frame, lung3.schema), policy=NO_CELL_LIMIT))
+    for data, query in ((lung3.sites(NO_CELL_LIMIT), LinearRegression("wt_loss", ())),
+                        (sites, LinearRegression("wt_loss", ("age",)))):
+        exact = Study(data).run(query).value
+        result = Study(data, backend=mpc).run(query)
+        assert np.all(np.abs(result.value.coef - exact.coef) <= result.error_bounds)
+        assert result.value.r2 == 0.0 if query.predictors == () else np.isnan(result.value.r2)
+
+
 def test_ten_million_rows_neither_overflow_nor_lose_the_answer(mpc: MPC, lung3: Workload) -> None:
     """Every lung row repeated 43,860 times (10^7 rows in all): the answers are those of
     the original rows, within the reported bounds; and a column at either end of its

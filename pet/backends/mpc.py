@@ -314,7 +314,7 @@ def _agree(answers: list[tuple[Any, float]]) -> bool:
                and np.all((np.abs(_numbers(a) - _numbers(first)) <= bound + b)
                           | np.isnan(bound + b))
                and np.allclose(_statistics(a), _statistics(first), rtol=SPREAD_AGREEMENT,
-                               atol=0.0)
+                               atol=0.0, equal_nan=True)
                for a, b in answers[1:])
 
 

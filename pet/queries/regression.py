@@ -463,7 +463,10 @@ class LinearRegression(Regression):
         that MPC reveals (a DP fit adds its noise SDs and ridge)."""
         design = self.design(schema)
         dof = round(n) - design.size
-        r2 = 1.0 - rss / tss if tss > 0 else np.nan
+        rss = max(rss, 0.0)  # a perfect fit's, computed as a difference, may dip below 0
+        # the mean alone explains nothing by definition (the two sums differ by rounding)
+        r2 = (0.0 if self.intercept and design.size == 1
+              else 1.0 - rss / tss if tss > 0 else np.nan)
         adj = 1.0 - (1.0 - r2) * (n - (1 if self.intercept else 0)) / dof
         center, half = self._outcome_scaling(schema)
         coef = half * (design.to_original() @ beta)
