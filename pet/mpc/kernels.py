@@ -34,9 +34,12 @@ def below(x: Any, thresholds: torch.Tensor) -> Any:
     axis), by one vectorised secure comparison.
 
     The difference is compared as a raw integer (precision 0): CrypTen's comparison of a
-    fixed-point tensor assumes its default precision and returns zeros at any other.
+    fixed-point tensor assumes its default precision and returns zeros at any other. A
+    threshold finer than x's encoding (at large n, per-row values keep fewer fractional
+    bits) is raised to its one unit, which would otherwise encode to 0 and leave a value
+    that rounded to 0 unflagged.
     """
-    difference = x.unsqueeze(-1) - thresholds
+    difference = x.unsqueeze(-1) - thresholds.clamp(min=1.0 / x.encoder.scale)
     return type(x).from_shares(difference.share, precision=0)._ltz()
 
 
