@@ -29,7 +29,14 @@ from pet.backends.mpc import (
 )
 from pet.errors import PetError, QueryError
 from pet.layout import Block, Layout
-from pet.mpc.fixed_point import MEAN_GAP, moment_precision, scale_bits
+from pet.mpc.fixed_point import (
+    EQUILIBRATED,
+    LEAST_SCALE,
+    MEAN_GAP,
+    moment_precision,
+    scale_bits,
+)
+from pet.mpc.kernels import INV_SQRT_START
 from pet.mpc.parties import ASKED_BYTES, Parties, Party, PartyConfig, PartyError, Spare, Warm
 from pet.queries import (
     Correlation,
@@ -254,6 +261,17 @@ def test_normalised_functions_hold_at_both_ends_of_their_range(mpc: MPC, functio
     out = mpc._session(3).run("check", [np.zeros(0)] * 3,
                               {**public, "x": [lowest * 0.99, lowest / 3]})[0]
     assert out["small"].all()  # below the range: flagged, never silently wrong
+
+
+def test_the_solves_scaling_bounds_hold_its_start_over_the_whole_range() -> None:
+    """The solve scales XᵀX's diagonal by the inverse square root's linear start divided
+    by EQUILIBRATED[1], and Cox's residual bound divides by LEAST_SCALE: both hold only if
+    EQUILIBRATED brackets (a − b·w)·√w over [1/4, 1], checked here on a fine grid."""
+    w = np.linspace(0.25, 1.0, 1_000_001)
+    start = (INV_SQRT_START[0] - INV_SQRT_START[1] * w) * np.sqrt(w)
+    assert EQUILIBRATED[0] <= start.min() < EQUILIBRATED[0] + 1e-4
+    assert EQUILIBRATED[1] - 1e-4 < start.max() <= EQUILIBRATED[1]
+    assert start.min() / start.max() >= LEAST_SCALE
 
 
 def test_a_value_below_a_coarse_encodings_unit_is_flagged(mpc: MPC) -> None:

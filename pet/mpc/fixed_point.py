@@ -74,11 +74,11 @@ def low_bits(n: int, bits: int) -> int:
     return LOW_BITS if n * 2 ** (bits + LOW_BITS) < 2**TRUNCATION_BITS else 0
 
 
-EQUILIBRATED = (0.91404, 1.08596)
-"""The least and largest (a − b·w)·√w on [1/4, 1] for the minimax start a − b·w of 1/√w
-(`pet.mpc.kernels.INV_SQRT_START`). The least-squares solve scales XᵀX by that start
-divided by the largest (`pet.mpc.kernels.equilibrate`), so each of its factors D_i is at
-least LEAST_SCALE."""
+EQUILIBRATED = (0.91403, 1.08596)
+"""Bounds, rounded outward, on (a − b·w)·√w over [1/4, 1] for the minimax start a − b·w
+of 1/√w (`pet.mpc.kernels.INV_SQRT_START`; its least is 0.914040, its largest
+1.085951). The least-squares solve scales XᵀX by that start divided by the largest
+(`pet.mpc.kernels.equilibrate`), so each of its factors D_i is at least LEAST_SCALE."""
 LEAST_SCALE = EQUILIBRATED[0] / EQUILIBRATED[1]
 
 
