@@ -28,7 +28,7 @@ from pet.synth.discretize import Discretization
 from pet.synth.domain import Clique, Domain
 from pet.synth.estimation import estimate
 from pet.synth.marginal import NoisyMarginal, toward_mean
-from pet.synth.measure import Candidates, Curator, Federation, Measurer
+from pet.synth.measure import Candidates, Curator, Federation, Measurer, Spend
 from pet.synth.mst import MST, compressed, shrunk
 from pet.synth.mwem import MWEM
 from pet.synth.synthesizer import Fit, Synthesizer, replay
@@ -252,9 +252,9 @@ def test_a_column_measured_as_noise_alone_is_fitted_near_uniform_once_shrunk() -
 
 def test_aim_fits_its_1_way_measurements_as_their_empirical_bayes_estimates(
         lung1: Workload, tmp_path: Path) -> None:
-    """The fit records every release as released; its model is the estimator's on the
-    1-way ones shrunk (replayed with AIM's preparation it comes back exactly, replayed
-    on the releases as they are it does not)."""
+    """The fit records every release as released; its model is the estimator's on each
+    column's 1-way releases pooled and shrunk (replayed with AIM's preparation it comes
+    back exactly, replayed on the releases as they are it does not)."""
     released: list[NoisyMarginal] = []
 
     class Recording(Curator):
@@ -268,10 +268,16 @@ def test_aim_fits_its_1_way_measurements_as_their_empirical_bayes_estimates(
                    delta=1e-6) as measurer:
         fit = AIM(iterations=100, round_iterations=20).fit(measurer)
     assert [m.values.tolist() for m in fit.measurements] == [m.values.tolist() for m in released]
-    prepared = AIM.prepared(released)
-    for kept, raw in zip(prepared, released, strict=True):
-        expected = toward_mean(raw.values, raw.sigma) if len(raw.clique) == 1 else raw.values
-        np.testing.assert_allclose(kept.values, expected, rtol=1e-12)
+    prepared = {m.clique: m for m in AIM.prepared(released)}
+    assert prepared.keys() == {m.clique for m in released}
+    for clique, kept in prepared.items():
+        raw = [m for m in released if m.clique == clique]
+        weights = [m.sigma**-2 for m in raw]
+        mean = np.average([m.values for m in raw], axis=0, weights=weights)
+        if len(clique) == 1:
+            assert len(raw) >= 2  # a faint signal at ε = 0.3: every column measured twice
+            mean = toward_mean(mean, sum(weights) ** -0.5)
+        np.testing.assert_allclose(kept.values, mean, rtol=1e-12)
     domain = fit.model.domain
     probe = fit.model.cliques[0]
     again = replay(domain, fit.measurements, fit.trace, AIM.prepared).project(probe)
@@ -372,7 +378,8 @@ def test_a_curator_charges_once_and_itemises_every_step(lung1: Workload,
     assert fit.epsilon_spent <= epsilon
     steps = [s.step for s in fit.spends]
     d = len(lung1.schema.columns)
-    assert steps == ["measure"] + ["select"] * (d - 1) + ["measure"]
+    # lung's 228 rows at ε = 1: the columns twice (a faint signal: pet.synth.allocation)
+    assert steps == ["measure"] * 2 + ["select"] * (d - 1) + ["measure"]
     assert [len(c) for c in fit.spends[-1].cliques] == [2] * (d - 1)
     budget = site.ledger.budget(site.dataset)
     assert budget.spent_rho == pytest.approx(whole, rel=1e-12) and budget.releases == 1
@@ -406,7 +413,7 @@ def test_adaptive_methods_spend_their_whole_budget_and_no_more(
     lung1.schema.validate(sample)  # every value inside the schema
 
 
-@pytest.mark.parametrize("share", [0.25, 0.6])
+@pytest.mark.parametrize("share", [0.25, 0.4])
 def test_aim_measures_every_column_first_with_its_share_of_the_budget(
         lung1: Workload, tmp_path: Path, share: float) -> None:
     (site,) = _sites(lung1, tmp_path)
@@ -421,8 +428,8 @@ def test_aim_measures_every_column_first_with_its_share_of_the_budget(
     assert fit.settings["oneway_share"] == share
 
 
-@pytest.mark.parametrize("share", [0, 1, -0.1, 1.5, "0.3", True, float("nan")])
-def test_aim_refuses_a_1_way_share_outside_0_to_1(share: float) -> None:
+@pytest.mark.parametrize("share", [0, 0.5, 1, -0.1, 1.5, "0.3", True, float("nan")])
+def test_aim_refuses_a_1_way_share_outside_0_to_half(share: float) -> None:
     with pytest.raises(ArgumentError, match="oneway_share"):
         AIM(oneway_share=share)
 
@@ -469,7 +476,7 @@ def test_the_data_card_accounts_for_every_step(lung1: Workload, tmp_path: Path) 
     assert [m["clique"] for m in data["measured"]] == [list(m.clique) for m in fit.measurements]
     assert data["versions"]["opendp"] and data["seed"] == 9
     text = markdown(data)
-    assert text.count("| measure |") == 2 and "select" in text
+    assert text.count("| measure |") == 3 and "select" in text  # the columns twice
 
 
 def test_a_saved_fit_samples_the_same_rows_after_loading(lung1: Workload, tmp_path: Path) -> None:
@@ -522,7 +529,8 @@ class Recording(Federation):
 
 
 class Replay(Measurer):
-    """A measurer that hands back another fit's noisy releases in order, touching no data."""
+    """A measurer that hands back another fit's noisy releases in order, touching no data,
+    and itemises each step as the fit's measurer did."""
 
     def __init__(self, fit: Fit, recorded: Recording, discretization: Discretization) -> None:
         super().__init__([], discretization, backend="he+dp", epsilon=fit.epsilon,
@@ -530,9 +538,11 @@ class Replay(Measurer):
         self.selections, self.measured = iter(recorded.selections), iter(recorded.released)
 
     def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
+        self._spent(Spend("measure", tuple(cliques), rho))
         return [next(self.measured) for _ in cliques]
 
     def noisy(self, cliques: Sequence[Clique], rho: float) -> list[np.ndarray]:
+        self._spent(Spend("select", tuple(cliques), rho))
         return next(self.selections)
 
     def select(self, candidates: Candidates, rho: float, *, sensitivity: float) -> int:
@@ -553,11 +563,11 @@ def test_the_federated_fit_is_the_model_of_its_noisy_marginals_alone(tmp_path: P
                            rtol=1e-12, atol=1e-9)
     # Every measurement's noise is what OpenDP's Gaussian map says its part of ρ buys:
     # each of m tables (importance 1) takes 1/(m + 0.001) of it, n (importance 0.001) the
-    # rest.
-    for spend, marginal in zip([s for s in federated.spends if s.step == "measure"],
-                               [federated.measurements[0], federated.measurements[-1]],
-                               strict=True):
+    # rest; a column measured in several releases, pooled, has what they buy together.
+    measures = [s for s in federated.spends if s.step == "measure"]
+    for spends, marginal in ((measures[:-1], federated.measurements[0]),
+                             (measures[-1:], federated.measurements[-1])):
         gaussian = dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
                                       dp.l2_distance(T=float), scale=marginal.sigma)
-        share = spend.rho / (len(spend.cliques) + 0.001)
+        share = sum(s.rho / (len(s.cliques) + 0.001) for s in spends)
         assert gaussian.map(1.0) == pytest.approx(share, rel=1e-6)

@@ -11,20 +11,20 @@ is left. Candidates are limited to those that keep the model's junction tree wit
 size that grows with the budget spent.
 
 Two steps are pet's, not the paper's. The first is the 1-way measurements' budget: a
-fixed share of ρ (`oneway_share`, a quarter), where the paper measures them at the noise
-of one of its T = 16·d rounds (1/16 of the measurement budget). The annealing ends a run
+share of ρ (`oneway_share`, a quarter, twice that where the pairs would be measured under
+more noise than signal: `pet.synth.allocation`), where the paper measures them at the
+noise of one of its T = 16·d rounds (1/16 of the measurement budget). The annealing ends a run
 after far fewer rounds than T: 1.5 to 5 per attribute on the tables measured (10 to 53
 rounds where T is 96 to 192). The paper's 1-way measurements are then much noisier than
 the rounds actually run, and on a small table at small ε, where the model is little more
 than its 1-way marginals, that noise is most of its error. Had the 1-ways the noise of
 the R rounds per attribute a run realises, they would take 1/R of the budget, a fifth
-to two thirds; a quarter is the cautious end, since more costs at large ε. In the
-README's benchmarks (2-way TVD, the paper's split → a quarter): scikit-learn's breast
-cancer table at ε = 1 0.586 → 0.476, diabetes progression at ε = 1 0.444 → 0.409; at
-most +0.008 where the columns were well measured already, and on diabetes a lower TSTR
-AUC (fewer rounds left for the outcome's pairs). Half, as OpenDP's AIM spends, gained
-more on the small tables at ε ≤ 1 and lost more at ε ≥ 3 (kidney transplants at ε = 3:
-0.055 → 0.061).
+to two thirds. In the README's benchmarks (2-way TVD, the paper's split → a quarter):
+scikit-learn's breast cancer table at ε = 1 0.586 → 0.476, diabetes progression at ε = 1
+0.444 → 0.409; at most +0.008 where the columns were well measured already. Half, as
+OpenDP's AIM spends, gained more on the small tables at small ε and lost where the
+signal is strong (kidney transplants at ε = 10: 0.031 → 0.035): the second quarter is
+spent only where the first measurement shows the signal faint.
 
 The second: the estimator reads every 1-way measurement as its empirical-Bayes estimate
 (`NoisyMarginal.shrunk`; the fit records the measurement as released). At small ε a
@@ -45,6 +45,7 @@ from itertools import combinations
 import numpy as np
 
 from pet.errors import ArgumentError
+from pet.synth.allocation import ONEWAY_SHARE, measure_columns, pooled
 from pet.synth.domain import Clique, Domain
 from pet.synth.junction_tree import junction_tree
 from pet.synth.marginal import NoisyMarginal
@@ -54,9 +55,6 @@ from pet.synth.synthesizer import Synthesizer, model_marginals, pairs
 
 MAX_CELLS = 10**7
 """The largest model AIM may grow to, in junction-tree cells (80 MB of float64 beliefs)."""
-
-ONEWAY_SHARE = 0.25
-"""The share of ρ that measures every 1-way marginal first (see the module's docstring)."""
 
 
 class AIM(Synthesizer):
@@ -72,9 +70,9 @@ class AIM(Synthesizer):
             raise ArgumentError("rounds_per_attribute, max_cells and round_iterations must "
                                 "be at least 1")
         if isinstance(oneway_share, bool) or not isinstance(oneway_share, int | float) \
-                or not 0 < oneway_share < 1:
+                or not 0 < oneway_share < 0.5:
             raise ArgumentError(f"oneway_share={oneway_share!r}; must lie strictly between "
-                                "0 and 1")
+                                "0 and 0.5 (twice it is spent where the signal is faint)")
         self.workload = workload
         self.rounds_per_attribute = rounds_per_attribute
         self.max_cells = max_cells
@@ -83,18 +81,20 @@ class AIM(Synthesizer):
 
     @staticmethod
     def prepared(measured: Sequence[NoisyMarginal]) -> list[NoisyMarginal]:
-        """1-way measurements as their empirical-Bayes estimates (see the module's
-        docstring), the others as measured."""
-        return [m.shrunk() if len(m.clique) == 1 else m for m in measured]
+        """Each column's 1-way measurements pooled (inverse-variance) into one, read as
+        its empirical-Bayes estimate (see the module's docstring); the others as
+        measured."""
+        return [m.shrunk() if len(m.clique) == 1 else m for m in pooled(measured)]
 
     def run(self, measurer: Measurer, rho: float) -> tuple[Model, list[NoisyMarginal]]:
         domain = measurer.domain
         workload = self.workload or pairs(domain) or [(domain.attributes[0],)]
         candidates, weights = closure(domain, workload)
-        measured = measurer.measure([(a,) for a in domain.attributes],
-                                    self.oneway_share * rho)
-        used = sum(s.rho for s in measurer.spends)
-        rounds, left = self.rounds_per_attribute * len(domain), rho - used
+        rounds = self.rounds_per_attribute * len(domain)
+        measured, _ = measure_columns(measurer, rho, self.oneway_share, workload,
+                                      lambda left: 0.9 * left)
+        used = measurer.spent
+        left = rho - used
         sigma, epsilon = math.sqrt(rounds / (2 * 0.9 * left)), math.sqrt(8 * 0.1 * left / rounds)
         model = self.estimate(domain, measured, self.round_iterations)
         while rho - used > 1e-6 * rho:
@@ -107,7 +107,7 @@ class AIM(Synthesizer):
             chosen = self._select(measurer, model, allowed, weights, sigma, epsilon)
             new = measurer.measure([chosen], 1 / (2 * sigma**2))
             measured += new
-            used = sum(s.rho for s in measurer.spends)
+            used = measurer.spent
             before = np.ravel(model.project(chosen))
             model = self.estimate(domain, measured, self.round_iterations, model=model)
             moved = np.abs(np.ravel(model.project(chosen)) - before).sum()
@@ -159,3 +159,4 @@ def _fits(domain: Domain, measured: list[Clique], candidate: Clique, cap: float)
     except ArgumentError:  # one of its cliques alone exceeds the hard limit
         return False
     return tree.cells <= cap
+

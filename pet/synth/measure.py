@@ -86,6 +86,11 @@ class Measurer(ABC):
         self.spends: list[Spend] = []
         self._studies: dict[float, Study] = {}
 
+    @property
+    def spent(self) -> float:
+        """The ρ spent so far, every step together."""
+        return float(sum(s.rho for s in self.spends))
+
     def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
         """Noisy counts of every clique, in one Gaussian release that is ρ-zCDP."""
         measured = self._release(cliques, rho)
