@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pet.errors import ArgumentError
 from pet.mechanisms import rho_of
 from pet.synth.aim import AIM
 from pet.synth.allocation import pool, pooled, rows
@@ -113,3 +114,29 @@ def test_a_federation_selects_with_a_third_unless_the_signal_is_faint(
         2 if faint else 1)
     assert steps[-2] == ("select", pytest.approx(SELECT_SHARE if faint else 1 / 3, rel=1e-6))
     assert steps[-1][0] == "measure" and sum(share for _, share in steps) == pytest.approx(1)
+
+
+@pytest.mark.parametrize("method, epsilon", [(MST(iterations=20), 0.0015),
+                                             (AIM(iterations=20, round_iterations=5), 0.004)],
+                         ids=["mst", "aim"])
+def test_a_fit_too_small_for_its_steps_is_refused_before_the_site_is_charged(
+        lung1: Workload, tmp_path: Path, method: Synthesizer, epsilon: float) -> None:
+    """At these ε a step (MST's selection of each edge, AIM's first selection) would
+    spend less ρ than a release may: the fit says so before it measures anything."""
+    (site,) = lung1.sites(ledgers=tmp_path)
+    site.ledger.set_budget(site.dataset, 1.0, 1e-6)
+    with Curator(site, Discretization.of(lung1.schema, bins=4), epsilon=epsilon,
+                 delta=1e-6) as measurer, pytest.raises(ArgumentError, match="raise ε"):
+        method.fit(measurer)
+    assert site.ledger.budget(site.dataset).spent_rho == 0.0
+
+
+def test_pool_refuses_measurements_of_different_levels() -> None:
+    with pytest.raises(ArgumentError, match="different levels"):
+        pool([NoisyMarginal(("x",), np.array([1.0]), 1.0),
+              NoisyMarginal(("x",), np.array([1.0, 2.0, 3.0]), 1.0)])
+
+
+def test_rows_of_an_exact_measurement_is_its_total() -> None:
+    exact = NoisyMarginal(("x",), np.array([40.0, 60.0]), 0.0)
+    assert rows([NoisyMarginal(("y",), np.array([10.0, 5.0]), 3.0), exact]) == 100.0

@@ -18,7 +18,7 @@ from pet.errors import PetError
 from pet.ledger import Ledger
 from pet.site import Site
 from pet.synth import AIM, MST, Curator, Discretization, Release, card
-from pet.synth.card import markdown, refit, resample
+from pet.synth.card import commit, markdown, refit, resample
 from pet.synth.measure import Federation
 from pet.synth.synthesizer import Synthesizer, traced
 from pet.table import CsvTable, FrameTable
@@ -69,12 +69,20 @@ def test_the_command_line_refits_a_release_from_its_card(tmp_path: Path) -> None
         "--out", str(tmp_path / "fit"))
     pet("sample", str(tmp_path / "fit"), "--rows", "120", "--seed", "2",
         "--out", str(tmp_path / "release" / "synthetic.csv"))
-    pet("refit", str(tmp_path / "release" / "card.json"), "--out", str(tmp_path / "again.csv"))
+    done = pet("refit", str(tmp_path / "release" / "card.json"), "--out",
+               str(tmp_path / "again.csv"))
     released = (tmp_path / "release" / "synthetic.csv").read_text()
     assert (tmp_path / "again.csv").read_text() == released
+    assert "warning" not in done.stderr
     data = json.loads((tmp_path / "release" / "card.json").read_text())
     assert data["estimation"] and all("counts" in m for m in data["measured"])
-    assert "pet_commit" in data["versions"]
+    here = commit()
+    assert here is not None and data["versions"]["pet_commit"] == here  # run in a checkout
+    # A card made at another commit refits, with a warning that the rows may differ.
+    data["versions"]["pet_commit"] = "f" * 40
+    (tmp_path / "older.json").write_text(json.dumps(data))
+    again = pet("refit", str(tmp_path / "older.json"), "--out", str(tmp_path / "older.csv"))
+    assert "made by pet at commit ffffffffffff" in again.stderr
 
 
 def _audited(name: str, frame: pd.DataFrame, workload: Workload, folder: Path) -> Site:

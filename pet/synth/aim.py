@@ -45,7 +45,7 @@ from itertools import combinations
 import numpy as np
 
 from pet.errors import ArgumentError
-from pet.synth.allocation import ONEWAY_SHARE, measure_columns, pooled
+from pet.synth.allocation import ONEWAY_SHARE, affordable, measure_columns, pooled
 from pet.synth.domain import Clique, Domain
 from pet.synth.junction_tree import junction_tree
 from pet.synth.marginal import NoisyMarginal
@@ -91,6 +91,9 @@ class AIM(Synthesizer):
         workload = self.workload or pairs(domain) or [(domain.attributes[0],)]
         candidates, weights = closure(domain, workload)
         rounds = self.rounds_per_attribute * len(domain)
+        # The first round's selection, the smallest step, after a second column release.
+        affordable(rho, 0.1 * (1 - 2 * self.oneway_share) * rho / rounds,
+                   "the first round's selection")
         measured, _ = measure_columns(measurer, rho, self.oneway_share, workload,
                                       lambda left: 0.9 * left)
         used = measurer.spent

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pet.errors import ArgumentError
+from pet.mechanisms import MIN_RHO
 from pet.synth.domain import Clique
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Measurer
@@ -59,9 +61,21 @@ def measure_columns(measurer: Measurer, rho: float, share: float, workload: Sequ
     return measured, faint
 
 
+def affordable(rho: float, least: float, step: str) -> None:
+    """Refuse, before anything is measured or charged, a fit whose smallest planned step
+    (`least` of ρ, for `step`) would spend less than a release may (MIN_RHO)."""
+    if least < MIN_RHO:
+        raise ArgumentError(f"a fit with ρ = {rho:.3g} would spend {least:.3g} on {step}, "
+                            f"under the least a release may spend ({MIN_RHO:g}); raise ε")
+
+
 def rows(one_way: Sequence[NoisyMarginal]) -> float:
     """The number of rows estimated from 1-way measurements' totals, each weighted by the
-    inverse of its variance (Σ sd² over its cells); at least 0."""
+    inverse of its variance (Σ sd² over its cells), an exact one's total where there is
+    one; at least 0."""
+    exact = [m for m in one_way if m.sigma == 0]
+    if exact:
+        return max(0.0, float(exact[0].values.sum()))
     totals = np.array([m.values.sum() for m in one_way])
     weights = np.array([1 / (m.sd**2).sum() for m in one_way])
     return max(0.0, float((weights * totals).sum() / weights.sum()))
@@ -79,6 +93,10 @@ def pooled(measured: Sequence[NoisyMarginal]) -> list[NoisyMarginal]:
 def pool(measured: Sequence[NoisyMarginal]) -> NoisyMarginal:
     """Measurements of one clique as one: each cell their inverse-variance weighted mean,
     with noise sd (Σ sd⁻²)^(-1/2); an exact one (σ = 0) where there is one."""
+    sizes = {m.values.size for m in measured}
+    if len(sizes) > 1:
+        raise ArgumentError(f"measurements of {measured[0].clique} count {sorted(sizes)} "
+                            "cells: they measure different levels and cannot be pooled")
     exact = [m for m in measured if m.sigma == 0]
     if exact or len(measured) == 1:
         return (exact or list(measured))[0]

@@ -73,7 +73,7 @@ def card(fit: Fit, release: Release) -> dict[str, Any]:
         "seed": release.seed,
         "rows": release.rows,
         "versions": {"python": platform.python_version(), **_versions(),
-                     "pet_commit": _commit()},
+                     "pet_commit": commit()},
         "evaluation": None,
     }
 
@@ -171,7 +171,7 @@ def _cliques(cliques: list[list[str]]) -> str:
     return shown + (f", … ({len(cliques)} in all)" if len(cliques) > 4 else "")
 
 
-def _commit() -> str | None:
+def commit() -> str | None:
     """The git commit of pet's source, where it runs from a checkout (None otherwise)."""
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

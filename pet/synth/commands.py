@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pet.plain import emit
 from pet.schema import Schema
 from pet.site import Site
 from pet.synth import Release, card, fit, load, save
-from pet.synth.card import resample, write
+from pet.synth.card import commit, resample, write
 from pet.synth.export import export
 from pet.table import open_table
 from pet.workloads import load as load_workload
@@ -36,6 +37,11 @@ def _refit(args: argparse.Namespace) -> int:
         data = json.loads(Path(args.card).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise PetError(f"cannot read the data card {args.card}: {error}") from None
+    made, here = data.get("versions", {}).get("pet_commit"), commit()
+    if made and here and made != here:
+        print(f"warning: {args.card} was made by pet at commit {made[:12]} and this is "
+              f"{here[:12]}: where the estimator or the sampler changed in between, the "
+              "rows differ", file=sys.stderr)
     table = resample(data, args.rows, args.seed)
     _write_table(table, Path(args.out))
     emit(args.json, f"{len(table)} rows rebuilt from {args.card} in {args.out}",

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from pet.synth.allocation import ONEWAY_SHARE, measure_columns, pooled
+from pet.synth.allocation import ONEWAY_SHARE, affordable, measure_columns, pooled
 from pet.synth.domain import Clique
 from pet.synth.marginal import NoisyMarginal, toward_mean
 from pet.synth.measure import Candidates, Measurer
@@ -68,11 +68,14 @@ class MST(Synthesizer):
         if len(domain) == 1:  # no pairs: the column takes the whole budget
             one_way = measurer.measure([(domain.attributes[0],)], rho)
             return self.estimate(domain, one_way, self.iterations), one_way
-        least = SELECT_SHARE * rho
+        # The faint test asks about the pairs' budget were the signal strong.
+        strong = SELECT_SHARE * rho if measurer.exact_selection else NOISY_SELECT_SHARE * rho
+        picks = len(domain) - 1 if measurer.exact_selection else 1
+        affordable(rho, SELECT_SHARE * rho / picks, "each of the tree's selections")
         released, faint = measure_columns(measurer, rho, ONEWAY_SHARE, pairs(domain),
-                                          lambda left: left - least)
+                                          lambda left: left - strong)
         one_way = pooled(released)
-        select = least if faint or measurer.exact_selection else NOISY_SELECT_SHARE * rho
+        select = SELECT_SHARE * rho if faint else strong
         if self.compress:
             one_way = compressed(measurer, one_way)
         domain = measurer.domain
