@@ -107,3 +107,38 @@ def _client() -> DealtClient:
     client.schedules, client.dealt, client.recording = OrderedDict(), None, None
     client.broken = False
     return client
+
+
+def test_a_party_reads_no_validation_setting_on_each_attribute_of_a_tensor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CrypTen's hook reads `cfg.debug.validation_mode` (through omegaconf) on every
+    attribute of an encrypted tensor; a party drops it, and refuses validation mode."""
+    crypten = load_crypten()
+    debug = crypten.debug  # the hook reads this module's `cfg`
+
+    hooked = shim.CrypTensor.__dict__["__getattribute__"]
+    monkeypatch.setattr(shim.CrypTensor, "__getattribute__", hooked)  # restored after
+
+    class Watched:
+        reads = 0
+
+        @property
+        def debug(self) -> types.SimpleNamespace:
+            Watched.reads += 1
+            return types.SimpleNamespace(validation_mode=False)
+
+    monkeypatch.setattr(debug, "cfg", Watched())
+    crypten.init()
+    try:
+        shared = crypten.cryptensor(torch.tensor([1.0, 2.0]))
+        shared.get_plain_text()
+        assert Watched.reads > 0  # CrypTen as shipped
+        with crypten.cfg.temp_override({"debug.validation_mode": True}), \
+                pytest.raises(PetError, match="validation mode"):
+            shim.unvalidated()
+        shim.unvalidated()
+        Watched.reads = 0
+        assert torch.allclose((shared + shared).get_plain_text(), torch.tensor([2.0, 4.0]))
+        assert Watched.reads == 0
+    finally:
+        crypten.uninit()
