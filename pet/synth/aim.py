@@ -162,4 +162,3 @@ def _fits(domain: Domain, measured: list[Clique], candidate: Clique, cap: float)
     except ArgumentError:  # one of its cliques alone exceeds the hard limit
         return False
     return tree.cells <= cap
-

@@ -28,6 +28,13 @@ There 5% left the tree blind where the signal is strong (lymph_node at ε = 10: 
 0.74 against 0.88 with a third; ten fits each), so a federation selects with a third
 (`NOISY_SELECT_SHARE`) unless the signal is faint, where no share in reach lets it see
 and 5% measured better (kidney_transplant at ε = 1: 2-way TVD 0.119 against 0.138).
+
+Between the 1-way release and the selection, as the paper does, each column's levels
+whose noisy count is under 3σ are merged into one (post-processing of the 1-way release):
+on small tables most cells of a 16-bin column hold noise alone, and the pairs then count
+on the levels that carry signal. The paper samples a merged level back to its levels
+uniformly; pet splits it by an empirical-Bayes estimate of their counts from the same
+release, so a column whose rare levels differ by more than the noise keeps that shape.
 """
 
 from __future__ import annotations
