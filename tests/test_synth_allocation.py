@@ -3,6 +3,7 @@ the later cliques' signal is faint, pooled into one measurement (pet.synth.alloc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from pet.errors import ArgumentError
 from pet.mechanisms import rho_of
 from pet.synth.aim import AIM
 from pet.synth.allocation import pool, pooled, rows
+from pet.synth.card import Release, card, markdown
 from pet.synth.discretize import Discretization
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Curator, Federation
@@ -81,6 +83,8 @@ def test_columns_are_measured_again_only_where_the_signal_is_faint(
         assert len(first) == releases, epsilon
         assert all(s.rho == pytest.approx(0.25 * rho, rel=1e-6) for s in first)
         assert rho * (1 - 1e-5) <= fit.rho <= rho
+        text = markdown(json.loads(json.dumps(card(fit, Release(("site-1",), "dp", 0, 10)))))
+        assert ("Steps 1 and 2 measure every column" in text) == (releases == 2)
 
 
 def test_mst_selects_with_a_twentieth_and_measures_its_pairs_with_the_rest(

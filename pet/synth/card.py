@@ -132,6 +132,7 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     lines += [f"| {i} | {s['step']} | {_cliques(s['cliques'])} | {s['rho']:.4g} |"
               for i, s in enumerate(privacy["itemised"], 1)]
+    lines += _measured_twice(privacy["itemised"])
     lines += ["", "## Marginals measured", "", "| clique | cells | noise sd |", "|---|---:|---:|"]
     lines += [f"| {' × '.join(m['clique'])} | {m['cells']} | {m['sigma']:.3g} |"
               for m in data["measured"]]
@@ -154,6 +155,19 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"| {v['pillar']} | {v['grade']} | {v['numbers']} |" for v in found["verdicts"]]
         lines += ["", f"The full report: [{found['report']}]({found['report']})"]
     return "\n".join(lines) + "\n"
+
+
+def _measured_twice(itemised: list[dict[str, Any]]) -> list[str]:
+    """A line that says why the columns were measured twice, where they were: the first
+    release showed their signal faint (`pet.synth.allocation`)."""
+    columns = [i for i, s in enumerate(itemised, 1)
+               if s["step"] == "measure" and all(len(c) == 1 for c in s["cliques"])]
+    if len(columns) < 2 or itemised[columns[0] - 1]["cliques"] != itemised[columns[1] - 1][
+            "cliques"]:
+        return []
+    return ["", f"Steps {columns[0]} and {columns[1]} measure every column: the first release "
+            "showed the signal faint (fewer rows than noise in an average cell of the "
+            "workload's cliques at the budget left), so a second was pooled with it."]
 
 
 def write(data: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
