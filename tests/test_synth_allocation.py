@@ -12,7 +12,7 @@ import pytest
 from pet.errors import ArgumentError
 from pet.mechanisms import rho_of
 from pet.synth.aim import AIM
-from pet.synth.allocation import pool, pooled, rows
+from pet.synth.allocation import pool, pooled
 from pet.synth.card import Release, card, markdown
 from pet.synth.discretize import Discretization
 from pet.synth.marginal import NoisyMarginal
@@ -59,13 +59,6 @@ def test_pooled_keeps_each_cliques_first_place() -> None:
     assert [m.clique for m in out] == [("x",), ("y",)]
     np.testing.assert_allclose(out[0].values, [2.0, 3.0])
     assert out[1] is y
-
-
-def test_rows_weighs_each_total_by_the_inverse_of_its_variance() -> None:
-    two = NoisyMarginal(("x",), np.array([40.0, 60.0]), 3.0)  # total 100, variance 18
-    six = NoisyMarginal(("y",), np.full(6, 20.0), 3.0)  # total 120, variance 54
-    assert rows([two, six]) == pytest.approx((100 / 18 + 120 / 54) / (1 / 18 + 1 / 54))
-    assert rows([NoisyMarginal(("x",), np.array([-9.0, 2.0]), 3.0)]) == 0.0
 
 
 @pytest.mark.parametrize("method", [AIM(iterations=50, round_iterations=10),
@@ -140,7 +133,3 @@ def test_pool_refuses_measurements_of_different_levels() -> None:
         pool([NoisyMarginal(("x",), np.array([1.0]), 1.0),
               NoisyMarginal(("x",), np.array([1.0, 2.0, 3.0]), 1.0)])
 
-
-def test_rows_of_an_exact_measurement_is_its_total() -> None:
-    exact = NoisyMarginal(("x",), np.array([40.0, 60.0]), 0.0)
-    assert rows([NoisyMarginal(("y",), np.array([10.0, 5.0]), 3.0), exact]) == 100.0

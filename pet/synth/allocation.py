@@ -9,9 +9,9 @@ columns, and budget spent on the columns pays; on thousands of rows, or at large
 columns are measured well already and a larger share only adds noise to the cliques.
 
 The first measurement says which case holds (post-processing of a release): the rows n̂
-estimated from the columns' noisy totals, against the noise σ at which each of the
-workload's cliques (every pair, by default) would be measured were the budget left for
-measuring split evenly between them. Where n̂ < c̄·σ, c̄ their average number of cells,
+estimated from the columns' noisy totals (`estimate_total`), against the noise σ at which
+each of the workload's cliques (every pair, by default) would be measured were the budget
+left for measuring split evenly between them. Where n̂ < c̄·σ, c̄ their average number of cells,
 their average cell would hold less count than noise; the columns are then measured again
 with as much, which pooled with the first (`pool`) is one measurement with half of ρ, the
 share OpenDP's MST and AIM spend on them. MST measures only d − 1 of the pairs and AIM
@@ -36,6 +36,7 @@ import numpy as np
 from pet.errors import ArgumentError
 from pet.mechanisms import MIN_RHO
 from pet.synth.domain import Clique
+from pet.synth.estimation import estimate_total
 from pet.synth.marginal import NoisyMarginal
 from pet.synth.measure import Measurer
 
@@ -55,7 +56,7 @@ def measure_columns(measurer: Measurer, rho: float, share: float, workload: Sequ
     measured = measurer.measure(columns, share * rho)
     cells = float(np.mean([measurer.domain.size(c) for c in workload]))
     sigma = math.sqrt(len(workload) / (2 * measuring(rho - measurer.spent)))
-    faint = rows(measured) < cells * sigma
+    faint = estimate_total(measured) < cells * sigma
     if faint:
         measured += measurer.measure(columns, share * rho)
     return measured, faint
@@ -67,18 +68,6 @@ def affordable(rho: float, least: float, step: str) -> None:
     if least < MIN_RHO:
         raise ArgumentError(f"a fit with ρ = {rho:.3g} would spend {least:.3g} on {step}, "
                             f"under the least a release may spend ({MIN_RHO:g}); raise ε")
-
-
-def rows(one_way: Sequence[NoisyMarginal]) -> float:
-    """The number of rows estimated from 1-way measurements' totals, each weighted by the
-    inverse of its variance (Σ sd² over its cells), an exact one's total where there is
-    one; at least 0."""
-    exact = [m for m in one_way if m.sigma == 0]
-    if exact:
-        return max(0.0, float(exact[0].values.sum()))
-    totals = np.array([m.values.sum() for m in one_way])
-    weights = np.array([1 / (m.sd**2).sum() for m in one_way])
-    return max(0.0, float((weights * totals).sum() / weights.sum()))
 
 
 def pooled(measured: Sequence[NoisyMarginal]) -> list[NoisyMarginal]:
