@@ -127,8 +127,9 @@ def unvalidated() -> None:
     pet never turns on: the hook reads `cfg.debug.validation_mode` through omegaconf on
     each access, a fifth of a party's time in a variance's program."""
     if crypten.cfg.debug.validation_mode:
-        raise PetError("CrypTen's cfg.debug.validation_mode is on; pet's parties run "
-                       "without it: set it to False before a session starts")
+        raise PetError("CrypTen's validation mode (cfg.debug.validation_mode) is on; "
+                       "pet's parties run without it: set it to False before a session "
+                       "starts")
     hooked = CrypTensor.__dict__["__getattribute__"]
     CrypTensor.__getattribute__ = getattr(hooked, "__wrapped__", hooked)
 
