@@ -21,6 +21,14 @@ better, which the marginals barely show but a model of one column may: on lymph_
 in fifteen of the sixteen cells: lymph_node 0.408 → 0.342 at ε = 0.3 and 0.133 → 0.114
 at 3, diabetes 0.452 → 0.428 at 1, kidney_transplant 0.068 → 0.055 at 3; diabetes at
 ε = 0.3 is the exception, within the spread (0.521 ± 0.019 over three, 0.524 over ten).
+A split derived from the two errors was tried and is not used: each pick falls short of
+the best score by about ln K Gumbel scales and each pair is off by √(2/π)·σ·c, both
+falling as ρ^-½, which puts 10–17% of the tree's budget on selection. Over twenty to
+thirty fits a cell it won lymph_node's TSTR AUC at ε = 1 (0.84 ± 0.01 against
+0.71 ± 0.03) and lost 2-way TVD wherever the signal is faint (diabetes at ε = 0.3
+0.554 against 0.535, kidney_transplant at ε = 0.3 0.204 against 0.189, at ε = 1 0.121
+against 0.117): how much to spend telling pairs apart trades the marginals against a
+model of one column, and 5% keeps the marginals.
 
 A federation cannot run the exponential mechanism: it releases every pair once and picks
 on those noisy counts, whose noise grows with the number of pairs, not the log of it.
