@@ -394,7 +394,7 @@ def _checked(requests: Any) -> list[tuple[str, tuple, dict, str | None]]:
 def dealt_ahead(key: tuple) -> Iterator[None]:
     """Run a program with its dealer requests answered in one exchange where party 0 has
     seen them before: `key` holds every public value the program's requests depend on
-    (its parameters, n, the shapes of its shares). Elsewhere (the first run, the other
+    (its parameters and the shapes of its shares). Elsewhere (the first run, the other
     parties) the program runs as it would, party 0 recording what it asks."""
     client = ttp_provider.TTPClient.get()
     if comm.get().get_rank() != 0:

@@ -104,10 +104,12 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
     outputs: dict[str, Any] = {"head": head.numpy(), "values": None}
     if n >= public["min_rows"]:  # else too few rows: reveal nothing more
         low = memory.get("low")
-        # what the kernel asks the dealer for follows from these alone (it never branches
-        # on a secret), so their dealer material comes in one exchange from the second run
+        # what the kernel asks the dealer for follows from these alone: it never branches
+        # on a secret, and n moves only the values it divides and multiplies by (its
+        # precision stays above 0, so every product truncates). From the second run of a
+        # shape, whatever its rows, the dealer's material comes in one exchange.
         shaping = {k: v for k, v in public.items() if k not in MULTIPLIERS}
-        with dealt_ahead(("secure", shaping, n, tuple(total.size()),
+        with dealt_ahead(("secure", shaping, tuple(total.size()),
                           None if low is None else tuple(low.size()))):
             values = KERNELS[public["kind"]](crypten, total, low, n, scale.bit_length() - 1,
                                              public)
