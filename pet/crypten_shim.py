@@ -270,10 +270,12 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     `start_party` puts this subclass in its place.
 
     Inside `dealt_ahead`, party 0 records a program's requests the first time it runs,
-    and the next time takes their answers from one exchange made before the program
-    starts. The dealer draws each party's part of the material from that party's seed,
-    in order; the parties draw theirs as the program asks for them. So the answers must
-    be taken in exactly the recorded order, and all of them: any other request is
+    and the next time takes their answers from one exchange: it asks before the program
+    starts and reads the answers when the program first needs one, so that the round
+    trip overlaps what the program does first (a secure program's reveal of n). The
+    dealer draws each party's part of the material from that party's seed, in order; the
+    parties draw theirs as the program asks for them. So the answers must be taken in
+    exactly the recorded order, and all of them: any other request is
     refused as out of step, and so is material left over, and the session ends (its
     parties' draws no longer match the dealer's). Should the session's owner not end it,
     the client refuses every later request (`broken`): never a share drawn out of step."""
@@ -281,6 +283,7 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     def __init__(self) -> None:
         self.schedules: OrderedDict[bytes, list[tuple[tuple, torch.Size]]] = OrderedDict()
         self.dealt: deque | None = None
+        self.awaited: list[tuple[tuple, torch.Size]] | None = None
         self.recording: list[tuple[tuple, torch.Size]] | None = None
         self.broken = False
         super().__init__()
@@ -290,6 +293,8 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
         if self.broken:
             raise PetError("a program failed while its dealer material was dealt ahead: "
                            "this session's draws are out of step and it must end")
+        if self.awaited is not None:
+            self.receive()
         if self.dealt is not None:
             if not self.dealt or self.dealt[0][0] != request:
                 raise PetError(f"party 0 asked the dealer for {func_name} {args} out of the "
@@ -300,22 +305,27 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
             self.recording.append((request, answer.size()))
         return answer
 
-    def deal(self, schedule: list[tuple[tuple, torch.Size]]) -> None:
-        """Ask for every request of `schedule` in one exchange and keep the answers (none
-        where the program asks for nothing). The answers' sizes were recorded with the
-        requests, so the dealer sends the numbers alone, in one frame whose length the
-        channel checks."""
+    def ask(self, schedule: list[tuple[tuple, torch.Size]]) -> None:
+        """Ask the dealer for every request of `schedule` at once, without waiting for
+        the answers (`receive` reads them); nothing is sent where the program asks for
+        nothing."""
         if not schedule:
             self.dealt = deque()
             return
         communicator = comm.get()
-        dealer = communicator.get_ttp_rank()
         communicator.send_obj({"batch": [
             {"function": f, "device": d, "args": a, "kwargs": k}
-            for (f, d, a, k), _ in schedule]}, dealer, self.ttp_group)
+            for (f, d, a, k), _ in schedule]}, communicator.get_ttp_rank(), self.ttp_group)
+        self.awaited = schedule
+
+    def receive(self) -> None:
+        """Read the answers to what `ask` sent and keep them in the schedule's order. The
+        answers' sizes were recorded with the requests, so the dealer sends the numbers
+        alone, in one frame whose length the channel checks."""
+        schedule, self.awaited = self.awaited, None
         counts = [size.numel() for _, size in schedule]
         flat = torch.empty(sum(counts), dtype=torch.long)
-        communicator.broadcast(flat, dealer, self.comm_group)
+        comm.get().broadcast(flat, comm.get().get_ttp_rank(), self.comm_group)
         self.dealt = deque((request, part.view(size)) for (request, size), part
                            in zip(schedule, flat.split(counts), strict=True))
 
@@ -394,7 +404,9 @@ def _checked(requests: Any) -> list[tuple[str, tuple, dict, str | None]]:
 def dealt_ahead(key: tuple) -> Iterator[None]:
     """Run a program with its dealer requests answered in one exchange where party 0 has
     seen them before: `key` holds every public value the program's requests depend on
-    (its parameters and the shapes of its shares). Elsewhere (the first run, the other
+    (its parameters and the shapes of its shares). Party 0 asks on entering and reads the
+    answers at the program's first request, so the program's first steps that need no
+    material (a reveal) overlap the round trip. Elsewhere (the first run, the other
     parties) the program runs as it would, party 0 recording what it asks."""
     client = ttp_provider.TTPClient.get()
     if comm.get().get_rank() != 0:
@@ -404,11 +416,13 @@ def dealt_ahead(key: tuple) -> Iterator[None]:
     schedule = client.schedules.get(digest)
     if schedule is not None:
         client.schedules.move_to_end(digest)
-        client.deal(schedule)
+        client.ask(schedule)
     else:
         client.recording = []
     try:
         yield
+        if client.awaited is not None:  # asked for, never needed: read, then refuse
+            client.receive()
         if client.dealt:
             raise PetError(f"{len(client.dealt)} of the dealer's answers dealt ahead were "
                            "left unused: the session's draws are out of step")
@@ -417,10 +431,11 @@ def dealt_ahead(key: tuple) -> Iterator[None]:
             while len(client.schedules) > KEPT_SCHEDULES:
                 client.schedules.popitem(last=False)
     except BaseException:
-        client.broken = client.broken or client.dealt is not None
+        client.broken = client.broken or client.dealt is not None \
+            or client.awaited is not None
         raise
     finally:
-        client.dealt, client.recording = None, None
+        client.dealt, client.awaited, client.recording = None, None, None
 
 
 def _digest(key: tuple) -> bytes:

@@ -92,7 +92,7 @@ def test_a_program_that_fails_with_material_dealt_ahead_stops_every_later_reques
     monkeypatch.setattr(shim.ttp_provider.TTPClient, "get", staticmethod(lambda: client))
     monkeypatch.setattr(shim.comm, "get", lambda: types.SimpleNamespace(get_rank=lambda: 0))
     client.schedules[shim._digest(("secure",))] = [(wraps, torch.Size([2]))] * 2
-    monkeypatch.setattr(DealtClient, "deal", lambda self, schedule: setattr(
+    monkeypatch.setattr(DealtClient, "ask", lambda self, schedule: setattr(
         self, "dealt", deque((r, torch.zeros(s)) for r, s in schedule)))
     with pytest.raises(ValueError), dealt_ahead(("secure",)):
         client.ttp_request(*wraps[:2], *wraps[2])
@@ -101,10 +101,59 @@ def test_a_program_that_fails_with_material_dealt_ahead_stops_every_later_reques
         client.ttp_request(*wraps[:2], *wraps[2])
 
 
+def test_the_dealers_answers_are_read_at_the_first_request_not_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Party 0 asks for a known program's material on entering it and reads the answers
+    only when the program first needs one: what the program does before (a reveal of n)
+    overlaps the round trip to the dealer."""
+    client = _client()
+    client.comm_group = client.ttp_group = None
+    wraps = ("wraps", None, (torch.Size([2]),), {})
+    steps: list[str] = []
+
+    def broadcast(flat: torch.Tensor, src: int, group: object) -> None:
+        steps.append("answers read")
+        flat.fill_(7)
+
+    party = types.SimpleNamespace(
+        get_rank=lambda: 0, get_ttp_rank=lambda: 3, broadcast=broadcast,
+        send_obj=lambda obj, dst, group: steps.append(f"asked {len(obj['batch'])}"))
+    monkeypatch.setattr(shim.ttp_provider.TTPClient, "get", staticmethod(lambda: client))
+    monkeypatch.setattr(shim.comm, "get", lambda: party)
+    client.schedules[shim._digest(("secure",))] = [(wraps, torch.Size([2]))] * 2
+    with dealt_ahead(("secure",)):
+        steps.append("n revealed")
+        first = client.ttp_request(*wraps[:2], *wraps[2])
+        second = client.ttp_request(*wraps[:2], *wraps[2])
+    assert steps == ["asked 2", "n revealed", "answers read"]
+    assert first.tolist() == second.tolist() == [7, 7]
+
+
+def test_material_asked_for_and_never_needed_is_refused_as_left_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that asks for nothing of what was dealt for it leaves the draws out of
+    step: the answers are read off the channel, then refused."""
+    client = _client()
+    client.comm_group = client.ttp_group = None
+    wraps = ("wraps", None, (torch.Size([2]),), {})
+    read: list[int] = []
+    party = types.SimpleNamespace(
+        get_rank=lambda: 0, get_ttp_rank=lambda: 3,
+        broadcast=lambda flat, src, group: read.append(flat.numel()),
+        send_obj=lambda obj, dst, group: None)
+    monkeypatch.setattr(shim.ttp_provider.TTPClient, "get", staticmethod(lambda: client))
+    monkeypatch.setattr(shim.comm, "get", lambda: party)
+    client.schedules[shim._digest(("secure",))] = [(wraps, torch.Size([2]))]
+    with pytest.raises(PetError, match="left unused"), dealt_ahead(("secure",)):
+        pass
+    assert read == [2] and client.awaited is None
+
+
 def _client() -> DealtClient:
     """Party 0's client without a session: only its queue of dealt material is used."""
     client = object.__new__(DealtClient)
     client.schedules, client.dealt, client.recording = OrderedDict(), None, None
+    client.awaited = None
     client.broken = False
     return client
 

@@ -238,22 +238,25 @@ def test_a_program_run_again_takes_its_dealers_material_in_one_exchange(
 def test_a_program_of_the_same_shape_over_other_rows_takes_its_material_dealt_ahead(
         mpc: MPC, text: str) -> None:
     """What a kernel asks the dealer for follows from its shape, not from n: the same
-    query over rows filtered otherwise (n from thousands to a few hundred, which moves
+    query over rows filtered otherwise (n from thousands to about a hundred, which moves
     the per-row values' precision and the divisors) takes its material in one exchange,
     and agrees with plaintext. Asked piece by piece, each request is a round trip."""
     data = cohort(3000, 3, 17)
     secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
     clear = data.study(policy=NO_CELL_LIMIT)
     results = []
-    for where in ("age > 30", "age > 78"):
+    for where in ("age > 30", "age > 78", "age > 78"):
         query = parse(text.format(w=where))
         result = secure.run(query)
         want = answer_vector(clear.run(query).value)
         assert np.all(np.abs(answer_vector(result.value) - want) <= result.error_bound)
         results.append(result)
-    large, small = results
+    large, small, again = results
     assert 10 * small.n < large.n
-    assert small.comm_rounds / small.rounds < large.comm_rounds / large.rounds
+    # as many rounds a Newton round as its rerun, whose material is dealt ahead (a fit's
+    # last round counts a few more than the others; asked piece by piece, a first round
+    # counts from 1.5 times as many, a variance's, to 4, a correlation's)
+    assert small.comm_rounds / small.rounds <= 1.05 * again.comm_rounds / again.rounds
 
 
 def test_a_cox_fits_newton_rounds_share_one_dealing(mpc: MPC, lung3: Workload) -> None:
@@ -272,6 +275,20 @@ def test_too_few_rows_reveal_nothing_but_the_count(mpc: MPC, lung3: Workload) ->
     secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
     with pytest.raises(PetError, match="too few complete rows"):
         secure.run(Variance("age", where="age > 81"))
+
+
+def test_too_few_rows_after_material_was_dealt_keep_the_session_in_step(
+        mpc: MPC, lung3: Workload) -> None:
+    """Material dealt for a program before n is revealed is drawn by the kernel even when
+    n then proves too small to reveal anything: the next query runs as usual."""
+    secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
+    clear = lung3.study(policy=NO_CELL_LIMIT)
+    enough = Variance("meal_cal", where="age > 50")
+    secure.run(enough)  # records what a variance of this shape asks the dealer for
+    with pytest.raises(PetError, match="too few complete rows"):
+        secure.run(Variance("meal_cal", where="age > 81"))
+    result = secure.run(enough)
+    assert abs(result.value - clear.run(enough).value) <= result.error_bound
 
 
 @pytest.mark.parametrize(("function", "steps", "base"),

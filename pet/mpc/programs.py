@@ -98,30 +98,42 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
     the copies themselves.
     """
     scale = int(public["scale"])
-    total = memory["total"]
-    head = total[: public["head"]].reveal()
-    n = int(head[0]) // scale  # a count: exact in fixed point
+    total, low = memory["total"], memory.get("low")
+    # What the kernel asks the dealer for follows from these alone: it never branches on
+    # a secret, and n moves only the values it divides and multiplies by (its precision
+    # stays above 0, so every product truncates). From the second run of a shape,
+    # whatever its rows, the dealer's material comes in one exchange, asked for before n
+    # is revealed and read while it is.
+    shaping = {k: v for k, v in public.items() if k not in MULTIPLIERS}
+    with dealt_ahead(("secure", shaping, tuple(total.size()),
+                      None if low is None else tuple(low.size()))):
+        head = total[: public["head"]].reveal()
+        n = int(head[0]) // scale  # a count: exact in fixed point
+        # Too few rows reveal nothing more, but the kernel still runs (on n raised to the
+        # least it takes) so that every party draws the material dealt for it.
+        shown = _kernel(crypten, total, low, max(n, public["min_rows"]),
+                        scale.bit_length() - 1, public)
     outputs: dict[str, Any] = {"head": head.numpy(), "values": None}
-    if n >= public["min_rows"]:  # else too few rows: reveal nothing more
-        low = memory.get("low")
-        # what the kernel asks the dealer for follows from these alone: it never branches
-        # on a secret, and n moves only the values it divides and multiplies by (its
-        # precision stays above 0, so every product truncates). From the second run of a
-        # shape, whatever its rows, the dealer's material comes in one exchange.
-        shaping = {k: v for k, v in public.items() if k not in MULTIPLIERS}
-        with dealt_ahead(("secure", shaping, tuple(total.size()),
-                          None if low is None else tuple(low.size()))):
-            values = KERNELS[public["kind"]](crypten, total, low, n, scale.bit_length() - 1,
-                                             public)
-            copies = public.get("copies", 0)
-            shown = ({name: _group_sums(v, copies) if name in SUMMED else v[::copies]
-                      for name, v in values.items()} if copies else values)
-            if copies > 1:
-                shown["deviations"] = _squared_deviations(crypten, values["values"], public)
+    if n >= public["min_rows"]:
         revealed = {name: v.reveal(dst=0) for name, v in shown.items()}
         outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
                              else None)
     return {**outputs, **_stats(crypten.communicator.get())}
+
+
+def _kernel(crypten: Any, total: Any, low: Any, n: int, bits: int,
+            public: dict[str, Any]) -> dict[str, Any]:
+    """The query's kernel on the shared sums, and what it shows of its copies: each
+    group's sum or first copy of each output, and the copies' spread (see `secure`)."""
+    values = KERNELS[public["kind"]](crypten, total, low, n, bits, public)
+    copies = public.get("copies", 0)
+    if not copies:
+        return values
+    shown = {name: _group_sums(v, copies) if name in SUMMED else v[::copies]
+             for name, v in values.items()}
+    if copies > 1:
+        shown["deviations"] = _squared_deviations(crypten, values["values"], public)
+    return shown
 
 
 MULTIPLIERS = frozenset({"beta", "offset"})
