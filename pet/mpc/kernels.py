@@ -143,16 +143,24 @@ def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
     Each step divides the pivot row by the pivot (a normalised reciprocal) and subtracts
     its multiples from every row at once: M ← M − (c − e_k)·rᵀ turns the pivot row
     into r and clears column k elsewhere, with two secure products and no indexing.
-    Taking two pivots at once as a 2×2 block (adj(P)·R / det P) would save a comparison
-    a pair, but the block's product is rounded before it is divided by det P rather than
-    by the first pivot alone, which cost 2–3 bits on a regression's coefficients.
+    The first pivot is A's first diagonal entry, which an equilibrated A (`equilibrate`)
+    holds in [0.708, 1): its reciprocal needs no normalising comparison (9 rounds of the
+    24 a pivot counts). The later pivots, Schur complements, may be as small as A's least
+    eigenvalue. Taking two pivots at once as a 2×2 block (adj(P)·R / det P) would save a
+    comparison a pair, but the block's product is rounded before it is divided by det P
+    rather than by the first pivot alone, which cost 2–3 bits on a regression's
+    coefficients.
     """
     p = augmented.size(-2)
-    small = None
+    small = type(augmented).from_shares(torch.zeros_like(augmented.share[..., 0, 0]),
+                                        precision=0)
     for k in range(p):
-        y, s, tiny = reciprocal(augmented[..., k, k], steps)
-        row = (augmented[..., k, :] * y.unsqueeze(-1)) * s.unsqueeze(-1)
+        if k == 0:
+            row = augmented[..., 0, :] * newton_reciprocal(augmented[..., 0, 0]).unsqueeze(-1)
+        else:
+            y, s, tiny = reciprocal(augmented[..., k, k], steps)
+            row = (augmented[..., k, :] * y.unsqueeze(-1)) * s.unsqueeze(-1)
+            small = small + tiny
         column = augmented[..., :, k] - torch.eye(p, dtype=torch.float64)[k]
         augmented = augmented - column.unsqueeze(-1) * row.unsqueeze(-2)
-        small = tiny if small is None else small + tiny
     return augmented[..., :, p:], small
