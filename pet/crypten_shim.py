@@ -264,6 +264,11 @@ class TlsCommunicator(Communicator):
         return src
 
 
+OUT_OF_STEP = ("a program failed while its dealer material was dealt ahead: this "
+               "session's draws are out of step and it must end")
+"""Why a client refuses every request once broken (`DealtClient`)."""
+
+
 class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     """CrypTen's trusted-third-party client, taking its seed from the dealer over pet's
     channel. CrypTen keeps the client class private to its `TTPClient` singleton;
@@ -291,8 +296,7 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
     def ttp_request(self, func_name: str, device: Any, *args: Any, **kwargs: Any) -> Any:
         request = (func_name, None if device is None else str(device), args, kwargs)
         if self.broken:
-            raise PetError("a program failed while its dealer material was dealt ahead: "
-                           "this session's draws are out of step and it must end")
+            raise PetError(OUT_OF_STEP)
         if self.awaited is not None:
             self.receive()
         if self.dealt is not None:
@@ -412,14 +416,20 @@ def dealt_ahead(key: tuple) -> Iterator[None]:
     if comm.get().get_rank() != 0:
         yield
         return
+    if client.broken:  # nothing is asked of the dealer for a program that would be refused
+        raise PetError(OUT_OF_STEP)
     digest = _digest(key)
     schedule = client.schedules.get(digest)
-    if schedule is not None:
-        client.schedules.move_to_end(digest)
-        client.ask(schedule)
-    else:
-        client.recording = []
+    # Once asked (even should the asking or the reading fail midway), the dealer may have
+    # drawn the material from every party's seed: any failure then leaves the draws out
+    # of step.
+    asked = bool(schedule)
     try:
+        if schedule is not None:
+            client.schedules.move_to_end(digest)
+            client.ask(schedule)
+        else:
+            client.recording = []
         yield
         if client.awaited is not None:  # asked for, never needed: read, then refuse
             client.receive()
@@ -431,8 +441,7 @@ def dealt_ahead(key: tuple) -> Iterator[None]:
             while len(client.schedules) > KEPT_SCHEDULES:
                 client.schedules.popitem(last=False)
     except BaseException:
-        client.broken = client.broken or client.dealt is not None \
-            or client.awaited is not None
+        client.broken = client.broken or asked
         raise
     finally:
         client.dealt, client.awaited, client.recording = None, None, None

@@ -146,7 +146,41 @@ def test_material_asked_for_and_never_needed_is_refused_as_left_over(
     client.schedules[shim._digest(("secure",))] = [(wraps, torch.Size([2]))]
     with pytest.raises(PetError, match="left unused"), dealt_ahead(("secure",)):
         pass
-    assert read == [2] and client.awaited is None
+    assert read == [2] and client.awaited is None and client.broken
+
+
+@pytest.mark.parametrize("fails", ["before the first request", "while reading the answers"])
+def test_a_failure_after_asking_the_dealer_ends_every_later_request_and_asking(
+        monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    """Once party 0 has asked, the dealer may have drawn the material from every party's
+    seed: a program that fails before it reads the answers, or whose reading fails,
+    leaves the draws out of step. The client then refuses every request, and asks the
+    dealer for nothing more."""
+    client = _client()
+    client.comm_group = client.ttp_group = None
+    wraps = ("wraps", None, (torch.Size([2]),), {})
+    sent: list[int] = []
+
+    def broadcast(flat: torch.Tensor, src: int, group: object) -> None:
+        raise ConnectionError("the dealer's frame was cut short")
+
+    party = types.SimpleNamespace(
+        get_rank=lambda: 0, get_ttp_rank=lambda: 3, broadcast=broadcast,
+        send_obj=lambda obj, dst, group: sent.append(len(obj["batch"])))
+    monkeypatch.setattr(shim.ttp_provider.TTPClient, "get", staticmethod(lambda: client))
+    monkeypatch.setattr(shim.comm, "get", lambda: party)
+    client.schedules[shim._digest(("secure",))] = [(wraps, torch.Size([2]))]
+    with pytest.raises((ValueError, ConnectionError)), dealt_ahead(("secure",)):
+        if fails == "before the first request":
+            raise ValueError("a party failed")
+        client.ttp_request(*wraps[:2], *wraps[2])
+    assert client.broken and sent == [1]
+    with pytest.raises(PetError, match="out of step and it must end"):
+        client.ttp_request(*wraps[:2], *wraps[2])
+    with pytest.raises(PetError, match="out of step and it must end"), \
+            dealt_ahead(("secure",)):
+        pass
+    assert sent == [1]
 
 
 def _client() -> DealtClient:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from pet.backends.mpc import (
     Units,
     _agree,
     _answers,
+    _blocks,
     _newton_distance,
     _noise,
 )
@@ -239,8 +241,9 @@ def test_a_program_of_the_same_shape_over_other_rows_takes_its_material_dealt_ah
         mpc: MPC, text: str) -> None:
     """What a kernel asks the dealer for follows from its shape, not from n: the same
     query over rows filtered otherwise (n from thousands to about a hundred, which moves
-    the per-row values' precision and the divisors) takes its material in one exchange,
-    and agrees with plaintext. Asked piece by piece, each request is a round trip."""
+    the divisors and whether the sums' low limb joins them) takes its material in one
+    exchange, and agrees with plaintext. Asked piece by piece, each request is a round
+    trip."""
     data = cohort(3000, 3, 17)
     secure = Study(data.sites(NO_CELL_LIMIT), backend=mpc)
     clear = data.study(policy=NO_CELL_LIMIT)
@@ -257,6 +260,40 @@ def test_a_program_of_the_same_shape_over_other_rows_takes_its_material_dealt_ah
     # last round counts a few more than the others; asked piece by piece, a first round
     # counts from 1.5 times as many, a variance's, to 4, a correlation's)
     assert small.comm_rounds / small.rounds <= 1.05 * again.comm_rounds / again.rounds
+
+
+@pytest.mark.parametrize("query", [
+    Variance("bmi"), LinearRegression("sbp", ("age", "bmi")),
+    Cox("cvd_time", "cvd_event", ("age",), grid=8)], ids=["variance", "linear", "cox"])
+def test_every_n_asks_the_dealer_for_what_the_shape_recorded(mpc: MPC, query: Any) -> None:
+    """The secure program run on sums whose n is set to values that move every
+    n-dependent choice a kernel makes (the low limb, the per-row and the moments'
+    precision, down to their least) takes the material its shape recorded at the real n,
+    in one exchange: no request out of order, none left unused."""
+    data = cohort(600, 3, 6)
+    schema, sites = data.schema, data.study(policy=NO_CELL_LIMIT).sites
+    state = query.initial_state(schema)
+    layout = query.layout(schema, state)
+    where = _blocks(layout)["n"][0]
+    public = mpc.secure_public(query, query.bounded(schema), layout, state)
+
+    def secure(n: float | None) -> dict[str, Any]:
+        partials = [np.array(site.partial(query, state), dtype=np.float64) for site in sites]
+        if n is not None:
+            partials[0][where] = n
+            for partial in partials[1:]:
+                partial[where] = 0.0
+        parties = mpc._session(3)
+        parties.run("share_sum", [bytes(ASKED_BYTES) + p.astype("<f8").tobytes()
+                                  for p in partials], mpc.share_public(layout))
+        return parties.run("secure", [b""] * 3, public)[0]
+
+    secure(None)  # records the shape's requests, if no earlier test did
+    dealt = secure(None)["rounds"]
+    assert secure(0.0)["values"] is None  # too few rows: the kernel runs, nothing shows
+    for n in (2**11 + 1, 2**15 + 1, 2**24 + 5, 2**30):
+        assert secure(float(n))["rounds"] == dealt
+    assert secure(None)["rounds"] == dealt
 
 
 def test_a_cox_fits_newton_rounds_share_one_dealing(mpc: MPC, lung3: Workload) -> None:

@@ -23,24 +23,30 @@ def crypten() -> Iterator[Any]:
 
 def test_gauss_jordan_solves_an_equilibrated_system_comparing_every_pivot_but_the_first(
         crypten: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first pivot of an equilibrated matrix lies in [0.708, 1), where the reciprocal
-    needs no normalising comparison; each later pivot takes one. The solution and the
-    inverse match numpy's."""
+    """A system equilibrated from a diagonal spread over [1/4, 1] (both ends included)
+    has its first pivot in [0.708, 1), where the reciprocal needs no normalising
+    comparison; each later pivot takes one. D·(DAD)⁻¹·D·b and D·(DAD)⁻¹·D match numpy's
+    A⁻¹b and A⁻¹."""
     rng = np.random.default_rng(5)
     p = 4
     basis = rng.normal(size=(3 * p, p))
     gram = basis.T @ basis
     root = 1 / np.sqrt(np.diag(gram))
-    matrix = gram * np.outer(root, root) * 0.9  # unit diagonal scaled into [0.708, 1)
+    spread = np.sqrt([1.0, 0.25, 0.6, 1 - 2**-10])
+    matrix = gram * np.outer(root * spread, root * spread)  # diagonal 1, 1/4, 0.6, ~1
     rhs = rng.uniform(-0.5, 0.5, size=p)
+    scaled, y, s, small = kernels.equilibrate(crypten.cryptensor(torch.from_numpy(matrix)), 10)
+    factor = (y * s).get_plain_text().numpy()
+    first = scaled.get_plain_text().numpy()[0, 0]
+    assert 0.708 - 1e-3 <= first < 1 and small.get_plain_text().item() == 0
     compared = []
     below = kernels.below
     monkeypatch.setattr(kernels, "below", lambda x, t: compared.append(x.size()) or below(x, t))
-    augmented = crypten.cryptensor(torch.from_numpy(
-        np.hstack([matrix, rhs[:, None], np.eye(p)])))
-    solved, small = kernels.gauss_jordan(augmented, 10)
+    right = crypten.cryptensor(torch.from_numpy(np.hstack([(factor * rhs)[:, None], np.eye(p)])))
+    solved, tiny = kernels.gauss_jordan(crypten.cat([scaled, right], -1), 10)
     got = solved.get_plain_text().numpy()
-    np.testing.assert_allclose(got[:, 0], np.linalg.solve(matrix, rhs), atol=2e-3)
-    np.testing.assert_allclose(got[:, 1:], np.linalg.inv(matrix), atol=2e-3)
-    assert small.get_plain_text().item() == 0
+    np.testing.assert_allclose(factor * got[:, 0], np.linalg.solve(matrix, rhs), atol=5e-3)
+    np.testing.assert_allclose(factor[:, None] * got[:, 1:] * factor, np.linalg.inv(matrix),
+                               atol=5e-3)
+    assert tiny.get_plain_text().item() == 0
     assert len(compared) == p - 1

@@ -137,8 +137,11 @@ def equilibrate(matrix: Any, steps: int) -> tuple[Any, Any, Any, Any]:
 
 
 def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
-    """Reduce [A | B] to [I | A⁻¹·B] for A positive definite with diagonal in (0, 1] (its
-    pivots then lie in (0, 1]); returns A⁻¹·B and the count of pivots below 2^-steps.
+    """Reduce [A | B] to [I | A⁻¹·B] for A positive definite and equilibrated
+    (`equilibrate`: its diagonal in [0.708, 1), its pivots then in (0, 1)); returns A⁻¹·B
+    and the count of pivots after the first below 2^-steps. The first is never checked:
+    a diagonal too small to equilibrate is the caller's to flag (`equilibrate` counts
+    it), since the reciprocal of an entry outside [1/2, 1] comes out wrong unflagged.
 
     Each step divides the pivot row by the pivot (a normalised reciprocal) and subtracts
     its multiples from every row at once: M ← M − (c − e_k)·rᵀ turns the pivot row
