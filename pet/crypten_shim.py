@@ -16,8 +16,9 @@
 - CrypTen's party 0 asks the dealer for each product's triple, and each truncation's wrap
   counts, the moment it needs them: one round trip each, a third of a regression's
   rounds. The material depends only on public shapes, so `dealt_ahead` asks for a whole
-  program's in one exchange, in the order the program recorded the first time it ran
-  with the same public inputs (see `DealtClient`).
+  program's in one exchange, in the order the program recorded the first time a program
+  of its shape ran (see `DealtClient`), and reads the answers while the program's first
+  steps run.
 - CrypTen turns an arithmetic sharing into a binary one (every comparison does) by
   adding the parties' binary shares with a tree of full adders, 7 rounds each: 14 for
   three parties. `carry_save_a2b` first reduces three addends to two with carry-save
