@@ -330,7 +330,8 @@ class DealtClient(ttp_provider.TTPClient._TTPClient__TTPClient):
         schedule, self.awaited = self.awaited, None
         counts = [size.numel() for _, size in schedule]
         flat = torch.empty(sum(counts), dtype=torch.long)
-        comm.get().broadcast(flat, comm.get().get_ttp_rank(), self.comm_group)
+        communicator = comm.get()
+        communicator.broadcast(flat, communicator.get_ttp_rank(), self.comm_group)
         self.dealt = deque((request, part.view(size)) for (request, size), part
                            in zip(schedule, flat.split(counts), strict=True))
 

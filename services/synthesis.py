@@ -34,7 +34,7 @@ from pet.errors import ArgumentError, PetError
 from pet.mechanisms import check_privacy, rho_of
 from pet.synth import SYNTHESIZERS, Federation, Fit, Release, card, load, save
 from pet.synth.discretize import DEFAULT_BINS, Discretization
-from pet.synth.measure import Spend
+from pet.synth.measure import Spend, composed
 from services import convert
 from services.config import CoordinatorConfig
 from services.jobs import Post, Runs, deadline_of, streamed
@@ -213,7 +213,7 @@ def _check_fit(start: synthesis_pb2.FitStart) -> None:
 def _step(index: int, spend: Spend, steps: list[Spend], total: float) -> synthesis_pb2.Step:
     groups = common_pb2.Groups(items=[common_pb2.Texts(items=list(c)) for c in spend.cliques])
     return synthesis_pb2.Step(index=index, step=spend.step, cliques=groups, rho=spend.rho,
-                              rho_spent=sum(s.rho for s in steps), rho_total=total)
+                              rho_spent=composed(steps), rho_total=total)
 
 
 def _arrow(frame: Any) -> bytes:

@@ -45,6 +45,11 @@ class Spend:
     rho: float
 
 
+def composed(spends: Sequence[Spend]) -> float:
+    """The ρ (zCDP) of steps taken together: their ρ add up (zCDP composition)."""
+    return float(sum(s.rho for s in spends))
+
+
 @dataclass(frozen=True)
 class Candidates:
     """What selection scores: cliques, the model's current marginals of them (counts,
@@ -89,7 +94,7 @@ class Measurer(ABC):
     @property
     def spent(self) -> float:
         """The ρ spent so far, every step together."""
-        return float(sum(s.rho for s in self.spends))
+        return composed(self.spends)
 
     def measure(self, cliques: Sequence[Clique], rho: float) -> list[NoisyMarginal]:
         """Noisy counts of every clique, in one Gaussian release that is ρ-zCDP."""

@@ -22,7 +22,7 @@ from pet.synth.discretize import Discretization
 from pet.synth.domain import Clique, Domain
 from pet.synth.estimation import estimate
 from pet.synth.marginal import NoisyMarginal
-from pet.synth.measure import Measurer, Spend
+from pet.synth.measure import Measurer, Spend, composed
 from pet.synth.model import Model
 
 
@@ -50,8 +50,8 @@ class Fit:
 
     @property
     def rho(self) -> float:
-        """The ρ (zCDP) the fit spent: its spends add up (zCDP composition)."""
-        return float(sum(s.rho for s in self.spends))
+        """The ρ (zCDP) the fit spent, every step together."""
+        return composed(self.spends)
 
     @property
     def epsilon_spent(self) -> float:
