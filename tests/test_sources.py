@@ -4,6 +4,7 @@ counts exact), whether the engine computes it (`pet.pushdown`) or streams the ro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -571,6 +572,33 @@ def test_a_logistic_round_on_well_fitted_rows_keeps_every_digit(engine: SqlTable
                                                                table.types, table._from)))
         expected = FrameTable(frame, schema).partial(query, state)
         np.testing.assert_allclose(pushed, expected, rtol=1e-12, atol=0)
+
+
+ORDERED = Schema([Continuous("x", -1, 1)])
+"""A column that its scaling leaves as it is (center 0, half-width 1)."""
+
+
+def ordered_frame() -> pd.DataFrame:
+    """1, then 2000 values of 2^-53: added in the order read, each of them is lost
+    against the 1 (1 + 2^-53 rounds back to 1), where the exact sum is 1 + 2000·2^-53."""
+    return pd.DataFrame({"x": [1.0] + [2.0**-53] * 2000})
+
+
+def loses_nothing_to_order(table: SqlTable) -> None:
+    """The engine's sum is the exact one (math.fsum), rounded once."""
+    exact = math.fsum(ordered_frame().x)
+    assert exact - 1 > 2e-13
+    assert abs(table.partial(Sum("x"))[-1] - exact) <= 2**-52
+
+
+def test_an_engines_sum_loses_nothing_to_the_order_it_adds_in(engine: SqlTable,
+                                                              tmp_path: Path) -> None:
+    """DuckDB's compensated sum and PostgreSQL's split one (`pushdown.exact_sums`)."""
+    if isinstance(engine, DuckDBTable):
+        loses_nothing_to_order(duck_table(tmp_path, ordered_frame(), ORDERED))
+        return
+    postgres.load(engine._dsn, "ordered", ordered_frame())
+    loses_nothing_to_order(PostgresTable(engine._dsn, Relation("ordered"), ORDERED))
 
 
 def test_the_checks_and_the_cells_are_one_statement(engine: SqlTable,

@@ -15,7 +15,15 @@ from pet.queries.base import Query
 from pet.sources import Relation, SourceError, SparkTable, spark_session
 from pet.table import FrameTable
 from pet.workloads import Workload
-from tests.test_sources import PUSHED, STREAMED, computes, same
+from tests.test_sources import (
+    ORDERED,
+    PUSHED,
+    STREAMED,
+    computes,
+    loses_nothing_to_order,
+    ordered_frame,
+    same,
+)
 
 MASTER = "local[1]"
 
@@ -64,6 +72,14 @@ def test_a_view_and_the_sites_own_select(spark, on_file: SparkTable, lung3: Work
                        lung3.schema)
     same(older.partial(Mean("age")), FrameTable(
         lung_frame[lung_frame.age > 60], lung3.schema).partial(Mean("age")))
+
+
+def test_sparks_sum_loses_nothing_to_the_order_it_adds_in(spark, tmp_path: Path) -> None:
+    """Spark's SUM adds in the order it reads; split (`pushdown.exact_sums`), it is
+    exact."""
+    ordered_frame().to_parquet(tmp_path / "ordered.parquet")
+    loses_nothing_to_order(SparkTable(MASTER, Relation(parquet=tmp_path / "ordered.parquet"),
+                                      ORDERED))
 
 
 @pytest.mark.parametrize("name", ['patients`; DROP TABLE patients; --', "no_such_table"])
