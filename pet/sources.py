@@ -304,6 +304,19 @@ class PostgresTable(SqlTable):
             while rows := cursor.fetchmany(chunk_rows):
                 yield _records(rows, names)
 
+    def _whole(self, statement: exp.Select) -> pa.Table:
+        """An aggregate's few rows through a client-side cursor: PostgreSQL never runs a
+        server-side cursor's statement in parallel, and an aggregate's rows are few (a
+        linear regression's sums over 10⁶ rows took 6.4 s through a cursor, 3.8 s with
+        the server's two parallel workers)."""
+        with self._connect() as connection, connection.cursor() as cursor:
+            connection.read_only = True
+            cursor.execute(self.sql(statement))
+            rows = cursor.fetchall()
+            names = [d.name for d in cursor.description]
+        return pa.Table.from_batches([_records(rows, names)]) if rows \
+            else pa.table({name: [] for name in names})
+
 
 class SparkTable(SqlTable):
     """A table, view or SELECT of a Spark session's catalog, or a Parquet file Spark reads,
