@@ -220,7 +220,7 @@ class DuckDBTable(SqlTable):
         (a plain parallel SUM of 10⁶ squares drifts by about 1e-12 relative), for some 70%
         more time on the sums."""
         select = plan.select.transform(lambda node: exp.Anonymous(
-            this="fsum", expressions=[node.this]) if isinstance(node, exp.Sum) else node)
+            this="fsum", expressions=[node.this]) if pushdown.own_sum(node) else node)
         return dataclasses.replace(plan, select=select)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -249,8 +249,9 @@ class DuckDBTable(SqlTable):
 
 
 class PostgresTable(SqlTable):
-    """A table, view or SELECT on a PostgreSQL server (psycopg), read through a server-side
-    cursor so that no more than a chunk of rows is held at once. The DSN is a secret: it
+    """A table, view or SELECT on a PostgreSQL server (psycopg). Rows that stream come
+    through a server-side cursor, so that no more than a chunk of them is held at once;
+    an aggregate's few rows through a client-side one (`_whole`). The DSN is a secret: it
     is kept, never shown."""
 
     dialect = "postgres"

@@ -138,13 +138,15 @@ def a_round(query: Query, schema: Schema) -> State:
 
 
 def computes(table: SqlTable, frame: pd.DataFrame, query: Query) -> None:
-    """The query compiles, and the engine's own answer (not a fallback's) and the
-    table's answer both equal pet's pass over the same rows."""
+    """The query compiles, and the engine's own answer (not a fallback's) to the plan as
+    written and as the engine runs it (`_tuned`), and the table's answer, all equal pet's
+    pass over the same rows."""
     state = a_round(query, table.schema)
     plan = pushdown.compile(query, table.schema, state, table.types, table._from)
     assert plan is not None
     expected = FrameTable(frame, table.schema).partial(query, state)
     same(table._pushed(plan), expected)
+    same(table._pushed(table._tuned(plan)), expected)
     same(table.partial(query, state), expected)
 
 
@@ -220,6 +222,22 @@ def test_the_sites_own_select_is_a_source(engine: SqlTable, lung3: Workload,
                        lung3.schema)
     older = lung_frame[lung_frame.age > 60]
     same(own.partial(Mean("age")), FrameTable(older, lung3.schema).partial(Mean("age")))
+
+
+def test_the_sites_own_sums_are_left_as_the_site_wrote_them(engine: SqlTable,
+                                                            lung3: Workload,
+                                                            lung_frame: pd.DataFrame) -> None:
+    """An engine's rewrite of pet's sums (`fsum`, `exact_sums`) leaves the SUMs of the
+    site's own SELECT alone: a window SUM rewritten does not parse, and the query would
+    quietly stream instead of running on the engine."""
+    sql = ("SELECT *, SUM(age) OVER (PARTITION BY sex) AS pooled FROM patients")
+    schema = Schema([*lung3.schema.columns, Continuous("pooled", 0, 1e6)])
+    own = type(engine)(*_where(engine), Relation(sql=sql), schema)
+    query = Mean("age")
+    plan = own._tuned(pushdown.compile(query, schema, None, own.types, own._from))
+    frame = lung_frame.assign(pooled=lung_frame.groupby("sex", observed=True).age
+                              .transform("sum"))
+    same(own._pushed(plan), FrameTable(frame, schema).partial(query))
 
 
 def _where(engine: SqlTable) -> tuple[object]:

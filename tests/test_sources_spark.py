@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pet import pushdown
 from pet.errors import SchemaError
 from pet.queries import Cox, Mean
 from pet.queries.base import Query
+from pet.schema import Continuous, Schema
 from pet.sources import Relation, SourceError, SparkTable, spark_session
 from pet.table import FrameTable
 from pet.workloads import Workload
@@ -80,6 +82,21 @@ def test_sparks_sum_loses_nothing_to_the_order_it_adds_in(spark, tmp_path: Path)
     ordered_frame().to_parquet(tmp_path / "ordered.parquet")
     loses_nothing_to_order(SparkTable(MASTER, Relation(parquet=tmp_path / "ordered.parquet"),
                                       ORDERED))
+
+
+def test_the_sites_own_sums_are_left_as_the_site_wrote_them(spark, lung3: Workload,
+                                                            lung_frame: pd.DataFrame) -> None:
+    """The split of pet's sums (`pushdown.exact_sums`) leaves the SUMs of the site's own
+    SELECT alone: a window SUM rewritten does not parse, and the query would quietly
+    stream instead of running on Spark."""
+    spark.createDataFrame(lung_frame).createOrReplaceTempView("patients")
+    sql = "SELECT *, SUM(age) OVER (PARTITION BY sex) AS pooled FROM patients"
+    schema = Schema([*lung3.schema.columns, Continuous("pooled", 0, 1e6)])
+    own = SparkTable(MASTER, Relation(sql=sql), schema)
+    plan = own._tuned(pushdown.compile(Mean("age"), schema, None, own.types, own._from))
+    frame = lung_frame.assign(pooled=lung_frame.groupby("sex", observed=True).age
+                              .transform("sum"))
+    same(own._pushed(plan), FrameTable(frame, schema).partial(Mean("age")))
 
 
 @pytest.mark.parametrize("name", ['patients`; DROP TABLE patients; --', "no_such_table"])
