@@ -230,14 +230,23 @@ def test_the_sites_own_sums_are_left_as_the_site_wrote_them(engine: SqlTable,
     """An engine's rewrite of pet's sums (`fsum`, `exact_sums`) leaves the SUMs of the
     site's own SELECT alone: a window SUM rewritten does not parse, and the query would
     quietly stream instead of running on the engine."""
-    sql = ("SELECT *, SUM(age) OVER (PARTITION BY sex) AS pooled FROM patients")
-    schema = Schema([*lung3.schema.columns, Continuous("pooled", 0, 1e6)])
-    own = type(engine)(*_where(engine), Relation(sql=sql), schema)
-    query = Mean("age")
-    plan = own._tuned(pushdown.compile(query, schema, None, own.types, own._from))
-    frame = lung_frame.assign(pooled=lung_frame.groupby("sex", observed=True).age
-                              .transform("sum"))
-    same(own._pushed(plan), FrameTable(frame, schema).partial(query))
+    leaves_the_sites_sums(type(engine)(*_where(engine), Relation(sql=WINDOWED),
+                                       windowed(lung3.schema)), lung_frame)
+
+
+WINDOWED = "SELECT *, SUM(age) OVER (PARTITION BY sex) AS pooled FROM patients"
+"""A site's SELECT with a SUM of its own: each sex's total age."""
+
+
+def windowed(schema: Schema) -> Schema:
+    return Schema([*schema.columns, Continuous("pooled", 0, 1e6)])
+
+
+def leaves_the_sites_sums(own: SqlTable, frame: pd.DataFrame) -> None:
+    """The engine runs its tuned plan over `WINDOWED` and matches pet's pass."""
+    plan = own._tuned(pushdown.compile(Mean("age"), own.schema, None, own.types, own._from))
+    pooled = frame.assign(pooled=frame.groupby("sex", observed=True).age.transform("sum"))
+    same(own._pushed(plan), FrameTable(pooled, own.schema).partial(Mean("age")))
 
 
 def _where(engine: SqlTable) -> tuple[object]:

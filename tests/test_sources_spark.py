@@ -9,11 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pet import pushdown
 from pet.errors import SchemaError
 from pet.queries import Cox, Mean
 from pet.queries.base import Query
-from pet.schema import Continuous, Schema
 from pet.sources import Relation, SourceError, SparkTable, spark_session
 from pet.table import FrameTable
 from pet.workloads import Workload
@@ -21,10 +19,13 @@ from tests.test_sources import (
     ORDERED,
     PUSHED,
     STREAMED,
+    WINDOWED,
     computes,
+    leaves_the_sites_sums,
     loses_nothing_to_order,
     ordered_frame,
     same,
+    windowed,
 )
 
 MASTER = "local[1]"
@@ -90,13 +91,8 @@ def test_the_sites_own_sums_are_left_as_the_site_wrote_them(spark, lung3: Worklo
     SELECT alone: a window SUM rewritten does not parse, and the query would quietly
     stream instead of running on Spark."""
     spark.createDataFrame(lung_frame).createOrReplaceTempView("patients")
-    sql = "SELECT *, SUM(age) OVER (PARTITION BY sex) AS pooled FROM patients"
-    schema = Schema([*lung3.schema.columns, Continuous("pooled", 0, 1e6)])
-    own = SparkTable(MASTER, Relation(sql=sql), schema)
-    plan = own._tuned(pushdown.compile(Mean("age"), schema, None, own.types, own._from))
-    frame = lung_frame.assign(pooled=lung_frame.groupby("sex", observed=True).age
-                              .transform("sum"))
-    same(own._pushed(plan), FrameTable(frame, schema).partial(Mean("age")))
+    leaves_the_sites_sums(SparkTable(MASTER, Relation(sql=WINDOWED), windowed(lung3.schema)),
+                          lung_frame)
 
 
 @pytest.mark.parametrize("name", ['patients`; DROP TABLE patients; --', "no_such_table"])
