@@ -156,9 +156,7 @@ class SqlTable(Table):
 
     def _whole(self, statement: exp.Select) -> pa.Table:
         """A statement's rows as one table (for a result small enough to hold)."""
-        batches = list(self._arrow(statement, CHUNK_ROWS))
-        return pa.Table.from_batches(batches) if batches \
-            else pa.table({name: [] for name in statement.named_selects})
+        return _table(list(self._arrow(statement, CHUNK_ROWS)), statement)
 
     @property
     def n_rows(self) -> int:
@@ -297,26 +295,25 @@ class PostgresTable(SqlTable):
             return {d.name: _pg_type(connection, d.type_code) for d in cursor.description}
 
     def _arrow(self, select: exp.Select, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        with self._connect() as connection, \
-                connection.cursor(name="pet_source") as cursor:
-            connection.read_only = True
-            cursor.execute(self.sql(select))
-            names = [d.name for d in cursor.description]
-            while rows := cursor.fetchmany(chunk_rows):
-                yield _records(rows, names)
+        yield from self._fetched(select, chunk_rows, cursor="pet_source")
 
     def _whole(self, statement: exp.Select) -> pa.Table:
         """An aggregate's few rows through a client-side cursor: PostgreSQL never runs a
         server-side cursor's statement in parallel, and an aggregate's rows are few (a
         linear regression's sums over 10⁶ rows took 6.4 s through a server-side cursor,
         4.3 s through a client-side one, a logistic fit 43 s and 27 s)."""
-        with self._connect() as connection, connection.cursor() as cursor:
+        return _table(list(self._fetched(statement, CHUNK_ROWS, cursor="")), statement)
+
+    def _fetched(self, select: exp.Select, chunk_rows: int, *,
+                 cursor: str) -> Iterator[pa.RecordBatch]:
+        """A statement's rows in batches, in a read-only transaction, through the
+        server-side cursor so named or (named "") a client-side one."""
+        with self._connect() as connection, connection.cursor(name=cursor) as rows_of:
             connection.read_only = True
-            cursor.execute(self.sql(statement))
-            rows = cursor.fetchall()
-            names = [d.name for d in cursor.description]
-        return pa.Table.from_batches([_records(rows, names)]) if rows \
-            else pa.table({name: [] for name in names})
+            rows_of.execute(self.sql(select))
+            names = [d.name for d in rows_of.description]
+            while rows := rows_of.fetchmany(chunk_rows):
+                yield _records(rows, names)
 
 
 class SparkTable(SqlTable):
@@ -383,6 +380,12 @@ def spark_session(master: str) -> Any:
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.sql.shuffle.partitions", "4")
             .getOrCreate())
+
+
+def _table(batches: list[pa.RecordBatch], statement: exp.Select) -> pa.Table:
+    """Batches as one table; with none, the statement's columns, empty."""
+    return pa.Table.from_batches(batches) if batches \
+        else pa.table({name: [] for name in statement.named_selects})
 
 
 def _records(rows: Sequence[tuple], names: list[str]) -> pa.RecordBatch:
