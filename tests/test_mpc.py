@@ -481,6 +481,25 @@ def test_copies_that_agree_on_coefficients_but_not_on_standard_errors_are_rerun(
     assert not _agree([(fit(5.0), 1e-6), (fit(16.0), 1e-6)])  # a wrapped truncation
 
 
+def test_a_negative_revealed_spread_reruns_even_when_both_groups_share_it(
+        lung3: Workload) -> None:
+    """An intercept's revealed a₀ᵀM⁻¹a₀ below zero in both groups (a wrapped truncation)
+    would clamp both standard errors to 0, which agree: it is run again instead."""
+    query = LinearRegression("age", ("wt_loss",))
+    schema = query.bounded(lung3.schema)
+
+    def copy(corner: float) -> dict[str, np.ndarray]:
+        return {"values": np.array([0.1, 0.2]), "noise": np.zeros(4), "small": np.array(0.0),
+                "diagonal": np.array([2.0, 3.0]), "corner": np.array(corner),
+                "rss": np.array(0.4), "tss": np.array(1.0)}
+
+    run = (SECURE[LinearRegression], query, schema, None)
+    units = Units.of(3, 3, 200, 12, low=True)
+    answers = _answers(*run, [copy(2.0), copy(2.0)], 200.0, units)
+    assert answers is not None and _agree(answers) and answers[0][0].se[0] > 0
+    assert _answers(*run, [copy(-2.0), copy(-2.0)], 200.0, units) is None
+
+
 def test_a_refusal_in_one_copy_only_reruns_and_in_both_refuses(lung3: Workload) -> None:
     """A wrapped truncation can inflate one copy's count of too-small pivots: only when
     both copies count one is the query refused (as nearly collinear)."""

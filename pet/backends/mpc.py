@@ -223,7 +223,8 @@ def _answers(secure: SecureProgram, query: Any, schema: Schema, state: Any,
              units: Units) -> list[tuple[Any, Any]] | None:
     """Each group's answer and bound. A refusal in only one group (a count such as
     "small" or "imprecise" that a wrapped truncation inflated in one copy) is a
-    disagreement: None, and the program runs again; a refusal in both is the answer."""
+    disagreement: None, and the program runs again; a refusal in both is the answer.
+    So is a spread that no solve can reveal (`_possible`)."""
     answers, refusals = [], []
     for values in groups:
         try:
@@ -232,7 +233,16 @@ def _answers(secure: SecureProgram, query: Any, schema: Schema, state: Any,
             refusals.append(refusal)
     if refusals and not answers:
         raise refusals[0]
-    return None if refusals else answers
+    possible = all(_possible(query, schema, values) for values in groups)
+    return None if refusals or not possible else answers
+
+
+def _possible(query: Any, schema: Schema, values: dict[str, np.ndarray]) -> bool:
+    """Whether a solve's revealed spreads aᵢᵀM⁻¹aᵢ are all positive, as they are for the
+    positive definite M of every solve that was not refused. A wrapped truncation can
+    make one negative in both groups; both standard errors would then be clamped to 0
+    and agree. True for programs that solve nothing."""
+    return "diagonal" not in values or bool(np.all(_spread(query, schema, values) > 0))
 
 
 def _unpack(combined: bytes) -> tuple[int, int, int, tuple[int, ...]]:
