@@ -21,6 +21,7 @@ from benchmarks.queries import PRESETS
 from pet.backends.base import Limits
 from pet.backends.mpc import (
     MPC,
+    RECIPROCAL_ERROR,
     SECURE,
     Units,
     _agree,
@@ -38,7 +39,7 @@ from pet.mpc.fixed_point import (
     moment_precision,
     scale_bits,
 )
-from pet.mpc.kernels import INV_SQRT_START
+from pet.mpc.kernels import INV_SQRT_START, RECIPROCAL_START
 from pet.mpc.parties import ASKED_BYTES, Parties, Party, PartyConfig, PartyError, Spare, Warm
 from pet.queries import (
     Correlation,
@@ -215,6 +216,23 @@ def test_secure_statistics_reveal_only_n_and_the_answer_and_never_go_wrong(mpc: 
             assert np.all(np.abs(got - want) <= result.error_bound)
 
 
+def test_a_regression_on_lung_takes_at_most_100_rounds_a_solve(mpc: MPC,
+                                                                lung3: Workload) -> None:
+    """With its dealer's material dealt ahead, a linear regression on lung (4 terms)
+    counts at most 100 rounds of communication, and a logistic fit at most 100 a Newton
+    round (138 and 129 while each product, division and output took rounds of its own),
+    each answer within its bound."""
+    secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
+    clear = lung3.study(policy=NO_CELL_LIMIT)
+    for name in ("linear", "logistic"):
+        query = PRESETS["lung"][name]
+        secure.run(query)
+        again = secure.run(query)
+        assert again.comm_rounds <= 100 * again.rounds, name
+        want = answer_vector(clear.run(query).value)
+        assert np.all(np.abs(answer_vector(again.value) - want) <= again.error_bound), name
+
+
 def test_a_program_run_again_takes_its_dealers_material_in_one_exchange(
         mpc: MPC, lung3: Workload) -> None:
     """Run again with the same public inputs, a secure program asks the dealer once,
@@ -345,6 +363,18 @@ def test_normalised_functions_hold_at_both_ends_of_their_range(mpc: MPC, functio
     out = mpc._session(3).run("check", [np.zeros(0)] * 3,
                               {**public, "x": [lowest * 0.99, lowest / 3]})[0]
     assert out["small"].all()  # below the range: flagged, never silently wrong
+
+
+def test_the_reciprocals_start_leaves_no_more_than_its_stated_error() -> None:
+    """Every division inside MPC (`kernels.divided`) starts from a − b·w on [1/2, 1] and
+    ends with a relative error e⁸, e = 1 − w·(a − b·w); the error bounds assume e⁸ is at
+    most RECIPROCAL_ERROR, checked here on a fine grid, and the slope is whole, so that
+    the start needs no truncation."""
+    a, b = RECIPROCAL_START
+    w = np.linspace(0.5, 1.0, 1_000_001)
+    error = np.abs(1 - w * (a - b * w)) ** 8
+    assert error.max() <= RECIPROCAL_ERROR < 2 * error.max()
+    assert isinstance(b, int)
 
 
 def test_the_solves_scaling_bounds_hold_its_start_over_the_whole_range() -> None:

@@ -35,10 +35,10 @@ def test_gauss_jordan_solves_an_equilibrated_system_comparing_every_pivot_but_th
     spread = np.sqrt([1.0, 0.25, 0.6, 1 - 2**-10])
     matrix = gram * np.outer(root * spread, root * spread)  # diagonal 1, 1/4, 0.6, ~1
     rhs = rng.uniform(-0.5, 0.5, size=p)
-    scaled, y, s, small = kernels.equilibrate(crypten.cryptensor(torch.from_numpy(matrix)), 10)
-    factor = (y * s).get_plain_text().numpy()
+    system = kernels.equilibrate(crypten.cryptensor(torch.from_numpy(matrix)), 10)
+    scaled, factor = system.matrix, system.factor.get_plain_text().numpy()
     first = scaled.get_plain_text().numpy()[0, 0]
-    assert 0.708 - 1e-3 <= first < 1 and small.get_plain_text().item() == 0
+    assert 0.708 - 1e-3 <= first < 1 and system.small.get_plain_text().item() == 0
     compared = []
     below = kernels.below
     monkeypatch.setattr(kernels, "below", lambda x, t: compared.append(x.size()) or below(x, t))
@@ -50,3 +50,25 @@ def test_gauss_jordan_solves_an_equilibrated_system_comparing_every_pivot_but_th
                                atol=5e-3)
     assert tiny.get_plain_text().item() == 0
     assert len(compared) == p - 1
+
+
+def test_products_in_one_batch_equal_each_product_taken_alone(crypten: Any) -> None:
+    """`kernels.products` multiplies every pair in one exchange: fixed point by fixed
+    point (truncated by the left factor's scale), fixed point by an integer tensor and an
+    integer tensor by fixed point (not truncated), broadcast across shapes. Each result
+    equals CrypTen's own `a * b`, share for share and in its encoding (one process, so
+    truncation is deterministic)."""
+    rng = np.random.default_rng(11)
+
+    def fixed(*shape: int, precision: int = 16) -> Any:
+        return crypten.cryptensor(torch.from_numpy(rng.uniform(-2, 2, size=shape)),
+                                  precision=precision)
+
+    power = crypten.cryptensor(torch.tensor([1.0, 4.0, 32.0]), precision=0)
+    pairs = [(fixed(3), fixed(3)), (fixed(2, 3), fixed(3).unsqueeze(0)),
+             (fixed(3, precision=22), power), (power, fixed(3, precision=20)),
+             (fixed(4, 1), fixed(1, 3)), (fixed(3, precision=22), fixed(3, precision=12))]
+    for got, (a, b) in zip(kernels.products(pairs), pairs, strict=True):
+        want = a * b
+        assert got.encoder.scale == want.encoder.scale
+        assert torch.equal(got.share, want.share)

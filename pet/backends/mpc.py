@@ -533,9 +533,9 @@ def _covariance(query: Any, schema: Schema, state: Any, values: dict[str, np.nda
 INV_SQRT_ERROR = 2.0**-24
 """Relative error of the inverse square root's three Newton steps from its minimax start
 (`pet.mpc.kernels.INV_SQRT_START`), before rounding: the same in every copy."""
-RECIPROCAL_ERROR = 2.0**-32
-"""Relative error of the reciprocal's eighth-order step from its minimax start
-(`pet.mpc.kernels.newton_reciprocal`): 17^-8, as three Newton steps leave."""
+RECIPROCAL_ERROR = 2.0**-30
+"""Relative error of the reciprocal's eighth-order step from its linear start
+(`pet.mpc.kernels.RECIPROCAL_START`): (7 − 4√3)^8, as three Newton steps leave."""
 COPIES = 32
 """Copies a group of a statistical program runs (`SecureProgram`): 2 × 32 copies leave
 the pooled spread 62 degrees of freedom, whose t quantile at `BOUND_FAILURE` (7.2) is

@@ -15,15 +15,18 @@ below about 2^46 (see TRUNCATION_BITS in pet.backends.mpc).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 from pet.mpc.fixed_point import EQUILIBRATED
 
-RECIPROCAL_START = (48 / 17, 32 / 17)
-"""1/w ≈ a − b·w on [1/2, 1], relative error at most 1/17; an eighth-order step gives
-17^-8 < 2^-32 (`newton_reciprocal`)."""
+RECIPROCAL_START = (4 * math.sqrt(3) - 4, 2)
+"""1/w ≈ a − 2w on [1/2, 1]: a whole slope costs no truncation (a round a division, where
+the minimax slope 32/17 took one), and the best a for it, 4√3 − 4, leaves a relative
+error of at most 7 − 4√3 ≈ 0.072 (against 1/17), which an eighth-order step brings below
+2^-30 (`divided`)."""
 INV_SQRT_START = (2.13277, 1.21873)
 """1/√w ≈ a − b·w on [1/4, 1], relative error at most 0.086; three Newton steps give 2^-24."""
 NEWTON_STEPS = 3
@@ -51,8 +54,14 @@ def normalise(x: Any, base_bits: int, steps: int) -> tuple[Any, Any, Any]:
     The comparison bits b_j are monotone in j, so 2^(k·m) = 1 + Σ_j b_j·(2^(k·j) − 2^(k·(j−1)))
     is a public linear combination of them: forming a factor takes no secure product.
     """
-    bits = below(x, torch.tensor([2.0 ** (-base_bits * j) for j in range(1, steps + 1)]))
+    bits = exponent_bits(x, base_bits, steps)
     return x * _power(bits, base_bits), _power(bits, 1), bits[..., -1]
+
+
+def exponent_bits(x: Any, base_bits: int, steps: int) -> Any:
+    """The comparison bits [x < 2^(-base_bits·j)], j = 1..steps, that `normalise` takes
+    its power from (monotone in j)."""
+    return below(x, torch.tensor([2.0 ** (-base_bits * j) for j in range(1, steps + 1)]))
 
 
 def power_of_two(bits: Any) -> Any:
@@ -71,21 +80,24 @@ def reciprocal(x: Any, steps: int) -> tuple[Any, Any, Any]:
     """1/x for x in [2^-steps, 1] as (y, s, small): 1/x = s·y with y in [1, 2] and s a
     power of two (integer tensor); `small` marks inputs below the range."""
     w, s, small = normalise(x, 1, steps)
-    return newton_reciprocal(w), s, small
+    return divided(((w - w) + 1).unsqueeze(-1), w)[..., 0], s, small
 
 
-def newton_reciprocal(w: Any) -> Any:
-    """1/w for w in [1/2, 1]: the minimax linear start y, then y·(1 + e)(1 + e²)(1 + e⁴)
-    with e = 1 − w·y, which is (1 − e⁸)/w: the error three Newton steps leave (e⁸, below
-    2^-32), in four rounds of products where they take six, since each factor's product
-    and the next power of e share one."""
+def divided(x: Any, w: Any) -> Any:
+    """x / w for w in [1/2, 1] (x's last axis divided by w): the minimax linear start y
+    of 1/w, then x·y·(1 + e)(1 + e²)(1 + e⁴) with e = 1 − w·y, which is (1 − e⁸)·x/w:
+    the error three Newton steps leave (e⁸, below 2^-30), in four rounds of products
+    where they take six, since each factor's product and the next power of e share one.
+    x rides along from the start, so the quotient takes the reciprocal's rounds alone,
+    where the reciprocal and then x times it took two more."""
     a, b = RECIPROCAL_START
     y = a - w * b
-    e = 1 - w * y
+    x, e = products([(x, y.unsqueeze(-1)), (w, y)])
+    e = 1 - e
     for _ in range(2):
-        both = type(w).stack([y, e]) * type(w).stack([1 + e, e])
-        y, e = both[0], both[1]
-    return y * (1 + e)
+        x, e = products([(x, (1 + e).unsqueeze(-1)), (e, e)])
+    (x,) = products([(x, (1 + e).unsqueeze(-1))])
+    return x
 
 
 LOG_TERMS = 12
@@ -114,13 +126,60 @@ def inv_sqrt(x: Any, steps: int) -> tuple[Any, Any, Any]:
     return y, s, small
 
 
-def equilibrate(matrix: Any, steps: int) -> tuple[Any, Any, Any, Any]:
+def products(pairs: Sequence[tuple[Any, Any]]) -> list[Any]:
+    """Each pair's product a·b as CrypTen's `a * b` gives it (truncated by a's scale where
+    both are fixed point, encoded as a, or as b where a is an integer tensor), all in one
+    Beaver exchange and at most one truncation: k independent products, one by one, take
+    a round each and a truncation's round each where they are fixed point."""
+    mpc = type(pairs[0][0])
+    shapes = [torch.broadcast_shapes(a.size(), b.size()) for a, b in pairs]
+    truncated = [a.encoder.scale > 1 and b.encoder.scale > 1 for a, b in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: not truncated[i])  # truncated first
+
+    def flat(side: int) -> Any:
+        return mpc.from_shares(torch.cat([pairs[i][side].share.expand(shapes[i]).reshape(-1)
+                                          for i in order]), precision=0)
+
+    raw = flat(0) * flat(1)  # integer shares: one exchange, no truncation
+    sizes = [math.prod(shapes[i]) for i in order]
+    cut = sum(size for i, size in zip(order, sizes, strict=True) if truncated[i])
+    shares = raw.share
+    if cut:
+        divisors = torch.cat([torch.full((size,), int(pairs[i][0].encoder.scale))
+                              for i, size in zip(order, sizes, strict=True) if truncated[i]])
+        shares = torch.cat([raw[:cut].div(divisors).share, shares[cut:]])
+    pieces = dict(zip(order, torch.split(shares, sizes), strict=True))
+    return [mpc.from_shares(pieces[i].view(shapes[i]), precision=_bits(a if a.encoder.scale > 1
+                                                                      else b))
+            for i, (a, b) in enumerate(pairs)]
+
+
+def _bits(x: Any) -> int:
+    """The fractional bits of a CrypTen tensor's encoding."""
+    return int(x.encoder.scale).bit_length() - 1
+
+
+class Equilibrated(NamedTuple):
+    """What `equilibrate` returns: D·A·D; D's diagonal (`factor`, y·s) and its two
+    parts squared (y² and s², which scale the inverse's diagonal back with its rounding
+    kept small); how many diagonal entries were too small; D·v for each vector asked."""
+
+    matrix: Any
+    factor: Any
+    y_squared: Any
+    s_squared: Any
+    small: Any
+    vectors: list[Any]
+
+
+def equilibrate(matrix: Any, steps: int, vectors: Sequence[Any] = ()) -> Equilibrated:
     """D·A·D with D = diag(s_i·y_i) for a positive definite A with diagonal in (0, 1]:
     s_i the power of two that brings a_ii into [1/4, 1) and y_i the minimax linear start
     of its inverse square root divided by EQUILIBRATED[1], so that every diagonal entry
     lands in [(EQUILIBRATED[0] / EQUILIBRATED[1])², 1) = [0.708, 1) and the off-diagonal
-    ones within [-1, 1]; each D_i is then at least `LEAST_SCALE`, 0.84. Returns it with
-    D's factors (y, s) and the count of diagonal entries below 4^-steps.
+    ones within [-1, 1]; each D_i is then at least `LEAST_SCALE`, 0.84. Counts the
+    diagonal entries below 4^-steps, and forms D·v for each of `vectors` (last axis A's
+    size) in the matrix's rounds (`Equilibrated`).
 
     Any diagonal D solves the same system (A⁻¹b = D·(DAD)⁻¹·Db). The Newton steps that
     would make the diagonal exactly 1 cost 18 rounds; this leaves each pivot at least
@@ -131,9 +190,14 @@ def equilibrate(matrix: Any, steps: int) -> tuple[Any, Any, Any, Any]:
     w, s, small = normalise(matrix[..., diagonal, diagonal], 2, steps)
     a, b = INV_SQRT_START
     y = (a / EQUILIBRATED[1]) - w * (b / EQUILIBRATED[1])
+    squares, outer, factor, *weighted = products([(s.unsqueeze(-1), s.unsqueeze(-2)),
+                                                  (y.unsqueeze(-1), y.unsqueeze(-2)),
+                                                  (y, s), *((v, y) for v in vectors)])
     # |a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j ≤ 1: the integer product needs no truncation
-    scaled = matrix * (s.unsqueeze(-1) * s.unsqueeze(-2))
-    return scaled * (y.unsqueeze(-1) * y.unsqueeze(-2)), y, s, small.sum(-1)
+    scaled, *scaled_vectors = products([(matrix, squares), *((v, s) for v in weighted)])
+    (scaled,) = products([(scaled, outer)])
+    return Equilibrated(scaled, factor, outer[..., diagonal, diagonal],
+                        squares[..., diagonal, diagonal], small.sum(-1), scaled_vectors)
 
 
 def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
@@ -143,27 +207,30 @@ def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
     a diagonal too small to equilibrate is the caller's to flag (`equilibrate` counts
     it), since the reciprocal of an entry outside [1/2, 1] comes out wrong unflagged.
 
-    Each step divides the pivot row by the pivot (a normalised reciprocal) and subtracts
-    its multiples from every row at once: M ← M − (c − e_k)·rᵀ turns the pivot row
-    into r and clears column k elsewhere, with two secure products and no indexing.
-    The first pivot is A's first diagonal entry, which an equilibrated A (`equilibrate`)
-    holds in [0.708, 1): its reciprocal needs no normalising comparison (9 rounds of the
-    24 a pivot counts). The later pivots, Schur complements, may be as small as A's least
-    eigenvalue. Taking two pivots at once as a 2×2 block (adj(P)·R / det P) would save a
-    comparison a pair, but the block's product is rounded before it is divided by det P
-    rather than by the first pivot alone, which cost 2–3 bits on a regression's
-    coefficients.
+    Each step divides the pivot row by the pivot and subtracts its multiples from every
+    row at once: M ← M − (c − e_k)·rᵀ turns the pivot row into r and clears column k
+    elsewhere, with two secure products and no indexing. A later pivot, a Schur
+    complement as small as A's least eigenvalue, is first brought into [1/2, 1) by a
+    secret power of two 2^m (a comparison); r is the row divided by the normalised pivot
+    (`divided`) and 2^m goes onto c instead, in the same round as onto the pivot, so
+    that the row's rounding is not multiplied by 2^m. The first pivot is A's first
+    diagonal entry, which an equilibrated A (`equilibrate`) holds in [0.708, 1): it needs
+    no comparison (10 rounds of the 20 a later pivot counts). Taking two pivots at once as a
+    2×2 block (adj(P)·R / det P) would save a comparison a pair, but the block's product
+    is rounded before it is divided by det P rather than by the first pivot alone,
+    which cost 2–3 bits on a regression's coefficients.
     """
     p = augmented.size(-2)
     small = type(augmented).from_shares(torch.zeros_like(augmented.share[..., 0, 0]),
                                         precision=0)
     for k in range(p):
-        if k == 0:
-            row = augmented[..., 0, :] * newton_reciprocal(augmented[..., 0, 0]).unsqueeze(-1)
-        else:
-            y, s, tiny = reciprocal(augmented[..., k, k], steps)
-            row = (augmented[..., k, :] * y.unsqueeze(-1)) * s.unsqueeze(-1)
-            small = small + tiny
+        pivot = augmented[..., k, k]
         column = augmented[..., :, k] - torch.eye(p, dtype=torch.float64)[k]
+        if k > 0:
+            bits = exponent_bits(pivot, 1, steps)
+            power = power_of_two(bits)
+            pivot, column = products([(pivot, power), (column, power.unsqueeze(-1))])
+            small = small + bits[..., -1]
+        row = divided(augmented[..., k, :], pivot)
         augmented = augmented - column.unsqueeze(-1) * row.unsqueeze(-2)
     return augmented[..., :, p:], small

@@ -115,10 +115,18 @@ def secure(crypten: Any, rank: int, world: int, value: np.ndarray,
                         scale.bit_length() - 1, public)
     outputs: dict[str, Any] = {"head": head.numpy(), "values": None}
     if n >= public["min_rows"]:
-        revealed = {name: v.reveal(dst=0) for name, v in shown.items()}
-        outputs["values"] = ({k: v.numpy() for k, v in revealed.items()} if rank == 0
-                             else None)
+        outputs["values"] = _revealed(crypten, shown)
     return {**outputs, **_stats(crypten.communicator.get())}
+
+
+def _revealed(crypten: Any, shown: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Every output's raw integers at party 0 (None at the others), in one exchange: the
+    parties send all their shares at once, where revealing output by output took a
+    round each (seven for a linear regression)."""
+    raw = crypten.communicator.get().reduce([v.share for v in shown.values()], 0,
+                                            batched=True)
+    return None if raw is None else {name: r.numpy() for name, r in zip(shown, raw,
+                                                                         strict=True)}
 
 
 def _kernel(crypten: Any, total: Any, low: Any, n: int, bits: int,
@@ -299,10 +307,14 @@ def _linear(crypten: Any, total: Any, low: Any, n: int, bits: int,
     moments = _per_row(crypten, total, low, public["span"], n, bits, _count(public))
     triangle = p * (p + 1) // 2
     tri, xty, yty = moments[:, :triangle], moments[:, triangle:-1], moments[:, -1]
-    solved = _solve(crypten, tri, xty, public)
-    fitted = (solved.pop("z") * solved.pop("rhs")).sum(-1)  # βᵀ·Xᵀy/n = zᵀ·D·Xᵀy/n
-    total_ss = yty - xty[:, 0] * xty[:, 0] if public["intercept"] else yty
-    return {**solved, "rss": yty - fitted, "tss": total_ss}
+    mean = xty[:, 0]  # ȳ, the intercept's column being 1
+
+    def sums(z: Any, rhs: Any) -> list[tuple[Any, Any]]:  # βᵀ·Xᵀy/n = zᵀ·D·Xᵀy/n, and ȳ²
+        return [(z, rhs), (mean, mean)]
+
+    solved, (fitted, square) = _solve(crypten, tri, xty, public, sums)
+    total_ss = yty - square if public["intercept"] else yty
+    return {**solved, "rss": yty - fitted.sum(-1), "tss": total_ss}
 
 
 def _logistic(crypten: Any, total: Any, low: Any, n: int, bits: int,
@@ -311,13 +323,14 @@ def _logistic(crypten: Any, total: Any, low: Any, n: int, bits: int,
     public coefficients (see `_solve`); also reveals the log-likelihood's sum, exactly."""
     p = public["terms"]
     moments = _per_row(crypten, total, low, public["span"], n, bits, _count(public))
-    solved = _solve(crypten, moments[:, p:], moments[:, :p], public)
-    del solved["z"], solved["rhs"]
+    solved, _ = _solve(crypten, moments[:, p:], moments[:, :p], public)
     start, stop = public["log_likelihood"]
     return {**solved, "log_likelihood": crypten.stack([total[start:stop]] * _count(public))}
 
 
-def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str, Any]:
+def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any],
+           also: Callable[[Any, Any], list[tuple[Any, Any]]] | None = None,
+           ) -> tuple[dict[str, Any], list[Any]]:
     """Solve A·x = b for A positive definite (its upper triangle `tri`, per row, so every
     entry within [-1, 1]): equilibrate (`kernels.equilibrate`: a diagonal within
     [0.708, 1)), then Gauss–Jordan on [A' | D·b·2^-shift | D·a₀ | I], t = D·a₀ for the
@@ -334,29 +347,40 @@ def _solve(crypten: Any, tri: Any, rhs: Any, public: dict[str, Any]) -> dict[str
     Reveals x ("values"), diag(A⁻¹), a₀ᵀA⁻¹a₀, how many values were too small to
     normalise (the query is then refused) and, where `public["residual"]` asks, the
     solver's residual in the equilibrated, shifted system (rounding noise, for a
-    worst-case error bound: it shows the rounding of one copy). Returns also z
-    and D·b (shifted), shared, for the caller."""
+    worst-case error bound: it shows the rounding of one copy). Returns also the
+    products of the pairs that `also` makes of the shared z and D·b (shifted), in the
+    same rounds as the outputs' own."""
     p, shift = public["terms"], public["shift"]
     full = tri[:, public["square"]].view(-1, p, p)
-    scaled, y, s, small = kernels.equilibrate(full, public["steps"])
-    rhs = ((rhs * y) * s).div(2**shift) if shift else (rhs * y) * s
     first = torch.zeros(full.size(0), dtype=torch.float64)
     first[::public["copies"]] = 1.0  # only each group's first copy's inverse is revealed
-    corner = (y * (first.unsqueeze(-1) * torch.tensor(public["corner"]))) * s  # D·a₀
+    a0 = (rhs - rhs) + first.unsqueeze(-1) * torch.tensor(public["corner"])  # shared, public
+    system = kernels.equilibrate(full, public["steps"], (rhs, a0))
+    scaled, factor, (rhs, corner) = system.matrix, system.factor, system.vectors
+    rhs = rhs.div(2**shift) if shift else rhs  # D·b·2^-shift; corner is D·a₀
     identity = (scaled - scaled) + first.view(-1, 1, 1) * torch.eye(p, dtype=torch.float64)
     augmented = crypten.cat([scaled, rhs.unsqueeze(-1), corner.unsqueeze(-1), identity], -1)
     solved, tiny = kernels.gauss_jordan(augmented, public["steps"] + 1)
     z, w, inverse = solved[..., 0], solved[..., 1], solved[..., 2:]
     terms = list(range(p))
-    factor = y * s
-    outputs = {"values": (z * factor) * 2**shift,
-               "diagonal": (inverse[:, terms, terms] * (y * y)) * (s * s),
-               "corner": (corner * w).sum(-1), "small": small + tiny, "z": z, "rhs": rhs}
-    if public.get("residual"):  # for a worst-case bound, where copies do not measure one
-        outputs["residual"] = (scaled * z.unsqueeze(-2)).sum(-1) - rhs
-    if public.get("covariance"):  # the whole inverse, for a joint (Wald) test
-        outputs["inverse"] = (inverse * factor.unsqueeze(-1)) * factor.unsqueeze(-2)
-    return outputs
+    residual, covariance = public.get("residual"), public.get("covariance")
+    # Two rounds of products (three for the whole inverse), each holding every product
+    # whose factors are known.
+    values, diagonal, spread, *rest = kernels.products([
+        (z, factor), (inverse[:, terms, terms], system.y_squared), (corner, w),
+        *(also(z, rhs) if also else []), *([(scaled, z.unsqueeze(-2))] if residual else []),
+        *([(inverse, factor.unsqueeze(-1))] if covariance else [])])
+    half = rest.pop() if covariance else None
+    diagonal, *whole = kernels.products([
+        (diagonal, system.s_squared), *([(half, factor.unsqueeze(-2))] if covariance else [])])
+    extra = rest[:len(rest) - bool(residual)]
+    outputs = {"values": values * 2**shift, "diagonal": diagonal, "corner": spread.sum(-1),
+               "small": system.small + tiny}
+    if residual:  # for a worst-case bound, where copies do not measure one
+        outputs["residual"] = rest[-1].sum(-1) - rhs
+    if covariance:  # the whole inverse, for a joint (Wald) test
+        outputs["inverse"] = whole[0]
+    return outputs, extra
 
 
 def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
@@ -389,8 +413,7 @@ def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
                      _count(public))
     scaled = crypten.mpc.MPCTensor.from_shares(
         scaled.div(2 ** (TRUNCATION_BITS - digits)).share, precision=digits)
-    reciprocal = kernels.newton_reciprocal(scaled[..., 0])
-    ratios = scaled[..., 1:] * reciprocal.unsqueeze(-1)
+    ratios = kernels.divided(scaled[..., 1:], scaled[..., 0])
     r1, r2 = ratios[..., :p], ratios[..., p:]
     counts = _per_row(crypten, total, low, (public["events"][0], public["event_x"][1]), n,
                       bits, _count(public))
@@ -398,8 +421,7 @@ def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
     r1, r2 = r1.view(2, g * k, p), r2.view(2, g * k, -1)
     score = e - (d * r1).sum(1)
     information = (d * (r2 - r1[..., rows] * r1[..., cols])).sum(1)
-    solved = _solve(crypten, information, score, public)
-    del solved["z"], solved["rhs"]
+    solved, _ = _solve(crypten, information, score, public)
     # log S0 = log w + (46 − m − bits)·log 2, and ℓ/n = βᵀE/n − Σ d/n·(log S0 + ‖β‖₁)
     d = d.view(2, g * k)
     log_w = kernels.log_normalised(scaled[..., 0].view(2, g * k))
