@@ -220,7 +220,7 @@ def test_a_regression_on_lung_takes_at_most_100_rounds_a_solve(mpc: MPC,
                                                                 lung3: Workload) -> None:
     """With its dealer's material dealt ahead, a linear regression on lung (4 terms)
     counts at most 100 rounds of communication, and a logistic fit at most 100 a Newton
-    round (138 and 129 while each product, division and output took rounds of its own),
+    round (138 and 134 while each product, division and output took rounds of its own),
     each answer within its bound."""
     secure = Study(lung3.sites(NO_CELL_LIMIT), backend=mpc)
     clear = lung3.study(policy=NO_CELL_LIMIT)
