@@ -238,11 +238,15 @@ def _answers(secure: SecureProgram, query: Any, schema: Schema, state: Any,
 
 
 def _possible(query: Any, schema: Schema, values: dict[str, np.ndarray]) -> bool:
-    """Whether a solve's revealed spreads aᵢᵀM⁻¹aᵢ are all positive, as they are for the
-    positive definite M of every solve that was not refused. A wrapped truncation can
-    make one negative in both groups; both standard errors would then be clamped to 0
-    and agree. True for programs that solve nothing."""
-    return "diagonal" not in values or bool(np.all(_spread(query, schema, values) > 0))
+    """Whether a solve's revealed spreads aᵢᵀM⁻¹aᵢ, and the diagonal of a revealed
+    inverse, are all positive, as they are for the positive definite M of every solve
+    that was not refused. A wrapped truncation can make one negative in both groups;
+    both standard errors would then be clamped to 0 and agree. True for programs that
+    solve nothing."""
+    spreads = _spread(query, schema, values) if "diagonal" in values else np.ones(1)
+    inverse = values.get("inverse")
+    variances = np.diagonal(inverse, axis1=-2, axis2=-1) if inverse is not None else 1.0
+    return bool(np.all(spreads > 0) and np.all(variances > 0))
 
 
 def _unpack(combined: bytes) -> tuple[int, int, int, tuple[int, ...]]:

@@ -3,8 +3,8 @@
 CrypTen's reciprocal, square root and division are Newton iterations valid only on a
 limited input range, and silently return garbage outside it. These kernels first bring
 each secret input into a fixed interval by a secret power of two, found by comparing the
-input with public thresholds, then run a few Newton steps from a minimax linear start,
-so that the error is the same small multiple of 2^-precision for every input the range
+input with public thresholds, then run a few Newton steps from a linear start, so
+that the error is the same small multiple of 2^-precision for every input the range
 admits. A power of two is kept as a precision-0 (integer) tensor: CrypTen multiplies by
 those without truncating, so normalising adds no error.
 
@@ -84,19 +84,22 @@ def reciprocal(x: Any, steps: int) -> tuple[Any, Any, Any]:
 
 
 def divided(x: Any, w: Any) -> Any:
-    """x / w for w in [1/2, 1] (x's last axis divided by w): the minimax linear start y
-    of 1/w, then x·y·(1 + e)(1 + e²)(1 + e⁴) with e = 1 − w·y, which is (1 − e⁸)·x/w:
-    the error three Newton steps leave (e⁸, below 2^-30), in four rounds of products
-    where they take six, since each factor's product and the next power of e share one.
-    x rides along from the start, so the quotient takes the reciprocal's rounds alone,
-    where the reciprocal and then x times it took two more."""
+    """x / w for w in [1/2, 1] (x's last axis divided by w): the linear start y of 1/w
+    (`RECIPROCAL_START`), then y·(1 + e)(1 + e²)(1 + e⁴) with e = 1 − w·y, which is
+    (1 − e⁸)/w: the error three Newton steps leave (e⁸, below 2^-30), in four rounds of
+    products where they take six, since each factor's product and the next power of e
+    share one; then x times it. Carrying x through those products instead would save a
+    round of products, but put x through four truncations where it has one: the copies
+    of a logistic fit on breast cancer spread a third wider, and one fit in three came
+    out too far from its maximum to be bounded."""
     a, b = RECIPROCAL_START
     y = a - w * b
-    x, e = products([(x, y.unsqueeze(-1)), (w, y)])
+    (e,) = products([(w, y)])
     e = 1 - e
     for _ in range(2):
-        x, e = products([(x, (1 + e).unsqueeze(-1)), (e, e)])
-    (x,) = products([(x, (1 + e).unsqueeze(-1))])
+        y, e = products([(y, 1 + e), (e, e)])
+    (y,) = products([(y, 1 + e)])
+    (x,) = products([(x, y.unsqueeze(-1))])
     return x
 
 
@@ -212,13 +215,14 @@ def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
     elsewhere, with two secure products and no indexing. A later pivot, a Schur
     complement as small as A's least eigenvalue, is first brought into [1/2, 1) by a
     secret power of two 2^m (a comparison); r is the row divided by the normalised pivot
-    (`divided`) and 2^m goes onto c instead, in the same round as onto the pivot, so
-    that the row's rounding is not multiplied by 2^m. The first pivot is A's first
-    diagonal entry, which an equilibrated A (`equilibrate`) holds in [0.708, 1): it needs
-    no comparison (10 rounds of the 20 a later pivot counts). Taking two pivots at once as a
-    2×2 block (adj(P)·R / det P) would save a comparison a pair, but the block's product
-    is rounded before it is divided by det P rather than by the first pivot alone,
-    which cost 2–3 bits on a regression's coefficients.
+    (`divided`) and 2^m goes onto c instead, in the round that puts it onto the pivot,
+    so that it costs no round of its own (the update's product, and its rounding, are
+    those of the row scaled by 2^m). The first pivot is A's first diagonal entry, which
+    an equilibrated A (`equilibrate`) holds in [0.708, 1): it needs no comparison (12
+    rounds of the 22 a later pivot counts). Taking two pivots at once as a 2×2 block
+    (adj(P)·R / det P) would save a comparison a pair, but the block's product is
+    rounded before it is divided by det P rather than by the first pivot alone, which
+    cost 2–3 bits on a regression's coefficients.
     """
     p = augmented.size(-2)
     small = type(augmented).from_shares(torch.zeros_like(augmented.share[..., 0, 0]),
