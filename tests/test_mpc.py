@@ -361,9 +361,8 @@ def test_normalised_functions_hold_at_both_ends_of_their_range(mpc: MPC, functio
     out = mpc._session(3).run("check", [np.zeros(0)] * 3, {**public, "x": x.tolist()})[0]
     encoded = np.trunc(x * 2**22) / 2**22  # CrypTen encodes public inputs by truncation
     want = 1 / encoded if function == "reciprocal" else 1 / np.sqrt(encoded)
-    # the last Newton step's truncation and the product with x = 1 (under one unit per
-    # party each, the first doubled by y ≤ 2) leave at most about ten units of 2^-22
-    # on y ≥ 1
+    # the last Newton step's two truncations (under one unit per party each, the first
+    # doubled by y ≤ 2) leave at most about ten units of 2^-22 on y ≥ 1
     np.testing.assert_allclose(out["y"] * out["s"], want, rtol=16 * 2**-22)
     assert not out["small"].any()
     out = mpc._session(3).run("check", [np.zeros(0)] * 3,
@@ -372,7 +371,7 @@ def test_normalised_functions_hold_at_both_ends_of_their_range(mpc: MPC, functio
 
 
 def test_the_reciprocals_start_leaves_no_more_than_its_stated_error() -> None:
-    """Every division inside MPC (`kernels.divided`) starts from a − b·w on [1/2, 1] and
+    """Every division inside MPC (`kernels.newton_reciprocal`) starts from a − b·w on [1/2, 1] and
     ends with a relative error e⁸, e = 1 − w·(a − b·w); the error bounds assume e⁸ is at
     most RECIPROCAL_ERROR, checked here on a fine grid, and the slope is whole, so that
     the start needs no truncation."""

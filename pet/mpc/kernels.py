@@ -26,7 +26,7 @@ RECIPROCAL_START = (4 * math.sqrt(3) - 4, 2)
 """1/w ≈ a − 2w on [1/2, 1]: a whole slope costs no truncation (a round a division, where
 the minimax slope 32/17 took one), and the best a for it, 4√3 − 4, leaves a relative
 error of at most 7 − 4√3 ≈ 0.072 (against 1/17), which an eighth-order step brings below
-2^-30 (`divided`)."""
+2^-30 (`newton_reciprocal`)."""
 INV_SQRT_START = (2.13277, 1.21873)
 """1/√w ≈ a − b·w on [1/4, 1], relative error at most 0.086; three Newton steps give 2^-24."""
 NEWTON_STEPS = 3
@@ -80,27 +80,24 @@ def reciprocal(x: Any, steps: int) -> tuple[Any, Any, Any]:
     """1/x for x in [2^-steps, 1] as (y, s, small): 1/x = s·y with y in [1, 2] and s a
     power of two (integer tensor); `small` marks inputs below the range."""
     w, s, small = normalise(x, 1, steps)
-    return divided(((w - w) + 1).unsqueeze(-1), w)[..., 0], s, small
+    return newton_reciprocal(w), s, small
 
 
-def divided(x: Any, w: Any) -> Any:
-    """x / w for w in [1/2, 1] (x's last axis divided by w): the linear start y of 1/w
-    (`RECIPROCAL_START`), then y·(1 + e)(1 + e²)(1 + e⁴) with e = 1 − w·y, which is
-    (1 − e⁸)/w: the error three Newton steps leave (e⁸, below 2^-30), in four rounds of
-    products where they take six, since each factor's product and the next power of e
-    share one; then x times it. Carrying x through those products instead would save a
-    round of products, but put x through four truncations where it has one: the copies
-    of a logistic fit on breast cancer spread a third wider, and one fit in three came
-    out too far from its maximum to be bounded."""
+def newton_reciprocal(w: Any) -> Any:
+    """1/w for w in [1/2, 1]: the linear start y (`RECIPROCAL_START`), then
+    y·(1 + e)(1 + e²)(1 + e⁴) with e = 1 − w·y, which is (1 − e⁸)/w: the error three
+    Newton steps leave (e⁸, below 2^-30), in four rounds of products where they take
+    six, since each factor's product and the next power of e share one. Carrying a
+    numerator x through these products (x·y·(1 + e)…, the quotient without the product
+    x·y after) would save a round of products, but put x through four truncations where
+    it has one: the copies of a logistic fit on breast cancer spread a third wider, and
+    one fit in three came out too far from its maximum to be bounded."""
     a, b = RECIPROCAL_START
     y = a - w * b
-    (e,) = products([(w, y)])
-    e = 1 - e
+    e = 1 - w * y
     for _ in range(2):
         y, e = products([(y, 1 + e), (e, e)])
-    (y,) = products([(y, 1 + e)])
-    (x,) = products([(x, y.unsqueeze(-1))])
-    return x
+    return y * (1 + e)
 
 
 LOG_TERMS = 12
@@ -198,7 +195,7 @@ def equilibrate(matrix: Any, steps: int, vectors: Sequence[Any] = ()) -> Equilib
                                                   (y, s), *((v, y) for v in vectors)])
     # |a_ij|·s_i·s_j ≤ √(a_ii·a_jj)·s_i·s_j ≤ 1: the integer product needs no truncation
     scaled, *scaled_vectors = products([(matrix, squares), *((v, s) for v in weighted)])
-    (scaled,) = products([(scaled, outer)])
+    scaled = scaled * outer
     return Equilibrated(scaled, factor, outer[..., diagonal, diagonal],
                         squares[..., diagonal, diagonal], small.sum(-1), scaled_vectors)
 
@@ -214,8 +211,8 @@ def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
     row at once: M ← M − (c − e_k)·rᵀ turns the pivot row into r and clears column k
     elsewhere, with two secure products and no indexing. A later pivot, a Schur
     complement as small as A's least eigenvalue, is first brought into [1/2, 1) by a
-    secret power of two 2^m (a comparison); r is the row divided by the normalised pivot
-    (`divided`) and 2^m goes onto c instead, in the round that puts it onto the pivot,
+    secret power of two 2^m (a comparison); r is the row times the normalised pivot's
+    reciprocal and 2^m goes onto c instead, in the round that puts it onto the pivot,
     so that it costs no round of its own (the update's product, and its rounding, are
     those of the row scaled by 2^m). The first pivot is A's first diagonal entry, which
     an equilibrated A (`equilibrate`) holds in [0.708, 1): it needs no comparison (12
@@ -235,6 +232,6 @@ def gauss_jordan(augmented: Any, steps: int) -> tuple[Any, Any]:
             power = power_of_two(bits)
             pivot, column = products([(pivot, power), (column, power.unsqueeze(-1))])
             small = small + bits[..., -1]
-        row = divided(augmented[..., k, :], pivot)
+        row = augmented[..., k, :] * newton_reciprocal(pivot).unsqueeze(-1)
         augmented = augmented - column.unsqueeze(-1) * row.unsqueeze(-2)
     return augmented[..., :, p:], small

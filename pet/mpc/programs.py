@@ -413,7 +413,7 @@ def _cox(crypten: Any, total: Any, low: Any, n: int, bits: int,
                      _count(public))
     scaled = crypten.mpc.MPCTensor.from_shares(
         scaled.div(2 ** (TRUNCATION_BITS - digits)).share, precision=digits)
-    ratios = kernels.divided(scaled[..., 1:], scaled[..., 0])
+    ratios = scaled[..., 1:] * kernels.newton_reciprocal(scaled[..., 0]).unsqueeze(-1)
     r1, r2 = ratios[..., :p], ratios[..., p:]
     counts = _per_row(crypten, total, low, (public["events"][0], public["event_x"][1]), n,
                       bits, _count(public))
